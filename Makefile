@@ -1,0 +1,34 @@
+# Lanes: `make up` runs the whole stack locally, `make test` runs every test.
+# Both install what is missing first (a venv with the Python deps, Kafka's jars via Maven).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA_LIBS := infra/kafka/libs/.complete
+
+.PHONY: install up test bench clean schemas
+
+install: $(STAMP) $(KAFKA_LIBS)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(KAFKA_LIBS): infra/kafka/pom.xml | $(STAMP)
+	$(BIN)/python -c "from services.kafka_local import ensure_jars; ensure_jars()"
+	touch $(KAFKA_LIBS)
+
+up: install
+	$(BIN)/lanes up
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+schemas: install
+	$(BIN)/lanes schemas export schemas/json
+
+clean:
+	rm -rf .lanes results

@@ -1,0 +1,69 @@
+"""Job state [group lanes-jobs]: folds every job event into ``lanes.jobs`` (compacted).
+
+Partitions are assigned with the range assignor, so one member gets the same partition
+number of every input topic: all of one job's events (keyed by job id) meet in one member.
+On each assignment the member reloads those partitions of ``lanes.jobs``, so a restart or a
+rebalance continues from the last published state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import structlog
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from consumers.loop import MessageContext, Output
+from consumers.runtime import run_consumer
+from schemas.events import parse_job_event
+from schemas.records import JobState
+from schemas.topics import Topics
+from services.compacted_view import CompactedView
+from services.job_fold import fold
+from services.routes import load_routes
+from services.settings import Settings
+
+__all__ = ["run", "JobStateFolder"]
+
+log = structlog.get_logger("lanes.jobs")
+
+
+class JobStateFolder(ConsumerRebalanceListener):
+    def __init__(self, settings: Settings, topics: Topics) -> None:
+        self.topics = topics
+        self.view: CompactedView[JobState] = CompactedView(
+            settings, topics.jobs, JobState.model_validate_json
+        )
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        partitions = sorted({tp.partition for tp in assigned})  # type: ignore[attr-defined]
+        await self.view.load(partitions)
+        log.info("job_state_restored", partitions=partitions, jobs=len(self.view.items))
+
+    async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
+        job_id = event.job_id  # type: ignore[attr-defined]
+        new = fold(self.view.items.get(job_id), event)
+        if new is None:
+            return []
+        self.view.items[job_id] = new
+        if new.terminal:
+            log.info("job_finished", status=new.status, error=new.error)
+        return [Output(self.topics.jobs, job_id, new.model_dump_json().encode())]
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    topics = Topics(settings.topic_prefix)
+    routes = load_routes(settings.routes_file)
+    inputs = [topics.requests, topics.renders, topics.verifications]
+    inputs += [topics.lane(name) for name in sorted(routes.lanes)]
+    folder = JobStateFolder(settings, topics)
+    await run_consumer(
+        settings, name="jobs", topics=inputs, parse=parse_job_event, handler=folder.handle,
+        stop=stop, listener=folder, max_records=64,
+        consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)},
+    )

@@ -1,0 +1,192 @@
+"""The consume loop every consumer group shares.
+
+For each fetched batch: parse, handle, publish the handler's outputs, wait until the
+broker has acknowledged every one of them, and only then commit the source offsets.
+An event that cannot be parsed or processed goes to ``lanes.dlq`` (with the error and its
+source topic/partition/offset and raw bytes) and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
+
+from schemas.records import DeadLetter
+
+__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler"]
+
+log = structlog.get_logger("lanes.loop")
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: str | bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    """Transport metadata of the message being handled (never part of a payload).
+
+    ``publish`` sends an output right away and waits for the broker's ack (progress events
+    such as render.started); the handler's returned outputs are sent after it returns.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    publish: Callable[[Output], Awaitable[None]]
+
+
+Handler = Callable[[Any, MessageContext], Awaitable[Sequence[Output]]]
+Parser = Callable[[bytes], Any]
+
+
+class LoopMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "lanes_consumer_events_total", "Events handled by a consumer group",
+            ["group", "outcome"], registry=registry,
+        )
+        self.handle_seconds = Histogram(
+            "lanes_consumer_handle_seconds", "Time to handle one event and publish its outputs",
+            ["group"], registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        *,
+        group: str,
+        parse: Parser,
+        handler: Handler,
+        dlq_topic: str,
+        metrics: LoopMetrics,
+        max_records: int = 16,
+        transient_retries: int = 3,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.group = group
+        self.parse = parse
+        self.handler = handler
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self.max_records = max_records
+        self.transient_retries = transient_retries
+        self.ready = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await self.consumer.getmany(timeout_ms=250, max_records=self.max_records)
+            self.ready = True
+            for tp, records in batches.items():
+                await self._process_partition(tp, records)
+
+    async def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        pending: list[asyncio.Future[Any]] = []
+        for record in records:
+            outputs = await self._handle(record)
+            for out in outputs:
+                pending.append(
+                    await self.producer.send(out.topic, value=out.value, key=_key_bytes(out.key))
+                )
+        if pending:
+            await asyncio.gather(*pending)  # acks=all: every output is on the broker
+        await self._commit(tp, records[-1].offset + 1)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            await self.consumer.commit({tp: offset})
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+            # The partition moved to another member: it will redeliver from the last commit,
+            # and handlers are idempotent, so nothing is lost or doubled.
+            log.warning("commit_skipped", partition=tp.partition, topic=tp.topic, error=str(exc))
+
+    async def _handle(self, record: ConsumerRecord) -> Sequence[Output]:
+        ctx = MessageContext(
+            record.topic, record.partition, record.offset, record.key, record.timestamp,
+            self._publish_now,
+        )
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            group=self.group, topic=record.topic, partition=record.partition, offset=record.offset,
+            job_id=record.key.decode(errors="replace") if record.key else None,
+        )
+        started = time.perf_counter()
+        try:
+            if record.value is None:
+                raise ValueError("empty message value")
+            event = self.parse(record.value)
+            job_id = getattr(event, "job_id", None)
+            if job_id:
+                structlog.contextvars.bind_contextvars(job_id=job_id)
+            outputs = await self._with_retries(event, ctx)
+            self.metrics.events.labels(self.group, "ok").inc()
+            return outputs
+        except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the DLQ
+            self.metrics.events.labels(self.group, "dlq").inc()
+            log.warning("event_dead_lettered", error=str(exc)[:500], error_type=type(exc).__name__)
+            return [self._dead_letter(record, exc)]
+        finally:
+            self.metrics.handle_seconds.labels(self.group).observe(time.perf_counter() - started)
+
+    async def _publish_now(self, out: Output) -> None:
+        await self.producer.send_and_wait(out.topic, value=out.value, key=_key_bytes(out.key))
+
+    async def _with_retries(self, event: Any, ctx: MessageContext) -> Sequence[Output]:
+        attempt = 0
+        while True:
+            try:
+                return await self.handler(event, ctx)
+            except Exception as exc:
+                attempt += 1
+                if not getattr(exc, "retriable", False) or attempt > self.transient_retries:
+                    raise
+                delay = min(5.0, 0.2 * 2**attempt)
+                log.info("transient_error_retry", attempt=attempt, delay_s=delay, error=str(exc))
+                await asyncio.sleep(delay)
+
+    def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> Output:
+        error = _describe(exc)
+        letter = DeadLetter(
+            error=error,
+            error_type=type(exc).__name__,
+            consumer_group=self.group,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            key_b64=base64.b64encode(record.key).decode() if record.key else None,
+            value_b64=base64.b64encode(record.value).decode() if record.value else None,
+        )
+        return Output(self.dlq_topic, record.key, letter.model_dump_json().encode())
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:10]
+        ]
+        return "invalid event: " + "; ".join(parts)
+    return f"{type(exc).__name__}: {exc}"[:2000]

@@ -1,0 +1,70 @@
+"""GenerationClient: how the marketplace backend publishes generation requests.
+
+    async with GenerationClient(Settings()) as client:
+        job_id = await client.submit(GenerationSpec(prompt='a poster "SUMMER SALE"'))
+
+``submit`` returns once the broker has acknowledged the request (acks=all, idempotent
+producer, key = job id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.events import GenerationRequested
+from schemas.spec import GenerationSpec
+from schemas.topics import Topics
+from services.kafka_clients import make_producer
+from services.settings import Settings
+
+__all__ = ["GenerationClient", "fingerprint", "job_id_for"]
+
+
+def fingerprint(spec: GenerationSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def job_id_for(idempotency_key: str | None, tenant: str | None = None) -> str:
+    """A new job id, or the same one for the same (tenant, idempotency key)."""
+    if idempotency_key is None:
+        return f"job_{uuid.uuid4().hex}"
+    digest = hashlib.sha256(f"{tenant or ''}\x00{idempotency_key}".encode()).hexdigest()
+    return f"job_{digest[:32]}"
+
+
+class GenerationClient:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None,
+                 *, producer_name: str = "lanes-sdk") -> None:
+        self.topics = Topics(settings.topic_prefix)
+        self._own = producer is None
+        self.producer = producer or make_producer(settings, client_id=producer_name)
+        self.producer_name = producer_name
+
+    async def start(self) -> None:
+        if self._own:
+            await self.producer.start()
+
+    async def stop(self) -> None:
+        if self._own:
+            await self.producer.stop()
+
+    async def __aenter__(self) -> GenerationClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def submit(self, spec: GenerationSpec, *, idempotency_key: str | None = None,
+                     job_id: str | None = None) -> str:
+        job_id = job_id or job_id_for(idempotency_key, spec.tenant)
+        event = GenerationRequested(
+            job_id=job_id, producer=self.producer_name, spec=spec, fingerprint=fingerprint(spec)
+        )
+        await self.producer.send_and_wait(self.topics.requests, event.to_bytes(), key=job_id.encode())
+        return job_id

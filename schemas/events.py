@@ -1,0 +1,154 @@
+"""Kafka event payloads: a common envelope plus one model per event type.
+
+Transport metadata (topic, partition, offset) never goes into a payload; see
+``consumers.loop.MessageContext``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.spec import GenerationSpec
+
+__all__ = [
+    "Envelope",
+    "GenerationRequested",
+    "GenerationRouted",
+    "RenderStarted",
+    "RenderCompleted",
+    "RenderFailed",
+    "VerificationCompleted",
+    "Timings",
+    "JobEvent",
+    "JOB_EVENT",
+    "parse_job_event",
+    "SCHEMA_VERSION",
+    "utcnow",
+]
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Fields every job event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    schema_version: int = SCHEMA_VERSION
+    job_id: str = Field(min_length=1, max_length=64)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    producer: str = "lanes"
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class GenerationRequested(Envelope):
+    """Published by the gateway or the SDK to ``lanes.requests`` (contract)."""
+
+    type: Literal["generation.requested"] = "generation.requested"
+    spec: GenerationSpec
+    attempt: int = Field(1, ge=1)
+    # sha256 of the canonical request body; an Idempotency-Key reused with another body is refused.
+    fingerprint: str | None = None
+
+
+class GenerationRouted(Envelope):
+    """The router's decision, published to ``lanes.lane.<lane>``."""
+
+    type: Literal["generation.routed"] = "generation.routed"
+    spec: GenerationSpec
+    attempt: int = 1
+    lane: str
+    model: str
+    version: str
+    sample_steps: int = Field(ge=1)
+    guidance_scale: float = Field(ge=0.0)
+    width: int
+    height: int
+    seed: int
+    requested_at: datetime
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queue_wait_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class RenderStarted(Envelope):
+    type: Literal["render.started"] = "render.started"
+    lane: str
+    model: str
+    version: str
+    instance: str
+    attempt: int = 1
+
+
+class RenderCompleted(Envelope):
+    type: Literal["render.completed"] = "render.completed"
+    stage: Literal["draft", "final", "upscaled"]
+    lane: str
+    model: str
+    version: str
+    instance: str
+    artifact_uri: str
+    width: int
+    height: int
+    seed: int
+    sample_steps: int
+    expected_text: str | None = None
+    timings: Timings
+    attempt: int = 1
+
+
+class RenderFailed(Envelope):
+    type: Literal["render.failed"] = "render.failed"
+    lane: str
+    error: str
+    retriable: bool = False
+    attempt: int = 1
+
+
+class VerificationCompleted(Envelope):
+    type: Literal["verification.completed"] = "verification.completed"
+    artifact_uri: str
+    expected: str
+    read: str
+    score: float = Field(ge=0.0, le=1.0)
+    passed: bool
+    threshold: float
+    ocr_ms: float
+    # Set when the artifact could not be read at all (the check then counts as failed).
+    error: str | None = None
+
+
+JobEvent = Annotated[
+    Union[
+        GenerationRequested,
+        GenerationRouted,
+        RenderStarted,
+        RenderCompleted,
+        RenderFailed,
+        VerificationCompleted,
+    ],
+    Field(discriminator="type"),
+]
+JOB_EVENT: TypeAdapter[Any] = TypeAdapter(JobEvent)
+
+
+def parse_job_event(raw: bytes) -> Any:
+    """Parse any job event; raises pydantic.ValidationError on malformed or unknown input."""
+    return JOB_EVENT.validate_json(raw)

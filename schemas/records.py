@@ -1,0 +1,122 @@
+"""Records that are not job events: the job view, dead letters, webhook deliveries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import SCHEMA_VERSION, Timings, utcnow
+from schemas.spec import GenerationSpec
+
+__all__ = [
+    "JobStatus",
+    "TERMINAL",
+    "Artifact",
+    "Verification",
+    "JobState",
+    "DeadLetter",
+    "WebhookDelivery",
+]
+
+JobStatus = Literal[
+    "queued", "routed", "running", "draft_ready", "verifying", "succeeded", "failed", "canceled"
+]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+class Artifact(BaseModel):
+    stage: str
+    uri: str
+    width: int
+    height: int
+    model: str
+    version: str
+
+
+class Verification(BaseModel):
+    expected: str
+    read: str
+    score: float
+    passed: bool
+    threshold: float
+    artifact_uri: str
+    error: str | None = None
+
+
+class JobState(BaseModel):
+    """One job as clients see it; the value on the compacted ``lanes.jobs`` topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    status: JobStatus = "queued"
+    # None until the request (or the router's copy of it) has been seen.
+    spec: GenerationSpec | None = None
+    expected_text: str | None = None
+    fingerprint: str | None = None
+    attempt: int = 1
+    lane: str | None = None
+    model: str | None = None
+    version: str | None = None
+    created_at: datetime | None = None
+    started: bool = False
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    timings: Timings | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    verification: Verification | None = None
+    error: str | None = None
+    # Event ids already folded in, so a redelivered event changes nothing.
+    seen_events: list[str] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def public(self) -> dict[str, Any]:
+        """The JSON clients get (GET /v1/generations/{id} and webhook bodies)."""
+        data = self.model_dump(
+            mode="json", exclude={"seen_events", "fingerprint", "spec", "started"}
+        )
+        if self.spec is not None:
+            data.update(
+                prompt=self.spec.prompt,
+                intent=self.spec.intent,
+                priority=self.spec.priority,
+                metadata=self.spec.metadata,
+                webhook_url=str(self.spec.webhook_url) if self.spec.webhook_url else None,
+            )
+        return data
+
+
+class DeadLetter(BaseModel):
+    """What ``lanes.dlq`` (contract) holds: the error and where the event came from."""
+
+    error: str
+    error_type: str
+    consumer_group: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key_b64: str | None
+    value_b64: str | None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookDelivery(BaseModel):
+    """Outcome of one webhook message; compacted by ``<job_id>:<event>``."""
+
+    job_id: str
+    event: str
+    webhook_id: str
+    url: str
+    outcome: Literal["delivered", "failed", "refused"]
+    status_code: int | None = None
+    attempts: int
+    error: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+

@@ -1,0 +1,55 @@
+"""What a client asks for: shared by the HTTP body, the SDK and the request event."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["GenerationSpec", "Intent", "Priority", "quoted_text"]
+
+Intent = Literal["draft", "final"]
+Priority = Literal["low", "normal", "high", "critical"]
+
+_QUOTED = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d]+)[\"\u201c\u201d]")
+
+
+def quoted_text(prompt: str) -> str | None:
+    """The text inside double quotes in a prompt, if any (straight or curly quotes)."""
+    found = [m.strip() for m in _QUOTED.findall(prompt) if m.strip()]
+    return " ".join(found) if found else None
+
+
+class GenerationSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    intent: Intent = "draft"
+    # The exact text the image must show. None: taken from the prompt's double quotes.
+    text: str | None = Field(None, max_length=200)
+    priority: Priority = "normal"
+    webhook_url: AnyHttpUrl | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    tenant: str | None = Field(None, max_length=64)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be blank")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("text must not be blank; omit it to take the quoted text of the prompt")
+        return value
+
+    @property
+    def expected_text(self) -> str | None:
+        return self.text if self.text is not None else quoted_text(self.prompt)

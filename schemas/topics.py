@@ -1,0 +1,100 @@
+"""Topic names and their declarations, in one place.
+
+``lanes.requests``, ``lanes.ops`` and ``lanes.dlq`` are contracts with systems outside this
+repo: rename them only with a migration note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+__all__ = ["TopicSpec", "Topics"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 3
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if not self.compacted:
+            cfg["retention.ms"] = str(self.retention_ms)
+        cfg.update(self.extra)
+        return cfg
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under an optional prefix (tests give each test its own prefix)."""
+
+    prefix: str = ""
+
+    def _n(self, name: str) -> str:
+        return f"{self.prefix}lanes.{name}"
+
+    @property
+    def requests(self) -> str:
+        return self._n("requests")
+
+    def lane(self, lane: str) -> str:
+        return self._n(f"lane.{lane}")
+
+    @property
+    def renders(self) -> str:
+        return self._n("renders")
+
+    @property
+    def verifications(self) -> str:
+        return self._n("verifications")
+
+    @property
+    def jobs(self) -> str:
+        return self._n("jobs")
+
+    @property
+    def webhook_deliveries(self) -> str:
+        return self._n("webhooks.deliveries")
+
+    @property
+    def webhooks_dlq(self) -> str:
+        return self._n("webhooks.dlq")
+
+    @property
+    def dlq(self) -> str:
+        return self._n("dlq")
+
+    @property
+    def ops(self) -> str:
+        return self._n("ops")
+
+    @property
+    def control(self) -> str:
+        return self._n("control")
+
+    @property
+    def workers(self) -> str:
+        return self._n("workers")
+
+    def specs(self, lanes: Iterable[str]) -> list[TopicSpec]:
+        """Every topic the stack needs, given the lanes named in the routes file."""
+        specs = [
+            TopicSpec(self.requests, partitions=6),
+            TopicSpec(self.renders, partitions=6),
+            TopicSpec(self.verifications, partitions=6),
+            TopicSpec(self.jobs, partitions=6, compacted=True),
+            TopicSpec(self.webhook_deliveries, partitions=6, compacted=True),
+            TopicSpec(self.webhooks_dlq, partitions=1, retention_ms=30 * DAY_MS),
+            TopicSpec(self.dlq, partitions=1, retention_ms=30 * DAY_MS),
+            TopicSpec(self.ops, partitions=1),
+            TopicSpec(self.control, partitions=1, compacted=True),
+            TopicSpec(self.workers, partitions=1, retention_ms=DAY_MS),
+        ]
+        specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
+        return specs

@@ -1,0 +1,198 @@
+"""The `lanes` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Lanes: image generation on Kafka")
+run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreground")
+schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas")
+kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
+models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints")
+app.add_typer(run_app, name="run")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(models_app, name="models")
+
+
+def _settings():  # noqa: ANN202 - imported lazily so `lanes --help` stays fast
+    from services.logs import configure_logging
+    from services.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+@app.command()
+def up() -> None:
+    """Start Kafka (if none answers), create topics and run every component."""
+    from services.stack import run_stack
+
+    asyncio.run(run_stack(_settings()))
+
+
+@run_app.command("gateway")
+def run_gateway() -> None:
+    import uvicorn
+
+    from services.gateway import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                log_level="warning")
+
+
+@run_app.command("router")
+def run_router() -> None:
+    from consumers import router
+
+    asyncio.run(router.run(_settings()))
+
+
+@run_app.command("worker")
+def run_worker(lane: str = typer.Option(..., help="the lane this worker serves"),
+               device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...")) -> None:
+    from consumers import lane_worker
+
+    settings = _settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    asyncio.run(lane_worker.run(settings, lane))
+
+
+@run_app.command("verifier")
+def run_verifier() -> None:
+    from consumers import verifier
+
+    asyncio.run(verifier.run(_settings()))
+
+
+@run_app.command("jobs")
+def run_jobs() -> None:
+    from consumers import jobs
+
+    asyncio.run(jobs.run(_settings()))
+
+
+@run_app.command("webhooks")
+def run_webhooks() -> None:
+    from consumers import webhooks
+
+    asyncio.run(webhooks.run(_settings()))
+
+
+@app.command()
+def submit(
+    prompt: str,
+    intent: str = typer.Option("draft", help="draft or final"),
+    text: Optional[str] = typer.Option(None, help="exact text the image must show"),
+    webhook_url: Optional[str] = typer.Option(None),
+    idempotency_key: Optional[str] = typer.Option(None),
+    wait: bool = typer.Option(False, help="follow the job until it ends"),
+    timeout: float = typer.Option(300.0, help="seconds to wait with --wait"),
+    gateway: str = typer.Option("http://127.0.0.1:8000", envvar="LANES_GATEWAY_URL"),
+) -> None:
+    """Submit a generation request through the gateway."""
+    import httpx
+
+    body = {"prompt": prompt, "intent": intent}
+    if text is not None:
+        body["text"] = text
+    if webhook_url is not None:
+        body["webhook_url"] = webhook_url
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        resp = client.post("/v1/generations", json=body, headers=headers)
+        if resp.status_code != 202:
+            typer.echo(f"refused ({resp.status_code}): {resp.text}", err=True)
+            raise typer.Exit(2)
+        job_id = resp.json()["job_id"]
+        typer.echo(f"job {job_id} queued")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        last = None
+        job: dict = {}
+        while time.monotonic() < deadline:
+            r = client.get(f"/v1/generations/{job_id}")
+            if r.status_code == 200:
+                job = r.json()
+                if job["status"] != last:
+                    last = job["status"]
+                    typer.echo(f"  {last}")
+                if last in ("succeeded", "failed", "canceled"):
+                    break
+            time.sleep(0.3)
+        else:
+            typer.echo(f"still {last} after {timeout}s", err=True)
+            raise typer.Exit(1)
+    typer.echo(json.dumps(job, indent=2))
+    if job.get("artifacts"):
+        from urllib.parse import urlparse
+
+        typer.echo(f"image: {urlparse(job['artifacts'][-1]['uri']).path}")
+    if job.get("verification"):
+        v = job["verification"]
+        typer.echo(f"verification: expected {v['expected']!r}, read {v['read']!r}, "
+                   f"score {v['score']}, passed {v['passed']}")
+    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Path) -> None:
+    """Write one JSON Schema per event and record into DIRECTORY."""
+    from schemas.export import export_schemas
+
+    for path in export_schemas(directory):
+        typer.echo(str(path))
+
+
+@kafka_app.command("start")
+def kafka_start(port: int = 9092) -> None:
+    """Run the local broker in the foreground until Ctrl-C."""
+    import signal
+
+    from services.kafka_local import KafkaProcess
+
+    settings = _settings()
+    kafka = KafkaProcess(settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1)
+    kafka.start()
+    typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        kafka.stop()
+
+
+@kafka_app.command("topics")
+def kafka_topics() -> None:
+    """Create every topic the stack needs (idempotent)."""
+    from services.stack import prepare_cluster
+
+    asyncio.run(prepare_cluster(_settings()))
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(directory: Path, seed: int = 0) -> None:
+    """Write a tiny random-weight diffusers checkpoint (no download) into DIRECTORY."""
+    from services.engines.tiny import TinyConfig, build_tiny_checkpoint
+
+    typer.echo(str(build_tiny_checkpoint(directory, TinyConfig(seed=seed))))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

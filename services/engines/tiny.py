@@ -1,0 +1,129 @@
+"""Tiny random-weight Stable Diffusion checkpoints, built from config (no download).
+
+This is how diffusers' own fast tests build pipelines. ``build_tiny_checkpoint`` writes a
+normal diffusers checkpoint directory with ``save_pretrained``, so the engine loads it with
+the same ``from_pretrained`` code that loads a real checkpoint on a GPU host.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["TinyConfig", "build_tiny_checkpoint", "write_byte_level_tokenizer"]
+
+
+class TinyConfig(BaseModel):
+    """Sizes of the random-weight build. Defaults: a few MB, fast on one CPU core."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    unet_channels: tuple[int, ...] = (32, 64)
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    cross_attention_dim: int = 32
+    text_layers: int = 2
+    layers_per_block: int = 1
+    sample_size: int = 64  # latent size; image size = sample_size * 2**(len(vae_channels)-1)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_byte_level_tokenizer(directory: Path) -> int:
+    """A character-level CLIP BPE vocabulary (no merges); returns the vocabulary size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> Path:
+    """Write a tiny random-weight StableDiffusionPipeline checkpoint into ``directory``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    cfg = config or TinyConfig()
+    directory = Path(directory)
+    tok_dir = directory / ".tokenizer-src"
+    vocab_size = write_byte_level_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer(
+        vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
+        model_max_length=77,
+    )
+
+    torch.manual_seed(cfg.seed)
+    n = len(cfg.unet_channels)
+    unet = UNet2DConditionModel(
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.cross_attention_dim,
+        norm_num_groups=min(32, cfg.unet_channels[0]),
+    )
+    torch.manual_seed(cfg.seed)
+    m = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        block_out_channels=cfg.vae_channels,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * m,
+        up_block_types=("UpDecoderBlock2D",) * m,
+        latent_channels=4,
+        norm_num_groups=min(32, cfg.vae_channels[0]),
+        sample_size=cfg.sample_size * 2 ** (m - 1),
+    )
+    torch.manual_seed(cfg.seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            hidden_size=cfg.cross_attention_dim,
+            intermediate_size=cfg.cross_attention_dim * 2,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=cfg.text_layers,
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        timestep_spacing="trailing", steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(directory), safe_serialization=True)
+    (directory / "lanes-tiny.json").write_text(cfg.model_dump_json())
+    return directory

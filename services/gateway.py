@@ -1,0 +1,156 @@
+"""HTTP gateway (FastAPI): accept generation requests, serve job status and images.
+
+Status comes from the compacted ``lanes.jobs`` topic, read into memory at start, so a
+restarted gateway still knows every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from producers.client import GenerationClient, fingerprint, job_id_for
+from schemas.records import JobState
+from schemas.spec import GenerationSpec
+from schemas.topics import Topics
+from services.artifacts import ArtifactError, LocalArtifactStore
+from services.compacted_view import CompactedView
+from services.observability import ops_routes
+from services.settings import Settings
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("lanes.gateway")
+
+
+class GatewayState:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.client: GenerationClient | None = None  # made in start(): needs a running loop
+        self.view: CompactedView[JobState] = CompactedView(
+            settings, Topics(settings.topic_prefix).jobs, JobState.model_validate_json
+        )
+        self._follower: asyncio.Task[None] | None = None
+        self.store = LocalArtifactStore(settings.artifacts_path)
+        # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
+        self.accepted: dict[str, str] = {}
+        self.started = False
+        self.requests = Counter("lanes_gateway_requests_total", "Generation requests",
+                                ["outcome"], registry=registry)
+        self.publish_seconds = Histogram("lanes_gateway_publish_seconds",
+                                         "Time until the broker acknowledged a request",
+                                         registry=registry)
+
+    async def start(self) -> None:
+        self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
+        await self.client.start()
+        self._follower = asyncio.create_task(self.view.follow())
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+        if self.client is not None:
+            await self.client.stop()
+
+    def ready(self) -> bool:
+        return self.started and self.view.caught_up.is_set()
+
+    def known_fingerprint(self, job_id: str) -> str | None:
+        job = self.view.items.get(job_id)
+        if job is not None and job.fingerprint:
+            return job.fingerprint
+        return self.accepted.get(job_id)
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    state = GatewayState(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="Lanes gateway", version="0.1.0", lifespan=lifespan)
+    app.state.lanes = state
+    ops_routes(app, registry, state.ready)
+
+    @app.post("/v1/generations", status_code=202)
+    async def create_generation(
+        spec: GenerationSpec,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        fp = fingerprint(spec)
+        job_id = job_id_for(idempotency_key, spec.tenant)
+        if idempotency_key is not None:
+            previous = state.known_fingerprint(job_id)
+            if previous is not None:
+                if previous != fp:
+                    state.requests.labels("idempotency_conflict").inc()
+                    raise HTTPException(
+                        422, "Idempotency-Key was already used with a different request body"
+                    )
+                state.requests.labels("replayed").inc()
+                response.headers["Idempotent-Replayed"] = "true"
+                return _accepted(job_id)
+        with state.publish_seconds.time():
+            try:
+                assert state.client is not None
+                await state.client.submit(spec, job_id=job_id)
+            except Exception as exc:
+                state.requests.labels("publish_failed").inc()
+                log.error("publish_failed", job_id=job_id, error=str(exc))
+                raise HTTPException(503, "could not enqueue the request; retry later") from exc
+        state.accepted[job_id] = fp
+        state.requests.labels("accepted").inc()
+        log.info("generation_accepted", job_id=job_id, intent=spec.intent)
+        return _accepted(job_id)
+
+    @app.get("/v1/generations/{job_id}")
+    async def get_generation(job_id: str) -> dict[str, Any]:
+        job = state.view.items.get(job_id)
+        if job is not None:
+            return job.public()
+        if job_id in state.accepted:
+            return {"job_id": job_id, "status": "queued"}
+        raise HTTPException(404, f"no generation {job_id!r}")
+
+    @app.get("/v1/generations/{job_id}/image", response_model=None)
+    async def get_image(job_id: str) -> FileResponse | JSONResponse:
+        job = state.view.items.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no generation {job_id!r}")
+        if not job.artifacts:
+            raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
+        try:
+            path = state.store.path(job.artifacts[-1].uri)
+        except ArtifactError as exc:
+            raise HTTPException(410, str(exc)) from exc
+        return FileResponse(path, media_type="image/png")
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    return app
+
+
+def _accepted(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "status": "queued",
+        "links": {"self": f"/v1/generations/{job_id}", "image": f"/v1/generations/{job_id}/image"},
+    }

@@ -1,0 +1,99 @@
+"""The routes file: models, lanes and which lane serves each intent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.engines.tiny import TinyConfig, build_tiny_checkpoint
+
+__all__ = ["ModelSpec", "LaneSpec", "Routes", "load_routes", "checkpoint_dir"]
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    path: Path | None = None  # a local diffusers checkpoint directory
+    tiny: TinyConfig | None = None  # or a tiny random-weight build from config
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("a model needs exactly one of 'path' (checkpoint dir) or 'tiny'")
+        return self
+
+
+class LaneSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    max_concurrency: int = Field(1, ge=1)
+    sample_steps: int = Field(ge=1, le=200)
+    guidance_scale: float = Field(0.0, ge=0.0)
+    width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+
+
+class Routes(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: dict[str, ModelSpec]
+    lanes: dict[str, LaneSpec]
+    intents: dict[str, str]
+
+    @model_validator(mode="after")
+    def _references(self) -> Routes:
+        for name, lane in self.lanes.items():
+            if lane.model not in self.models:
+                raise ValueError(f"lane {name!r} names unknown model {lane.model!r}")
+        for intent, lane in self.intents.items():
+            if lane not in self.lanes:
+                raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")
+        for intent in ("draft", "final"):
+            if intent not in self.intents:
+                raise ValueError(f"intent {intent!r} has no lane")
+        return self
+
+    def lane_for(self, intent: str) -> tuple[str, LaneSpec]:
+        name = self.intents[intent]
+        return name, self.lanes[name]
+
+
+def load_routes(path: Path | None) -> Routes:
+    if path is None:
+        text = resources.files("services").joinpath("default_routes.yaml").read_text()
+        base = Path.cwd()
+    else:
+        text = Path(path).read_text()
+        base = Path(path).resolve().parent
+    routes = Routes.model_validate(yaml.safe_load(text))
+    # Relative checkpoint paths are relative to the routes file.
+    models = {
+        name: m.model_copy(update={"path": (base / m.path).resolve()}) if m.path else m
+        for name, m in routes.models.items()
+    }
+    return routes.model_copy(update={"models": models})
+
+
+def checkpoint_dir(name: str, spec: ModelSpec, models_root: Path) -> Path:
+    """Where the model's diffusers checkpoint is; a tiny build is written there on first use."""
+    if spec.path is not None:
+        return spec.path
+    assert spec.tiny is not None
+    digest = hashlib.sha256(spec.tiny.model_dump_json().encode()).hexdigest()[:10]
+    target = models_root / f"{name}-{spec.version}-{digest}"
+    if not (target / "model_index.json").is_file():
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        build_tiny_checkpoint(partial, spec.tiny)
+        try:
+            partial.rename(target)
+        except OSError:  # another process finished the same build first
+            shutil.rmtree(partial, ignore_errors=True)
+    return target

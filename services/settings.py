@@ -1,0 +1,84 @@
+"""One frozen settings object per process, read from ``LANES_*`` environment variables.
+
+Built once in ``main()`` (or a test fixture) and passed down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+__all__ = ["Settings", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
+
+# Dev-only secrets: accepted in the local profile, refused anywhere else.
+PLACEHOLDER_WEBHOOK_SECRET = "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
+PLACEHOLDER_OPS_KEY = "lanes-local-ops-key"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LANES_", frozen=True, extra="ignore")
+
+    profile: Literal["local", "production"] = "local"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Every topic name is prefixed with this; tests use a uuid prefix per test.
+    topic_prefix: str = ""
+    # Consumer group ids are prefixed with this as well.
+    group_prefix: str = ""
+
+    state_dir: Path = Path(".lanes")
+    artifact_dir: Path | None = None
+    routes_file: Path | None = None
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # Each consumer process serves /metrics, /healthz, /readyz on its own port; 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+    device: str = "cpu"
+    verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+    webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = 15.0
+    webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 0.5
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.profile != "local":
+            if self.webhook_secret.get_secret_value() == PLACEHOLDER_WEBHOOK_SECRET:
+                raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
+        if not self.webhook_secret.get_secret_value().startswith("whsec_"):
+            raise ValueError("LANES_WEBHOOK_SECRET must be in whsec_<base64> form")
+        return self
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifact_dir or self.state_dir / "artifacts").resolve()
+
+    @property
+    def models_path(self) -> Path:
+        return (self.state_dir / "models").resolve()
+
+    def group(self, name: str) -> str:
+        return f"{self.group_prefix}{name}"
