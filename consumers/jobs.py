@@ -12,10 +12,10 @@ import asyncio
 from typing import Sequence
 
 import structlog
-from aiokafka import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from consumers.loop import MessageContext, Output
+from consumers.restoring import RestoringListener
 from consumers.runtime import run_consumer
 from schemas.events import parse_job_event
 from schemas.records import JobState
@@ -30,22 +30,20 @@ __all__ = ["run", "JobStateFolder"]
 log = structlog.get_logger("lanes.jobs")
 
 
-class JobStateFolder(ConsumerRebalanceListener):
+class JobStateFolder(RestoringListener):
     def __init__(self, settings: Settings, topics: Topics) -> None:
+        super().__init__()
         self.topics = topics
         self.view: CompactedView[JobState] = CompactedView(
             settings, topics.jobs, JobState.model_validate_json
         )
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: object) -> None:
-        partitions = sorted({tp.partition for tp in assigned})  # type: ignore[attr-defined]
+    async def restore(self, partitions: list[int]) -> None:
         await self.view.load(partitions)
         log.info("job_state_restored", partitions=partitions, jobs=len(self.view.items))
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
+        await self.restored()
         job_id = event.job_id  # type: ignore[attr-defined]
         new = fold(self.view.items.get(job_id), event)
         if new is None:

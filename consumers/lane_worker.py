@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -123,14 +124,19 @@ class LaneWorker:
         return [Output(self.topics.renders, event.job_id, done.to_bytes())]
 
 
+# diffusers' lazy imports are not thread-safe: loads in one process go one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_engine(settings: Settings, lane: str) -> DiffusionEngine:
     routes = load_routes(settings.routes_file)
     if lane not in routes.lanes:
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
     model_name = routes.lanes[lane].model
     spec = routes.models[model_name]
-    path = checkpoint_dir(model_name, spec, settings.models_path)
-    return DiffusionEngine.load(path, name=model_name, version=spec.version, device=settings.device)
+    with _LOAD_LOCK:
+        path = checkpoint_dir(model_name, spec, settings.models_path)
+        return DiffusionEngine.load(path, name=model_name, version=spec.version, device=settings.device)
 
 
 async def run(

@@ -13,10 +13,10 @@ import asyncio
 from typing import Sequence
 
 import structlog
-from aiokafka import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter
 
 from consumers.loop import MessageContext, Output
+from consumers.restoring import RestoringListener
 from consumers.runtime import run_consumer
 from schemas.events import utcnow
 from schemas.records import JobState, WebhookDelivery
@@ -30,9 +30,10 @@ __all__ = ["run", "WebhookDispatcher"]
 log = structlog.get_logger("lanes.webhooks")
 
 
-class WebhookDispatcher(ConsumerRebalanceListener):
+class WebhookDispatcher(RestoringListener):
     def __init__(self, settings: Settings, topics: Topics, sender: WebhookSender,
                  registry: CollectorRegistry) -> None:
+        super().__init__()
         self.topics = topics
         self.sender = sender
         self.deliveries: CompactedView[WebhookDelivery] = CompactedView(
@@ -41,20 +42,20 @@ class WebhookDispatcher(ConsumerRebalanceListener):
         self.sent = Counter("lanes_webhooks_total", "Webhook messages by outcome", ["outcome"],
                             registry=registry)
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: object) -> None:
+    async def restore(self, partitions: list[int]) -> None:
+        # Delivery records are keyed by job:event, not by job id: reload all partitions.
         await self.deliveries.load()
+        log.info("webhook_deliveries_restored", deliveries=len(self.deliveries.items))
 
     async def handle(self, job: object, ctx: MessageContext) -> Sequence[Output]:
         assert isinstance(job, JobState)
+        await self.restored()
         if not job.terminal or job.spec is None or job.spec.webhook_url is None:
             return []
         event = job.status
         key = f"{job.job_id}:{event}"
         if key in self.deliveries.items:
-            log.info("webhook_already_sent", event=event)
+            log.info("webhook_already_sent", webhook_event=event)
             return []
         msg_id = webhook_id(job.job_id, event)
         url = str(job.spec.webhook_url)
@@ -67,7 +68,7 @@ class WebhookDispatcher(ConsumerRebalanceListener):
             status_code=result.status_code, attempts=result.attempts, error=result.error,
         )
         self.deliveries.items[key] = record
-        log.info("webhook_" + result.outcome, event=event, attempts=result.attempts,
+        log.info("webhook_" + result.outcome, webhook_event=event, attempts=result.attempts,
                  status_code=result.status_code, error=result.error)
         body = record.model_dump_json().encode()
         outputs = [Output(self.topics.webhook_deliveries, key, body)]

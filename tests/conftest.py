@@ -1,0 +1,91 @@
+"""One real Kafka broker per test session; uuid topics and groups per test.
+
+Broker, in order of preference: ``LANES_KAFKA_BOOTSTRAP`` (an existing cluster),
+testcontainers' Kafka when a Docker engine answers, else the local KRaft process that
+``make up`` uses (jars from Maven Central), on a random free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from services.kafka_local import KafkaProcess, free_port
+from services.logs import configure_logging
+from services.settings import Settings
+from tests.stack import Stack, WebhookReceiver
+
+
+def _docker_available() -> bool:
+    sock = Path("/var/run/docker.sock")
+    return sock.exists() or bool(os.environ.get("DOCKER_HOST"))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("LANES_KAFKA_BOOTSTRAP"):
+        yield os.environ["LANES_KAFKA_BOOTSTRAP"]
+        return
+    if _docker_available() and shutil.which("docker"):
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    kafka = KafkaProcess(tmp_path_factory.mktemp("kafka"), port=free_port())
+    try:
+        kafka.start()
+    except Exception as exc:  # print the broker's log and stop the session
+        pytest.exit(f"local Kafka did not start: {exc}\n{kafka.tail(80)}", returncode=3)
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared across the session so the tiny checkpoint is built once."""
+    configure_logging("INFO", json=True)
+    return tmp_path_factory.mktemp("lanes-state")
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
+    ns = f"t{uuid.uuid4().hex[:10]}."
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=ns,
+        group_prefix=ns,
+        state_dir=state_dir,
+        artifact_dir=tmp_path / "artifacts",
+        gateway_port=free_port(),
+        webhook_allowed_hosts=["127.0.0.1"],
+        webhook_backoff_s=0.05,
+        webhook_max_attempts=3,
+    )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    recv = WebhookReceiver(port=free_port())
+    await recv.start()
+    try:
+        yield recv
+    finally:
+        await recv.stop()
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    s = Stack(settings)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()

@@ -1,0 +1,163 @@
+"""The walking skeleton end to end, on the real broker."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from schemas.events import GenerationRequested
+from schemas.records import DeadLetter, JobState
+from services.settings import PLACEHOLDER_WEBHOOK_SECRET
+from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
+                            tolerance_s: int = 300) -> None:
+    """An independent implementation of the Standard Webhooks verification steps."""
+    msg_id = headers["webhook-id"]
+    timestamp = headers["webhook-timestamp"]
+    assert abs(time.time() - int(timestamp)) <= tolerance_s, "stale timestamp"
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    candidates = [s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s.startswith("v1,")]
+    assert any(hmac.compare_digest(expected, c) for c in candidates), "signature mismatch"
+
+
+async def test_post_to_signed_webhook_with_png_and_verification(stack: Stack, receiver: WebhookReceiver) -> None:
+    job_id = await stack.submit({
+        "prompt": 'a poster with the text "SUMMER SALE"', "intent": "draft",
+        "webhook_url": receiver.url, "metadata": {"sku": "A-1"},
+    })
+    (delivery,) = await receiver.wait_for(1)
+    verify_standard_webhook(PLACEHOLDER_WEBHOOK_SECRET, delivery.headers, delivery.body)
+
+    payload = json.loads(delivery.body)
+    assert payload["type"] == "generation.succeeded"
+    data = payload["data"]
+    assert data["job_id"] == job_id and data["status"] == "succeeded"
+    assert data["metadata"] == {"sku": "A-1"}
+    assert data["verification"]["expected"] == "SUMMER SALE"
+    assert 0.0 <= data["verification"]["score"] <= 1.0
+    assert data["model"] == "tiny-sd" and data["version"] == "tiny-v1"
+    assert data["timings"]["inference_ms"] > 0
+
+    resp = await stack.http.get(f"/v1/generations/{job_id}/image")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(resp.content))
+    assert image.format == "PNG" and image.size == (256, 256)
+
+    status = (await stack.http.get(f"/v1/generations/{job_id}")).json()
+    assert status["status"] == "succeeded" and status["lane"] == "draft"
+    assert status["verification"] == data["verification"]
+
+
+async def test_draft_and_final_intents_use_different_lanes(stack: Stack) -> None:
+    draft = await stack.submit({"prompt": "a red shoe", "intent": "draft"})
+    final = await stack.submit({"prompt": "a red shoe", "intent": "final"})
+    d = await stack.wait_for_status(draft, {"succeeded", "failed"})
+    f = await stack.wait_for_status(final, {"succeeded", "failed"})
+    assert (d["status"], d["lane"]) == ("succeeded", "draft")
+    assert (f["status"], f["lane"]) == ("succeeded", "final")
+    assert d["artifacts"][0]["stage"] == "draft" and f["artifacts"][0]["stage"] == "final"
+    # No expected text: verification is skipped.
+    assert d["verification"] is None and d["expected_text"] is None
+
+    on_draft = {r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("draft"))}
+    on_final = {r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))}
+    assert on_draft == {draft} and on_final == {final}
+
+
+async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -> None:
+    await produce_raw(stack.settings, stack.topics.requests, b"{not json", key=b"bad-1")
+    # Well-formed JSON of an unknown type, too.
+    await produce_raw(stack.settings, stack.topics.requests,
+                      json.dumps({"type": "generation.exploded", "job_id": "x"}).encode(), key=b"bad-2")
+    job_id = await stack.submit({"prompt": "a blue mug", "intent": "draft"})
+    done = await stack.wait_for_status(job_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+
+    letters = [DeadLetter.model_validate_json(r.value)
+               for r in await read_topic(stack.settings, stack.topics.dlq)]
+    by_group: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        by_group.setdefault(letter.consumer_group, []).append(letter)
+    router_letters = by_group[stack.settings.group("lanes-router")]
+    assert {base64.b64decode(x.key_b64 or "") for x in router_letters} == {b"bad-1", b"bad-2"}
+    for letter in router_letters:
+        assert letter.source_topic == stack.topics.requests
+        assert letter.source_offset >= 0 and letter.source_partition >= 0
+        assert letter.error.startswith("invalid event")
+    bad1 = next(x for x in router_letters if base64.b64decode(x.key_b64 or "") == b"bad-1")
+    assert base64.b64decode(bad1.value_b64 or "") == b"{not json"
+
+
+async def test_restarted_gateway_still_reports_finished_job(stack: Stack) -> None:
+    job_id = await stack.submit({"prompt": 'shop sign "OPEN"', "intent": "draft"})
+    before = await stack.wait_for_status(job_id, {"succeeded"})
+    await stack.stop_gateway()
+    await stack.start_gateway()  # a new process would rebuild from lanes.jobs the same way
+    after = (await stack.http.get(f"/v1/generations/{job_id}")).json()
+    assert after["status"] == "succeeded"
+    assert after["artifacts"] == before["artifacts"]
+    assert after["verification"] == before["verification"]
+    image = await stack.http.get(f"/v1/generations/{job_id}/image")
+    assert image.status_code == 200
+
+
+async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stack) -> None:
+    cases = [
+        ({"intent": "draft"}, "prompt"),
+        ({"prompt": "x", "intent": "sketch"}, "intent"),
+        ({"prompt": "x", "width": 500}, "width"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x", "webhook_url": "not a url"}, "webhook_url"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+    ]
+    for body, field in cases:
+        resp = await stack.http.post("/v1/generations", json=body)
+        assert resp.status_code == 422, (body, resp.text)
+        assert any(field in ".".join(map(str, d["loc"])) for d in resp.json()["detail"]), resp.text
+    resp = await stack.http.post("/v1/generations", content=b"{oops", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    assert await read_topic(stack.settings, stack.topics.requests, idle_s=1.0) == []
+
+
+async def test_idempotency_key_returns_same_job_and_publishes_once(stack: Stack) -> None:
+    body = {"prompt": "a green lamp", "intent": "draft"}
+    first = await stack.http.post("/v1/generations", json=body, headers={"Idempotency-Key": "k-1"})
+    second = await stack.http.post("/v1/generations", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["job_id"] == second.json()["job_id"]
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    clash = await stack.http.post("/v1/generations", json={**body, "prompt": "a red lamp"},
+                                  headers={"Idempotency-Key": "k-1"})
+    assert clash.status_code == 422 and "Idempotency-Key" in clash.text
+    requests = await read_topic(stack.settings, stack.topics.requests)
+    assert [GenerationRequested.model_validate_json(r.value).job_id for r in requests] == [first.json()["job_id"]]
+
+
+async def test_redelivered_terminal_state_sends_one_webhook(stack: Stack, receiver: WebhookReceiver) -> None:
+    job_id = await stack.submit({"prompt": "a chair", "webhook_url": receiver.url})
+    await receiver.wait_for(1)
+    final = [JobState.model_validate_json(r.value)
+             for r in await read_topic(stack.settings, stack.topics.jobs) if r.key.decode() == job_id][-1]
+    assert final.status == "succeeded"
+    # Redeliver the terminal state, then again after the dispatcher restarts (state from Kafka).
+    await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
+    await stack.stop_component("webhooks")
+    from consumers import webhooks
+
+    stack.start_component("webhooks", webhooks.run(stack.settings, stack._stop("webhooks")))
+    await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
+    await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)
+    assert len(receiver.deliveries) == 1

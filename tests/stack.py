@@ -1,0 +1,204 @@
+"""Test helpers: the whole Lanes stack as asyncio tasks on the real broker, a webhook
+receiver on loopback, and small Kafka readers."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI, Request, Response
+
+from consumers import jobs, lane_worker, router, verifier, webhooks
+from schemas.topics import Topics
+from services.gateway import create_app
+from services.kafka_clients import ensure_topics
+from services.observability import EmbeddedServer
+from services.routes import load_routes
+from services.settings import Settings
+
+__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw"]
+
+
+class Stack:
+    """Gateway, router, a worker per lane, verifier, job state and webhooks, in-process."""
+
+    COMPONENTS = ("router", "jobs", "verifier", "webhooks", "workers")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.gateway: EmbeddedServer | None = None
+        self.gateway_task: asyncio.Task[None] | None = None
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30)
+
+    async def start(self) -> None:
+        lanes = load_routes(self.settings.routes_file).lanes
+        await ensure_topics(self.settings, self.topics.specs(lanes))
+        self.start_component("router", router.run(self.settings, self._stop("router")))
+        self.start_component("jobs", jobs.run(self.settings, self._stop("jobs")))
+        self.start_component("verifier", verifier.run(self.settings, self._stop("verifier")))
+        self.start_component("webhooks", webhooks.run(self.settings, self._stop("webhooks")))
+        for lane in lanes:
+            name = f"worker-{lane}"
+            self.start_component(name, lane_worker.run(self.settings, lane, self._stop(name)))
+        await self.start_gateway()
+
+    def _stop(self, name: str) -> asyncio.Event:
+        self.stops[name] = asyncio.Event()
+        return self.stops[name]
+
+    def start_component(self, name: str, coro: Any) -> None:
+        self.tasks[name] = asyncio.create_task(coro, name=name)
+
+    async def stop_component(self, name: str) -> None:
+        self.stops[name].set()
+        await asyncio.wait_for(self.tasks.pop(name), 60)
+
+    async def start_gateway(self) -> None:
+        app = create_app(self.settings)
+        self.gateway = EmbeddedServer(uvicorn.Config(
+            app, host="127.0.0.1", port=self.settings.gateway_port, log_level="warning",
+        ))
+        self.gateway_task = asyncio.create_task(self.gateway.serve())
+        await wait_until(self._gateway_ready, timeout=60, what="gateway ready")
+
+    async def _gateway_ready(self) -> bool:
+        try:
+            return (await self.http.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def stop_gateway(self) -> None:
+        assert self.gateway is not None and self.gateway_task is not None
+        self.gateway.should_exit = True
+        await asyncio.wait_for(self.gateway_task, 30)
+        self.gateway = self.gateway_task = None
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.stop_gateway()
+        for event in self.stops.values():
+            event.set()
+        results = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.http.aclose()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def check_alive(self) -> None:
+        for name, task in self.tasks.items():
+            if task.done():
+                raise AssertionError(f"component {name} died: {task.exception()!r}")
+
+    async def submit(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+        resp = await self.http.post("/v1/generations", json=body, headers=headers or {})
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["job_id"])
+
+    async def wait_for_status(self, job_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        async def check() -> bool:
+            self.check_alive()
+            resp = await self.http.get(f"/v1/generations/{job_id}")
+            if resp.status_code == 200:
+                found.update(resp.json())
+                return found.get("status") in statuses
+            return False
+
+        await wait_until(check, timeout=timeout, what=f"{job_id} in {statuses}")
+        return found
+
+
+async def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records webhook deliveries."""
+
+    port: int
+    statuses: list[int] = field(default_factory=list)  # answers to give first, then 204
+    deliveries: list[Delivery] = field(default_factory=list)
+    server: EmbeddedServer | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def start(self) -> None:
+        app = FastAPI()
+
+        @app.post("/hooks")
+        async def hook(request: Request) -> Response:
+            self.deliveries.append(Delivery(dict(request.headers), await request.body(), time.time()))
+            status = self.statuses.pop(0) if self.statuses else 204
+            return Response(status_code=status)
+
+        self.server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        assert self.server is not None and self.task is not None
+        self.server.should_exit = True
+        await self.task
+
+    async def wait_for(self, count: int, timeout: float = 60) -> list[Delivery]:
+        await wait_until(lambda: len(self.deliveries) >= count, timeout=timeout,
+                         what=f"{count} webhook deliveries")
+        return self.deliveries
+
+
+async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> list[Any]:
+    """Every record on a topic right now (reads until nothing new arrives for idle_s)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def produce_raw(settings: Settings, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
