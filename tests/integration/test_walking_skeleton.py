@@ -82,9 +82,14 @@ async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -
     # Well-formed JSON of an unknown type, too.
     await produce_raw(stack.settings, stack.topics.requests,
                       json.dumps({"type": "generation.exploded", "job_id": "x"}).encode(), key=b"bad-2")
+    # And on every other topic a consumer group reads.
+    for topic in (stack.topics.lane("draft"), stack.topics.renders, stack.topics.verifications,
+                  stack.topics.jobs):
+        await produce_raw(stack.settings, topic, b"\x00garbage", key=b"bad-3")
     job_id = await stack.submit({"prompt": "a blue mug", "intent": "draft"})
     done = await stack.wait_for_status(job_id, {"succeeded", "failed"})
     assert done["status"] == "succeeded"
+    stack.check_alive()
 
     letters = [DeadLetter.model_validate_json(r.value)
                for r in await read_topic(stack.settings, stack.topics.dlq)]
@@ -97,6 +102,8 @@ async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -
         assert letter.source_topic == stack.topics.requests
         assert letter.source_offset >= 0 and letter.source_partition >= 0
         assert letter.error.startswith("invalid event")
+    for group in ("lanes-lane-draft", "lanes-verify", "lanes-jobs", "lanes-webhooks"):
+        assert stack.settings.group(group) in by_group, sorted(by_group)
     bad1 = next(x for x in router_letters if base64.b64decode(x.key_b64 or "") == b"bad-1")
     assert base64.b64decode(bad1.value_b64 or "") == b"{not json"
 
@@ -161,3 +168,30 @@ async def test_redelivered_terminal_state_sends_one_webhook(stack: Stack, receiv
     await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
     await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)
     assert len(receiver.deliveries) == 1
+
+
+async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -> None:
+    import httpx
+
+    from consumers import router
+    from services.kafka_local import free_port
+
+    metrics = await stack.http.get("/metrics")
+    assert "lanes_gateway_requests_total" in metrics.text
+    assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
+    # A consumer process serves the same endpoints on its metrics port.
+    port = free_port()
+    own = settings.model_copy(update={"metrics_port": port, "group_prefix": settings.group_prefix + "m."})
+    stack.start_component("router-m", router.run(own, stack._stop("router-m")))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        from tests.stack import wait_until
+
+        async def ready() -> bool:
+            try:
+                return (await client.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(ready, timeout=30, what="router ready")
+        text = (await client.get("/metrics")).text
+        assert "lanes_consumer_events_total" in text and "lanes_consumer_handle_seconds" in text

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+from schemas.events import (
+    GenerationRequested,
+    GenerationRouted,
+    RenderCompleted,
+    RenderFailed,
+    RenderStarted,
+    Timings,
+    VerificationCompleted,
+)
+from schemas.spec import GenerationSpec
+from services.job_fold import fold
+
+JOB = "job_1"
+SPEC = GenerationSpec(prompt='poster "SUMMER SALE"', webhook_url="https://example.com/h")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _events(with_text: bool = True) -> list:
+    spec = SPEC if with_text else GenerationSpec(prompt="a shoe")
+    common = dict(job_id=JOB, lane="draft")
+    events = [
+        GenerationRequested(job_id=JOB, spec=spec),
+        GenerationRouted(spec=spec, model="m", version="v1", sample_steps=2, guidance_scale=0,
+                         width=64, height=64, seed=1, requested_at=NOW, **common),
+        RenderStarted(model="m", version="v1", instance="i", **common),
+        RenderCompleted(stage="draft", model="m", version="v1", instance="i", artifact_uri="file:///a.png",
+                        width=64, height=64, seed=1, sample_steps=2, expected_text=spec.expected_text,
+                        timings=Timings(queue_wait_ms=1, inference_ms=2, total_ms=3), **common),
+    ]
+    if with_text:
+        events.append(VerificationCompleted(job_id=JOB, artifact_uri="file:///a.png", expected="SUMMER SALE",
+                                            read="SUMMER SALE", score=1.0, passed=True, threshold=0.8, ocr_ms=1))
+    return events
+
+
+def _fold_all(events: list):
+    state = None
+    for e in events:
+        state = fold(state, e) or state
+    return state
+
+
+def test_status_progresses_through_the_lifecycle() -> None:
+    seen = []
+    state = None
+    for e in _events():
+        state = fold(state, e)
+        seen.append(state.status)
+    assert seen == ["queued", "routed", "running", "verifying", "succeeded"]
+    assert state.finished_at is not None and state.verification.passed
+
+
+def test_job_without_text_succeeds_on_render() -> None:
+    assert _fold_all(_events(with_text=False)).status == "succeeded"
+
+
+def test_any_arrival_order_gives_the_same_outcome() -> None:
+    for order in itertools.permutations(_events()):
+        state = _fold_all(list(order))
+        assert state.status == "succeeded", [e.type for e in order]
+        assert state.lane == "draft" and len(state.artifacts) == 1
+        assert state.spec == SPEC
+
+
+def test_redelivered_event_changes_nothing() -> None:
+    events = _events()
+    state = _fold_all(events[:3])
+    assert fold(state, events[2]) is None
+
+
+def test_terminal_state_is_final() -> None:
+    state = _fold_all(_events())
+    late_failure = RenderFailed(job_id=JOB, lane="draft", error="boom")
+    assert fold(state, late_failure) is None
+
+
+def test_render_failure_fails_the_job_with_reason() -> None:
+    events = _events()[:3] + [RenderFailed(job_id=JOB, lane="draft", error="height must be divisible by 8")]
+    state = _fold_all(events)
+    assert state.status == "failed" and "divisible" in state.error

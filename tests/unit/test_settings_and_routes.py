@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.export import SCHEMA_MODELS, export_schemas
+from services.routes import load_routes
+from services.settings import Settings
+
+
+def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANES_PROFILE", "production")
+    with pytest.raises(ValidationError, match="LANES_WEBHOOK_SECRET"):
+        Settings()
+    monkeypatch.setenv("LANES_WEBHOOK_SECRET", "whsec_c2VjcmV0LWZvci1wcm9kdWN0aW9u")
+    assert Settings().profile == "production"
+
+
+def test_secret_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANES_WEBHOOK_SECRET", "whsec_c2VjcmV0LWZvci1wcm9kdWN0aW9u")
+    settings = Settings()
+    assert "c2VjcmV0" not in repr(settings) and "c2VjcmV0" not in str(settings.model_dump())
+
+
+def test_allowed_hosts_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1, localhost")
+    assert Settings().webhook_allowed_hosts == ["127.0.0.1", "localhost"]
+
+
+def test_default_routes_send_intents_to_their_lanes() -> None:
+    routes = load_routes(None)
+    assert routes.lane_for("draft")[0] == "draft"
+    assert routes.lane_for("final")[0] == "final"
+    assert routes.lanes["final"].sample_steps > routes.lanes["draft"].sample_steps
+
+
+def test_routes_file_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("models: {m: {version: v1, tiny: {}}}\nlanes: {draft: {model: nope, sample_steps: 2}}\n"
+                   "intents: {draft: draft, final: draft}\n")
+    with pytest.raises(ValidationError, match="unknown model 'nope'"):
+        load_routes(bad)
+
+
+def test_checkpoint_path_is_relative_to_routes_file(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text("models: {sd: {version: v1, path: ckpt/sd}}\n"
+                 "lanes: {draft: {model: sd, sample_steps: 2}}\nintents: {draft: draft, final: draft}\n")
+    assert load_routes(f).models["sd"].path == tmp_path / "ckpt" / "sd"
+
+
+def test_schema_export_writes_one_schema_per_event(tmp_path: Path) -> None:
+    import json
+
+    paths = export_schemas(tmp_path)
+    assert len(paths) == len(SCHEMA_MODELS)
+    requested = json.loads((tmp_path / "generation.requested.json").read_text())
+    assert "spec" in requested["properties"] and "job_id" in requested["required"]
