@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from schemas.records import DeadLetter
 
-__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler"]
+__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler", "dead_letter", "bind_record"]
 
 log = structlog.get_logger("lanes.loop")
 
@@ -128,11 +128,7 @@ class ConsumeLoop:
             record.topic, record.partition, record.offset, record.key, record.timestamp,
             self._publish_now,
         )
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            group=self.group, topic=record.topic, partition=record.partition, offset=record.offset,
-            job_id=record.key.decode(errors="replace") if record.key else None,
-        )
+        bind_record(record, self.group)
         started = time.perf_counter()
         try:
             if record.value is None:
@@ -147,7 +143,7 @@ class ConsumeLoop:
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the DLQ
             self.metrics.events.labels(self.group, "dlq").inc()
             log.warning("event_dead_lettered", error=str(exc)[:500], error_type=type(exc).__name__)
-            return [self._dead_letter(record, exc)]
+            return [dead_letter(record, exc, self.group, self.dlq_topic)]
         finally:
             self.metrics.handle_seconds.labels(self.group).observe(time.perf_counter() - started)
 
@@ -167,19 +163,29 @@ class ConsumeLoop:
                 log.info("transient_error_retry", attempt=attempt, delay_s=delay, error=str(exc))
                 await asyncio.sleep(delay)
 
-    def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> Output:
-        error = _describe(exc)
-        letter = DeadLetter(
-            error=error,
-            error_type=type(exc).__name__,
-            consumer_group=self.group,
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            key_b64=base64.b64encode(record.key).decode() if record.key else None,
-            value_b64=base64.b64encode(record.value).decode() if record.value else None,
-        )
-        return Output(self.dlq_topic, record.key, letter.model_dump_json().encode())
+
+def dead_letter(record: ConsumerRecord, exc: Exception, group: str, dlq_topic: str) -> Output:
+    """The lanes.dlq record for an event that could not be parsed or processed."""
+    letter = DeadLetter(
+        error=_describe(exc),
+        error_type=type(exc).__name__,
+        consumer_group=group,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        key_b64=base64.b64encode(record.key).decode() if record.key else None,
+        value_b64=base64.b64encode(record.value).decode() if record.value else None,
+    )
+    return Output(dlq_topic, record.key, letter.model_dump_json().encode())
+
+
+def bind_record(record: ConsumerRecord, group: str) -> None:
+    """Per message: clear the log context, then bind job id, topic, partition and offset."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        group=group, topic=record.topic, partition=record.partition, offset=record.offset,
+        job_id=record.key.decode(errors="replace") if record.key else None,
+    )
 
 
 def _describe(exc: Exception) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "RenderStarted",
     "RenderCompleted",
     "RenderFailed",
+    "RenderRerouted",
     "VerificationCompleted",
     "Timings",
     "JobEvent",
@@ -78,14 +79,18 @@ class GenerationRouted(Envelope):
     height: int
     seed: int
     requested_at: datetime
+    # Why the job is on this lane when it is not the intent's lane (e.g. a fallback).
+    reason: str | None = None
 
 
 class Timings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    queue_wait_ms: float
-    inference_ms: float
-    total_ms: float
+    queue_wait_ms: float  # accepted -> its batch started on the GPU
+    inference_ms: float  # wall time of the batch it was rendered in
+    total_ms: float  # accepted -> render stored and published
+    kafka_wait_ms: float | None = None  # accepted -> fetched by the worker
+    batch_size: int = 1
 
 
 class RenderStarted(Envelope):
@@ -112,6 +117,16 @@ class RenderCompleted(Envelope):
     expected_text: str | None = None
     timings: Timings
     attempt: int = 1
+
+
+class RenderRerouted(Envelope):
+    """The job could not be served on ``lane`` (e.g. out of memory) and went to ``to_lane``."""
+
+    type: Literal["render.rerouted"] = "render.rerouted"
+    lane: str
+    to_lane: str
+    reason: str
+    attempt: int  # the new attempt, on to_lane
 
 
 class RenderFailed(Envelope):
@@ -142,6 +157,7 @@ JobEvent = Annotated[
         RenderStarted,
         RenderCompleted,
         RenderFailed,
+        RenderRerouted,
         VerificationCompleted,
     ],
     Field(discriminator="type"),

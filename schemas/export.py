@@ -18,6 +18,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "render.started": events.RenderStarted,
     "render.completed": events.RenderCompleted,
     "render.failed": events.RenderFailed,
+    "render.rerouted": events.RenderRerouted,
     "verification.completed": events.VerificationCompleted,
     "job.state": records.JobState,
     "dead.letter": records.DeadLetter,

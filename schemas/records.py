@@ -28,6 +28,7 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 class Artifact(BaseModel):
     stage: str
+    attempt: int = 1
     uri: str
     width: int
     height: int
@@ -69,6 +70,8 @@ class JobState(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     verification: Verification | None = None
     error: str | None = None
+    # Why the job left its first lane, one entry per reroute (e.g. out of memory).
+    reroutes: list[str] = Field(default_factory=list)
     # Event ids already folded in, so a redelivered event changes nothing.
     seen_events: list[str] = Field(default_factory=list)
 

@@ -15,6 +15,7 @@ from schemas.events import (
     GenerationRouted,
     RenderCompleted,
     RenderFailed,
+    RenderRerouted,
     RenderStarted,
     VerificationCompleted,
     utcnow,
@@ -52,21 +53,29 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     if event_id in state.seen_events or state.terminal:
         return None
     update: dict[str, Any] = {}
+    attempt = getattr(event, "attempt", state.attempt)
+    if isinstance(event, (RenderStarted, RenderCompleted, RenderFailed)) and attempt < state.attempt:
+        return None  # a superseded attempt (the job was rerouted) changes nothing
     if isinstance(event, (GenerationRequested, GenerationRouted)):
         if state.spec is None:
             update.update(spec=event.spec, expected_text=event.spec.expected_text)
         if isinstance(event, GenerationRequested):
-            update.update(created_at=event.occurred_at, fingerprint=event.fingerprint,
+            update.update(created_at=event.occurred_at, fingerprint=event.fingerprint)
+        elif event.attempt >= state.attempt:
+            update.update(lane=event.lane, model=event.model, version=event.version,
                           attempt=event.attempt)
-        else:
-            update.update(lane=event.lane, model=event.model, version=event.version)
-            if state.created_at is None:
-                update["created_at"] = event.requested_at
+            if event.attempt > state.attempt:
+                update["started"] = False
+        if state.created_at is None:
+            update["created_at"] = (
+                event.occurred_at if isinstance(event, GenerationRequested) else event.requested_at
+            )
     elif isinstance(event, RenderStarted):
         update.update(started=True, lane=event.lane, model=event.model, version=event.version)
     elif isinstance(event, RenderCompleted):
-        artifact = Artifact(stage=event.stage, uri=event.artifact_uri, width=event.width,
-                            height=event.height, model=event.model, version=event.version)
+        artifact = Artifact(stage=event.stage, attempt=event.attempt, uri=event.artifact_uri,
+                            width=event.width, height=event.height, model=event.model,
+                            version=event.version)
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
         update.update(started=True, lane=event.lane, model=event.model, version=event.version,
@@ -75,6 +84,10 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update["expected_text"] = event.expected_text
     elif isinstance(event, RenderFailed):
         update["error"] = event.error
+    elif isinstance(event, RenderRerouted):
+        update["reroutes"] = [*state.reroutes, f"{event.lane} -> {event.to_lane}: {event.reason}"]
+        if event.attempt > state.attempt:
+            update.update(attempt=event.attempt, lane=event.to_lane, started=False)
     elif isinstance(event, VerificationCompleted):
         update["verification"] = Verification(
             expected=event.expected, read=event.read, score=event.score, passed=event.passed,

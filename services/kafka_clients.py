@@ -45,8 +45,8 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=1 << 20,
         fetch_max_bytes=4 << 20,
-        session_timeout_ms=30000,
-        heartbeat_interval_ms=3000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 10),
         max_poll_interval_ms=300000,
         metadata_max_age_ms=5000,
     )

@@ -39,6 +39,19 @@ class LaneSpec(BaseModel):
     guidance_scale: float = Field(0.0, ge=0.0)
     width: int = Field(512, ge=64, le=2048, multiple_of=8)
     height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    # Micro-batching: jobs that share model, size and steps render together.
+    max_batch: int = Field(1, ge=1)
+    max_wait_ms: float = Field(20.0, ge=0.0)
+    # Where a job goes when this lane cannot serve it (out of memory): a fast-sample lane.
+    fallback_lane: str | None = None
+
+    @model_validator(mode="after")
+    def _batch_within_cap(self) -> LaneSpec:
+        if self.max_batch > self.max_concurrency:
+            raise ValueError(
+                f"max_batch ({self.max_batch}) cannot exceed max_concurrency ({self.max_concurrency})"
+            )
+        return self
 
 
 class Routes(BaseModel):
@@ -53,6 +66,8 @@ class Routes(BaseModel):
         for name, lane in self.lanes.items():
             if lane.model not in self.models:
                 raise ValueError(f"lane {name!r} names unknown model {lane.model!r}")
+            if lane.fallback_lane is not None and lane.fallback_lane not in self.lanes:
+                raise ValueError(f"lane {name!r} falls back to unknown lane {lane.fallback_lane!r}")
         for intent, lane in self.intents.items():
             if lane not in self.lanes:
                 raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     metrics_port: int = 0
 
     device: str = "cpu"
+    # GB of (GPU) memory one worker may use: models over it are refused at load, batches
+    # estimated over it are split. None: no budget.
+    memory_budget_gb: float | None = Field(None, gt=0)
+    compile_unet: bool = False  # torch.compile the UNet on CUDA (opt-in: slow first batch)
+    # SIGTERM: how long a worker keeps finishing in-flight jobs before it exits.
+    drain_timeout_s: float = 30.0
+    kafka_session_timeout_ms: int = 30000
     verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
 
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
