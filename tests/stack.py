@@ -22,7 +22,7 @@ from services.observability import EmbeddedServer
 from services.routes import load_routes
 from services.settings import Settings
 
-__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw"]
+__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw", "write_routes", "wait_until"]
 
 
 class Stack:
@@ -30,8 +30,11 @@ class Stack:
 
     COMPONENTS = ("router", "jobs", "verifier", "webhooks", "workers")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None) -> None:
         self.settings = settings
+        # Lanes whose workers run in-process (default: every lane in the routes file).
+        self.worker_lanes = worker_lanes
+        self.workers: dict[str, Any] = {}
         self.topics = Topics(settings.topic_prefix)
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -46,10 +49,21 @@ class Stack:
         self.start_component("jobs", jobs.run(self.settings, self._stop("jobs")))
         self.start_component("verifier", verifier.run(self.settings, self._stop("verifier")))
         self.start_component("webhooks", webhooks.run(self.settings, self._stop("webhooks")))
-        for lane in lanes:
-            name = f"worker-{lane}"
-            self.start_component(name, lane_worker.run(self.settings, lane, self._stop(name)))
+        for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
+            self.start_worker(lane)
         await self.start_gateway()
+
+    def start_worker(self, lane: str, settings: Settings | None = None) -> None:
+        name = f"worker-{lane}"
+        self.start_component(name, lane_worker.run(
+            settings or self.settings, lane, self._stop(name),
+            on_ready=lambda w: self.workers.__setitem__(lane, w),
+        ))
+
+    def metric(self, lane: str, name: str, **labels: str) -> float:
+        labels = {"lane": lane, "model": "tiny-sd", "version": "tiny-v1", **labels}
+        value = self.workers[lane].registry.get_sample_value(name, labels)
+        return float(value or 0.0)
 
     def _stop(self, name: str) -> asyncio.Event:
         self.stops[name] = asyncio.Event()
@@ -202,3 +216,16 @@ async def produce_raw(settings: Settings, topic: str, value: bytes | None, key: 
         await producer.send_and_wait(topic, value=value, key=key)
     finally:
         await producer.stop()
+
+
+def write_routes(path: Any, **lanes: dict[str, Any]) -> Any:
+    """A routes file on the tiny model; each keyword is a lane's settings."""
+    import yaml
+
+    doc = {
+        "models": {"tiny-sd": {"tiny": {"seed": 0}, "version": "tiny-v1"}},
+        "lanes": {name: {"model": "tiny-sd", **spec} for name, spec in lanes.items()},
+        "intents": {"draft": "draft", "final": "final" if "final" in lanes else "draft"},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path

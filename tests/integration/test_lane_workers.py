@@ -1,0 +1,220 @@
+"""Lane workers under load, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from producers.client import GenerationClient
+from schemas.events import GenerationRequested, RenderCompleted, RenderStarted, parse_job_event
+from schemas.records import JobState
+from schemas.spec import GenerationSpec
+from services.settings import Settings
+from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic, wait_until, write_routes
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+async def _events(settings: Settings, topic: str) -> list:
+    return [parse_job_event(r.value) for r in await read_topic(settings, topic)]
+
+
+async def _submit_many(settings: Settings, n: int, **spec: object) -> list[str]:
+    async with GenerationClient(settings) as client:
+        return [await client.submit(GenerationSpec(prompt=f"product shot {i}", **spec)) for i in range(n)]
+
+
+async def _wait_all(stack: Stack, job_ids: list[str], timeout: float = 120) -> list[dict]:
+    return [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=timeout) for j in job_ids]
+
+
+@pytest.fixture
+async def flood_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
+    routes = write_routes(tmp_path / "routes.yaml",
+                          draft={"max_concurrency": 3, "max_batch": 3, "max_wait_ms": 50,
+                                 "sample_steps": 2, "width": 128, "height": 128})
+    stack = Stack(settings.model_copy(update={"routes_file": routes}))
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: Stack) -> None:
+    stack = flood_stack
+    jobs = await _submit_many(stack.settings, 30)
+    done = await _wait_all(stack, jobs)
+    assert {d["status"] for d in done} == {"succeeded"}
+    worker = stack.workers["draft"]
+    # Measured by the worker: never more than the cap held at once, and the cap was reached.
+    assert worker.max_in_flight == 3
+    assert stack.metric("draft", "lanes_worker_in_flight_max") == 3
+    assert stack.metric("draft", "lanes_worker_partition_pauses_total") >= 1
+    assert stack.metric("draft", "lanes_worker_partition_resumes_total") >= 1
+    completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+    assert len(completed) == 30
+    assert max(e.timings.batch_size for e in completed) > 1
+    assert all(e.timings.batch_size <= 3 for e in completed)
+
+
+async def test_redelivered_request_yields_one_terminal_result(stack: Stack, receiver: WebhookReceiver) -> None:
+    spec = GenerationSpec(prompt="a lamp", webhook_url=receiver.url)
+    event = GenerationRequested(job_id="job_redelivered", spec=spec)
+    for _ in range(3):  # the same event, as a redelivery would bring it
+        await produce_raw(stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode())
+    await stack.wait_for_status(event.job_id, {"succeeded"})
+    await receiver.wait_for(1)
+    # Once more after the job ended.
+    await produce_raw(stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode())
+    await wait_until(lambda: stack.metric("draft", "lanes_worker_duplicates_skipped_total") >= 3,
+                     timeout=30, what="duplicates skipped")
+    renders = await _events(stack.settings, stack.topics.renders)
+    assert sum(isinstance(e, RenderCompleted) for e in renders) == 1
+    states = [JobState.model_validate_json(r.value) for r in await read_topic(stack.settings, stack.topics.jobs)]
+    assert sum(s.status == "succeeded" for s in states) == 1
+    assert len(receiver.deliveries) == 1
+
+
+async def test_batch_over_memory_budget_is_split(settings: Settings, tmp_path: Path) -> None:
+    routes = write_routes(tmp_path / "routes.yaml",
+                          draft={"max_concurrency": 2, "max_batch": 2, "max_wait_ms": 1500,
+                                 "sample_steps": 1, "width": 256, "height": 256})
+    # Weights ~8 MB; one 256x256 image ~100 MB of activations, two ~200 MB.
+    stack = Stack(settings.model_copy(update={"routes_file": routes, "memory_budget_gb": 0.15}))
+    await stack.start()
+    try:
+        jobs = await _submit_many(stack.settings, 2)
+        done = await _wait_all(stack, jobs)
+        assert [(d["status"], d["lane"]) for d in done] == [("succeeded", "draft")] * 2
+        assert stack.metric("draft", "lanes_worker_oom_total") >= 1
+        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        assert [e.timings.batch_size for e in completed] == [1, 1]
+    finally:
+        await stack.stop()
+
+
+async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(settings: Settings, tmp_path: Path) -> None:
+    routes = write_routes(tmp_path / "routes.yaml",
+                          draft={"max_concurrency": 2, "sample_steps": 2, "width": 256, "height": 256,
+                                 "fallback_lane": "fallback"},
+                          fallback={"max_concurrency": 1, "sample_steps": 1, "width": 128, "height": 128})
+    stack = Stack(settings.model_copy(update={"routes_file": routes, "memory_budget_gb": 0.06}))
+    await stack.start()
+    try:
+        (job,) = await _submit_many(stack.settings, 1)
+        done = await stack.wait_for_status(job, {"succeeded", "failed"})
+        assert done["status"] == "succeeded" and done["lane"] == "fallback"
+        assert done["attempt"] == 2
+        assert "out of memory on lane draft" in done["reroutes"][0]
+        assert (done["artifacts"][0]["width"], done["artifacts"][0]["attempt"]) == (128, 2)
+        assert stack.metric("draft", "lanes_worker_oom_total") >= 1
+        stack.check_alive()  # the worker did not die of it
+    finally:
+        await stack.stop()
+
+
+# ---- worker processes: kill -9 and SIGTERM --------------------------------------------
+
+SLOW_DRAFT = {"max_concurrency": 2, "max_batch": 1, "sample_steps": 40, "width": 256, "height": 256}
+
+
+def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[bytes]:
+    env = dict(os.environ,
+               LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, LANES_TOPIC_PREFIX=settings.topic_prefix,
+               LANES_GROUP_PREFIX=settings.group_prefix, LANES_STATE_DIR=str(settings.state_dir),
+               LANES_ARTIFACT_DIR=str(settings.artifacts_path), LANES_ROUTES_FILE=str(settings.routes_file),
+               LANES_KAFKA_SESSION_TIMEOUT_MS="6000", LANES_DRAIN_TIMEOUT_S="60")
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", "worker", "--lane", lane],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    await wait_until(lambda: proc.poll() is not None, timeout=timeout, what="worker exit")
+    return proc.returncode
+
+
+@pytest.fixture
+async def process_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
+    routes = write_routes(tmp_path / "routes.yaml", draft=SLOW_DRAFT)
+    stack = Stack(settings.model_copy(update={"routes_file": routes}), worker_lanes=[])
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+async def _started_events(stack: Stack) -> list[RenderStarted]:
+    return [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderStarted)]
+
+
+async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
+    process_stack: Stack, receiver: WebhookReceiver
+) -> None:
+    stack = process_stack
+    workers = [_spawn_worker(stack.settings), _spawn_worker(stack.settings)]
+    try:
+        job = await stack.submit({"prompt": "a poster", "webhook_url": receiver.url})
+        started: list[RenderStarted] = []
+
+        async def render_started() -> bool:
+            started[:] = await _started_events(stack)
+            return bool(started)
+
+        await wait_until(render_started, timeout=90, what="render started")
+        victim_pid = int(started[0].instance.split("-")[-2])
+        victim = next(w for w in workers if w.pid == victim_pid)
+        victim.send_signal(signal.SIGKILL)
+        await _wait_exit(victim, 10)
+
+        done = await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=120)
+        assert done["status"] == "succeeded"
+        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        assert [e.instance.split("-")[-2] for e in completed] != [str(victim_pid)]
+        await receiver.wait_for(1)
+        await asyncio.sleep(3)
+        assert len(receiver.deliveries) == 1
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+
+async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack) -> None:
+    stack = process_stack
+    worker = _spawn_worker(stack.settings)
+    try:
+        jobs = [await stack.submit({"prompt": f"a hat {i}"}) for i in range(2)]
+        await wait_until(lambda: _started_events(stack), timeout=90, what="render started")
+        worker.send_signal(signal.SIGTERM)
+        code = await _wait_exit(worker, 90)
+        assert code == 0, worker.stderr.read().decode()[-3000:] if worker.stderr else ""
+        stderr = worker.stderr.read().decode() if worker.stderr else ""
+        assert "worker_draining" in stderr
+        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        assert {e.job_id for e in completed} == set(jobs)  # both held jobs finished before exit
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    # A new worker finds nothing uncommitted: no job renders twice.
+    successor = _spawn_worker(stack.settings)
+    try:
+        done = await _wait_all(stack, jobs)
+        assert {d["status"] for d in done} == {"succeeded"}
+        await asyncio.sleep(8)
+        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        assert Counter(e.job_id for e in completed) == Counter(jobs)
+    finally:
+        successor.send_signal(signal.SIGTERM)
+        await _wait_exit(successor, 60)

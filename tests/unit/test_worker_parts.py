@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import TopicPartition
+
+from consumers.batcher import MicroBatcher
+from consumers.offsets import OffsetTracker
+from services.engines.diffusion import DiffusionEngine
+from services.engines.memory import MemoryBudget, ModelTooLarge
+from services.routes import checkpoint_dir, load_routes
+
+TP = TopicPartition("t", 0)
+
+
+def test_commit_point_waits_for_the_lowest_unfinished_offset() -> None:
+    t = OffsetTracker()
+    for off in (10, 11, 12):
+        t.add(TP, off)
+    t.done(TP, 12)
+    t.done(TP, 11)
+    assert t.to_commit() == {TP: 10}
+    t.mark_committed({TP: 10})
+    assert t.to_commit() == {}
+    t.done(TP, 10)
+    assert t.to_commit() == {TP: 13}
+    t.forget([TP])
+    assert t.to_commit() == {} and t.pending() == 0
+
+
+async def test_batcher_hands_out_full_batches_at_once_and_partial_after_wait() -> None:
+    b: MicroBatcher[int] = MicroBatcher(max_batch=3, max_wait_s=0.2)
+    for i in range(4):
+        b.put("k", i)
+    b.put("other", 99)
+    started = time.monotonic()
+    assert await b.next_batch() == [0, 1, 2]
+    assert time.monotonic() - started < 0.1
+    assert await b.next_batch() == [3]  # the oldest group, after its wait
+    assert await b.next_batch() == [99]
+    assert time.monotonic() - started >= 0.2
+    waiter = asyncio.create_task(b.next_batch())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    for i in range(3):
+        b.put("k", i)
+    assert await asyncio.wait_for(waiter, 1) == [0, 1, 2]
+
+
+def test_model_over_budget_is_refused_at_load(tmp_path_factory: pytest.TempPathFactory) -> None:
+    routes = load_routes(None)
+    path = checkpoint_dir("tiny-sd", routes.models["tiny-sd"], tmp_path_factory.mktemp("m"))
+    with pytest.raises(ModelTooLarge, match=r"model 'tiny-sd' needs 0\.01 GB .* budget of 0\.00 GB"):
+        DiffusionEngine.load(path, name="tiny-sd", version="v", budget=MemoryBudget.from_gb(0.001))
