@@ -32,3 +32,6 @@ schemas: install
 
 clean:
 	rm -rf .lanes results
+
+bench: install
+	$(BIN)/lanes bench burst --out results

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -123,6 +123,7 @@ class LaneWorker(ConsumerRebalanceListener):
         self.finishing: set[asyncio.Task[None]] = set()
         self.commit_lock = asyncio.Lock()
         self.ready = False
+        self.fatal: Exception | None = None
         # One inference thread: one GPU runs one batch at a time.
         self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpu-{lane}")
 
@@ -162,6 +163,8 @@ class LaneWorker(ConsumerRebalanceListener):
         assert self.consumer is not None
         last_lag = 0.0
         while not stop.is_set():
+            if self.fatal is not None:
+                raise RuntimeError("worker stopped: an outcome could not be published") from self.fatal
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception():
                     raise task.exception()  # type: ignore[misc]
@@ -284,12 +287,14 @@ class LaneWorker(ConsumerRebalanceListener):
         while True:
             batch = await self.batcher.next_batch()
             started_at = datetime.now(UTC)
-            await self._send([Output(self.topics.renders, t.event.job_id, RenderStarted(
+            # Progress events are not waited for here (the render starts at once); _finish
+            # awaits their acks before it publishes the outcome.
+            started = await self._enqueue([Output(self.topics.renders, t.event.job_id, RenderStarted(
                 job_id=t.event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
                 model=t.event.model, version=t.event.version, instance=self.instance,
                 attempt=t.event.attempt).to_bytes()) for t in batch])
             results = await self._render_fitting(batch)
-            task = asyncio.create_task(self._finish(results, started_at))
+            task = asyncio.create_task(self._finish(results, started_at, started))
             self.finishing.add(task)
             task.add_done_callback(self.finishing.discard)
 
@@ -320,30 +325,37 @@ class LaneWorker(ConsumerRebalanceListener):
             )
 
     async def _finish(self, results: list[tuple[RenderTask, RenderOutput | Exception]],
-                      started_at: datetime) -> None:
-        loop = asyncio.get_running_loop()
+                      started_at: datetime, pending: list[asyncio.Future[Any]]) -> None:
+        """Store and publish each job's outcome as soon as it is ready, then commit.
+
+        A publish that fails after the producer's own retries is fatal: the worker stops
+        with its offsets uncommitted, so the jobs are redelivered to a healthy member.
+        """
         try:
-            outputs: list[Output] = []
-            for task, result in results:
-                if isinstance(result, Exception):
-                    outputs += self._unrendered(task, result)
-                else:
-                    uri = await loop.run_in_executor(
-                        None, self.store.put_png, task.event.job_id,
-                        f"{'final' if task.event.spec.intent == 'final' else 'draft'}-a{task.event.attempt}",
-                        result.image,
-                    )
-                    outputs.append(self._completed(task, result, uri, started_at))
-            await self._send(outputs)
-        except Exception as exc:  # noqa: BLE001 - keep serving; the jobs stay uncommitted
-            log.error("finish_failed", error=str(exc)[:500])
-            for task, _ in results:
-                self._release(task)
+            await asyncio.gather(*pending)
+            await asyncio.gather(*(self._publish_outcome(t, r, started_at) for t, r in results))
+        except Exception as exc:  # noqa: BLE001
+            log.error("publish_failed", error=str(exc)[:500])
+            self.fatal = exc
+            self.slot_freed.set()
             return
         for task, _ in results:
             self.tracker.done(task.tp, task.offset)
             self._release(task, rendered=True)
         await self._commit()
+
+    async def _publish_outcome(self, task: RenderTask, result: RenderOutput | Exception,
+                               started_at: datetime) -> None:
+        if isinstance(result, Exception):
+            await self._send(self._unrendered(task, result))
+            return
+        stored = time.perf_counter()
+        uri = await asyncio.get_running_loop().run_in_executor(
+            None, self.store.put_png, task.event.job_id,
+            f"{_stage(task.event)}-a{task.event.attempt}", result.image,
+        )
+        store_ms = (time.perf_counter() - stored) * 1000
+        await self._send([self._completed(task, result, uri, started_at, store_ms)])
 
     def _release(self, task: RenderTask, rendered: bool = False) -> None:
         key = (task.event.job_id, task.event.attempt)
@@ -355,7 +367,7 @@ class LaneWorker(ConsumerRebalanceListener):
         self._hold(-1)
 
     def _completed(self, task: RenderTask, result: RenderOutput, uri: str,
-                   started_at: datetime) -> Output:
+                   started_at: datetime, store_ms: float) -> Output:
         e = task.event
         now = datetime.now(UTC)
         queue_wait = max(0.0, (started_at - e.requested_at).total_seconds())
@@ -367,13 +379,13 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.batch_size.labels(*self.labels).observe(result.batch_size)
         done = RenderCompleted(
             job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
-            stage="final" if e.spec.intent == "final" else "draft", model=e.model,
+            stage=_stage(e), model=e.model,
             version=e.version, instance=self.instance, artifact_uri=uri,
             width=result.image.width, height=result.image.height, seed=e.seed,
             sample_steps=e.sample_steps, expected_text=e.spec.expected_text,
             timings=Timings(
                 queue_wait_ms=queue_wait * 1000, inference_ms=result.inference_ms,
-                total_ms=total * 1000, batch_size=result.batch_size,
+                total_ms=total * 1000, batch_size=result.batch_size, store_ms=store_ms,
                 kafka_wait_ms=max(0.0, (task.fetched_at - e.requested_at).total_seconds() * 1000),
             ),
         )
@@ -412,13 +424,17 @@ class LaneWorker(ConsumerRebalanceListener):
 
     # ---- Kafka I/O ---------------------------------------------------------------------
 
-    async def _send(self, outputs: list[Output]) -> None:
+    async def _enqueue(self, outputs: list[Output]) -> list[asyncio.Future[Any]]:
+        """Hand outputs to the producer; the returned futures resolve on the broker's ack."""
         assert self.producer is not None
-        futures = [
+        return [
             await self.producer.send(o.topic, value=o.value,
                                      key=o.key.encode() if isinstance(o.key, str) else o.key)
             for o in outputs
         ]
+
+    async def _send(self, outputs: list[Output]) -> None:
+        futures = await self._enqueue(outputs)
         if futures:
             await asyncio.gather(*futures)
 
@@ -449,6 +465,10 @@ class LaneWorker(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def _stage(event: GenerationRouted) -> Literal["draft", "final"]:
+    return "final" if event.spec.intent == "final" else "draft"
 
 
 # diffusers' lazy imports are not thread-safe: loads in one process go one at a time.

@@ -90,6 +90,7 @@ class Timings(BaseModel):
     inference_ms: float  # wall time of the batch it was rendered in
     total_ms: float  # accepted -> render stored and published
     kafka_wait_ms: float | None = None  # accepted -> fetched by the worker
+    store_ms: float | None = None  # writing the artifact
     batch_size: int = 1
 
 

@@ -22,7 +22,7 @@ class LocalArtifactStore:
 
     def put_png(self, job_id: str, name: str, image: Image.Image) -> str:
         buf = io.BytesIO()
-        image.save(buf, format="PNG")
+        image.save(buf, format="PNG", compress_level=1)  # encode speed over size
         return self.put(job_id, f"{name}.png", buf.getvalue())
 
     def put(self, job_id: str, filename: str, data: bytes) -> str:

@@ -18,6 +18,8 @@ run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreg
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas")
 kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (write a Markdown table and a PNG)")
+app.add_typer(bench_app, name="bench")
 app.add_typer(run_app, name="run")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(kafka_app, name="kafka")
@@ -188,6 +190,30 @@ def models_build_tiny(directory: Path, seed: int = 0) -> None:
     from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
     typer.echo(str(build_tiny_checkpoint(directory, TinyConfig(seed=seed))))
+
+
+@bench_app.command("burst")
+def bench_burst(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    jobs: int = 60,
+    draft_share: float = 0.75,
+    burst_factor: float = 10.0,
+    draft_steps: int = 1,
+    final_steps: int = 20,
+    width: int = 256,
+    height: int = 256,
+    workers: int = 2,
+    preset: str = typer.Option("tiny", help="engine sizes: tiny | sd-turbo-class"),
+    device: str = "cpu",
+) -> None:
+    """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
+    from services.bench.burst import BurstConfig, run_burst
+
+    cfg = BurstConfig(jobs=jobs, draft_share=draft_share, burst_factor=burst_factor,
+                      draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
+                      workers=workers, preset=preset, device=device)
+    path = run_burst(cfg, out)
+    typer.echo(path.read_text())
 
 
 def main() -> None:

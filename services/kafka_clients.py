@@ -25,7 +25,7 @@ def make_producer(settings: Settings, client_id: str = "lanes") -> AIOKafkaProdu
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=0,  # latency first; batches still form while a request is in flight
         request_timeout_ms=30000,
     )
 

@@ -97,13 +97,14 @@ class KafkaProcess:
         java = self._java()
         cfg = self._config()
         classpath = f"{libs}/*"
+        log = self.log_path.open("ab")
         if not (self.state_dir / "data" / "meta.properties").exists():
             subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", uuid.uuid4().hex[:22], "-c", str(cfg), "--ignore-formatted"],
-                check=True, stdout=subprocess.DEVNULL,
+                [java, "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", classpath,
+                 "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(cfg),
+                 "--ignore-formatted"],
+                check=True, stdout=log, stderr=subprocess.STDOUT,
             )
-        log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
              "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",

@@ -12,21 +12,53 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["TinyConfig", "build_tiny_checkpoint", "write_byte_level_tokenizer"]
+__all__ = ["TinyConfig", "PRESETS", "build_tiny_checkpoint", "write_byte_level_tokenizer"]
 
 
 class TinyConfig(BaseModel):
-    """Sizes of the random-weight build. Defaults: a few MB, fast on one CPU core."""
+    """Sizes of a random-weight build. Defaults: a few MB, fast on one CPU core.
+
+    ``PRESETS`` also holds real-architecture sizes (random weights) for GPU benchmarks.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: int = 0
     unet_channels: tuple[int, ...] = (32, 64)
+    down_block_types: tuple[str, ...] | None = None  # default: DownBlock2D then cross-attn blocks
+    up_block_types: tuple[str, ...] | None = None
+    attention_head_dim: int | tuple[int, ...] = 8
+    use_linear_projection: bool = False
     vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_layers_per_block: int = 1
     cross_attention_dim: int = 32
     text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int | None = None  # default: 2 x cross_attention_dim
     layers_per_block: int = 1
     sample_size: int = 64  # latent size; image size = sample_size * 2**(len(vae_channels)-1)
+
+
+PRESETS: dict[str, TinyConfig] = {
+    "tiny": TinyConfig(),
+    # Stable Diffusion 2.1 / SD-Turbo architecture (865M-parameter UNet, OpenCLIP-H-sized
+    # text encoder, 512px), random weights. Vocabulary is the byte-level one below.
+    "sd-turbo-class": TinyConfig(
+        unet_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        layers_per_block=2,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers_per_block=2,
+        cross_attention_dim=1024,
+        text_layers=23,
+        text_heads=16,
+        text_intermediate=4096,
+        sample_size=64,
+    ),
+}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -82,9 +114,12 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
         sample_size=cfg.sample_size,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=cfg.down_block_types
+        or ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=cfg.up_block_types or ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        use_linear_projection=cfg.use_linear_projection,
         norm_num_groups=min(32, cfg.unet_channels[0]),
     )
     torch.manual_seed(cfg.seed)
@@ -96,6 +131,7 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
         down_block_types=("DownEncoderBlock2D",) * m,
         up_block_types=("UpDecoderBlock2D",) * m,
         latent_channels=4,
+        layers_per_block=cfg.vae_layers_per_block,
         norm_num_groups=min(32, cfg.vae_channels[0]),
         sample_size=cfg.sample_size * 2 ** (m - 1),
     )
@@ -106,9 +142,9 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
             eos_token_id=vocab_size - 1,
             pad_token_id=vocab_size - 1,
             hidden_size=cfg.cross_attention_dim,
-            intermediate_size=cfg.cross_attention_dim * 2,
+            intermediate_size=cfg.text_intermediate or cfg.cross_attention_dim * 2,
             layer_norm_eps=1e-05,
-            num_attention_heads=4,
+            num_attention_heads=cfg.text_heads,
             num_hidden_layers=cfg.text_layers,
             vocab_size=vocab_size,
             max_position_embeddings=77,

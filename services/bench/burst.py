@@ -1,0 +1,438 @@
+"""Burst benchmark: Lanes (lanes, caps, micro-batching over Kafka) against the old
+architecture (one FIFO queue in front of the same engines, same number of workers).
+
+Each architecture runs in its own process (so peak memory is its own) on the same arrival
+plan: a steady trickle, then a burst at ``burst_factor`` times the steady rate. Writes
+``burst.md`` (table) and ``burst.png`` (plot) into the results folder.
+
+    lanes bench burst --jobs 60 --out results/          # tiny engines, CPU
+    lanes bench burst --preset sd-turbo-class --device cuda --draft-steps 1 --final-steps 25
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.bench.stats import ensure_dir, markdown_table, pct
+
+__all__ = ["BurstConfig", "plan_arrivals", "run_burst"]
+
+
+@dataclass(frozen=True)
+class BurstConfig:
+    jobs: int = 60
+    draft_share: float = 0.75
+    burst_factor: float = 10.0
+    steady_jobs: int = 6
+    draft_steps: int = 1  # turbo-style draft
+    final_steps: int = 20
+    final_guidance: float = 5.0
+    width: int = 256
+    height: int = 256
+    workers: int = 2  # both architectures: one per lane for Lanes, a shared pool for FIFO
+    draft_cap: int = 4
+    draft_batch: int = 4
+    final_cap: int = 2
+    final_batch: int = 2
+    max_wait_ms: float = 15.0
+    device: str = "cpu"
+    preset: str = "tiny"
+    seed: int = 0
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    intent: str
+    submitted: float  # unix seconds
+    done: float | None = None
+    inference_ms: float | None = None
+    gpu_wait_s: float | None = None  # routed/enqueued -> its batch started
+    batch_size: int = 1
+    route_s: float | None = None  # submitted -> routed (Lanes: the router hop)
+    store_ms: float = 0.0  # writing the PNG (both architectures write it)
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.done is None else self.done - self.submitted
+
+    @property
+    def overhead_ms(self) -> float | None:
+        """End-to-end minus inference, the wait for a GPU slot and the artifact write: what
+        moving the job between processes costs."""
+        if self.done is None or self.inference_ms is None or self.gpu_wait_s is None:
+            return None
+        work = self.inference_ms + self.gpu_wait_s * 1000 + self.store_ms
+        return max(0.0, (self.e2e_s or 0) * 1000 - work)
+
+
+def plan_arrivals(cfg: BurstConfig, steady_rate: float) -> list[tuple[float, str]]:
+    """(offset seconds, intent) per job: ``steady_jobs`` at the steady rate, then the burst."""
+    rng = random.Random(cfg.seed)
+    out, t = [], 0.0
+    for i in range(cfg.jobs):
+        intent = "draft" if rng.random() < cfg.draft_share else "final"
+        out.append((t, intent))
+        rate = steady_rate if i < cfg.steady_jobs else steady_rate * cfg.burst_factor
+        t += 1.0 / rate
+    return out
+
+
+def _routes_yaml(cfg: BurstConfig) -> str:
+    import yaml
+
+    model: dict[str, Any] = {"version": "bench-v1"}
+    model["tiny"] = _preset(cfg.preset)
+    lane = {"model": "m", "width": cfg.width, "height": cfg.height, "max_wait_ms": cfg.max_wait_ms}
+    return yaml.safe_dump({
+        "models": {"m": model},
+        "lanes": {
+            "draft": {**lane, "sample_steps": cfg.draft_steps, "guidance_scale": 0.0,
+                      "max_concurrency": cfg.draft_cap, "max_batch": cfg.draft_batch},
+            "final": {**lane, "sample_steps": cfg.final_steps, "guidance_scale": cfg.final_guidance,
+                      "max_concurrency": cfg.final_cap, "max_batch": cfg.final_batch},
+        },
+        "intents": {"draft": "draft", "final": "final"},
+    })
+
+
+def _preset(name: str) -> dict[str, Any]:
+    from services.engines.tiny import PRESETS
+
+    if name not in PRESETS:
+        raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].model_dump(mode="json")
+
+
+# ---- one architecture, in its own process ---------------------------------------------
+
+async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    from consumers import lane_worker, router
+    from producers.client import GenerationClient
+    from schemas.events import GenerationRouted, RenderCompleted, RenderStarted, parse_job_event
+    from schemas.spec import GenerationSpec
+    from schemas.topics import Topics
+    from services.kafka_clients import ensure_topics
+    from services.routes import load_routes
+
+    topics = Topics(settings.topic_prefix)
+    routes = load_routes(settings.routes_file)
+    await ensure_topics(settings, topics.specs(routes.lanes))
+    stop = asyncio.Event()
+    workers: dict[str, Any] = {}
+    tasks = [asyncio.create_task(router.run(settings, stop))]
+    for lane in ("draft", "final"):
+        tasks.append(asyncio.create_task(lane_worker.run(
+            settings, lane, stop, on_ready=lambda w, lane=lane: workers.__setitem__(lane, w))))
+    results: dict[str, JobResult] = {}
+    routed_at: dict[str, float] = {}
+    started_at: dict[str, float] = {}
+    collector = AIOKafkaConsumer(topics.renders, topics.lane("draft"), topics.lane("final"),
+                                 bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                 auto_offset_reset="earliest")
+    await collector.start()
+
+    async def collect() -> None:
+        while True:
+            batches = await collector.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batches.values():
+                for r in records:
+                    e = parse_job_event(r.value)
+                    if isinstance(e, GenerationRouted):
+                        routed_at[e.job_id] = e.occurred_at.timestamp()
+                    elif isinstance(e, RenderStarted):
+                        started_at[e.job_id] = e.occurred_at.timestamp()
+                    elif isinstance(e, RenderCompleted) and e.job_id in results:
+                        res = results[e.job_id]
+                        res.done, res.inference_ms = now, e.timings.inference_ms
+                        res.batch_size = e.timings.batch_size
+                        res.gpu_wait_s = started_at[e.job_id] - routed_at[e.job_id]
+                        res.route_s = routed_at[e.job_id] - res.submitted
+                        res.store_ms = e.timings.store_ms or 0.0
+
+    collecting = asyncio.create_task(collect())
+    while len(workers) < 2 or not all(w.ready for w in workers.values()):
+        await asyncio.sleep(0.1)
+    await _warm_up_lanes(settings, workers)
+    async with GenerationClient(settings) as client:
+        t0 = time.monotonic()
+        for offset, intent in plan:
+            await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+            job_id = f"job_{uuid.uuid4().hex}"
+            results[job_id] = JobResult(job_id, intent, time.time())
+            await client.submit(GenerationSpec(prompt=f"a {intent} product photo", intent=intent),
+                                job_id=job_id)
+    deadline = time.monotonic() + 600
+    while any(r.done is None for r in results.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    stop.set()
+    crashes = 0
+    for t in await asyncio.gather(*tasks, return_exceptions=True):
+        crashes += isinstance(t, BaseException)
+    collecting.cancel()
+    await collector.stop()
+    ooms = sum(w.registry.get_sample_value("lanes_worker_oom_total", {"lane": lane, "model": "m",
+               "version": "bench-v1"}) or 0 for lane, w in workers.items())
+    return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes, "ooms": ooms}
+
+
+async def _warm_up_lanes(settings: Any, workers: dict[str, Any]) -> None:
+    """One render per engine before the clock starts, as both architectures get."""
+    loop = asyncio.get_running_loop()
+    from services.engines.diffusion import RenderRequest
+
+    for lane, w in workers.items():
+        req = RenderRequest("warm up", w.spec.width, w.spec.height, w.spec.sample_steps,
+                            w.spec.guidance_scale, 0)
+        await loop.run_in_executor(w.gpu, w.engine.render_batch, [req])
+
+
+async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+    from consumers.lane_worker import load_engine
+    from services.artifacts import LocalArtifactStore
+    from services.engines.diffusion import RenderRequest
+    from services.engines.memory import OutOfMemory
+    from services.routes import load_routes
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    routes = load_routes(settings.routes_file)
+    store = LocalArtifactStore(settings.artifacts_path)
+    engines = [await asyncio.to_thread(load_engine, settings, "draft", routes) for _ in range(cfg.workers)]
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in engines]
+    loop = asyncio.get_running_loop()
+    for engine, pool in zip(engines, pools):
+        for lane in ("draft", "final"):
+            s = routes.lanes[lane]
+            await loop.run_in_executor(pool, engine.render_batch, [
+                RenderRequest("warm up", s.width, s.height, s.sample_steps, s.guidance_scale, 0)])
+    queue: asyncio.Queue[tuple[JobResult, float]] = asyncio.Queue()
+    results: list[JobResult] = []
+    counters = {"ooms": 0, "crashes": 0}
+
+    async def worker(engine: Any, pool: ThreadPoolExecutor) -> None:
+        while True:
+            job, enqueued = await queue.get()
+            spec = routes.lanes[job.intent]
+            req = RenderRequest(f"a {job.intent} product photo", spec.width, spec.height,
+                                spec.sample_steps, spec.guidance_scale, 1)
+            started = time.time()
+            try:
+                (out,) = await loop.run_in_executor(pool, engine.render_batch, [req])
+                stored = time.perf_counter()
+                await loop.run_in_executor(None, store.put_png, job.job_id, job.intent, out.image)
+                job.store_ms = (time.perf_counter() - stored) * 1000
+                job.done, job.inference_ms = time.time(), out.inference_ms
+                job.gpu_wait_s = started - enqueued
+            except OutOfMemory:
+                counters["ooms"] += 1
+            finally:
+                queue.task_done()
+
+    tasks = [asyncio.create_task(worker(e, p)) for e, p in zip(engines, pools)]
+    t0 = time.monotonic()
+    for offset, intent in plan:
+        await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+        job = JobResult(f"job_{uuid.uuid4().hex}", intent, time.time())
+        results.append(job)
+        queue.put_nowait((job, time.time()))
+    await asyncio.wait_for(queue.join(), 600)
+    for t in tasks:
+        t.cancel()
+    return {"jobs": [asdict(r) for r in results], **counters}
+
+
+def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap: str,
+           workdir: Path) -> dict[str, Any]:
+    import torch
+
+    from services.engines.memory import peak_memory_bytes
+    from services.logs import configure_logging
+    from services.settings import Settings
+
+    configure_logging("WARNING", json=True)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    if os.environ.get("LANES_SWITCH"):
+        sys.setswitchinterval(float(os.environ["LANES_SWITCH"]))
+    routes = workdir / "routes.yaml"
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=ns, group_prefix=ns,
+                        state_dir=workdir / "state", artifact_dir=workdir / arch, routes_file=routes,
+                        device=cfg.device, log_level="WARNING")
+    runner = _run_lanes if arch == "lanes" else _run_fifo
+    out = asyncio.run(runner(settings, cfg, plan))
+    out["peak_memory_bytes"] = peak_memory_bytes(cfg.device)
+    return out
+
+
+# ---- orchestration -------------------------------------------------------------------
+
+def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
+    """Seconds per job, per intent, one at a time on one engine (sets the steady rate)."""
+    import torch
+
+    from consumers.lane_worker import load_engine
+    from services.engines.diffusion import RenderRequest
+    from services.routes import load_routes
+    from services.settings import Settings
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    settings = Settings(state_dir=workdir / "state", routes_file=workdir / "routes.yaml", device=cfg.device)
+    routes = load_routes(settings.routes_file)
+    engine = load_engine(settings, "draft", routes)
+    out = {}
+    for lane in ("draft", "final"):
+        s = routes.lanes[lane]
+        req = RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, 0)
+        engine.render_batch([req])
+        t = time.perf_counter()
+        for _ in range(3):
+            engine.render_batch([req])
+        out[lane] = (time.perf_counter() - t) / 3
+    return out
+
+
+def _summary(arch: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    jobs = [JobResult(**j) for j in data["jobs"]]
+    done = [j for j in jobs if j.done is not None]
+    span = (max(j.done for j in done) - min(j.submitted for j in jobs)) if done else float("nan")
+    rows = []
+    for intent in ("draft", "final", "all"):
+        sel = [j for j in done if intent in ("all", j.intent)]
+        lat = [j.e2e_s for j in sel if j.e2e_s is not None]
+        over = [j.overhead_ms for j in sel if j.overhead_ms is not None]
+        rows.append({
+            "arch": arch, "intent": intent, "jobs": len([j for j in jobs if intent in ("all", j.intent)]),
+            "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "p99_s": pct(lat, 99),
+            "throughput_jps": len(sel) / span if span else float("nan"),
+            "overhead_p95_ms": pct(over, 95),
+            "mean_batch": sum(j.batch_size for j in sel) / max(1, len(sel)),
+            "peak_mem_mb": data["peak_memory_bytes"] / 2**20, "ooms": data["ooms"],
+            "lost": len([j for j in jobs if j.done is None and intent in ("all", j.intent)]),
+            "crashes": data["crashes"],
+        })
+    return rows
+
+
+def _plot(all_data: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arch, data in all_data.items():
+        for intent, style in (("draft", "-"), ("final", "--")):
+            lat = sorted(j["done"] - j["submitted"] for j in data["jobs"] if j["intent"] == intent and j["done"])
+            if lat:
+                axes[0].plot(lat, np.linspace(0, 1, len(lat)), style, label=f"{arch} {intent}")
+        jobs = sorted(data["jobs"], key=lambda j: j["submitted"])
+        t0 = jobs[0]["submitted"]
+        axes[1].scatter([j["submitted"] - t0 for j in jobs if j["done"]],
+                        [j["done"] - j["submitted"] for j in jobs if j["done"]], s=10, label=arch)
+    axes[0].set(xlabel="end-to-end latency (s)", ylabel="fraction of jobs", title="Latency CDF under the burst")
+    axes[1].set(xlabel="submitted at (s)", ylabel="end-to-end latency (s)", title="Latency by arrival time")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
+    from services.kafka_local import KafkaProcess, free_port
+
+    out_dir = ensure_dir(out_dir)
+    with tempfile.TemporaryDirectory(prefix="lanes-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "routes.yaml").write_text(_routes_yaml(cfg))
+        service = _calibrate(cfg, workdir)
+        mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
+        steady_rate = 0.5 * cfg.workers / mean_service  # half the pool's capacity
+        plan = plan_arrivals(cfg, steady_rate)
+        kafka = None
+        bootstrap = os.environ.get("LANES_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            kafka = KafkaProcess(workdir / "kafka", port=free_port())
+            kafka.start()
+            bootstrap = kafka.bootstrap
+        try:
+            all_data = {}
+            for arch in ("lanes", "fifo"):
+                spec = {"arch": arch, "cfg": asdict(cfg), "plan": plan, "bootstrap": bootstrap,
+                        "workdir": str(workdir)}
+                (workdir / "spec.json").write_text(json.dumps(spec))
+                subprocess.run([sys.executable, "-m", "services.bench.burst", str(workdir / "spec.json"),
+                                str(workdir / f"{arch}.json")], check=True)
+                all_data[arch] = json.loads((workdir / f"{arch}.json").read_text())
+        finally:
+            if kafka is not None:
+                kafka.stop()
+    (out_dir / "burst-raw.json").write_text(json.dumps(all_data))
+    rows = _summary("lanes", all_data["lanes"]) + _summary("fifo", all_data["fifo"])
+    _plot(all_data, out_dir / "burst.png")
+    by = {(r["arch"], r["intent"]): r for r in rows}
+    ratio = by[("lanes", "draft")]["p95_s"] / by[("fifo", "draft")]["p95_s"]
+    lanes_all = by[("lanes", "all")]
+    checks = [
+        ("draft p95 under the burst ≤ 0.35× the FIFO baseline", f"{ratio:.2f}×", ratio <= 0.35),
+        ("orchestration overhead p95 ≤ 20 ms per job", f"{lanes_all['overhead_p95_ms']:.1f} ms",
+         lanes_all["overhead_p95_ms"] <= 20),
+        ("0 lost jobs", str(lanes_all["lost"]), lanes_all["lost"] == 0),
+        ("0 worker crashes", str(lanes_all["crashes"]), lanes_all["crashes"] == 0),
+    ]
+    headers = ["arch", "intent", "jobs", "p50 s", "p95 s", "p99 s", "throughput jobs/s",
+               "overhead p95 ms", "mean batch", "peak mem MB", "OOMs", "lost", "crashes"]
+    table = markdown_table(headers, [list(r.values())[:13] for r in rows])
+    md = [
+        f"# Burst benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+        f"Engines: `{cfg.preset}` random-weight SD pipeline on `{cfg.device}`, {cfg.width}x{cfg.height}; "
+        f"draft {cfg.draft_steps} steps, final {cfg.final_steps} steps with CFG {cfg.final_guidance}. "
+        f"Measured service time one at a time: draft {service['draft']*1000:.0f} ms, "
+        f"final {service['final']*1000:.0f} ms.",
+        f"Plan: {cfg.jobs} jobs ({cfg.draft_share:.0%} draft), {cfg.steady_jobs} at the steady rate "
+        f"{steady_rate:.2f} jobs/s (half the pool's capacity), then a burst at {cfg.burst_factor:g}x. "
+        f"{cfg.workers} workers in both: Lanes runs one per lane (draft cap {cfg.draft_cap}, batch "
+        f"{cfg.draft_batch}; final cap {cfg.final_cap}, batch {cfg.final_batch}) over Kafka; the "
+        f"baseline is one in-memory FIFO queue in front of {cfg.workers} workers (no broker hops at all).",
+        "", table, "",
+        "End-to-end: submitted until the render event was read back from Kafka (Lanes) / the "
+        "render was stored (FIFO). Overhead: end-to-end minus inference minus the time the job "
+        "waited for a GPU slot (routed until its batch started) minus the PNG write (both "
+        "architectures write it), i.e. what moving the job through Kafka adds. Peak memory: "
+        "resident memory of the process on CPU, max allocated on CUDA.", "",
+        "| target | measured | met |", "| --- | --- | --- |",
+        *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks], "",
+        "![latency](burst.png)", "",
+    ]
+    path = out_dir / "burst.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _child_main(spec_path: str, out_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = BurstConfig(**spec["cfg"])
+    plan = [tuple(p) for p in spec["plan"]]
+    data = _child(spec["arch"], cfg, plan, spec["bootstrap"], Path(spec["workdir"]))  # type: ignore[arg-type]
+    Path(out_path).write_text(json.dumps(data))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], sys.argv[2])
