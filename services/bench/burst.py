@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ class BurstConfig:
     jobs: int = 60
     draft_share: float = 0.75
     burst_factor: float = 10.0
-    steady_jobs: int = 6
+    steady_jobs: int = 12
     draft_steps: int = 1  # turbo-style draft
     final_steps: int = 20
     final_guidance: float = 5.0
@@ -119,28 +120,30 @@ def _preset(name: str) -> dict[str, Any]:
 # ---- one architecture, in its own process ---------------------------------------------
 
 async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+    """Router in this process; one worker process per lane, as `make up` runs them."""
+    import httpx
     from aiokafka import AIOKafkaConsumer
 
-    from consumers import lane_worker, router
+    from consumers import router
     from producers.client import GenerationClient
     from schemas.events import GenerationRouted, RenderCompleted, RenderStarted, parse_job_event
     from schemas.spec import GenerationSpec
     from schemas.topics import Topics
     from services.kafka_clients import ensure_topics
+    from services.kafka_local import free_port
     from services.routes import load_routes
 
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     await ensure_topics(settings, topics.specs(routes.lanes))
     stop = asyncio.Event()
-    workers: dict[str, Any] = {}
-    tasks = [asyncio.create_task(router.run(settings, stop))]
-    for lane in ("draft", "final"):
-        tasks.append(asyncio.create_task(lane_worker.run(
-            settings, lane, stop, on_ready=lambda w, lane=lane: workers.__setitem__(lane, w))))
+    router_task = asyncio.create_task(router.run(settings, stop))
+    ports = {lane: free_port() for lane in ("draft", "final")}
+    procs = {lane: _spawn_worker(settings, cfg, lane, port) for lane, port in ports.items()}
     results: dict[str, JobResult] = {}
     routed_at: dict[str, float] = {}
     started_at: dict[str, float] = {}
+    warm: set[str] = set()
     collector = AIOKafkaConsumer(topics.renders, topics.lane("draft"), topics.lane("final"),
                                  bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                  auto_offset_reset="earliest")
@@ -157,49 +160,81 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                         routed_at[e.job_id] = e.occurred_at.timestamp()
                     elif isinstance(e, RenderStarted):
                         started_at[e.job_id] = e.occurred_at.timestamp()
-                    elif isinstance(e, RenderCompleted) and e.job_id in results:
-                        res = results[e.job_id]
-                        res.done, res.inference_ms = now, e.timings.inference_ms
-                        res.batch_size = e.timings.batch_size
-                        res.gpu_wait_s = started_at[e.job_id] - routed_at[e.job_id]
-                        res.route_s = routed_at[e.job_id] - res.submitted
-                        res.store_ms = e.timings.store_ms or 0.0
+                    elif isinstance(e, RenderCompleted):
+                        warm.add(e.job_id)
+                        if e.job_id in results:
+                            res = results[e.job_id]
+                            res.done, res.inference_ms = now, e.timings.inference_ms
+                            res.batch_size = e.timings.batch_size
+                            res.gpu_wait_s = started_at[e.job_id] - routed_at[e.job_id]
+                            res.route_s = routed_at[e.job_id] - res.submitted
+                            res.store_ms = e.timings.store_ms or 0.0
 
     collecting = asyncio.create_task(collect())
-    while len(workers) < 2 or not all(w.ready for w in workers.values()):
-        await asyncio.sleep(0.1)
-    await _warm_up_lanes(settings, workers)
-    async with GenerationClient(settings) as client:
-        t0 = time.monotonic()
-        for offset, intent in plan:
-            await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
-            job_id = f"job_{uuid.uuid4().hex}"
-            results[job_id] = JobResult(job_id, intent, time.time())
-            await client.submit(GenerationSpec(prompt=f"a {intent} product photo", intent=intent),
-                                job_id=job_id)
-    deadline = time.monotonic() + 600
-    while any(r.done is None for r in results.values()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    stop.set()
+    async with httpx.AsyncClient() as http:
+        for lane, port in ports.items():
+            await _wait_ready(http, port, procs[lane])
+        async with GenerationClient(settings) as client:
+            # One warm-up render per lane before the clock starts, as the baseline gets.
+            warm_ids = [await client.submit(GenerationSpec(prompt="warm up", intent=i)) for i in ports]
+            while not set(warm_ids) <= warm:
+                await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            for offset, intent in plan:
+                await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+                job_id = f"job_{uuid.uuid4().hex}"
+                results[job_id] = JobResult(job_id, intent, time.time())
+                await client.submit(GenerationSpec(prompt=f"a {intent} product photo", intent=intent),
+                                    job_id=job_id)
+        deadline = time.monotonic() + 900
+        while any(r.done is None for r in results.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        metrics = {lane: (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                   for lane, port in ports.items()}
     crashes = 0
-    for t in await asyncio.gather(*tasks, return_exceptions=True):
-        crashes += isinstance(t, BaseException)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        crashes += await asyncio.to_thread(proc.wait) != 0
+    stop.set()
+    await asyncio.gather(router_task, return_exceptions=True)
     collecting.cancel()
     await collector.stop()
-    ooms = sum(w.registry.get_sample_value("lanes_worker_oom_total", {"lane": lane, "model": "m",
-               "version": "bench-v1"}) or 0 for lane, w in workers.items())
-    return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes, "ooms": ooms}
+    return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes,
+            "ooms": sum(_metric_sum(m, "lanes_worker_oom_total") for m in metrics.values()),
+            "peak_memory_bytes": max(_metric_sum(m, "lanes_worker_peak_memory_bytes")
+                                     for m in metrics.values())}
 
 
-async def _warm_up_lanes(settings: Any, workers: dict[str, Any]) -> None:
-    """One render per engine before the clock starts, as both architectures get."""
-    loop = asyncio.get_running_loop()
-    from services.engines.diffusion import RenderRequest
+def _spawn_worker(settings: Any, cfg: BurstConfig, lane: str, port: int) -> subprocess.Popen[bytes]:
+    threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
+    env = dict(os.environ, LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               LANES_TOPIC_PREFIX=settings.topic_prefix, LANES_GROUP_PREFIX=settings.group_prefix,
+               LANES_STATE_DIR=str(settings.state_dir), LANES_ARTIFACT_DIR=str(settings.artifacts_path),
+               LANES_ROUTES_FILE=str(settings.routes_file), LANES_DEVICE=cfg.device,
+               LANES_METRICS_PORT=str(port), LANES_LOG_LEVEL="WARNING", OMP_NUM_THREADS=threads)
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", "worker", "--lane", lane],
+                            env=env, stdout=subprocess.DEVNULL)
 
-    for lane, w in workers.items():
-        req = RenderRequest("warm up", w.spec.width, w.spec.height, w.spec.sample_steps,
-                            w.spec.guidance_scale, 0)
-        await loop.run_in_executor(w.gpu, w.engine.render_batch, [req])
+
+async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode} before it was ready")
+        try:
+            if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError("worker not ready in 120 s")
+
+
+def _metric_sum(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name)
 
 
 async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
@@ -267,8 +302,6 @@ def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap
 
     configure_logging("WARNING", json=True)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    if os.environ.get("LANES_SWITCH"):
-        sys.setswitchinterval(float(os.environ["LANES_SWITCH"]))
     routes = workdir / "routes.yaml"
     ns = f"bench{uuid.uuid4().hex[:8]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=ns, group_prefix=ns,
@@ -276,7 +309,7 @@ def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap
                         device=cfg.device, log_level="WARNING")
     runner = _run_lanes if arch == "lanes" else _run_fifo
     out = asyncio.run(runner(settings, cfg, plan))
-    out["peak_memory_bytes"] = peak_memory_bytes(cfg.device)
+    out.setdefault("peak_memory_bytes", peak_memory_bytes(cfg.device))
     return out
 
 
@@ -390,10 +423,14 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     by = {(r["arch"], r["intent"]): r for r in rows}
     ratio = by[("lanes", "draft")]["p95_s"] / by[("fifo", "draft")]["p95_s"]
     lanes_all = by[("lanes", "all")]
+    lanes_jobs = sorted((JobResult(**j) for j in all_data["lanes"]["jobs"]), key=lambda j: j.submitted)
+    steady_over = pct([j.overhead_ms for j in lanes_jobs[: cfg.steady_jobs] if j.overhead_ms is not None], 95)
     checks = [
         ("draft p95 under the burst ≤ 0.35× the FIFO baseline", f"{ratio:.2f}×", ratio <= 0.35),
-        ("orchestration overhead p95 ≤ 20 ms per job", f"{lanes_all['overhead_p95_ms']:.1f} ms",
-         lanes_all["overhead_p95_ms"] <= 20),
+        ("orchestration overhead p95 ≤ 20 ms per job, steady phase", f"{steady_over:.1f} ms",
+         steady_over <= 20),
+        ("orchestration overhead p95 ≤ 20 ms per job, whole run (burst included)",
+         f"{lanes_all['overhead_p95_ms']:.1f} ms", lanes_all["overhead_p95_ms"] <= 20),
         ("0 lost jobs", str(lanes_all["lost"]), lanes_all["lost"] == 0),
         ("0 worker crashes", str(lanes_all["crashes"]), lanes_all["crashes"] == 0),
     ]
@@ -409,16 +446,26 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         f"Plan: {cfg.jobs} jobs ({cfg.draft_share:.0%} draft), {cfg.steady_jobs} at the steady rate "
         f"{steady_rate:.2f} jobs/s (half the pool's capacity), then a burst at {cfg.burst_factor:g}x. "
         f"{cfg.workers} workers in both: Lanes runs one per lane (draft cap {cfg.draft_cap}, batch "
-        f"{cfg.draft_batch}; final cap {cfg.final_cap}, batch {cfg.final_batch}) over Kafka; the "
+        f"{cfg.draft_batch}; final cap {cfg.final_cap}, batch {cfg.final_batch}), one process each, "
+        f"over Kafka; the "
         f"baseline is one in-memory FIFO queue in front of {cfg.workers} workers (no broker hops at all).",
         "", table, "",
         "End-to-end: submitted until the render event was read back from Kafka (Lanes) / the "
-        "render was stored (FIFO). Overhead: end-to-end minus inference minus the time the job "
+        "render was stored (FIFO). Peak memory: the largest worker process (Lanes) / the one "
+        "process holding both workers (FIFO). Overhead: end-to-end minus inference minus the time the job "
         "waited for a GPU slot (routed until its batch started) minus the PNG write (both "
-        "architectures write it), i.e. what moving the job through Kafka adds. Peak memory: "
-        "resident memory of the process on CPU, max allocated on CUDA.", "",
+        "architectures write it), i.e. what moving the job through Kafka adds. Memory is "
+        "resident memory on CPU, max allocated on CUDA.", "",
         "| target | measured | met |", "| --- | --- | --- |",
         *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks], "",
+        "On a CPU-only machine the renders themselves occupy the cores that the broker and "
+        "the workers' event loops need, so the overhead measured during the burst includes "
+        "CPU starvation that a GPU host (inference on the GPU) does not have; the steady-phase "
+        "row is the orchestration cost with the cores not saturated.", "",
+        "Finals: with a fixed fleet, Lanes gives finals their own lane (here one worker), so "
+        "under a burst they queue behind other finals only; compare the final rows. Draft "
+        "latency is what the lane split buys; the per-lane autoscaling signal is what gives "
+        "a saturated final lane more replicas.", "",
         "![latency](burst.png)", "",
     ]
     path = out_dir / "burst.md"
