@@ -308,6 +308,8 @@ class LaneWorker(ConsumerRebalanceListener):
             outputs = await loop.run_in_executor(
                 self.gpu, self.engine.render_batch, [t.request for t in batch]
             )
+            self.metrics.batch_size.labels(*self.labels).observe(len(batch))
+            self.metrics.inference.labels(*self.labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs))
         except OutOfMemory as exc:
             self.metrics.ooms.labels(*self.labels).inc()
@@ -374,9 +376,7 @@ class LaneWorker(ConsumerRebalanceListener):
         total = (now - e.requested_at).total_seconds()
         self.metrics.jobs.labels(*self.labels, "ok").inc()
         self.metrics.queue_wait.labels(*self.labels).observe(queue_wait)
-        self.metrics.inference.labels(*self.labels).observe(result.inference_ms / 1000)
         self.metrics.end_to_end.labels(*self.labels).observe(total)
-        self.metrics.batch_size.labels(*self.labels).observe(result.batch_size)
         done = RenderCompleted(
             job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
             stage=_stage(e), model=e.model,

@@ -64,6 +64,12 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
     assert len(completed) == 30
     assert max(e.timings.batch_size for e in completed) > 1
     assert all(e.timings.batch_size <= 3 for e in completed)
+    # The per-lane metrics an SRE pages on are all there.
+    assert stack.metric("draft", "lanes_worker_jobs_total", outcome="ok") == 30
+    assert stack.metric("draft", "lanes_worker_batch_size_count") < 30  # fewer calls than jobs
+    assert stack.metric("draft", "lanes_worker_end_to_end_seconds_count") == 30
+    assert stack.metric("draft", "lanes_worker_peak_memory_bytes", device="cpu") > 0
+    assert stack.metric("draft", "lanes_worker_in_flight") == 0
 
 
 async def test_redelivered_request_yields_one_terminal_result(stack: Stack, receiver: WebhookReceiver) -> None:
