@@ -64,6 +64,8 @@ class JobResult:
     batch_size: int = 1
     route_s: float | None = None  # submitted -> routed (Lanes: the router hop)
     store_ms: float = 0.0  # writing the PNG (both architectures write it)
+    completed_at: float | None = None  # when the worker created the render event
+    started_at: float | None = None  # when its batch was handed to the GPU thread
 
     @property
     def e2e_s(self) -> float | None:
@@ -169,6 +171,8 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                             res.gpu_wait_s = started_at[e.job_id] - routed_at[e.job_id]
                             res.route_s = routed_at[e.job_id] - res.submitted
                             res.store_ms = e.timings.store_ms or 0.0
+                            res.completed_at = e.occurred_at.timestamp()
+                            res.started_at = started_at[e.job_id]
 
     collecting = asyncio.create_task(collect())
     async with httpx.AsyncClient() as http:
