@@ -26,7 +26,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -49,7 +49,7 @@ from schemas.events import (
 )
 from schemas.records import JobState
 from schemas.topics import Topics
-from services.artifacts import LocalArtifactStore
+from services.artifacts import ArtifactError, LocalArtifactStore
 from services.compacted_view import CompactedView
 from services.engines.diffusion import DiffusionEngine, RenderOutput, RenderRequest, batch_key
 from services.engines.memory import (
@@ -114,8 +114,8 @@ class LaneWorker(ConsumerRebalanceListener):
             settings, self.topics.jobs, JobState.model_validate_json
         )
         # (job id, attempt) held now or rendered recently by this worker.
-        self.holding: set[tuple[str, int]] = set()
-        self.recent: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.holding: set[tuple[str, int, str]] = set()
+        self.recent: OrderedDict[tuple[str, int, str], None] = OrderedDict()
         self.in_flight = 0
         self.max_in_flight = 0
         self.paused = False
@@ -243,14 +243,14 @@ class LaneWorker(ConsumerRebalanceListener):
     # ---- admission ---------------------------------------------------------------------
 
     def _already_done(self, event: GenerationRouted) -> bool:
-        key = (event.job_id, event.attempt)
+        key = _task_key(event)
         if key in self.holding or key in self.recent:
             return True
         job = self.jobs_view.items.get(event.job_id)
         if job is None:
             return False
         return job.terminal or job.attempt > event.attempt or any(
-            a.attempt == event.attempt for a in job.artifacts
+            a.attempt == event.attempt and a.stage == event.stage for a in job.artifacts
         )
 
     async def _admit(self, tp: TopicPartition, record: Any) -> None:
@@ -272,11 +272,26 @@ class LaneWorker(ConsumerRebalanceListener):
             self.tracker.done(tp, record.offset)
             await self._commit()
             return
+        init_image = None
+        if event.init_artifact_uri is not None:
+            try:
+                init_image = await asyncio.get_running_loop().run_in_executor(
+                    None, self.store.open_image, event.init_artifact_uri)
+            except ArtifactError as exc:  # the job fails with the reason; never stuck
+                log.warning("init_artifact_unreadable", error=str(exc))
+                self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
+                await self._send([Output(self.topics.renders, event.job_id, RenderFailed(
+                    job_id=event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
+                    attempt=event.attempt, error=f"cannot refine: {exc}").to_bytes())])
+                self.tracker.done(tp, record.offset)
+                await self._commit()
+                return
         request = RenderRequest(
             prompt=event.spec.prompt, width=event.width, height=event.height,
             steps=event.sample_steps, guidance_scale=event.guidance_scale, seed=event.seed,
+            init_image=init_image, strength=event.strength,
         )
-        self.holding.add((event.job_id, event.attempt))
+        self.holding.add(_task_key(event))
         self._hold(+1)
         self.batcher.put(batch_key(request), RenderTask(tp, record.offset, event, request,
                                                         datetime.now(UTC)))
@@ -354,13 +369,30 @@ class LaneWorker(ConsumerRebalanceListener):
         stored = time.perf_counter()
         uri = await asyncio.get_running_loop().run_in_executor(
             None, self.store.put_png, task.event.job_id,
-            f"{_stage(task.event)}-a{task.event.attempt}", result.image,
+            f"{task.event.stage}-a{task.event.attempt}", result.image,
         )
         store_ms = (time.perf_counter() - stored) * 1000
-        await self._send([self._completed(task, result, uri, started_at, store_ms)])
+        outputs = [self._completed(task, result, uri, started_at, store_ms)]
+        if self.spec.cascade is not None and task.event.init_artifact_uri is None:
+            outputs.append(self._cascade(task.event, uri))
+        await self._send(outputs)
+
+    def _cascade(self, e: GenerationRouted, draft_uri: str) -> Output:
+        """The refine/upscale pass of a cascade route, on its own lane and queue."""
+        assert self.spec.cascade is not None
+        target = self.routes.lanes[self.spec.cascade.lane]
+        routed = GenerationRouted(
+            job_id=e.job_id, producer=f"lanes-worker-{self.lane}", spec=e.spec, attempt=e.attempt,
+            lane=self.spec.cascade.lane, model=target.model,
+            version=self.routes.models[target.model].version, sample_steps=target.sample_steps,
+            guidance_scale=target.guidance_scale, width=self.spec.cascade.width,
+            height=self.spec.cascade.height, seed=e.seed, requested_at=e.requested_at,
+            init_artifact_uri=draft_uri, strength=target.refine_strength,
+        )
+        return Output(self.topics.lane(self.spec.cascade.lane), e.job_id, routed.to_bytes())
 
     def _release(self, task: RenderTask, rendered: bool = False) -> None:
-        key = (task.event.job_id, task.event.attempt)
+        key = _task_key(task.event)
         self.holding.discard(key)
         if rendered:
             self.recent[key] = None
@@ -379,7 +411,8 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.end_to_end.labels(*self.labels).observe(total)
         done = RenderCompleted(
             job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
-            stage=_stage(e), model=e.model,
+            stage=e.stage, model=e.model, spec=e.spec, requested_at=e.requested_at,
+            next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
             version=e.version, instance=self.instance, artifact_uri=uri,
             width=result.image.width, height=result.image.height, seed=e.seed,
             sample_steps=e.sample_steps, expected_text=e.spec.expected_text,
@@ -467,8 +500,8 @@ class LaneWorker(ConsumerRebalanceListener):
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
-def _stage(event: GenerationRouted) -> Literal["draft", "final"]:
-    return "final" if event.spec.intent == "final" else "draft"
+def _task_key(event: GenerationRouted) -> tuple[str, int, str]:
+    return (event.job_id, event.attempt, event.stage)
 
 
 # diffusers' lazy imports are not thread-safe: loads in one process go one at a time.
@@ -487,6 +520,7 @@ def load_engine(settings: Settings, lane: str, routes: Routes | None = None) -> 
             path, name=model_name, version=spec.version, device=settings.device,
             budget=MemoryBudget.from_gb(settings.memory_budget_gb),
             compile_unet=settings.compile_unet,
+            refine=routes.lanes[lane].refine_strength is not None,
         )
 
 

@@ -1,4 +1,12 @@
-"""Verifier [group lanes-verify]: OCR each render that must show text; publish the score."""
+"""Verifier [group lanes-verify]: checks the typography of each delivered render.
+
+For each deliverable render whose job expects text: OCR it and score it against the
+expected text. On a failing score, when the route allows it, composite the exact text onto
+the image (``services.typography.composite_text``) and check again. A final-intent job
+that still fails is re-rendered on the route's typography fallback lane, up to
+``max_attempts`` renders in all; the job state then delivers the best-scoring image, flagged.
+Runs after the render event is published, so it never delays a draft or its webhook.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +19,19 @@ import structlog
 
 from consumers.loop import MessageContext, Output
 from consumers.runtime import run_consumer
-from schemas.events import RenderCompleted, VerificationCompleted, parse_job_event
+from schemas.events import (
+    GenerationRouted,
+    RenderCompleted,
+    RenderFailed,
+    RenderRerouted,
+    VerificationCompleted,
+    parse_job_event,
+)
 from schemas.topics import Topics
 from services.artifacts import ArtifactError, LocalArtifactStore
+from services.routes import Routes, TypographySpec, load_routes
 from services.settings import Settings
-from services.typography import OcrReader, text_similarity
+from services.typography import OcrReader, RepairError, composite_text, text_similarity
 
 __all__ = ["run", "Verifier"]
 
@@ -23,45 +39,95 @@ log = structlog.get_logger("lanes.verifier")
 
 
 class Verifier:
-    def __init__(self, store: LocalArtifactStore, topics: Topics, threshold: float) -> None:
+    def __init__(self, store: LocalArtifactStore, topics: Topics, routes: Routes,
+                 threshold: float, font_path: str | None = None) -> None:
         self.store = store
         self.topics = topics
+        self.routes = routes
         self.threshold = threshold
+        self.font_path = font_path
         self.ocr = OcrReader()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr")
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
 
-    def _check(self, event: RenderCompleted) -> VerificationCompleted:
+    def policy(self, event: RenderCompleted) -> TypographySpec:
+        """The typography policy of the lane that serves the job's intent."""
+        if event.spec is None:
+            return TypographySpec(repair=False)
+        return self.routes.lane_for(event.spec.intent)[1].typography
+
+    def _check(self, event: RenderCompleted, policy: TypographySpec) -> VerificationCompleted:
+        """OCR, then repair and OCR again when allowed. Raises ArtifactError if unreadable."""
         expected = event.expected_text or ""
         started = time.perf_counter()
-        error: str | None = None
-        try:
-            read = self.ocr.read(self.store.open_image(event.artifact_uri))
-        except ArtifactError as exc:
-            read, error = "", str(exc)
-        score = 0.0 if error else text_similarity(expected, read)
+        image = self.store.open_image(event.artifact_uri)
+        read = self.ocr.read(image)
+        score = text_similarity(expected, read)
+        repaired: dict[str, object] = {}
+        if score < self.threshold and policy.repair:
+            try:
+                fixed = composite_text(image, expected, self.font_path)
+                uri = self.store.put_png(event.job_id, f"repaired-a{event.attempt}", fixed)
+                fixed_read = self.ocr.read(fixed)
+                repaired = {"repaired_uri": uri, "repaired_read": fixed_read,
+                            "repaired_score": round(text_similarity(expected, fixed_read), 4)}
+            except RepairError as exc:
+                repaired = {"repair_error": f"repair failed: {exc}"}
         return VerificationCompleted(
-            job_id=event.job_id, producer="lanes-verifier", artifact_uri=event.artifact_uri,
-            expected=expected, read=read, score=round(score, 4),
-            passed=error is None and score >= self.threshold, threshold=self.threshold,
-            ocr_ms=(time.perf_counter() - started) * 1000, error=error,
+            job_id=event.job_id, producer="lanes-verifier", attempt=event.attempt,
+            artifact_uri=event.artifact_uri, expected=expected, read=read,
+            score=round(score, 4), passed=score >= self.threshold, threshold=self.threshold,
+            ocr_ms=(time.perf_counter() - started) * 1000, **repaired,  # type: ignore[arg-type]
         )
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
-        # lanes.renders also carries render.started/failed: nothing to verify there.
-        if not isinstance(event, RenderCompleted) or not event.expected_text:
+        # lanes.renders also carries progress events and cascade drafts: nothing to check.
+        if not isinstance(event, RenderCompleted) or not event.deliverable or not event.expected_text:
             return []
+        policy = self.policy(event)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.executor, self._check, event)
-        log.info("verified", score=result.score, passed=result.passed, read=result.read)
-        return [Output(self.topics.verifications, event.job_id, result.to_bytes())]
+        try:
+            result = await loop.run_in_executor(self.executor, self._check, event, policy)
+        except ArtifactError as exc:
+            log.warning("artifact_unreadable", error=str(exc))
+            failed = RenderFailed(job_id=event.job_id, producer="lanes-verifier", lane=event.lane,
+                                  attempt=event.attempt, error=f"cannot verify: {exc}")
+            return [Output(self.topics.renders, event.job_id, failed.to_bytes())]
+        outputs = []
+        if (not result.final_passed and event.spec is not None and event.spec.intent == "final"
+                and policy.fallback_lane and event.attempt < policy.max_attempts):
+            result = result.model_copy(update={"rerouted_to": policy.fallback_lane})
+            outputs += self._reroute(event, result, policy.fallback_lane)
+        log.info("verified", score=result.score, passed=result.passed, read=result.read,
+                 repaired_score=result.repaired_score, rerouted_to=result.rerouted_to)
+        return [Output(self.topics.verifications, event.job_id, result.to_bytes()), *outputs]
+
+    def _reroute(self, event: RenderCompleted, result: VerificationCompleted, lane: str) -> list[Output]:
+        assert event.spec is not None and event.requested_at is not None
+        spec = self.routes.lanes[lane]
+        best = max(result.score, result.repaired_score or 0.0)
+        reason = f"typography: best score {best:.2f} < {self.threshold:.2f} on attempt {event.attempt}"
+        routed = GenerationRouted(
+            job_id=event.job_id, producer="lanes-verifier", spec=event.spec,
+            attempt=event.attempt + 1, lane=lane, model=spec.model,
+            version=self.routes.models[spec.model].version, sample_steps=spec.sample_steps,
+            guidance_scale=spec.guidance_scale, width=event.width, height=event.height,
+            seed=(event.seed + event.attempt) % 2**32, requested_at=event.requested_at,
+            reason=reason,
+        )
+        rerouted = RenderRerouted(job_id=event.job_id, producer="lanes-verifier", lane=event.lane,
+                                  to_lane=lane, reason=reason, attempt=event.attempt + 1)
+        return [Output(self.topics.renders, event.job_id, rerouted.to_bytes()),
+                Output(self.topics.lane(lane), event.job_id, routed.to_bytes())]
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     topics = Topics(settings.topic_prefix)
-    verifier = Verifier(LocalArtifactStore(settings.artifacts_path), topics, settings.verify_threshold)
+    verifier = Verifier(LocalArtifactStore(settings.artifacts_path), topics,
+                        load_routes(settings.routes_file), settings.verify_threshold,
+                        settings.font_path)
     await asyncio.get_running_loop().run_in_executor(verifier.executor, verifier.ocr.load)
     try:
         await run_consumer(

@@ -81,6 +81,15 @@ class GenerationRouted(Envelope):
     requested_at: datetime
     # Why the job is on this lane when it is not the intent's lane (e.g. a fallback).
     reason: str | None = None
+    # Refine/upscale lanes: the image to start from and how far to move away from it.
+    init_artifact_uri: str | None = None
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+
+    @property
+    def stage(self) -> Literal["draft", "final", "upscaled"]:
+        if self.init_artifact_uri is not None:
+            return "upscaled"
+        return "final" if self.spec.intent == "final" else "draft"
 
 
 class Timings(BaseModel):
@@ -118,6 +127,15 @@ class RenderCompleted(Envelope):
     expected_text: str | None = None
     timings: Timings
     attempt: int = 1
+    # "upscale": an intermediate draft; the delivered image comes from the cascade's next pass.
+    next_stage: Literal["upscale"] | None = None
+    # What the job asked for, so later stages (verification, fallback) can re-route it.
+    spec: GenerationSpec | None = None
+    requested_at: datetime | None = None
+
+    @property
+    def deliverable(self) -> bool:
+        return self.next_stage is None
 
 
 class RenderRerouted(Envelope):
@@ -149,6 +167,18 @@ class VerificationCompleted(Envelope):
     ocr_ms: float
     # Set when the artifact could not be read at all (the check then counts as failed).
     error: str | None = None
+    attempt: int = 1
+    # A repair composited the expected text onto the image and verified it again.
+    repaired_uri: str | None = None
+    repaired_read: str | None = None
+    repaired_score: float | None = Field(None, ge=0.0, le=1.0)
+    repair_error: str | None = None
+    # Set when the job goes on to another attempt on this lane; otherwise checking is done.
+    rerouted_to: str | None = None
+
+    @property
+    def final_passed(self) -> bool:
+        return self.passed or (self.repaired_score is not None and self.repaired_score >= self.threshold)
 
 
 JobEvent = Annotated[

@@ -12,6 +12,7 @@ from schemas.spec import GenerationSpec
 
 __all__ = [
     "JobStatus",
+    "Milestone",
     "TERMINAL",
     "Artifact",
     "Verification",
@@ -21,14 +22,18 @@ __all__ = [
 ]
 
 JobStatus = Literal[
-    "queued", "routed", "running", "draft_ready", "verifying", "succeeded", "failed", "canceled"
+    "queued", "routed", "running", "draft_ready", "upscaling", "verifying", "succeeded", "failed",
+    "canceled",
 ]
+# Moments a client can subscribe to with webhook_events (each delivered once).
+Milestone = Literal["draft_ready", "upscaled", "verified", "succeeded", "failed"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 
 class Artifact(BaseModel):
-    stage: str
+    stage: str  # draft | final | upscaled | repaired
     attempt: int = 1
+    deliverable: bool = True  # False: an intermediate draft of a cascade
     uri: str
     width: int
     height: int
@@ -40,10 +45,17 @@ class Verification(BaseModel):
     expected: str
     read: str
     score: float
-    passed: bool
+    passed: bool  # after repair, when one was made
     threshold: float
-    artifact_uri: str
+    artifact_uri: str  # the image that was checked (the repaired one after a repair)
     error: str | None = None
+    attempt: int = 1
+    # Before a repair: what the rendered image itself scored.
+    rendered_uri: str | None = None
+    rendered_read: str | None = None
+    rendered_score: float | None = None
+    repaired: bool = False
+    rerouted_to: str | None = None  # another attempt follows on this lane
 
 
 class JobState(BaseModel):
@@ -68,7 +80,13 @@ class JobState(BaseModel):
     finished_at: datetime | None = None
     timings: Timings | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
+    # The image the client gets, and the verification that chose it.
+    delivered: Artifact | None = None
     verification: Verification | None = None
+    verifications: list[Verification] = Field(default_factory=list)
+    # True when no attempt passed the typography check: the best-scoring image is delivered.
+    flagged: bool = False
+    milestones: dict[str, datetime] = Field(default_factory=dict)
     error: str | None = None
     # Why the job left its first lane, one entry per reroute (e.g. out of memory).
     reroutes: list[str] = Field(default_factory=list)

@@ -35,6 +35,10 @@ class GenerationSpec(BaseModel):
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     tenant: str | None = Field(None, max_length=64)
+    # Which moments to POST to webhook_url; each is delivered once. Default: the end only.
+    webhook_events: list[Literal["draft_ready", "upscaled", "verified", "succeeded", "failed"]] = (
+        Field(default_factory=lambda: ["succeeded", "failed"], max_length=5)
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -135,8 +135,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
             raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
+        artifact = job.delivered or job.artifacts[-1]
         try:
-            path = state.store.path(job.artifacts[-1].uri)
+            path = state.store.path(artifact.uri)
         except ArtifactError as exc:
             raise HTTPException(410, str(exc)) from exc
         return FileResponse(path, media_type="image/png")

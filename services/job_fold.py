@@ -8,6 +8,7 @@ already folded (same event id) changes nothing.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from schemas.events import (
@@ -27,21 +28,56 @@ __all__ = ["fold", "derive_status"]
 SEEN_LIMIT = 128
 
 
+def _current(state: JobState) -> list[Artifact]:
+    return [a for a in state.artifacts if a.attempt == state.attempt]
+
+
+def _concluded(state: JobState) -> bool:
+    """Typography checking is over: a verification of this attempt that sent it nowhere."""
+    return any(v.attempt == state.attempt and v.rerouted_to is None for v in state.verifications)
+
+
 def derive_status(state: JobState) -> JobStatus:
     if state.terminal:
         return state.status
     if state.error is not None:
         return "failed"
-    if state.artifacts:
-        needs_check = state.expected_text is not None
-        if not needs_check or state.verification is not None:
-            return "succeeded" if state.spec is not None else "verifying"
-        return "verifying"
+    current = _current(state)
+    if any(a.deliverable for a in current):
+        if state.expected_text is not None and not _concluded(state):
+            return "verifying"
+        return "succeeded" if state.spec is not None else "verifying"
+    if current:
+        return "upscaling"  # the cascade's draft is there, its refine pass is not
     if state.started:
         return "running"
     if state.lane is not None:
         return "routed"
     return "queued"
+
+
+def _deliver(state: JobState) -> dict[str, Any]:
+    """Which image the client gets: a passing one, else the best-scoring one (flagged)."""
+    deliverable = [a for a in state.artifacts if a.deliverable and a.stage != "repaired"]
+    if state.expected_text is None or not state.verifications:
+        return {"delivered": deliverable[-1] if deliverable else None}
+    passing = [v for v in state.verifications if v.passed]
+    chosen = passing[-1] if passing else max(state.verifications, key=lambda v: v.score)
+    by_uri = {a.uri: a for a in state.artifacts}
+    return {"delivered": by_uri.get(chosen.artifact_uri), "verification": chosen,
+            "flagged": not passing}
+
+
+def _milestones(state: JobState, now: datetime) -> dict[str, datetime]:
+    reached = dict(state.milestones)
+    stages = {a.stage for a in state.artifacts}
+    for name, hit in (("draft_ready", "draft" in stages), ("upscaled", "upscaled" in stages),
+                      ("verified", bool(state.verifications) and _concluded(state)),
+                      ("succeeded", state.status == "succeeded"),
+                      ("failed", state.status == "failed")):
+        if hit:
+            reached.setdefault(name, now)
+    return reached
 
 
 def fold(state: JobState | None, event: Any) -> JobState | None:
@@ -75,7 +111,7 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     elif isinstance(event, RenderCompleted):
         artifact = Artifact(stage=event.stage, attempt=event.attempt, uri=event.artifact_uri,
                             width=event.width, height=event.height, model=event.model,
-                            version=event.version)
+                            version=event.version, deliverable=event.deliverable)
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
         update.update(started=True, lane=event.lane, model=event.model, version=event.version,
@@ -89,10 +125,24 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
         if event.attempt > state.attempt:
             update.update(attempt=event.attempt, lane=event.to_lane, started=False)
     elif isinstance(event, VerificationCompleted):
-        update["verification"] = Verification(
-            expected=event.expected, read=event.read, score=event.score, passed=event.passed,
-            threshold=event.threshold, artifact_uri=event.artifact_uri, error=event.error,
+        repaired = event.repaired_uri is not None
+        record = Verification(
+            expected=event.expected, attempt=event.attempt, threshold=event.threshold,
+            read=event.repaired_read or "" if repaired else event.read,
+            score=event.repaired_score or 0.0 if repaired else event.score,
+            passed=event.final_passed, artifact_uri=event.repaired_uri or event.artifact_uri,
+            error="; ".join(e for e in (event.error, event.repair_error) if e) or None,
+            rendered_uri=event.artifact_uri, rendered_read=event.read,
+            rendered_score=event.score, repaired=repaired, rerouted_to=event.rerouted_to,
         )
+        update["verifications"] = [*state.verifications, record]
+        if repaired:
+            source = next((a for a in state.artifacts if a.uri == event.artifact_uri), None)
+            update["artifacts"] = [*state.artifacts, Artifact(
+                stage="repaired", attempt=event.attempt, uri=event.repaired_uri or "",
+                width=source.width if source else 0, height=source.height if source else 0,
+                model=source.model if source else "", version=source.version if source else "",
+            )]
     else:
         return None
     update["seen_events"] = [*state.seen_events[-(SEEN_LIMIT - 1):], event_id]
@@ -101,4 +151,5 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     new = state.model_copy(update=update)
     status = derive_status(new)
     finished = now if status in ("succeeded", "failed", "canceled") else None
-    return new.model_copy(update={"status": status, "finished_at": finished})
+    new = new.model_copy(update={"status": status, "finished_at": finished, **_deliver(new)})
+    return new.model_copy(update={"milestones": _milestones(new, now)})

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
-__all__ = ["ModelSpec", "LaneSpec", "Routes", "load_routes", "checkpoint_dir"]
+__all__ = ["ModelSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "checkpoint_dir"]
 
 
 class ModelSpec(BaseModel):
@@ -30,6 +30,26 @@ class ModelSpec(BaseModel):
         return self
 
 
+class CascadeSpec(BaseModel):
+    """After the draft, a refine/upscale pass on ``lane`` at the target size."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lane: str
+    width: int = Field(ge=64, le=4096, multiple_of=8)
+    height: int = Field(ge=64, le=4096, multiple_of=8)
+
+
+class TypographySpec(BaseModel):
+    """What happens when the delivered image does not show the expected text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repair: bool = True  # composite the exact text onto the image, then verify again
+    fallback_lane: str | None = None  # final intent: re-render there when still failing
+    max_attempts: int = Field(2, ge=1, le=10)  # renders in all, the first included
+
+
 class LaneSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,6 +64,10 @@ class LaneSpec(BaseModel):
     max_wait_ms: float = Field(20.0, ge=0.0)
     # Where a job goes when this lane cannot serve it (out of memory): a fast-sample lane.
     fallback_lane: str | None = None
+    # Refine lanes: img2img from the previous stage's image with this strength.
+    refine_strength: float | None = Field(None, gt=0.0, le=1.0)
+    cascade: CascadeSpec | None = None
+    typography: TypographySpec = TypographySpec()
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:
@@ -66,8 +90,14 @@ class Routes(BaseModel):
         for name, lane in self.lanes.items():
             if lane.model not in self.models:
                 raise ValueError(f"lane {name!r} names unknown model {lane.model!r}")
-            if lane.fallback_lane is not None and lane.fallback_lane not in self.lanes:
-                raise ValueError(f"lane {name!r} falls back to unknown lane {lane.fallback_lane!r}")
+            for what, target in (("falls back to", lane.fallback_lane),
+                                 ("cascades to", lane.cascade.lane if lane.cascade else None),
+                                 ("re-renders text failures on", lane.typography.fallback_lane)):
+                if target is not None and target not in self.lanes:
+                    raise ValueError(f"lane {name!r} {what} unknown lane {target!r}")
+            if lane.cascade and self.lanes[lane.cascade.lane].refine_strength is None:
+                raise ValueError(f"lane {name!r} cascades to {lane.cascade.lane!r}, which is not a "
+                                 "refine lane (set its refine_strength)")
         for intent, lane in self.intents.items():
             if lane not in self.lanes:
                 raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")

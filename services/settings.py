@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 30.0
     kafka_session_timeout_ms: int = 30000
     verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    # TrueType font for typography repair; None: Pillow's bundled scalable font.
+    font_path: str | None = None
 
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

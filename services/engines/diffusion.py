@@ -34,6 +34,9 @@ class RenderRequest:
     steps: int
     guidance_scale: float
     seed: int
+    # Refine (img2img) engines: the image to start from, resized to width x height.
+    init_image: Image.Image | None = None
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,9 @@ class RenderOutput:
     batch_size: int
 
 
-def batch_key(req: RenderRequest) -> tuple[int, int, int, float]:
+def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
     """Requests with the same key can share one pipeline call."""
-    return (req.width, req.height, req.steps, req.guidance_scale)
+    return (req.width, req.height, req.steps, req.guidance_scale, req.strength)
 
 
 def check_inputs(req: RenderRequest) -> None:
@@ -61,14 +64,17 @@ def check_inputs(req: RenderRequest) -> None:
         raise ValueError(f"steps must be at least 1, got {req.steps}")
     if req.guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {req.guidance_scale}")
+    if (req.init_image is None) != (req.strength is None):
+        raise ValueError("a refine request needs both init_image and strength")
 
 
 class DiffusionEngine:
     """One loaded pipeline. ``render_batch`` is blocking: call it from the GPU thread."""
 
     def __init__(self, pipeline: Any, *, name: str, version: str, device: str,
-                 budget: MemoryBudget | None = None) -> None:
+                 budget: MemoryBudget | None = None, refine: bool = False) -> None:
         self.pipeline = pipeline
+        self.refine = refine
         self.name = name
         self.version = version
         self.device = device
@@ -78,17 +84,18 @@ class DiffusionEngine:
 
     @classmethod
     def load(cls, path: Path, *, name: str, version: str, device: str = "cpu",
-             budget: MemoryBudget | None = None, compile_unet: bool = False) -> DiffusionEngine:
+             budget: MemoryBudget | None = None, compile_unet: bool = False,
+             refine: bool = False) -> DiffusionEngine:
+        """Load a checkpoint directory; ``refine`` loads it as an img2img (refine) pipeline."""
         import torch
-        from diffusers import AutoPipelineForText2Image
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
         if not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"no diffusers checkpoint (model_index.json) in {path}")
         cuda = device.startswith("cuda")
         dtype = torch.float16 if cuda else torch.float32
-        pipe = AutoPipelineForText2Image.from_pretrained(
-            str(path), torch_dtype=dtype, local_files_only=True
-        )
+        loader = AutoPipelineForImage2Image if refine else AutoPipelineForText2Image
+        pipe = loader.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
         if hasattr(pipe, "safety_checker"):
             pipe.safety_checker = None
         pipe.set_progress_bar_config(disable=True)
@@ -99,7 +106,7 @@ class DiffusionEngine:
             pipe.unet.to(memory_format=torch.channels_last)
             if compile_unet:
                 pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
-        return cls(pipe, name=name, version=version, device=device, budget=budget)
+        return cls(pipe, name=name, version=version, device=device, budget=budget, refine=refine)
 
     def check_batch(self, reqs: Sequence[RenderRequest]) -> None:
         first = reqs[0]
@@ -122,22 +129,28 @@ class DiffusionEngine:
             return []
         for req in reqs:
             check_inputs(req)
+            if (req.init_image is not None) != self.refine:
+                kind = "refine" if self.refine else "text-to-image"
+                raise ValueError(f"this is a {kind} engine; the request does not match it")
         if len({batch_key(r) for r in reqs}) != 1:
             raise ValueError("a batch must share width, height, steps and guidance_scale")
         self.check_batch(reqs)
         first = reqs[0]
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in reqs]
         started = time.perf_counter()
+        kwargs: dict[str, Any] = dict(num_inference_steps=first.steps,
+                                      guidance_scale=first.guidance_scale, generator=generators)
+        if self.refine:
+            kwargs.update(
+                image=[r.init_image.convert("RGB").resize((r.width, r.height), Image.BICUBIC)
+                       for r in reqs if r.init_image is not None],
+                strength=first.strength,
+            )
+        else:
+            kwargs.update(width=first.width, height=first.height)
         try:
             with torch.inference_mode():
-                result = self.pipeline(
-                    [r.prompt for r in reqs],
-                    width=first.width,
-                    height=first.height,
-                    num_inference_steps=first.steps,
-                    guidance_scale=first.guidance_scale,
-                    generator=generators,
-                )
+                result = self.pipeline([r.prompt for r in reqs], **kwargs)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise OutOfMemory(str(exc)) from exc
