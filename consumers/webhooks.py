@@ -50,25 +50,34 @@ class WebhookDispatcher(RestoringListener):
     async def handle(self, job: object, ctx: MessageContext) -> Sequence[Output]:
         assert isinstance(job, JobState)
         await self.restored()
-        if not job.terminal or job.spec is None or job.spec.webhook_url is None:
+        if job.spec is None or job.spec.webhook_url is None:
             return []
-        event = job.status
-        key = f"{job.job_id}:{event}"
+        outputs: list[Output] = []
+        # Milestones in the order they were reached; each subscribed one is sent once.
+        for milestone, _ in sorted(job.milestones.items(), key=lambda kv: kv[1]):
+            if milestone not in job.spec.webhook_events:
+                continue
+            outputs += await self._deliver(job, milestone)
+        return outputs
+
+    async def _deliver(self, job: JobState, milestone: str) -> list[Output]:
+        assert job.spec is not None and job.spec.webhook_url is not None
+        key = f"{job.job_id}:{milestone}"
         if key in self.deliveries.items:
-            log.info("webhook_already_sent", webhook_event=event)
             return []
-        msg_id = webhook_id(job.job_id, event)
+        msg_id = webhook_id(job.job_id, milestone)
         url = str(job.spec.webhook_url)
-        payload = {"type": f"generation.{event}", "timestamp": utcnow().isoformat(),
+        payload = {"type": f"generation.{milestone}", "timestamp": utcnow().isoformat(),
                    "data": job.public()}
         result = await self.sender.deliver(url, msg_id, payload)
         self.sent.labels(result.outcome).inc()
         record = WebhookDelivery(
-            job_id=job.job_id, event=event, webhook_id=msg_id, url=url, outcome=result.outcome,
-            status_code=result.status_code, attempts=result.attempts, error=result.error,
+            job_id=job.job_id, event=milestone, webhook_id=msg_id, url=url,
+            outcome=result.outcome, status_code=result.status_code, attempts=result.attempts,
+            error=result.error,
         )
         self.deliveries.items[key] = record
-        log.info("webhook_" + result.outcome, webhook_event=event, attempts=result.attempts,
+        log.info("webhook_" + result.outcome, webhook_event=milestone, attempts=result.attempts,
                  status_code=result.status_code, error=result.error)
         body = record.model_dump_json().encode()
         outputs = [Output(self.topics.webhook_deliveries, key, body)]

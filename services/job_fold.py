@@ -97,7 +97,8 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update.update(spec=event.spec, expected_text=event.spec.expected_text)
         if isinstance(event, GenerationRequested):
             update.update(created_at=event.occurred_at, fingerprint=event.fingerprint)
-        elif event.attempt >= state.attempt:
+        elif event.attempt >= state.attempt and event.init_artifact_uri is None:
+            # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
             update.update(lane=event.lane, model=event.model, version=event.version,
                           attempt=event.attempt)
             if event.attempt > state.attempt:
@@ -107,15 +108,18 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
                 event.occurred_at if isinstance(event, GenerationRequested) else event.requested_at
             )
     elif isinstance(event, RenderStarted):
-        update.update(started=True, lane=event.lane, model=event.model, version=event.version)
+        update["started"] = True
+        if not _current(state):  # not the refine pass of a cascade
+            update.update(lane=event.lane, model=event.model, version=event.version)
     elif isinstance(event, RenderCompleted):
         artifact = Artifact(stage=event.stage, attempt=event.attempt, uri=event.artifact_uri,
                             width=event.width, height=event.height, model=event.model,
                             version=event.version, deliverable=event.deliverable)
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
-        update.update(started=True, lane=event.lane, model=event.model, version=event.version,
-                      timings=event.timings)
+        update.update(started=True, timings=event.timings)
+        if event.stage != "upscaled":
+            update.update(lane=event.lane, model=event.model, version=event.version)
         if state.expected_text is None and event.expected_text:
             update["expected_text"] = event.expected_text
     elif isinstance(event, RenderFailed):
