@@ -26,7 +26,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -114,8 +114,8 @@ class LaneWorker(ConsumerRebalanceListener):
             settings, self.topics.jobs, JobState.model_validate_json
         )
         # (job id, attempt) held now or rendered recently by this worker.
-        self.holding: set[tuple[str, int, str]] = set()
-        self.recent: OrderedDict[tuple[str, int, str], None] = OrderedDict()
+        self.holding: set[tuple[str, int, bool]] = set()
+        self.recent: OrderedDict[tuple[str, int, bool], None] = OrderedDict()
         self.in_flight = 0
         self.max_in_flight = 0
         self.paused = False
@@ -242,6 +242,14 @@ class LaneWorker(ConsumerRebalanceListener):
 
     # ---- admission ---------------------------------------------------------------------
 
+    def stage_of(self, event: GenerationRouted) -> Literal["draft", "final", "upscaled"]:
+        """A refine pass makes the upscaled image; the first render of a cascade is a draft."""
+        if event.init_artifact_uri is not None:
+            return "upscaled"
+        if self.spec.cascade is not None or event.spec.intent == "draft":
+            return "draft"
+        return "final"
+
     def _already_done(self, event: GenerationRouted) -> bool:
         key = _task_key(event)
         if key in self.holding or key in self.recent:
@@ -250,7 +258,7 @@ class LaneWorker(ConsumerRebalanceListener):
         if job is None:
             return False
         return job.terminal or job.attempt > event.attempt or any(
-            a.attempt == event.attempt and a.stage == event.stage for a in job.artifacts
+            a.attempt == event.attempt and a.stage == self.stage_of(event) for a in job.artifacts
         )
 
     async def _admit(self, tp: TopicPartition, record: Any) -> None:
@@ -369,7 +377,7 @@ class LaneWorker(ConsumerRebalanceListener):
         stored = time.perf_counter()
         uri = await asyncio.get_running_loop().run_in_executor(
             None, self.store.put_png, task.event.job_id,
-            f"{task.event.stage}-a{task.event.attempt}", result.image,
+            f"{self.stage_of(task.event)}-a{task.event.attempt}", result.image,
         )
         store_ms = (time.perf_counter() - stored) * 1000
         outputs = [self._completed(task, result, uri, started_at, store_ms)]
@@ -411,7 +419,7 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.end_to_end.labels(*self.labels).observe(total)
         done = RenderCompleted(
             job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
-            stage=e.stage, model=e.model, spec=e.spec, requested_at=e.requested_at,
+            stage=self.stage_of(e), model=e.model, spec=e.spec, requested_at=e.requested_at,
             next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
             version=e.version, instance=self.instance, artifact_uri=uri,
             width=result.image.width, height=result.image.height, seed=e.seed,
@@ -500,8 +508,8 @@ class LaneWorker(ConsumerRebalanceListener):
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
-def _task_key(event: GenerationRouted) -> tuple[str, int, str]:
-    return (event.job_id, event.attempt, event.stage)
+def _task_key(event: GenerationRouted) -> tuple[str, int, bool]:
+    return (event.job_id, event.attempt, event.init_artifact_uri is not None)
 
 
 # diffusers' lazy imports are not thread-safe: loads in one process go one at a time.

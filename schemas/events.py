@@ -85,12 +85,6 @@ class GenerationRouted(Envelope):
     init_artifact_uri: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
 
-    @property
-    def stage(self) -> Literal["draft", "final", "upscaled"]:
-        if self.init_artifact_uri is not None:
-            return "upscaled"
-        return "final" if self.spec.intent == "final" else "draft"
-
 
 class Timings(BaseModel):
     model_config = ConfigDict(frozen=True)
