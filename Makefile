@@ -35,3 +35,4 @@ clean:
 
 bench: install
 	$(BIN)/lanes bench burst --out results
+	$(BIN)/lanes bench cascade --out results

@@ -216,6 +216,23 @@ def bench_burst(
     typer.echo(path.read_text())
 
 
+@bench_app.command("cascade")
+def bench_cascade(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    preset: str = typer.Option("tiny", help="engine sizes: tiny | sd-turbo-class"),
+    device: str = "cpu",
+    draft: int = typer.Option(256, help="draft size (px)"),
+    target: int = typer.Option(512, help="delivered size (px)"),
+    full_steps: int = 20,
+) -> None:
+    """Compute per delivered image: few-step draft + batched refine vs one full render."""
+    from services.bench.cascade import CascadeConfig, run_cascade
+
+    cfg = CascadeConfig(preset=preset, device=device, draft_size=draft, target_size=target,
+                        full_steps=full_steps)
+    typer.echo(run_cascade(cfg, out).read_text())
+
+
 def main() -> None:
     app()
 
