@@ -14,67 +14,31 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI, Request, Response
 
-from consumers import jobs, lane_worker, router, verifier, webhooks
-from schemas.topics import Topics
 from services.gateway import create_app
-from services.kafka_clients import ensure_topics
+from services.local_stack import LocalStack
 from services.observability import EmbeddedServer
-from services.routes import load_routes
 from services.settings import Settings
 
 __all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw", "write_routes", "wait_until"]
 
 
-class Stack:
+class Stack(LocalStack):
     """Gateway, router, a worker per lane, verifier, job state and webhooks, in-process."""
 
-    COMPONENTS = ("router", "jobs", "verifier", "webhooks", "workers")
-
     def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None) -> None:
-        self.settings = settings
-        # Lanes whose workers run in-process (default: every lane in the routes file).
-        self.worker_lanes = worker_lanes
-        self.workers: dict[str, Any] = {}
-        self.topics = Topics(settings.topic_prefix)
-        self.stops: dict[str, asyncio.Event] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        super().__init__(settings, worker_lanes=worker_lanes)
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30)
 
     async def start(self) -> None:
-        lanes = load_routes(self.settings.routes_file).lanes
-        await ensure_topics(self.settings, self.topics.specs(lanes))
-        self.start_component("router", router.run(self.settings, self._stop("router")))
-        self.start_component("jobs", jobs.run(self.settings, self._stop("jobs")))
-        self.start_component("verifier", verifier.run(self.settings, self._stop("verifier")))
-        self.start_component("webhooks", webhooks.run(self.settings, self._stop("webhooks")))
-        for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
-            self.start_worker(lane)
+        await super().start()
         await self.start_gateway()
-
-    def start_worker(self, lane: str, settings: Settings | None = None) -> None:
-        name = f"worker-{lane}"
-        self.start_component(name, lane_worker.run(
-            settings or self.settings, lane, self._stop(name),
-            on_ready=lambda w: self.workers.__setitem__(lane, w),
-        ))
 
     def metric(self, lane: str, name: str, **labels: str) -> float:
         labels = {"lane": lane, "model": "tiny-sd", "version": "tiny-v1", **labels}
         value = self.workers[lane].registry.get_sample_value(name, labels)
         return float(value or 0.0)
-
-    def _stop(self, name: str) -> asyncio.Event:
-        self.stops[name] = asyncio.Event()
-        return self.stops[name]
-
-    def start_component(self, name: str, coro: Any) -> None:
-        self.tasks[name] = asyncio.create_task(coro, name=name)
-
-    async def stop_component(self, name: str) -> None:
-        self.stops[name].set()
-        await asyncio.wait_for(self.tasks.pop(name), 60)
 
     async def start_gateway(self) -> None:
         app = create_app(self.settings)
@@ -99,18 +63,10 @@ class Stack:
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.stop_gateway()
-        for event in self.stops.values():
-            event.set()
-        results = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        await self.http.aclose()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-
-    def check_alive(self) -> None:
-        for name, task in self.tasks.items():
-            if task.done():
-                raise AssertionError(f"component {name} died: {task.exception()!r}")
+        try:
+            await super().stop()
+        finally:
+            await self.http.aclose()
 
     async def submit(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
         resp = await self.http.post("/v1/generations", json=body, headers=headers or {})

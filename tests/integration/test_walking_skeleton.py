@@ -165,7 +165,7 @@ async def test_redelivered_terminal_state_sends_one_webhook(stack: Stack, receiv
     await stack.stop_component("webhooks")
     from consumers import webhooks
 
-    stack.start_component("webhooks", webhooks.run(stack.settings, stack._stop("webhooks")))
+    stack.start_component("webhooks", lambda stop: webhooks.run(stack.settings, stop))
     await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
     await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)
     assert len(receiver.deliveries) == 1
@@ -183,7 +183,7 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
     # A consumer process serves the same endpoints on its metrics port.
     port = free_port()
     own = settings.model_copy(update={"metrics_port": port, "group_prefix": settings.group_prefix + "m."})
-    stack.start_component("router-m", router.run(own, stack._stop("router-m")))
+    stack.start_component("router-m", lambda stop: router.run(own, stop))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         from tests.stack import wait_until
 

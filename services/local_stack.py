@@ -1,0 +1,79 @@
+"""Every consumer group as asyncio tasks in one process: for the A/B harness and tests.
+
+Production runs one process per component (`lanes up`, `lanes run ...`); this runs the
+same ``run(settings, stop)`` coroutines side by side on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Coroutine
+
+from consumers import jobs, lane_worker, router, verifier, webhooks
+from schemas.topics import Topics
+from services.kafka_clients import ensure_topics
+from services.routes import load_routes
+from services.settings import Settings
+
+__all__ = ["LocalStack"]
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None,
+                 with_webhooks: bool = True) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.worker_lanes = worker_lanes  # None: a worker for every lane in the routes file
+        self.with_webhooks = with_webhooks
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.workers: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        lanes = load_routes(self.settings.routes_file).lanes
+        await ensure_topics(self.settings, self.topics.specs(lanes))
+        self.start_component("router", lambda stop: router.run(self.settings, stop))
+        self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
+        self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
+        if self.with_webhooks:
+            self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
+        for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
+            self.start_worker(lane)
+
+    def start_component(self, name: str, make: Any) -> None:
+        stop = self.stops[name] = asyncio.Event()
+        coro: Coroutine[Any, Any, None] = make(stop)
+        self.tasks[name] = asyncio.create_task(coro, name=name)
+
+    def start_worker(self, lane: str, settings: Settings | None = None) -> None:
+        self.start_component(f"worker-{lane}", lambda stop: lane_worker.run(
+            settings or self.settings, lane, stop,
+            on_ready=lambda w: self.workers.__setitem__(lane, w)))
+
+    async def wait_workers_ready(self, timeout: float = 120) -> None:
+        lanes = set(load_routes(self.settings.routes_file).lanes) if self.worker_lanes is None \
+            else set(self.worker_lanes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (lanes <= set(self.workers) and all(self.workers[x].ready for x in lanes)):
+            self.check_alive()
+            if loop.time() > deadline:
+                raise TimeoutError(f"workers {sorted(lanes)} not ready in {timeout}s")
+            await asyncio.sleep(0.1)
+
+    async def stop_component(self, name: str) -> None:
+        self.stops[name].set()
+        await asyncio.wait_for(self.tasks.pop(name), 60)
+
+    def check_alive(self) -> None:
+        for name, task in self.tasks.items():
+            if task.done():
+                raise RuntimeError(f"component {name} died: {task.exception()!r}")
+
+    async def stop(self) -> None:
+        for event in self.stops.values():
+            event.set()
+        results = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
