@@ -192,6 +192,23 @@ def models_build_tiny(directory: Path, seed: int = 0) -> None:
     typer.echo(str(build_tiny_checkpoint(directory, TinyConfig(seed=seed))))
 
 
+@app.command()
+def ab(
+    engines: str = typer.Option(..., help="comma-separated model names from the routes file"),
+    prompts: Path = typer.Option(..., help="a text file, one prompt per line"),
+    out: Path = typer.Option(Path("results/ab.html"), help="the HTML report"),
+    intent: str = typer.Option("draft", help="which intent's lane settings to use"),
+) -> None:
+    """Run identical prompts through the pipeline on each engine; write an HTML report."""
+    from services.ab import read_prompts, run_ab
+
+    names = [e.strip() for e in engines.split(",") if e.strip()]
+    if len(names) < 2:
+        raise typer.BadParameter("name at least two engines, e.g. --engines tiny-sd,tiny-sd-b")
+    path = asyncio.run(run_ab(_settings(), names, read_prompts(prompts), out, intent))
+    typer.echo(f"report: {path.resolve()}")
+
+
 @bench_app.command("burst")
 def bench_burst(
     out: Path = typer.Option(Path("results"), help="results folder"),

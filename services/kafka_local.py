@@ -6,6 +6,7 @@ Used by ``lanes up`` / ``lanes kafka start`` and by the test suite's session fix
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,8 +16,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
-__all__ = ["INFRA_KAFKA", "ensure_jars", "KafkaProcess", "free_port", "port_open"]
+__all__ = ["INFRA_KAFKA", "ensure_jars", "KafkaProcess", "free_port", "port_open", "local_kafka"]
 
 INFRA_KAFKA = Path(__file__).resolve().parents[1] / "infra" / "kafka"
 
@@ -138,3 +140,19 @@ class KafkaProcess:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def local_kafka(settings: Any, workdir: Path) -> Iterator[str]:
+    """The configured cluster if it answers (or LANES_KAFKA_BOOTSTRAP is set), else a
+    throwaway local broker in ``workdir`` for the duration of the block."""
+    host, _, port = settings.kafka_bootstrap.rpartition(":")
+    if os.environ.get("LANES_KAFKA_BOOTSTRAP") or port_open(host, int(port)):
+        yield settings.kafka_bootstrap
+        return
+    kafka = KafkaProcess(workdir / "kafka", port=free_port())
+    kafka.start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()

@@ -393,7 +393,8 @@ def _plot(all_data: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
-    from services.kafka_local import KafkaProcess, free_port
+    from services.kafka_local import local_kafka
+    from services.settings import Settings
 
     out_dir = ensure_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix="lanes-bench-") as tmp:
@@ -403,13 +404,7 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
         steady_rate = 0.5 * cfg.workers / mean_service  # half the pool's capacity
         plan = plan_arrivals(cfg, steady_rate)
-        kafka = None
-        bootstrap = os.environ.get("LANES_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            kafka = KafkaProcess(workdir / "kafka", port=free_port())
-            kafka.start()
-            bootstrap = kafka.bootstrap
-        try:
+        with local_kafka(Settings(), workdir) as bootstrap:
             all_data = {}
             for arch in ("lanes", "fifo"):
                 spec = {"arch": arch, "cfg": asdict(cfg), "plan": plan, "bootstrap": bootstrap,
@@ -418,9 +413,6 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
                 subprocess.run([sys.executable, "-m", "services.bench.burst", str(workdir / "spec.json"),
                                 str(workdir / f"{arch}.json")], check=True)
                 all_data[arch] = json.loads((workdir / f"{arch}.json").read_text())
-        finally:
-            if kafka is not None:
-                kafka.stop()
     (out_dir / "burst-raw.json").write_text(json.dumps(all_data))
     rows = _summary("lanes", all_data["lanes"]) + _summary("fifo", all_data["fifo"])
     _plot(all_data, out_dir / "burst.png")
