@@ -132,3 +132,15 @@ async def test_unreadable_artifact_fails_the_job_with_a_clear_reason(stack: Stac
     await produce_raw(stack.settings, stack.topics.renders, event.to_bytes(), b"job_broken")
     done = await stack.wait_for_status("job_broken", {"failed", "succeeded"})
     assert done["status"] == "failed" and "cannot verify" in done["error"] and "not a readable image" in done["error"]
+
+
+async def test_ab_report_compares_engines_with_images(settings: Settings, tmp_path: Path) -> None:
+    from services.ab import run_ab
+
+    prompts = ['a poster with the text "SUMMER SALE"', "a sneaker"]
+    out = await run_ab(settings, ["tiny-sd", "tiny-sd-b"], prompts, tmp_path / "ab.html")
+    page = out.read_text()
+    assert page.count('src="data:image/png;base64,') == len(prompts) * 2
+    for engine in ("tiny-sd (tiny-v1)", "tiny-sd-b (tiny-b1)"):
+        assert f"<td>{engine}</td><td>2</td><td>2</td>" in page  # both jobs succeeded
+    assert "typography pass rate" in page and "latency p95 s" in page
