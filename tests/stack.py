@@ -4,10 +4,11 @@ receiver on loopback, and small Kafka readers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 import uvicorn
@@ -19,7 +20,7 @@ from services.local_stack import LocalStack
 from services.observability import EmbeddedServer
 from services.settings import Settings
 
-__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw", "write_routes", "wait_until"]
+__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw", "write_routes", "wait_until", "running_stack"]
 
 
 class Stack(LocalStack):
@@ -185,3 +186,15 @@ def write_routes(path: Any, **lanes: dict[str, Any]) -> Any:
     }
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings, *, worker_lanes: list[str] | None = None,
+                        **updates: Any) -> AsyncIterator[Stack]:
+    """A started Stack on settings with ``updates`` (a routes file, a memory budget...)."""
+    stack = Stack(settings.model_copy(update=updates), worker_lanes=worker_lanes)
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        await stack.stop()

@@ -16,7 +16,7 @@ from schemas.events import RenderCompleted, VerificationCompleted, parse_job_eve
 from schemas.spec import GenerationSpec
 from services.settings import Settings
 from services.typography import OcrReader
-from tests.stack import Stack, WebhookReceiver, read_topic, write_routes
+from tests.stack import Stack, WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -70,12 +70,8 @@ async def no_repair_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[S
                "typography": {"repair": False, "fallback_lane": "rerender", "max_attempts": 3}},
         rerender={"sample_steps": 2, "width": 128, "height": 128},
     )
-    stack = Stack(settings.model_copy(update={"routes_file": routes}))
-    await stack.start()
-    try:
+    async with running_stack(settings, routes_file=routes) as stack:
         yield stack
-    finally:
-        await stack.stop()
 
 
 async def test_without_repair_final_job_goes_to_fallback_and_best_artifact_is_flagged(

@@ -18,7 +18,15 @@ from schemas.events import GenerationRequested, RenderCompleted, RenderStarted, 
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
 from services.settings import Settings
-from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic, wait_until, write_routes
+from tests.stack import (
+    Stack,
+    WebhookReceiver,
+    produce_raw,
+    read_topic,
+    running_stack,
+    wait_until,
+    write_routes,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -41,12 +49,8 @@ async def flood_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack
     routes = write_routes(tmp_path / "routes.yaml",
                           draft={"max_concurrency": 3, "max_batch": 3, "max_wait_ms": 50,
                                  "sample_steps": 2, "width": 128, "height": 128})
-    stack = Stack(settings.model_copy(update={"routes_file": routes}))
-    await stack.start()
-    try:
+    async with running_stack(settings, routes_file=routes) as stack:
         yield stack
-    finally:
-        await stack.stop()
 
 
 async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: Stack) -> None:
@@ -95,17 +99,13 @@ async def test_batch_over_memory_budget_is_split(settings: Settings, tmp_path: P
                           draft={"max_concurrency": 2, "max_batch": 2, "max_wait_ms": 1500,
                                  "sample_steps": 1, "width": 256, "height": 256})
     # Weights ~8 MB; one 256x256 image ~100 MB of activations, two ~200 MB.
-    stack = Stack(settings.model_copy(update={"routes_file": routes, "memory_budget_gb": 0.15}))
-    await stack.start()
-    try:
+    async with running_stack(settings, routes_file=routes, memory_budget_gb=0.15) as stack:
         jobs = await _submit_many(stack.settings, 2)
         done = await _wait_all(stack, jobs)
         assert [(d["status"], d["lane"]) for d in done] == [("succeeded", "draft")] * 2
         assert stack.metric("draft", "lanes_worker_oom_total") >= 1
         completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
         assert [e.timings.batch_size for e in completed] == [1, 1]
-    finally:
-        await stack.stop()
 
 
 async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(settings: Settings, tmp_path: Path) -> None:
@@ -113,9 +113,7 @@ async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(settings: S
                           draft={"max_concurrency": 2, "sample_steps": 2, "width": 256, "height": 256,
                                  "fallback_lane": "fallback"},
                           fallback={"max_concurrency": 1, "sample_steps": 1, "width": 128, "height": 128})
-    stack = Stack(settings.model_copy(update={"routes_file": routes, "memory_budget_gb": 0.06}))
-    await stack.start()
-    try:
+    async with running_stack(settings, routes_file=routes, memory_budget_gb=0.06) as stack:
         (job,) = await _submit_many(stack.settings, 1)
         done = await stack.wait_for_status(job, {"succeeded", "failed"})
         assert done["status"] == "succeeded" and done["lane"] == "fallback"
@@ -124,8 +122,6 @@ async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(settings: S
         assert (done["artifacts"][0]["width"], done["artifacts"][0]["attempt"]) == (128, 2)
         assert stack.metric("draft", "lanes_worker_oom_total") >= 1
         stack.check_alive()  # the worker did not die of it
-    finally:
-        await stack.stop()
 
 
 # ---- worker processes: kill -9 and SIGTERM --------------------------------------------
@@ -151,12 +147,8 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
 @pytest.fixture
 async def process_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     routes = write_routes(tmp_path / "routes.yaml", draft=SLOW_DRAFT)
-    stack = Stack(settings.model_copy(update={"routes_file": routes}), worker_lanes=[])
-    await stack.start()
-    try:
+    async with running_stack(settings, routes_file=routes, worker_lanes=[]) as stack:
         yield stack
-    finally:
-        await stack.stop()
 
 
 async def _started_events(stack: Stack) -> list[RenderStarted]:
