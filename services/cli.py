@@ -139,10 +139,11 @@ def submit(
             typer.echo(f"still {last} after {timeout}s", err=True)
             raise typer.Exit(1)
     typer.echo(json.dumps(job, indent=2))
-    if job.get("artifacts"):
+    delivered = job.get("delivered") or (job.get("artifacts") or [None])[-1]
+    if delivered:
         from urllib.parse import urlparse
 
-        typer.echo(f"image: {urlparse(job['artifacts'][-1]['uri']).path}")
+        typer.echo(f"image: {urlparse(delivered['uri']).path}")
     if job.get("verification"):
         v = job["verification"]
         typer.echo(f"verification: expected {v['expected']!r}, read {v['read']!r}, "
