@@ -75,6 +75,10 @@ class Topics:
         return self._n("ops")
 
     @property
+    def ops_results(self) -> str:
+        return self._n("ops.results")
+
+    @property
     def control(self) -> str:
         return self._n("control")
 
@@ -93,6 +97,7 @@ class Topics:
             TopicSpec(self.webhooks_dlq, partitions=1, retention_ms=30 * DAY_MS),
             TopicSpec(self.dlq, partitions=1, retention_ms=30 * DAY_MS),
             TopicSpec(self.ops, partitions=1),
+            TopicSpec(self.ops_results, partitions=1, retention_ms=DAY_MS),
             TopicSpec(self.control, partitions=1, compacted=True),
             TopicSpec(self.workers, partitions=1, retention_ms=DAY_MS),
         ]

@@ -18,6 +18,8 @@ run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreg
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas")
 kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints")
+ops_app = typer.Typer(no_args_is_help=True, help="Operate lanes: model versions, canaries, caps")
+app.add_typer(ops_app, name="ops")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (write a Markdown table and a PNG)")
 app.add_typer(bench_app, name="bench")
 app.add_typer(run_app, name="run")
@@ -52,6 +54,13 @@ def run_gateway() -> None:
     settings = _settings()
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_level="warning")
+
+
+@run_app.command("control")
+def run_control() -> None:
+    from consumers import control
+
+    asyncio.run(control.run(_settings()))
 
 
 @run_app.command("router")
@@ -208,6 +217,88 @@ def ab(
         raise typer.BadParameter("name at least two engines, e.g. --engines tiny-sd,tiny-sd-b")
     path = asyncio.run(run_ab(_settings(), names, read_prompts(prompts), out, intent))
     typer.echo(f"report: {path.resolve()}")
+
+
+def _ops(action: str, lane: str, **fields: object) -> None:
+    from schemas.control import OpsCommand
+    from services.ops_client import send_and_wait
+
+    import getpass
+
+    command = OpsCommand(action=action, lane=lane, issuer=getpass.getuser(),  # type: ignore[arg-type]
+                         **{k: v for k, v in fields.items() if v is not None})
+    result = asyncio.run(send_and_wait(_settings(), command))
+    if result.outcome == "applied":
+        typer.echo(f"{action} {lane}: applied (revision {result.revision})")
+    else:
+        typer.echo(f"{action} {lane}: rejected: {result.reason}", err=True)
+        raise typer.Exit(1)
+
+
+LANE = typer.Option(..., "--lane", help="the lane to act on")
+
+
+@ops_app.command("deploy")
+def ops_deploy(lane: str = LANE, model: str = typer.Option(...), reason: Optional[str] = None) -> None:
+    """Make MODEL the lane's stable version (the current one is kept for rollback)."""
+    _ops("deploy", lane, model=model, reason=reason)
+
+
+@ops_app.command("canary")
+def ops_canary(lane: str = LANE, model: str = typer.Option(...),
+               percent: int = typer.Option(..., min=1, max=99), reason: Optional[str] = None) -> None:
+    """Send PERCENT of the lane's jobs (chosen by job id) to MODEL."""
+    _ops("canary", lane, model=model, percent=percent, reason=reason)
+
+
+@ops_app.command("promote")
+def ops_promote(lane: str = LANE, reason: Optional[str] = None) -> None:
+    """Make the canary the stable version."""
+    _ops("promote", lane, reason=reason)
+
+
+@ops_app.command("rollback")
+def ops_rollback(lane: str = LANE, reason: Optional[str] = None) -> None:
+    """Drop the canary, or return to the previous stable version."""
+    _ops("rollback", lane, reason=reason)
+
+
+@ops_app.command("set")
+def ops_set(lane: str = LANE, max_concurrency: Optional[int] = None, steps: Optional[int] = None) -> None:
+    """Change the lane's per-GPU concurrency cap and/or sample steps."""
+    _ops("set", lane, max_concurrency=max_concurrency, sample_steps=steps)
+
+
+@ops_app.command("pause")
+def ops_pause(lane: str = LANE, reason: Optional[str] = None) -> None:
+    _ops("pause", lane, reason=reason)
+
+
+@ops_app.command("resume")
+def ops_resume(lane: str = LANE) -> None:
+    _ops("resume", lane)
+
+
+@ops_app.command("restart")
+def ops_restart(lane: str = LANE) -> None:
+    """Rolling restart of the lane's workers."""
+    _ops("restart", lane)
+
+
+@ops_app.command("status")
+def ops_status() -> None:
+    """Each lane's desired state as the control plane published it."""
+    from services.ops_client import lane_states
+
+    states = asyncio.run(lane_states(_settings()))
+    if not states:
+        typer.echo("no lane has a control record yet (no ops command applied)")
+    for lane, st in sorted(states.items()):
+        canary = f"{st.canary.target.model} {st.canary.target.version} @ {st.canary.percent}%" if st.canary else "-"
+        previous = f"{st.previous.model} {st.previous.version}" if st.previous else "-"
+        typer.echo(f"{lane:10} rev {st.revision:<3} stable {st.stable.model} {st.stable.version:10} "
+                   f"canary {canary:24} previous {previous:20} paused {st.paused} "
+                   f"cap {st.max_concurrency or '-'} steps {st.sample_steps or '-'}")
 
 
 @bench_app.command("burst")

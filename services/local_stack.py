@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Coroutine
 
-from consumers import jobs, lane_worker, router, verifier, webhooks
+from consumers import control, jobs, lane_worker, router, verifier, webhooks
 from schemas.topics import Topics
 from services.kafka_clients import ensure_topics
 from services.routes import load_routes
@@ -35,6 +35,7 @@ class LocalStack:
         self.start_component("router", lambda stop: router.run(self.settings, stop))
         self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
         self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
+        self.start_component("control", lambda stop: control.run(self.settings, stop))
         if self.with_webhooks:
             self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
         for lane in (lanes if self.worker_lanes is None else self.worker_lanes):

@@ -17,7 +17,7 @@ __all__ = ["Settings", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
 
 # Dev-only secrets: accepted in the local profile, refused anywhere else.
 PLACEHOLDER_WEBHOOK_SECRET = "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
-PLACEHOLDER_OPS_KEY = "lanes-local-ops-key"
+PLACEHOLDER_OPS_KEY = "whsec_bGFuZXMtbG9jYWwtb3BzLWtleS1kZXYtb25seQ=="  # "lanes-local-ops-key-dev-only"
 
 
 def _split_csv(value: object) -> object:
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     font_path: str | None = None
 
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
+    # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
+    ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
+    ops_max_age_s: int = 300  # older (or replayed) commands are refused
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
     webhook_max_attempts: int = 5
@@ -77,8 +80,12 @@ class Settings(BaseSettings):
         if self.profile != "local":
             if self.webhook_secret.get_secret_value() == PLACEHOLDER_WEBHOOK_SECRET:
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
+            if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
+                raise ValueError("LANES_OPS_KEY must be set outside the local profile")
         if not self.webhook_secret.get_secret_value().startswith("whsec_"):
             raise ValueError("LANES_WEBHOOK_SECRET must be in whsec_<base64> form")
+        if not self.ops_key.get_secret_value().startswith("whsec_"):
+            raise ValueError("LANES_OPS_KEY must be in whsec_<base64> form")
         return self
 
     @property

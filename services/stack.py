@@ -37,7 +37,8 @@ def components(settings: Settings) -> list[Component]:
     base = 9101
     items = [Component("gateway", ("gateway",), 0), Component("router", ("router",), base),
              Component("jobs", ("jobs",), base + 1), Component("verifier", ("verifier",), base + 2),
-             Component("webhooks", ("webhooks",), base + 3)]
+             Component("webhooks", ("webhooks",), base + 3),
+             Component("control", ("control",), base + 4)]
     for i, lane in enumerate(sorted(routes.lanes)):
         items.append(Component(f"worker-{lane}", ("worker", "--lane", lane), base + 10 + i))
     return items
