@@ -15,6 +15,9 @@ def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValidationError, match="LANES_WEBHOOK_SECRET"):
         Settings()
     monkeypatch.setenv("LANES_WEBHOOK_SECRET", "whsec_c2VjcmV0LWZvci1wcm9kdWN0aW9u")
+    with pytest.raises(ValidationError, match="LANES_OPS_KEY"):
+        Settings()
+    monkeypatch.setenv("LANES_OPS_KEY", "whsec_b3BzLWtleS1mb3ItcHJvZHVjdGlvbg==")
     assert Settings().profile == "production"
 
 
