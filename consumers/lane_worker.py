@@ -13,15 +13,21 @@
 - Out of memory (CUDA OOM or a budget refusal): free the cache, split the batch, and send a
   job that does not fit alone to the lane's fallback lane with the reason.
 - SIGTERM: stop fetching, finish in-flight jobs within ``drain_timeout_s``, commit, exit 0.
+- Control: follows ``lanes.control`` for its lane (model versions, canary, cap, steps,
+  pause, rolling restart; see ``consumers.lane_models``) and reports its status on
+  ``lanes.workers`` every ``heartbeat_s``. A rolling restart goes one instance at a time:
+  an instance restarts (drain, leave the group, reload, rejoin) once every instance before
+  it, in instance order, is back and ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-import threading
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from prometheus_client import CollectorRegistry
 
 from consumers.batcher import MicroBatcher
+from consumers.lane_models import LaneModels
 from consumers.loop import Output, bind_record, dead_letter
 from consumers.offsets import OffsetTracker
 from consumers.runtime import stop_on_signals
@@ -47,6 +54,7 @@ from schemas.events import (
     Timings,
     parse_job_event,
 )
+from schemas.control import LaneDesired, WorkerHealth, WorkerStatus
 from schemas.records import JobState
 from schemas.topics import Topics
 from services.artifacts import ArtifactError, LocalArtifactStore
@@ -60,10 +68,10 @@ from services.engines.memory import (
 )
 from services.kafka_clients import make_consumer, make_producer
 from services.observability import serve_ops
-from services.routes import LaneSpec, Routes, checkpoint_dir, load_routes
+from services.routes import LaneSpec, Routes, load_routes
 from services.settings import Settings
 
-__all__ = ["run", "LaneWorker", "RenderTask", "load_engine"]
+__all__ = ["run", "LaneWorker", "RenderTask"]
 
 log = structlog.get_logger("lanes.worker")
 
@@ -77,6 +85,7 @@ class RenderTask:
     event: GenerationRouted
     request: RenderRequest
     fetched_at: datetime
+    engine: DiffusionEngine  # chosen at admission: a version switch never splits a job
 
 
 class LaneWorker(ConsumerRebalanceListener):
@@ -85,7 +94,7 @@ class LaneWorker(ConsumerRebalanceListener):
         settings: Settings,
         lane: str,
         routes: Routes,
-        engine: DiffusionEngine,
+        models: LaneModels,
         registry: CollectorRegistry,
         *,
         instance: str | None = None,
@@ -94,16 +103,13 @@ class LaneWorker(ConsumerRebalanceListener):
         self.lane = lane
         self.spec: LaneSpec = routes.lanes[lane]
         self.routes = routes
-        self.engine = engine
+        self.models = models
         self.topics = Topics(settings.topic_prefix)
         self.store = LocalArtifactStore(settings.artifacts_path)
         self.registry = registry
         self.metrics = WorkerMetrics(registry)
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{lane}"
         self.group = settings.group(f"lanes-lane-{lane}")
-        self.labels = (lane, engine.name, engine.version)
-        self.cap = self.spec.max_concurrency
-        self.metrics.capacity.labels(*self.labels).set(self.cap)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.tracker = OffsetTracker()
@@ -113,6 +119,17 @@ class LaneWorker(ConsumerRebalanceListener):
         self.jobs_view: CompactedView[JobState] = CompactedView(
             settings, self.topics.jobs, JobState.model_validate_json
         )
+        self.control_view: CompactedView[LaneDesired] = CompactedView(
+            settings, self.topics.control, LaneDesired.model_validate_json
+        )
+        self.workers_view: CompactedView[WorkerStatus] = CompactedView(
+            settings, self.topics.workers, WorkerStatus.model_validate_json
+        )
+        self.health: WorkerHealth = "starting"
+        self.generation = 0  # the rolling-restart generation this instance has done
+        self.jobs_done = 0
+        self.restart = asyncio.Event()
+        self.joined = False  # the current consumer has had its first assignment
         # (job id, attempt) held now or rendered recently by this worker.
         self.holding: set[tuple[str, int, bool]] = set()
         self.recent: OrderedDict[tuple[str, int, bool], None] = OrderedDict()
@@ -122,47 +139,140 @@ class LaneWorker(ConsumerRebalanceListener):
         self.slot_freed = asyncio.Event()
         self.finishing: set[asyncio.Task[None]] = set()
         self.commit_lock = asyncio.Lock()
-        self.ready = False
         self.fatal: Exception | None = None
         # One inference thread: one GPU runs one batch at a time.
         self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpu-{lane}")
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """Worker-level metric labels: the lane and the stable version it serves."""
+        return (self.lane, self.models.stable.model, self.models.stable.version)
+
+    @property
+    def cap(self) -> int:
+        return 0 if self.models.paused else self.models.max_concurrency
+
+    @property
+    def ready(self) -> bool:
+        return self.health == "ready"
+
     async def run(self, stop: asyncio.Event) -> None:
         self.producer = make_producer(self.settings, client_id=f"lanes-worker-{self.lane}")
+        await self.producer.start()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            tasks = [
+                asyncio.create_task(self.jobs_view.follow(), name="jobs-view"),
+                asyncio.create_task(self.control_view.follow(), name="control-view"),
+                asyncio.create_task(self.workers_view.follow(), name="workers-view"),
+                asyncio.create_task(self._gpu_loop(), name="gpu-loop"),
+                asyncio.create_task(serve_ops(self.settings.metrics_host, self.settings.metrics_port,
+                                              self.registry, lambda: self.ready)),
+            ]
+            await self.control_view.caught_up.wait()
+            desired = self.control_view.items.get(self.lane)
+            if desired is not None:  # join at the lane's current revision and generation
+                await self.models.apply(desired)
+                self.generation = desired.restart_generation
+            tasks += [asyncio.create_task(self._control_loop(), name="control-loop"),
+                      asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+            while True:
+                await self._consume(stop, tasks)
+                if stop.is_set():
+                    break
+                await self._restart()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.health = "stopped"
+            with contextlib.suppress(Exception):
+                await self._heartbeat()
+            await self.producer.stop()
+            self.gpu.shutdown(wait=False, cancel_futures=True)
+            log.info("worker_stopped", lane=self.lane, in_flight=self.in_flight)
+
+    async def _consume(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+        """One group membership: join, fetch until stop or a restart, drain, leave."""
         self.consumer = make_consumer(
             self.settings, group=self.group, client_id=f"lanes-worker-{self.lane}",
             max_partition_fetch_bytes=256 * 1024,
         )
         self.consumer.subscribe([self.topics.lane(self.lane)], listener=self)
-        await self.producer.start()
-        tasks: list[asyncio.Task[Any]] = []
+        self.paused = False
+        self.joined = False
         try:
             await self.consumer.start()
-            tasks = [
-                asyncio.create_task(self.jobs_view.follow(), name="jobs-view"),
-                asyncio.create_task(self._gpu_loop(), name="gpu-loop"),
-                asyncio.create_task(serve_ops(self.settings.metrics_host, self.settings.metrics_port,
-                                              self.registry, lambda: self.ready)),
-            ]
             log.info("worker_started", lane=self.lane, cap=self.cap, max_batch=self.spec.max_batch,
-                     instance=self.instance, device=self.engine.device)
+                     instance=self.instance, device=self.settings.device,
+                     generation=self.generation)
             await self._fetch_loop(stop, tasks)
+            self.health = "draining"
+            await self._heartbeat()
             await self._drain()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.consumer.stop()
-            await self.producer.stop()
-            self.gpu.shutdown(wait=False, cancel_futures=True)
-            log.info("worker_stopped", lane=self.lane, in_flight=self.in_flight)
+            self.tracker = OffsetTracker()  # a rejoin starts from the group's commits
+
+    async def _restart(self) -> None:
+        """Rolling restart of this instance: it has drained and left the group; reload."""
+        self.health = "restarting"
+        await self._heartbeat()
+        target = self.models.desired.restart_generation
+        log.info("worker_restarting", generation=target)
+        await self.models.reload()
+        self.generation = target
+        self.restart.clear()
+
+    async def _control_loop(self) -> None:
+        """Apply new revisions of this lane's desired state; take a restart turn when due."""
+        while True:
+            desired = self.control_view.items.get(self.lane)
+            if desired is not None and desired.revision > self.models.applied_revision:
+                await self.models.apply(desired)
+                self.slot_freed.set()  # a new cap or pause takes effect now
+                await self._heartbeat()
+            if (self.models.desired.restart_generation > self.generation and self.ready
+                    and not self.restart.is_set() and self._my_restart_turn()):
+                self.restart.set()
+            await asyncio.sleep(0.1)
+
+    def _my_restart_turn(self) -> bool:
+        """Every fresh instance of the lane before this one (by name) is back and ready."""
+        target = self.models.desired.restart_generation
+        now = datetime.now(UTC)
+        for peer in self.workers_view.items.values():
+            if (peer.lane == self.lane and peer.instance < self.instance
+                    and (now - peer.at).total_seconds() < self.settings.worker_stale_s
+                    and peer.health != "stopped"
+                    and (peer.restart_generation < target or peer.health != "ready")):
+                return False
+        return True
+
+    def status(self) -> WorkerStatus:
+        m = self.models
+        return WorkerStatus(
+            instance=self.instance, lane=self.lane, health=self.health, stable=m.stable,
+            canary=m.canary, canary_percent=m.canary_percent, applied_revision=m.applied_revision,
+            restart_generation=self.generation, load_errors=m.load_errors,
+            in_flight=self.in_flight, jobs_done=self.jobs_done, device=self.settings.device,
+        )
+
+    async def _heartbeat(self) -> None:
+        await self._send([Output(self.topics.workers, self.instance,
+                                 self.status().model_dump_json().encode())])
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._heartbeat()
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _fetch_loop(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         assert self.consumer is not None
         last_lag = 0.0
-        while not stop.is_set():
+        while not stop.is_set() and not self.restart.is_set():
             if self.fatal is not None:
                 raise RuntimeError("worker stopped: an outcome could not be published") from self.fatal
             for task in tasks:
@@ -171,6 +281,7 @@ class LaneWorker(ConsumerRebalanceListener):
             if time.monotonic() - last_lag > 1.0:
                 last_lag = time.monotonic()
                 await self._update_lag()
+            self.metrics.capacity.labels(*self.labels).set(self.cap)
             free = self.cap - self.in_flight
             if free <= 0:
                 self._pause()
@@ -182,7 +293,9 @@ class LaneWorker(ConsumerRebalanceListener):
                 continue
             self._resume()
             batches = await self.consumer.getmany(timeout_ms=100, max_records=free)
-            self.ready = True
+            if self.health != "ready" and self.joined:  # in the group, partitions or not
+                self.health = "ready"
+                await self._heartbeat()
             for tp, records in batches.items():
                 for record in records:
                     await self._admit(tp, record)
@@ -296,13 +409,14 @@ class LaneWorker(ConsumerRebalanceListener):
                 return
         request = RenderRequest(
             prompt=event.spec.prompt, width=event.width, height=event.height,
-            steps=event.sample_steps, guidance_scale=event.guidance_scale, seed=event.seed,
-            init_image=init_image, strength=event.strength,
+            steps=self.models.steps(event.sample_steps), guidance_scale=event.guidance_scale,
+            seed=event.seed, init_image=init_image, strength=event.strength,
         )
+        engine = self.models.engine_for(event.job_id, event.stable_only)
         self.holding.add(_task_key(event))
         self._hold(+1)
-        self.batcher.put(batch_key(request), RenderTask(tp, record.offset, event, request,
-                                                        datetime.now(UTC)))
+        self.batcher.put((engine.name, engine.version, batch_key(request)),
+                         RenderTask(tp, record.offset, event, request, datetime.now(UTC), engine))
 
     # ---- rendering ---------------------------------------------------------------------
 
@@ -314,7 +428,7 @@ class LaneWorker(ConsumerRebalanceListener):
             # awaits their acks before it publishes the outcome.
             started = await self._enqueue([Output(self.topics.renders, t.event.job_id, RenderStarted(
                 job_id=t.event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
-                model=t.event.model, version=t.event.version, instance=self.instance,
+                model=t.engine.name, version=t.engine.version, instance=self.instance,
                 attempt=t.event.attempt).to_bytes()) for t in batch])
             results = await self._render_fitting(batch)
             task = asyncio.create_task(self._finish(results, started_at, started))
@@ -327,26 +441,30 @@ class LaneWorker(ConsumerRebalanceListener):
         """Render, splitting the batch on out-of-memory; a job that does not fit alone gets
         its OutOfMemory back."""
         loop = asyncio.get_running_loop()
+        engine = batch[0].engine
+        labels = _labels(self.lane, engine)
         try:
             outputs = await loop.run_in_executor(
-                self.gpu, self.engine.render_batch, [t.request for t in batch]
+                self.gpu, engine.render_batch, [t.request for t in batch]
             )
-            self.metrics.batch_size.labels(*self.labels).observe(len(batch))
-            self.metrics.inference.labels(*self.labels).observe(outputs[0].inference_ms / 1000)
+            self.metrics.batch_size.labels(*labels).observe(len(batch))
+            self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs))
         except OutOfMemory as exc:
-            self.metrics.ooms.labels(*self.labels).inc()
+            self.metrics.ooms.labels(*labels).inc()
             await loop.run_in_executor(self.gpu, free_cached_memory)
             log.warning("out_of_memory", batch=len(batch), error=str(exc)[:300])
             if len(batch) == 1:
                 return [(batch[0], exc)]
             half = len(batch) // 2
             return await self._render_fitting(batch[:half]) + await self._render_fitting(batch[half:])
-        except ValueError as exc:  # check_inputs: these requests can never render
+        except Exception as exc:  # noqa: BLE001 - check_inputs, or a broken model version:
+            log.warning("render_error", batch=len(batch), model=engine.name,  # fail these jobs,
+                        version=engine.version, error=str(exc)[:300])  # keep the worker
             return [(t, exc) for t in batch]
         finally:
-            self.metrics.peak_memory.labels(*self.labels, self.engine.device).set(
-                peak_memory_bytes(self.engine.device)
+            self.metrics.peak_memory.labels(*labels, engine.device).set(
+                peak_memory_bytes(engine.device)
             )
 
     async def _finish(self, results: list[tuple[RenderTask, RenderOutput | Exception]],
@@ -402,6 +520,7 @@ class LaneWorker(ConsumerRebalanceListener):
     def _release(self, task: RenderTask, rendered: bool = False) -> None:
         key = _task_key(task.event)
         self.holding.discard(key)
+        self.jobs_done += 1
         if rendered:
             self.recent[key] = None
             while len(self.recent) > RECENT_LIMIT:
@@ -414,16 +533,18 @@ class LaneWorker(ConsumerRebalanceListener):
         now = datetime.now(UTC)
         queue_wait = max(0.0, (started_at - e.requested_at).total_seconds())
         total = (now - e.requested_at).total_seconds()
-        self.metrics.jobs.labels(*self.labels, "ok").inc()
-        self.metrics.queue_wait.labels(*self.labels).observe(queue_wait)
-        self.metrics.end_to_end.labels(*self.labels).observe(total)
+        labels = _labels(self.lane, task.engine)
+        self.metrics.jobs.labels(*labels, "ok").inc()
+        self.metrics.queue_wait.labels(*labels).observe(queue_wait)
+        self.metrics.end_to_end.labels(*labels).observe(total)
         done = RenderCompleted(
             job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
-            stage=self.stage_of(e), model=e.model, spec=e.spec, requested_at=e.requested_at,
+            stage=self.stage_of(e), model=task.engine.name, spec=e.spec,
+            requested_at=e.requested_at,
             next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
-            version=e.version, instance=self.instance, artifact_uri=uri,
+            version=task.engine.version, instance=self.instance, artifact_uri=uri,
             width=result.image.width, height=result.image.height, seed=e.seed,
-            sample_steps=e.sample_steps, expected_text=e.spec.expected_text,
+            sample_steps=task.request.steps, expected_text=e.spec.expected_text,
             timings=Timings(
                 queue_wait_ms=queue_wait * 1000, inference_ms=result.inference_ms,
                 total_ms=total * 1000, batch_size=result.batch_size, store_ms=store_ms,
@@ -438,11 +559,12 @@ class LaneWorker(ConsumerRebalanceListener):
         e = task.event
         producer = f"lanes-worker-{self.lane}"
         fallback = self.spec.fallback_lane
+        labels = _labels(self.lane, task.engine)
         if isinstance(exc, OutOfMemory) and fallback and fallback != self.lane:
             target = self.routes.lanes[fallback]
             reason = f"out of memory on lane {self.lane}: {exc}"[:500]
-            self.metrics.jobs.labels(*self.labels, "rerouted").inc()
-            self.metrics.failures.labels(*self.labels, "oom_rerouted").inc()
+            self.metrics.jobs.labels(*labels, "rerouted").inc()
+            self.metrics.failures.labels(*labels, "oom_rerouted").inc()
             log.warning("job_rerouted", job_id=e.job_id, to_lane=fallback, reason=reason)
             routed = GenerationRouted(
                 job_id=e.job_id, producer=producer, spec=e.spec, attempt=e.attempt + 1,
@@ -456,12 +578,33 @@ class LaneWorker(ConsumerRebalanceListener):
             # The reroute record first: the job view must know the new attempt is coming.
             return [Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
                     Output(self.topics.lane(fallback), e.job_id, routed.to_bytes())]
-        reason = "oom" if isinstance(exc, OutOfMemory) else "invalid"
-        self.metrics.jobs.labels(*self.labels, "failed").inc()
-        self.metrics.failures.labels(*self.labels, reason).inc()
+        if not e.stable_only and not self.models.is_stable(task.engine):
+            return self._retry_on_stable(task, exc)
+        reason = ("oom" if isinstance(exc, OutOfMemory)
+                  else "invalid" if isinstance(exc, ValueError) else "error")
+        self.metrics.jobs.labels(*labels, "failed").inc()
+        self.metrics.failures.labels(*labels, reason).inc()
         failed = RenderFailed(job_id=e.job_id, producer=producer, lane=self.lane,
+                              model=task.engine.name, version=task.engine.version,
                               attempt=e.attempt, error=str(exc)[:1000])
         return [Output(self.topics.renders, e.job_id, failed.to_bytes())]
+
+    def _retry_on_stable(self, task: RenderTask, exc: Exception) -> list[Output]:
+        """A job the canary (or a version being replaced) failed gets one more attempt on the
+        stable version; the reroute record names the failed version for the canary judge."""
+        e, engine = task.event, task.engine
+        producer = f"lanes-worker-{self.lane}"
+        reason = f"{engine.name} {engine.version} failed: {exc}"[:500]
+        self.metrics.jobs.labels(*_labels(self.lane, engine), "retried_on_stable").inc()
+        log.warning("job_retried_on_stable", job_id=e.job_id, version=engine.version, reason=reason)
+        rerouted = RenderRerouted(job_id=e.job_id, producer=producer, lane=self.lane,
+                                  to_lane=self.lane, reason=reason, attempt=e.attempt + 1,
+                                  model=engine.name, version=engine.version)
+        routed = e.model_copy(update={"attempt": e.attempt + 1, "stable_only": True,
+                                      "reason": reason, "producer": producer,
+                                      "event_id": uuid.uuid4(), "occurred_at": datetime.now(UTC)})
+        return [Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
+                Output(self.topics.lane(self.lane), e.job_id, routed.to_bytes())]
 
     # ---- Kafka I/O ---------------------------------------------------------------------
 
@@ -505,6 +648,7 @@ class LaneWorker(ConsumerRebalanceListener):
         self.paused = False  # a new assignment starts unpaused
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined = True
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
@@ -512,24 +656,8 @@ def _task_key(event: GenerationRouted) -> tuple[str, int, bool]:
     return (event.job_id, event.attempt, event.init_artifact_uri is not None)
 
 
-# diffusers' lazy imports are not thread-safe: loads in one process go one at a time.
-_LOAD_LOCK = threading.Lock()
-
-
-def load_engine(settings: Settings, lane: str, routes: Routes | None = None) -> DiffusionEngine:
-    routes = routes or load_routes(settings.routes_file)
-    if lane not in routes.lanes:
-        raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
-    model_name = routes.lanes[lane].model
-    spec = routes.models[model_name]
-    with _LOAD_LOCK:
-        path = checkpoint_dir(model_name, spec, settings.models_path)
-        return DiffusionEngine.load(
-            path, name=model_name, version=spec.version, device=settings.device,
-            budget=MemoryBudget.from_gb(settings.memory_budget_gb),
-            compile_unet=settings.compile_unet,
-            refine=routes.lanes[lane].refine_strength is not None,
-        )
+def _labels(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
+    return (lane, engine.name, engine.version)
 
 
 async def run(
@@ -539,15 +667,20 @@ async def run(
     *,
     registry: CollectorRegistry | None = None,
     on_ready: Any = None,
+    instance: str | None = None,
 ) -> None:
     stop = stop_on_signals(stop)
     routes = load_routes(settings.routes_file)
+    if lane not in routes.lanes:
+        raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
+    models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
-    engine = await asyncio.to_thread(load_engine, settings, lane, routes)
+    engine = await models.start()
     log.info("engine_loaded", lane=lane, model=engine.name, version=engine.version,
              device=engine.device, load_s=round(time.perf_counter() - started, 2),
              footprint_mb=round(engine.footprint_bytes / 2**20, 1))
-    worker = LaneWorker(settings, lane, routes, engine, registry or CollectorRegistry())
+    worker = LaneWorker(settings, lane, routes, models, registry or CollectorRegistry(),
+                        instance=instance)
     if on_ready is not None:
         on_ready(worker)
     await worker.run(stop)

@@ -77,8 +77,8 @@ class Verifier:
                 repaired = {"repair_error": f"repair failed: {exc}"}
         return VerificationCompleted(
             job_id=event.job_id, producer="lanes-verifier", attempt=event.attempt,
-            artifact_uri=event.artifact_uri, expected=expected, read=read,
-            score=round(score, 4), passed=score >= self.threshold, threshold=self.threshold,
+            artifact_uri=event.artifact_uri, lane=event.lane, model=event.model,
+            version=event.version, expected=expected, read=read, score=round(score, 4), passed=score >= self.threshold, threshold=self.threshold,
             ocr_ms=(time.perf_counter() - started) * 1000, **repaired,  # type: ignore[arg-type]
         )
 
@@ -93,7 +93,7 @@ class Verifier:
         except ArtifactError as exc:
             log.warning("artifact_unreadable", error=str(exc))
             failed = RenderFailed(job_id=event.job_id, producer="lanes-verifier", lane=event.lane,
-                                  attempt=event.attempt, error=f"cannot verify: {exc}")
+                                  model=event.model, version=event.version, attempt=event.attempt, error=f"cannot verify: {exc}")
             return [Output(self.topics.renders, event.job_id, failed.to_bytes())]
         outputs = []
         if (not result.final_passed and event.spec is not None and event.spec.intent == "final"

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import utcnow
 
-__all__ = ["OpsAction", "OpsCommand", "ModelRef", "Canary", "LaneDesired", "OpsResult"]
+__all__ = ["OpsAction", "OpsCommand", "ModelRef", "Canary", "LaneDesired", "OpsResult",
+           "WorkerStatus", "WorkerHealth"]
 
 OpsAction = Literal["deploy", "canary", "promote", "rollback", "set", "pause", "resume", "restart"]
 
@@ -26,7 +27,11 @@ class OpsCommand(BaseModel):
     lane: str = Field(min_length=1, max_length=64)
     issuer: str = Field("ops", max_length=64)
     issued_at: datetime = Field(default_factory=utcnow)
-    model: str | None = None  # deploy / canary: a model name from the routes file
+    model: str | None = None  # deploy / canary: a model name (from the routes file, or new)
+    # A version the routes file does not name: its checkpoint directory or a tiny build seed.
+    version: str | None = Field(None, min_length=1, max_length=64)
+    path: str | None = Field(None, max_length=1000)
+    tiny_seed: int | None = None
     percent: int | None = Field(None, ge=1, le=99)  # canary
     max_concurrency: int | None = Field(None, ge=1, le=64)  # set
     sample_steps: int | None = Field(None, ge=1, le=200)  # set
@@ -34,10 +39,18 @@ class OpsCommand(BaseModel):
 
 
 class ModelRef(BaseModel):
+    """A model version; ``path`` or ``tiny_seed`` when it is not the routes file's entry."""
+
     model_config = ConfigDict(frozen=True)
 
     model: str
     version: str
+    path: str | None = None
+    tiny_seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.version}"
 
 
 class Canary(BaseModel):
@@ -60,6 +73,8 @@ class LaneDesired(BaseModel):
     paused: bool = False
     restart_generation: int = 0
     reason: str | None = None
+    # Who made this revision: "ops:<issuer>" or "control-plane" (automatic rollback).
+    actor: str = "ops"
     updated_at: datetime = Field(default_factory=utcnow)
     # Ids of the last commands applied (replays are refused after a restart too).
     recent_commands: list[str] = Field(default_factory=list)
@@ -72,4 +87,26 @@ class OpsResult(BaseModel):
     outcome: Literal["applied", "rejected"]
     reason: str | None = None
     revision: int | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+WorkerHealth = Literal["starting", "ready", "restarting", "draining", "stopped"]
+
+
+class WorkerStatus(BaseModel):
+    """A lane worker's heartbeat on ``lanes.workers`` (compacted, key = instance)."""
+
+    instance: str
+    lane: str
+    health: WorkerHealth
+    stable: ModelRef | None = None  # what it serves now
+    canary: ModelRef | None = None
+    canary_percent: int = 0
+    applied_revision: int = 0  # the lanes.control revision whose models it serves
+    restart_generation: int = 0
+    # Versions this worker could not load (label -> error); it keeps serving what it has.
+    load_errors: dict[str, str] = Field(default_factory=dict)
+    in_flight: int = 0
+    jobs_done: int = 0
+    device: str = "cpu"
     at: datetime = Field(default_factory=utcnow)

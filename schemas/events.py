@@ -84,6 +84,8 @@ class GenerationRouted(Envelope):
     # Refine/upscale lanes: the image to start from and how far to move away from it.
     init_artifact_uri: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
+    # A retry after the lane's canary version failed this job: render on the stable one.
+    stable_only: bool = False
 
 
 class Timings(BaseModel):
@@ -140,11 +142,17 @@ class RenderRerouted(Envelope):
     to_lane: str
     reason: str
     attempt: int  # the new attempt, on to_lane
+    # The version that could not serve the job (canary judgement counts it as a failure).
+    model: str | None = None
+    version: str | None = None
 
 
 class RenderFailed(Envelope):
     type: Literal["render.failed"] = "render.failed"
     lane: str
+    # The version that failed, when one was chosen (canary judgement counts it).
+    model: str | None = None
+    version: str | None = None
     error: str
     retriable: bool = False
     attempt: int = 1
@@ -153,6 +161,10 @@ class RenderFailed(Envelope):
 class VerificationCompleted(Envelope):
     type: Literal["verification.completed"] = "verification.completed"
     artifact_uri: str
+    # The lane and version that rendered the checked image (canary judgement counts it).
+    lane: str | None = None
+    model: str | None = None
+    version: str | None = None
     expected: str
     read: str
     score: float = Field(ge=0.0, le=1.0)

@@ -39,6 +39,7 @@ class Artifact(BaseModel):
     height: int
     model: str
     version: str
+    instance: str | None = None  # the worker instance that rendered it
 
 
 class Verification(BaseModel):

@@ -99,7 +99,11 @@ class Topics:
             TopicSpec(self.ops, partitions=1),
             TopicSpec(self.ops_results, partitions=1, retention_ms=DAY_MS),
             TopicSpec(self.control, partitions=1, compacted=True),
-            TopicSpec(self.workers, partitions=1, retention_ms=DAY_MS),
+            # Heartbeats, key = instance: compacted to each instance's latest, then deleted
+            # a day after an instance goes quiet.
+            TopicSpec(self.workers, partitions=1, compacted=True,
+                      extra={"cleanup.policy": "compact,delete", "retention.ms": str(DAY_MS),
+                             "segment.ms": str(3600 * 1000)}),
         ]
         specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
         return specs

@@ -96,8 +96,8 @@ async def _run_engine(settings: Settings, engine: str, prompts: list[str], inten
         worker = stack.workers["ab"]
         peak = worker.registry.get_sample_value(
             "lanes_worker_peak_memory_bytes",
-            {"lane": "ab", "model": engine, "version": worker.engine.version, "device": s.device})
-        return EngineRun(engine, worker.engine.version, [view.items[i] for i in ids], peak or 0.0)
+            {"lane": "ab", "model": engine, "version": worker.models.stable.version, "device": s.device})
+        return EngineRun(engine, worker.models.stable.version, [view.items[i] for i in ids], peak or 0.0)
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

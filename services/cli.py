@@ -26,6 +26,8 @@ app.add_typer(run_app, name="run")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(models_app, name="models")
+k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes deployment")
+app.add_typer(k8s_app, name="k8s")
 
 
 def _settings():  # noqa: ANN202 - imported lazily so `lanes --help` stays fast
@@ -72,13 +74,15 @@ def run_router() -> None:
 
 @run_app.command("worker")
 def run_worker(lane: str = typer.Option(..., help="the lane this worker serves"),
-               device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...")) -> None:
+               device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+               instance: Optional[str] = typer.Option(
+                   None, help="this instance's name (default: host-pid-lane)")) -> None:
     from consumers import lane_worker
 
     settings = _settings()
     if device:
         settings = settings.model_copy(update={"device": device})
-    asyncio.run(lane_worker.run(settings, lane))
+    asyncio.run(lane_worker.run(settings, lane, instance=instance))
 
 
 @run_app.command("verifier")
@@ -194,6 +198,22 @@ def kafka_topics() -> None:
     asyncio.run(prepare_cluster(_settings()))
 
 
+@k8s_app.command("manifests")
+def k8s_manifests(out: Optional[Path] = typer.Option(None, help="write here (default: stdout)")) -> None:
+    """Deployments per lane (nvidia.com/gpu), KEDA ScaledObjects on lag, CPU components."""
+    from services.k8s_manifests import render
+    from services.routes import load_routes, routes_text
+    from services.settings import Settings
+
+    settings = Settings()
+    text = render(load_routes(settings.routes_file), routes_text(settings.routes_file))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(str(out))
+
+
 @models_app.command("build-tiny")
 def models_build_tiny(directory: Path, seed: int = 0) -> None:
     """Write a tiny random-weight diffusers checkpoint (no download) into DIRECTORY."""
@@ -238,17 +258,28 @@ def _ops(action: str, lane: str, **fields: object) -> None:
 LANE = typer.Option(..., "--lane", help="the lane to act on")
 
 
+MODEL = typer.Option(..., help="a model from the routes file, or a new one's name")
+VERSION = typer.Option(None, help="the version (required with --path or --tiny-seed)")
+PATH = typer.Option(None, help="a local diffusers checkpoint directory for this version")
+TINY_SEED = typer.Option(None, help="a tiny random-weight build with this seed")
+
+
 @ops_app.command("deploy")
-def ops_deploy(lane: str = LANE, model: str = typer.Option(...), reason: Optional[str] = None) -> None:
+def ops_deploy(lane: str = LANE, model: str = MODEL, version: Optional[str] = VERSION,
+               path: Optional[str] = PATH, tiny_seed: Optional[int] = TINY_SEED,
+               reason: Optional[str] = None) -> None:
     """Make MODEL the lane's stable version (the current one is kept for rollback)."""
-    _ops("deploy", lane, model=model, reason=reason)
+    _ops("deploy", lane, model=model, version=version, path=path, tiny_seed=tiny_seed,
+         reason=reason)
 
 
 @ops_app.command("canary")
-def ops_canary(lane: str = LANE, model: str = typer.Option(...),
+def ops_canary(lane: str = LANE, model: str = MODEL, version: Optional[str] = VERSION,
+               path: Optional[str] = PATH, tiny_seed: Optional[int] = TINY_SEED,
                percent: int = typer.Option(..., min=1, max=99), reason: Optional[str] = None) -> None:
     """Send PERCENT of the lane's jobs (chosen by job id) to MODEL."""
-    _ops("canary", lane, model=model, percent=percent, reason=reason)
+    _ops("canary", lane, model=model, version=version, path=path, tiny_seed=tiny_seed,
+         percent=percent, reason=reason)
 
 
 @ops_app.command("promote")
@@ -287,18 +318,34 @@ def ops_restart(lane: str = LANE) -> None:
 
 @ops_app.command("status")
 def ops_status() -> None:
-    """Each lane's desired state as the control plane published it."""
-    from services.ops_client import lane_states
+    """Each lane's desired state, and each worker instance's rollout, instance by instance."""
+    from services.rollout import RolloutView
+    from services.routes import load_routes
 
-    states = asyncio.run(lane_states(_settings()))
-    if not states:
-        typer.echo("no lane has a control record yet (no ops command applied)")
-    for lane, st in sorted(states.items()):
-        canary = f"{st.canary.target.model} {st.canary.target.version} @ {st.canary.percent}%" if st.canary else "-"
-        previous = f"{st.previous.model} {st.previous.version}" if st.previous else "-"
-        typer.echo(f"{lane:10} rev {st.revision:<3} stable {st.stable.model} {st.stable.version:10} "
-                   f"canary {canary:24} previous {previous:20} paused {st.paused} "
-                   f"cap {st.max_concurrency or '-'} steps {st.sample_steps or '-'}")
+    settings = _settings()
+    view = RolloutView(settings, load_routes(settings.routes_file))
+    asyncio.run(view.load())
+    for item in view.lanes():
+        d = item.desired
+        canary = f"{d.canary.target.label} @ {d.canary.percent}%" if d.canary else "-"
+        typer.echo(f"{item.lane}: rev {d.revision} stable {d.stable.label} canary {canary} "
+                   f"previous {d.previous.label if d.previous else '-'}"
+                   f"{' PAUSED' if d.paused else ''} cap {d.max_concurrency or 'routes'} "
+                   f"steps {d.sample_steps or 'routes'} restart-gen {d.restart_generation} "
+                   f"{'converged' if item.converged else 'rolling out'}"
+                   f"{f' ({d.actor}: {d.reason})' if d.revision else ''}")
+        for inst in item.instances:
+            s = inst.status
+            flags = [] if inst.live else ["gone"]
+            if not inst.current:
+                flags.append(f"at rev {s.applied_revision}")
+            flags += [f"failed to load {k}: {v}" for k, v in s.load_errors.items()]
+            canary_part = f" + {s.canary.label} @ {s.canary_percent}%" if s.canary else ""
+            typer.echo(f"  {s.instance:32} {s.health:10} {s.stable.label if s.stable else '-'}"
+                       f"{canary_part} in-flight {s.in_flight} done {s.jobs_done} gen "
+                       f"{s.restart_generation} {' '.join(flags)}")
+        if not item.instances:
+            typer.echo("  (no worker has reported)")
 
 
 @bench_app.command("burst")

@@ -6,7 +6,7 @@ from schemas.control import Canary, LaneDesired, ModelRef, OpsCommand
 from schemas.events import utcnow
 from services.routes import Routes
 
-__all__ = ["Rejected", "initial_state", "apply_command"]
+__all__ = ["Rejected", "initial_state", "apply_command", "auto_rollback"]
 
 RECENT = 100
 
@@ -21,12 +21,24 @@ def initial_state(routes: Routes, lane: str) -> LaneDesired:
                                                   version=routes.models[spec.model].version))
 
 
-def _ref(routes: Routes, model: str | None) -> ModelRef:
-    if model is None:
+def _ref(routes: Routes, cmd: OpsCommand) -> ModelRef:
+    """The routes file's model by name, or a new version given its checkpoint or tiny seed."""
+    if cmd.model is None:
         raise Rejected("name a model (--model)")
-    if model not in routes.models:
-        raise Rejected(f"unknown model {model!r}; the routes file has {sorted(routes.models)}")
-    return ModelRef(model=model, version=routes.models[model].version)
+    if cmd.path is not None or cmd.tiny_seed is not None:
+        if cmd.version is None:
+            raise Rejected("a new model version needs --version")
+        if cmd.path is not None and cmd.tiny_seed is not None:
+            raise Rejected("give either --path or --tiny-seed, not both")
+        return ModelRef(model=cmd.model, version=cmd.version, path=cmd.path,
+                        tiny_seed=cmd.tiny_seed)
+    if cmd.model not in routes.models:
+        raise Rejected(f"unknown model {cmd.model!r}; the routes file has {sorted(routes.models)} "
+                       "(or give --version with --path or --tiny-seed)")
+    ref = ModelRef(model=cmd.model, version=routes.models[cmd.model].version)
+    if cmd.version is not None and cmd.version != ref.version:
+        raise Rejected(f"{cmd.model} is version {ref.version} in the routes file, not {cmd.version}")
+    return ref
 
 
 def apply_command(state: LaneDesired, cmd: OpsCommand, routes: Routes) -> LaneDesired:
@@ -35,12 +47,12 @@ def apply_command(state: LaneDesired, cmd: OpsCommand, routes: Routes) -> LaneDe
         raise Rejected(f"command {cmd.command_id} was already applied (replay)")
     update: dict[str, object] = {}
     if cmd.action == "deploy":
-        target = _ref(routes, cmd.model)
+        target = _ref(routes, cmd)
         if target == state.stable and state.canary is None:
             raise Rejected(f"{target.model} {target.version} is already stable on {cmd.lane}")
         update = {"previous": state.stable, "stable": target, "canary": None}
     elif cmd.action == "canary":
-        target = _ref(routes, cmd.model)
+        target = _ref(routes, cmd)
         if cmd.percent is None:
             raise Rejected("a canary needs --percent (1-99)")
         if target == state.stable:
@@ -71,6 +83,21 @@ def apply_command(state: LaneDesired, cmd: OpsCommand, routes: Routes) -> LaneDe
         update = {"restart_generation": state.restart_generation + 1}
     return state.model_copy(update={
         **update, "revision": state.revision + 1, "reason": cmd.reason or cmd.action,
-        "updated_at": utcnow(),
+        "actor": f"ops:{cmd.issuer}", "updated_at": utcnow(),
         "recent_commands": [*state.recent_commands[-(RECENT - 1):], cmd.command_id],
+    })
+
+
+def auto_rollback(state: LaneDesired, bad: ModelRef, reason: str) -> LaneDesired | None:
+    """The state without ``bad`` (a canary is dropped, a fresh deploy returns to the previous
+    version), or None when ``bad`` is neither the canary nor a stable version with a previous."""
+    if state.canary is not None and state.canary.target == bad:
+        update: dict[str, object] = {"canary": None}
+    elif state.stable == bad and state.previous is not None:
+        update = {"stable": state.previous, "previous": None}
+    else:
+        return None
+    return state.model_copy(update={
+        **update, "revision": state.revision + 1, "reason": f"automatic rollback: {reason}"[:500],
+        "actor": "control-plane", "updated_at": utcnow(),
     })

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from typing import Annotated, Any, AsyncIterator
 
 import structlog
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -22,6 +23,8 @@ from schemas.topics import Topics
 from services.artifacts import ArtifactError, LocalArtifactStore
 from services.compacted_view import CompactedView
 from services.observability import ops_routes
+from services.rollout import LaneRollout, RolloutView
+from services.routes import load_routes
 from services.settings import Settings
 
 __all__ = ["create_app"]
@@ -36,7 +39,8 @@ class GatewayState:
         self.view: CompactedView[JobState] = CompactedView(
             settings, Topics(settings.topic_prefix).jobs, JobState.model_validate_json
         )
-        self._follower: asyncio.Task[None] | None = None
+        self.rollout = RolloutView(settings, load_routes(settings.routes_file))
+        self._followers: list[asyncio.Task[None]] = []
         self.store = LocalArtifactStore(settings.artifacts_path)
         # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
         self.accepted: dict[str, str] = {}
@@ -50,14 +54,15 @@ class GatewayState:
     async def start(self) -> None:
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
-        self._follower = asyncio.create_task(self.view.follow())
+        self._followers = [asyncio.create_task(self.view.follow()),
+                           asyncio.create_task(self.rollout.follow())]
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
 
@@ -141,6 +146,25 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         except ArtifactError as exc:
             raise HTTPException(410, str(exc)) from exc
         return FileResponse(path, media_type="image/png")
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        """Admin reads need ``Authorization: Bearer <LANES_ADMIN_TOKEN>`` when one is set."""
+        token = settings.admin_token
+        if token is not None and not secrets.compare_digest(
+                authorization or "", f"Bearer {token.get_secret_value()}"):
+            raise HTTPException(401, "admin endpoints need Authorization: Bearer <admin token>")
+
+    @app.get("/v1/admin/lanes", dependencies=[Depends(admin)])
+    async def admin_lanes() -> list[LaneRollout]:
+        """Every lane: desired model versions, canary, caps, and each worker instance."""
+        return state.rollout.lanes()
+
+    @app.get("/v1/admin/lanes/{lane}", dependencies=[Depends(admin)])
+    async def admin_lane(lane: str) -> LaneRollout:
+        for item in state.rollout.lanes():
+            if item.lane == lane:
+                return item
+        raise HTTPException(404, f"no lane {lane!r}")
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:

@@ -114,7 +114,8 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     elif isinstance(event, RenderCompleted):
         artifact = Artifact(stage=event.stage, attempt=event.attempt, uri=event.artifact_uri,
                             width=event.width, height=event.height, model=event.model,
-                            version=event.version, deliverable=event.deliverable)
+                            version=event.version, deliverable=event.deliverable,
+                            instance=event.instance)
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
         update.update(started=True, timings=event.timings)

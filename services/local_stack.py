@@ -7,7 +7,9 @@ same ``run(settings, stop)`` coroutines side by side on one event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine
+from typing import Any, Coroutine, Iterable
+
+from prometheus_client import CollectorRegistry
 
 from consumers import control, jobs, lane_worker, router, verifier, webhooks
 from schemas.topics import Topics
@@ -28,6 +30,11 @@ class LocalStack:
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.workers: dict[str, Any] = {}
+        self.registries: dict[str, CollectorRegistry] = {}
+
+    def component_registry(self, name: str) -> CollectorRegistry:
+        """The metrics registry of a component (its /metrics in production)."""
+        return self.registries.setdefault(name, CollectorRegistry())
 
     async def start(self) -> None:
         lanes = load_routes(self.settings.routes_file).lanes
@@ -35,7 +42,8 @@ class LocalStack:
         self.start_component("router", lambda stop: router.run(self.settings, stop))
         self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
         self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
-        self.start_component("control", lambda stop: control.run(self.settings, stop))
+        self.start_component("control", lambda stop: control.run(
+            self.settings, stop, registry=self.component_registry("control")))
         if self.with_webhooks:
             self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
         for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
@@ -46,14 +54,24 @@ class LocalStack:
         coro: Coroutine[Any, Any, None] = make(stop)
         self.tasks[name] = asyncio.create_task(coro, name=name)
 
-    def start_worker(self, lane: str, settings: Settings | None = None) -> None:
-        self.start_component(f"worker-{lane}", lambda stop: lane_worker.run(
-            settings or self.settings, lane, stop,
-            on_ready=lambda w: self.workers.__setitem__(lane, w)))
+    def start_worker(self, lane: str, settings: Settings | None = None,
+                     instance: str | None = None) -> str:
+        """One worker instance (a GPU's process in production); its name keys ``workers``."""
+        name = instance or lane
+        self.start_component(f"worker-{name}", lambda stop: lane_worker.run(
+            settings or self.settings, lane, stop, instance=instance,
+            on_ready=lambda w: self.workers.__setitem__(name, w)))
+        return name
 
-    async def wait_workers_ready(self, timeout: float = 120) -> None:
-        lanes = set(load_routes(self.settings.routes_file).lanes) if self.worker_lanes is None \
-            else set(self.worker_lanes)
+    async def wait_workers_ready(self, timeout: float = 120,
+                                 names: Iterable[str] | None = None) -> None:
+        """Until every worker (by default one per lane this stack started) is ready."""
+        if names is not None:
+            lanes = set(names)
+        elif self.worker_lanes is None:
+            lanes = set(load_routes(self.settings.routes_file).lanes)
+        else:
+            lanes = set(self.worker_lanes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not (lanes <= set(self.workers) and all(self.workers[x].ready for x in lanes)):

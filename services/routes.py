@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
-__all__ = ["ModelSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "checkpoint_dir"]
+__all__ = ["ModelSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
+           "checkpoint_dir"]
 
 
 class ModelSpec(BaseModel):
@@ -111,13 +112,16 @@ class Routes(BaseModel):
         return name, self.lanes[name]
 
 
-def load_routes(path: Path | None) -> Routes:
+def routes_text(path: Path | None) -> str:
+    """The routes file's text (the bundled default when ``path`` is None)."""
     if path is None:
-        text = resources.files("services").joinpath("default_routes.yaml").read_text()
-        base = Path.cwd()
-    else:
-        text = Path(path).read_text()
-        base = Path(path).resolve().parent
+        return resources.files("services").joinpath("default_routes.yaml").read_text()
+    return Path(path).read_text()
+
+
+def load_routes(path: Path | None) -> Routes:
+    text = routes_text(path)
+    base = Path.cwd() if path is None else Path(path).resolve().parent
     routes = Routes.model_validate(yaml.safe_load(text))
     # Relative checkpoint paths are relative to the routes file.
     models = {

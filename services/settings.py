@@ -61,7 +61,17 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
     # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
-    ops_max_age_s: int = 300  # older (or replayed) commands are refused
+    # Bearer token for the gateway's read-only admin endpoints; None: open (local use).
+    admin_token: SecretStr | None = None
+    # Canary judgement: after this many canary outcomes, roll back when the canary's render
+    # failure rate or verification failure rate exceeds the stable version's by the margin.
+    canary_min_jobs: int = Field(10, ge=1)
+    canary_margin: float = Field(0.2, ge=0.0, le=1.0)
+    heartbeat_s: float = Field(2.0, gt=0)  # lane workers' status on lanes.workers
+    worker_stale_s: float = Field(10.0, gt=0)  # a worker silent this long is not counted
+    # Autoscaling signal: replicas a lane needs to drain its lag within this many seconds.
+    autoscale_drain_s: float = Field(60.0, gt=0)
+    autoscale_max_replicas: int = Field(16, ge=1)
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
     webhook_max_attempts: int = 5

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 import httpx
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI, Request, Response
 
 from services.gateway import create_app
@@ -20,7 +20,7 @@ from services.local_stack import LocalStack
 from services.observability import EmbeddedServer
 from services.settings import Settings
 
-__all__ = ["Stack", "WebhookReceiver", "read_topic", "produce_raw", "write_routes", "wait_until", "running_stack"]
+__all__ = ["Stack", "WebhookReceiver", "read_topic", "read_to_end", "produce_raw", "write_routes", "wait_until", "running_stack"]
 
 
 class Stack(LocalStack):
@@ -161,6 +161,28 @@ async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> 
             for recs in batch.values():
                 records.extend(recs)
                 quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_to_end(settings: Settings, topic: str) -> list[Any]:
+    """Every record on a busy topic up to its end offsets as of now."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        parts = consumer.assignment() or set()
+        while not parts:
+            await consumer.getmany(timeout_ms=100)
+            parts = consumer.assignment()
+        ends = await consumer.end_offsets(list(parts))
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        while remaining:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)])
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
     return records

@@ -242,7 +242,7 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
-    from consumers.lane_worker import load_engine
+    from consumers.lane_models import load_routes_model
     from services.artifacts import LocalArtifactStore
     from services.engines.diffusion import RenderRequest
     from services.engines.memory import OutOfMemory
@@ -252,7 +252,7 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
 
     routes = load_routes(settings.routes_file)
     store = LocalArtifactStore(settings.artifacts_path)
-    engines = [await asyncio.to_thread(load_engine, settings, "draft", routes) for _ in range(cfg.workers)]
+    engines = [await asyncio.to_thread(load_routes_model, settings, "draft", routes) for _ in range(cfg.workers)]
     pools = [ThreadPoolExecutor(max_workers=1) for _ in engines]
     loop = asyncio.get_running_loop()
     for engine, pool in zip(engines, pools):
@@ -323,7 +323,7 @@ def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     """Seconds per job, per intent, one at a time on one engine (sets the steady rate)."""
     import torch
 
-    from consumers.lane_worker import load_engine
+    from consumers.lane_models import load_routes_model
     from services.engines.diffusion import RenderRequest
     from services.routes import load_routes
     from services.settings import Settings
@@ -331,7 +331,7 @@ def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     settings = Settings(state_dir=workdir / "state", routes_file=workdir / "routes.yaml", device=cfg.device)
     routes = load_routes(settings.routes_file)
-    engine = load_engine(settings, "draft", routes)
+    engine = load_routes_model(settings, "draft", routes)
     out = {}
     for lane in ("draft", "final"):
         s = routes.lanes[lane]
