@@ -1,15 +1,21 @@
 """Webhook dispatcher [group lanes-webhooks]: lanes.jobs -> signed POSTs to client URLs.
 
-Each (job, event) is delivered once: outcomes go to the compacted
+Each (job, event) is delivered once: its state goes to the compacted
 ``lanes.webhooks.deliveries`` topic, which this group reloads on every assignment before it
 sends anything, and the offset is committed only after that record is acknowledged. A crash
 between the POST and that record can repeat a delivery; it carries the same ``webhook-id``
 so receivers deduplicate it, as the Standard Webhooks spec asks.
+
+The first attempt is made here; a failed one is scheduled on the delay topic
+``lanes.webhooks.retry`` (``consumers.webhook_retries`` sends it when due), so this
+consumer never sleeps. After the last attempt the message goes to ``lanes.webhooks.dlq``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import timedelta
 from typing import Sequence
 
 import structlog
@@ -19,28 +25,70 @@ from consumers.loop import MessageContext, Output
 from consumers.restoring import RestoringListener
 from consumers.runtime import run_consumer
 from schemas.events import utcnow
-from schemas.records import JobState, WebhookDelivery
+from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
 from services.compacted_view import CompactedView
 from services.settings import Settings
-from services.webhooks import WebhookSender, webhook_id
+from services.webhooks import AttemptResult, WebhookSender, backoff_delay, webhook_id
 
-__all__ = ["run", "WebhookDispatcher"]
+__all__ = ["run", "WebhookDispatcher", "make_sender", "after_attempt", "WebhookMetrics"]
 
 log = structlog.get_logger("lanes.webhooks")
 
 
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.attempts = Counter("lanes_webhook_attempts_total", "Webhook POSTs by result",
+                                ["result"], registry=registry)
+
+
+def make_sender(settings: Settings) -> WebhookSender:
+    return WebhookSender(settings.signing_keys(), settings.webhook_allowed_hosts,
+                         timeout_s=settings.webhook_timeout_s,
+                         max_body_bytes=settings.webhook_max_body_bytes)
+
+
+def after_attempt(settings: Settings, msg: WebhookMessage, result: AttemptResult,
+                  metrics: WebhookMetrics) -> list[Output]:
+    """The delivery record, plus the next attempt on the delay topic or the DLQ record."""
+    topics = Topics(settings.topic_prefix)
+    metrics.attempts.labels(result.outcome).inc()
+    record = WebhookDelivery(job_id=msg.job_id, event=msg.event, webhook_id=msg.webhook_id,
+                             url=msg.url, outcome="delivered", status_code=result.status_code,
+                             attempts=msg.attempt, error=result.error)
+    outputs: list[Output] = []
+    if result.outcome == "retry" and msg.attempt < settings.webhook_max_attempts:
+        delay = backoff_delay(msg.attempt, settings.webhook_backoff_s,
+                              settings.webhook_max_delay_s, result.retry_after_s)
+        nxt = msg.model_copy(update={"attempt": msg.attempt + 1,
+                                     "due_at": utcnow() + timedelta(seconds=delay),
+                                     "last_status": result.status_code,
+                                     "last_error": result.error})
+        record = record.model_copy(update={"outcome": "retrying", "next_attempt_at": nxt.due_at})
+        outputs.append(Output(topics.webhooks_retry, msg.key, nxt.model_dump_json().encode()))
+    elif result.outcome != "delivered":
+        record = record.model_copy(update={"outcome": "failed"})
+        dead = msg.model_copy(update={"last_status": result.status_code,
+                                      "last_error": result.error})
+        outputs.append(Output(topics.webhooks_dlq, msg.key, dead.model_dump_json().encode()))
+    log.info(f"webhook_{record.outcome}", webhook_event=msg.event, attempt=msg.attempt,
+             status_code=result.status_code, error=result.error,
+             next_attempt_at=record.next_attempt_at.isoformat() if record.next_attempt_at else None)
+    return [Output(topics.webhook_deliveries, msg.key, record.model_dump_json().encode()),
+            *outputs]
+
+
 class WebhookDispatcher(RestoringListener):
-    def __init__(self, settings: Settings, topics: Topics, sender: WebhookSender,
+    def __init__(self, settings: Settings, sender: WebhookSender,
                  registry: CollectorRegistry) -> None:
         super().__init__()
-        self.topics = topics
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
         self.sender = sender
         self.deliveries: CompactedView[WebhookDelivery] = CompactedView(
-            settings, topics.webhook_deliveries, WebhookDelivery.model_validate_json
+            settings, self.topics.webhook_deliveries, WebhookDelivery.model_validate_json
         )
-        self.sent = Counter("lanes_webhooks_total", "Webhook messages by outcome", ["outcome"],
-                            registry=registry)
+        self.metrics = WebhookMetrics(registry)
 
     async def restore(self, partitions: list[int]) -> None:
         # Delivery records are keyed by job:event, not by job id: reload all partitions.
@@ -65,39 +113,25 @@ class WebhookDispatcher(RestoringListener):
         key = f"{job.job_id}:{milestone}"
         if key in self.deliveries.items:
             return []
-        msg_id = webhook_id(job.job_id, milestone)
-        url = str(job.spec.webhook_url)
         payload = {"type": f"generation.{milestone}", "timestamp": utcnow().isoformat(),
                    "data": job.public()}
-        result = await self.sender.deliver(url, msg_id, payload)
-        self.sent.labels(result.outcome).inc()
-        record = WebhookDelivery(
-            job_id=job.job_id, event=milestone, webhook_id=msg_id, url=url,
-            outcome=result.outcome, status_code=result.status_code, attempts=result.attempts,
-            error=result.error,
-        )
-        self.deliveries.items[key] = record
-        log.info("webhook_" + result.outcome, webhook_event=milestone, attempts=result.attempts,
-                 status_code=result.status_code, error=result.error)
-        body = record.model_dump_json().encode()
-        outputs = [Output(self.topics.webhook_deliveries, key, body)]
-        if result.outcome != "delivered":
-            outputs.append(Output(self.topics.webhooks_dlq, key, body))
+        msg = WebhookMessage(job_id=job.job_id, event=milestone,
+                             webhook_id=webhook_id(job.job_id, milestone),
+                             url=str(job.spec.webhook_url), attempt=1,
+                             body=json.dumps(payload, separators=(",", ":")))
+        result = await self.sender.attempt(msg.url, msg.webhook_id, msg.body)
+        outputs = after_attempt(self.settings, msg, result, self.metrics)
+        self.deliveries.items[key] = WebhookDelivery.model_validate_json(outputs[0].value or b"")
         return outputs
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    topics = Topics(settings.topic_prefix)
     registry = CollectorRegistry()
-    sender = WebhookSender(
-        settings.webhook_secret.get_secret_value(), settings.webhook_allowed_hosts,
-        timeout_s=settings.webhook_timeout_s, max_attempts=settings.webhook_max_attempts,
-        backoff_s=settings.webhook_backoff_s,
-    )
-    dispatcher = WebhookDispatcher(settings, topics, sender, registry)
+    sender = make_sender(settings)
+    dispatcher = WebhookDispatcher(settings, sender, registry)
     try:
         await run_consumer(
-            settings, name="webhooks", topics=[topics.jobs],
+            settings, name="webhooks", topics=[dispatcher.topics.jobs],
             parse=JobState.model_validate_json, handler=dispatcher.handle,
             registry=registry, stop=stop, listener=dispatcher,
         )

@@ -19,6 +19,7 @@ __all__ = [
     "JobState",
     "DeadLetter",
     "WebhookDelivery",
+    "WebhookMessage",
 ]
 
 JobStatus = Literal[
@@ -135,10 +136,31 @@ class WebhookDelivery(BaseModel):
     event: str
     webhook_id: str
     url: str
-    outcome: Literal["delivered", "failed", "refused"]
+    outcome: Literal["delivered", "retrying", "failed"]
     status_code: int | None = None
     attempts: int
     error: str | None = None
+    next_attempt_at: datetime | None = None
     at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookMessage(BaseModel):
+    """A webhook still to send: on ``lanes.webhooks.retry`` (due at ``due_at``) and, after
+    its last attempt, on ``lanes.webhooks.dlq`` (``lanes webhooks replay`` sends it again).
+    Key: ``<job_id>:<event>``."""
+
+    job_id: str
+    event: str
+    webhook_id: str  # the same on every attempt and replay: receivers deduplicate on it
+    url: str
+    body: str  # exactly what is signed and POSTed
+    attempt: int = Field(ge=1)  # the attempt this record is for
+    due_at: datetime = Field(default_factory=utcnow)
+    last_status: int | None = None
+    last_error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}:{self.event}"
 
 

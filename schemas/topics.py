@@ -63,6 +63,10 @@ class Topics:
         return self._n("webhooks.deliveries")
 
     @property
+    def webhooks_retry(self) -> str:
+        return self._n("webhooks.retry")
+
+    @property
     def webhooks_dlq(self) -> str:
         return self._n("webhooks.dlq")
 
@@ -94,6 +98,7 @@ class Topics:
             TopicSpec(self.verifications, partitions=6),
             TopicSpec(self.jobs, partitions=6, compacted=True),
             TopicSpec(self.webhook_deliveries, partitions=6, compacted=True),
+            TopicSpec(self.webhooks_retry, partitions=3, retention_ms=7 * DAY_MS),
             TopicSpec(self.webhooks_dlq, partitions=1, retention_ms=30 * DAY_MS),
             TopicSpec(self.dlq, partitions=1, retention_ms=30 * DAY_MS),
             TopicSpec(self.ops, partitions=1),

@@ -27,6 +27,8 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(models_app, name="models")
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes deployment")
+webhooks_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(k8s_app, name="k8s")
 
 
@@ -83,6 +85,13 @@ def run_worker(lane: str = typer.Option(..., help="the lane this worker serves")
     if device:
         settings = settings.model_copy(update={"device": device})
     asyncio.run(lane_worker.run(settings, lane, instance=instance))
+
+
+@run_app.command("webhook-retries")
+def run_webhook_retries() -> None:
+    from consumers import webhook_retries
+
+    asyncio.run(webhook_retries.run(_settings()))
 
 
 @run_app.command("verifier")
@@ -196,6 +205,24 @@ def kafka_topics() -> None:
     from services.stack import prepare_cluster
 
     asyncio.run(prepare_cluster(_settings()))
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    key: Optional[list[str]] = typer.Option(None, help="JOB_ID:EVENT to replay (repeatable)"),
+    all_: bool = typer.Option(False, "--all", help="replay every dead-lettered webhook"),
+) -> None:
+    """Send dead-lettered webhooks again (same webhook-id, fresh signature, attempts anew)."""
+    from services.webhook_replay import replay
+
+    if not key and not all_:
+        raise typer.BadParameter("name --key JOB_ID:EVENT (repeatable) or --all")
+    sent = asyncio.run(replay(_settings(), None if all_ else set(key or [])))
+    for k in sent:
+        typer.echo(f"replaying {k}")
+    typer.echo(f"{len(sent)} webhook(s) queued for delivery")
+    if key and len(sent) < len(set(key)):
+        raise typer.Exit(1)
 
 
 @k8s_app.command("manifests")

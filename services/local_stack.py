@@ -11,7 +11,7 @@ from typing import Any, Coroutine, Iterable
 
 from prometheus_client import CollectorRegistry
 
-from consumers import control, jobs, lane_worker, router, verifier, webhooks
+from consumers import control, jobs, lane_worker, router, verifier, webhook_retries, webhooks
 from schemas.topics import Topics
 from services.kafka_clients import ensure_topics
 from services.routes import load_routes
@@ -46,6 +46,8 @@ class LocalStack:
             self.settings, stop, registry=self.component_registry("control")))
         if self.with_webhooks:
             self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
+            self.start_component("webhook-retries",
+                                 lambda stop: webhook_retries.run(self.settings, stop))
         for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
             self.start_worker(lane)
 

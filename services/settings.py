@@ -7,11 +7,14 @@ environment anywhere else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
+
+if TYPE_CHECKING:
+    from services.webhooks import SigningKeys
 
 __all__ = ["Settings", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
 
@@ -59,6 +62,11 @@ class Settings(BaseSettings):
     font_path: str | None = None
 
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
+    # Key rotation: these sign too (one more signature per delivery) until retired.
+    webhook_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Per-endpoint secrets, JSON {"https://hooks.example.com": "whsec_..."} keyed by origin
+    # (scheme://host[:port]); an endpoint's own secret replaces the global one.
+    webhook_endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
     # Bearer token for the gateway's read-only admin endpoints; None: open (local use).
@@ -74,13 +82,15 @@ class Settings(BaseSettings):
     autoscale_max_replicas: int = Field(16, ge=1)
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
-    webhook_max_attempts: int = 5
-    webhook_backoff_s: float = 0.5
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_s: float = Field(5.0, gt=0)  # first retry after ~this, doubling
+    webhook_max_delay_s: float = Field(3600.0, gt=0)  # longest wait, Retry-After included
+    webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
 
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("webhook_allowed_hosts", mode="before")
+    @field_validator("webhook_allowed_hosts", "webhook_previous_secrets", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -92,11 +102,26 @@ class Settings(BaseSettings):
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
             if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
                 raise ValueError("LANES_OPS_KEY must be set outside the local profile")
-        if not self.webhook_secret.get_secret_value().startswith("whsec_"):
-            raise ValueError("LANES_WEBHOOK_SECRET must be in whsec_<base64> form")
+        for name, secret in [("LANES_WEBHOOK_SECRET", self.webhook_secret),
+                             *(("LANES_WEBHOOK_PREVIOUS_SECRETS", s)
+                               for s in self.webhook_previous_secrets),
+                             *((f"LANES_WEBHOOK_ENDPOINT_SECRETS[{k}]", s)
+                               for k, s in self.webhook_endpoint_secrets.items())]:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError(f"{name} must be in whsec_<base64> form")
         if not self.ops_key.get_secret_value().startswith("whsec_"):
             raise ValueError("LANES_OPS_KEY must be in whsec_<base64> form")
         return self
+
+    def signing_keys(self) -> SigningKeys:
+        from services.webhooks import SigningKeys
+
+        return SigningKeys(
+            current=self.webhook_secret.get_secret_value(),
+            previous=tuple(s.get_secret_value() for s in self.webhook_previous_secrets),
+            endpoints={k.lower().rstrip("/"): v.get_secret_value()
+                       for k, v in self.webhook_endpoint_secrets.items()},
+        )
 
     @property
     def artifacts_path(self) -> Path:

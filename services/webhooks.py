@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
+import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -18,8 +18,11 @@ __all__ = [
     "RefusedTarget",
     "resolve_target",
     "sign_headers",
+    "SigningKeys",
     "WebhookSender",
-    "DeliveryResult",
+    "AttemptResult",
+    "retry_after_seconds",
+    "backoff_delay",
     "webhook_id",
 ]
 
@@ -65,38 +68,75 @@ async def resolve_target(url: str, allowed_hosts: list[str]) -> str:
     return str(addresses[0])
 
 
-def sign_headers(secret: str, msg_id: str, body: str, at: datetime | None = None) -> dict[str, str]:
+def sign_headers(secrets: list[str], msg_id: str, body: str,
+                 at: datetime | None = None) -> dict[str, str]:
+    """Standard Webhooks headers; one ``v1,`` signature per secret (key rotation)."""
     at = at or datetime.now(UTC)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+        "webhook-signature": " ".join(Webhook(s).sign(msg_id, at, body) for s in secrets),
         "content-type": "application/json",
     }
 
 
 @dataclass(frozen=True)
-class DeliveryResult:
-    outcome: str  # delivered | failed | refused
-    attempts: int
+class SigningKeys:
+    """Which secrets sign a delivery: the endpoint's own, else the current global one plus
+    any previous ones still in rotation."""
+
+    current: str
+    previous: tuple[str, ...] = ()
+    endpoints: dict[str, str] = field(default_factory=dict)  # origin -> secret
+
+    def for_url(self, url: str) -> list[str]:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}".lower()
+        own = self.endpoints.get(origin)
+        return [own] if own else [self.current, *self.previous]
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: str  # delivered | retry | failed (never retried: 410, refused, too large)
     status_code: int | None
     error: str | None
+    retry_after_s: float | None = None  # the receiver's Retry-After, when it sent one
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None,
+                  rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt: exponential with equal jitter, never sooner than
+    the receiver's Retry-After, at most ``cap_s``."""
+    exp = min(cap_s, base_s * 2 ** (attempt - 1))
+    delay = exp / 2 + (rng or random).uniform(0, exp / 2)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return min(cap_s, delay)
 
 
 class WebhookSender:
-    def __init__(
-        self,
-        secret: str,
-        allowed_hosts: list[str],
-        *,
-        timeout_s: float = 15.0,
-        max_attempts: int = 5,
-        backoff_s: float = 0.5,
-    ) -> None:
-        self._secret = secret
+    """One signed POST per call; the caller schedules retries (through a delay topic)."""
+
+    def __init__(self, keys: SigningKeys, allowed_hosts: list[str], *, timeout_s: float = 15.0,
+                 max_body_bytes: int = 256 * 1024) -> None:
+        self._keys = keys
         self.allowed_hosts = allowed_hosts
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
+        self.max_body_bytes = max_body_bytes
         self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
 
     async def aclose(self) -> None:
@@ -108,30 +148,30 @@ class WebhookSender:
         host_for_url = f"[{address}]" if ":" in address else address
         netloc = f"{host_for_url}:{parts.port}" if parts.port else host_for_url
         pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        headers = sign_headers(self._secret, msg_id, body)
+        headers = sign_headers(self._keys.for_url(url), msg_id, body)
         headers["host"] = parts.netloc.rsplit("@", 1)[-1]
         return await self.client.post(
             pinned, content=body.encode(), headers=headers,
             extensions={"sni_hostname": parts.hostname},
         )
 
-    async def deliver(self, url: str, msg_id: str, payload: dict[str, Any]) -> DeliveryResult:
-        body = json.dumps(payload, separators=(",", ":"))
-        error: str | None = None
-        status: int | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                response = await self._post_once(url, msg_id, body)
-                status = response.status_code
-                if 200 <= status < 300:
-                    return DeliveryResult("delivered", attempt, status, None)
-                error = f"HTTP {status}"
-                if status == 410:  # the receiver asked us to stop
-                    return DeliveryResult("failed", attempt, status, error)
-            except RefusedTarget as exc:
-                return DeliveryResult("refused", attempt, None, str(exc))
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.max_attempts:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-        return DeliveryResult("failed", self.max_attempts, status, error)
+    async def attempt(self, url: str, msg_id: str, body: str) -> AttemptResult:
+        if len(body.encode()) > self.max_body_bytes:
+            return AttemptResult("failed", None, f"payload of {len(body.encode())} bytes is over "
+                                                 f"the {self.max_body_bytes}-byte limit")
+        try:
+            response = await self._post_once(url, msg_id, body)
+        except RefusedTarget as exc:
+            return AttemptResult("failed", None, f"refused: {exc}")
+        except httpx.HTTPError as exc:
+            return AttemptResult("retry", None, f"{type(exc).__name__}: {exc}"[:500])
+        status = response.status_code
+        if 200 <= status < 300:
+            return AttemptResult("delivered", status, None)
+        if status == 410:  # the receiver asked us to stop
+            return AttemptResult("failed", status, "HTTP 410 Gone: endpoint retired")
+        error = f"HTTP {status}"
+        if 300 <= status < 400:
+            error += f" redirect to {response.headers.get('location', '?')} (not followed)"
+        return AttemptResult("retry", status, error,
+                             retry_after_seconds(response.headers.get("retry-after")))

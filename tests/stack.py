@@ -113,7 +113,8 @@ class WebhookReceiver:
     """An HTTP server on 127.0.0.1 that records webhook deliveries."""
 
     port: int
-    statuses: list[int] = field(default_factory=list)  # answers to give first, then 204
+    # Answers to give first (a status, or a status and headers), then 204.
+    statuses: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     server: EmbeddedServer | None = None
     task: asyncio.Task[None] | None = None
@@ -128,8 +129,9 @@ class WebhookReceiver:
         @app.post("/hooks")
         async def hook(request: Request) -> Response:
             self.deliveries.append(Delivery(dict(request.headers), await request.body(), time.time()))
-            status = self.statuses.pop(0) if self.statuses else 204
-            return Response(status_code=status)
+            answer = self.statuses.pop(0) if self.statuses else 204
+            status, headers = answer if isinstance(answer, tuple) else (answer, {})
+            return Response(status_code=status, headers=headers)
 
         self.server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
