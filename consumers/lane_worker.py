@@ -47,6 +47,7 @@ from consumers.runtime import stop_on_signals
 from consumers.worker_metrics import WorkerMetrics
 from schemas.events import (
     GenerationRouted,
+    RenderCanceled,
     RenderCompleted,
     RenderFailed,
     RenderRerouted,
@@ -59,7 +60,13 @@ from schemas.records import JobState
 from schemas.topics import Topics
 from services.artifacts import ArtifactError, LocalArtifactStore
 from services.compacted_view import CompactedView
-from services.engines.diffusion import DiffusionEngine, RenderOutput, RenderRequest, batch_key
+from services.engines.diffusion import (
+    DiffusionEngine,
+    Interrupted,
+    RenderOutput,
+    RenderRequest,
+    batch_key,
+)
 from services.engines.memory import (
     MemoryBudget,
     OutOfMemory,
@@ -393,6 +400,12 @@ class LaneWorker(ConsumerRebalanceListener):
             self.tracker.done(tp, record.offset)
             await self._commit()
             return
+        if self._canceled(event.job_id):
+            log.info("canceled_job_skipped")
+            await self._send([self._canceled_output(event, None)])
+            self.tracker.done(tp, record.offset)
+            await self._commit()
+            return
         init_image = None
         if event.init_artifact_uri is not None:
             try:
@@ -445,11 +458,15 @@ class LaneWorker(ConsumerRebalanceListener):
         labels = _labels(self.lane, engine)
         try:
             outputs = await loop.run_in_executor(
-                self.gpu, engine.render_batch, [t.request for t in batch]
+                self.gpu, engine.render_batch, [t.request for t in batch],
+                lambda: all(self._canceled(t.event.job_id) for t in batch),
             )
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs))
+        except Interrupted as exc:  # every job of the batch was canceled
+            log.info("render_interrupted", batch=len(batch), step=exc.step)
+            return [(t, exc) for t in batch]
         except OutOfMemory as exc:
             self.metrics.ooms.labels(*labels).inc()
             await loop.run_in_executor(self.gpu, free_cached_memory)
@@ -489,6 +506,10 @@ class LaneWorker(ConsumerRebalanceListener):
 
     async def _publish_outcome(self, task: RenderTask, result: RenderOutput | Exception,
                                started_at: datetime) -> None:
+        if self._canceled(task.event.job_id):  # canceled while queued here or rendering
+            step = result.step if isinstance(result, Interrupted) else task.request.steps
+            await self._send([self._canceled_output(task.event, step)])
+            return
         if isinstance(result, Exception):
             await self._send(self._unrendered(task, result))
             return
@@ -588,6 +609,17 @@ class LaneWorker(ConsumerRebalanceListener):
                               model=task.engine.name, version=task.engine.version,
                               attempt=e.attempt, error=str(exc)[:1000])
         return [Output(self.topics.renders, e.job_id, failed.to_bytes())]
+
+    def _canceled(self, job_id: str) -> bool:
+        job = self.jobs_view.items.get(job_id)
+        return job is not None and (job.cancel_requested or job.status == "canceled")
+
+    def _canceled_output(self, e: GenerationRouted, step: int | None) -> Output:
+        self.metrics.jobs.labels(*self.labels, "canceled").inc()
+        log.info("job_canceled", job_id=e.job_id, at_step=step)
+        return Output(self.topics.renders, e.job_id, RenderCanceled(
+            job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
+            attempt=e.attempt, at_step=step).to_bytes())
 
     def _retry_on_stable(self, task: RenderTask, exc: Exception) -> list[Output]:
         """A job the canary (or a version being replaced) failed gets one more attempt on the

@@ -9,7 +9,7 @@ from typing import Sequence
 from consumers.exceptions import PoisonEvent
 from consumers.loop import MessageContext, Output
 from consumers.runtime import run_consumer
-from schemas.events import GenerationRequested, GenerationRouted, parse_job_event
+from schemas.events import CancelRequested, GenerationRequested, GenerationRouted, parse_job_event
 from schemas.topics import Topics
 from services.routes import Routes, load_routes
 from services.settings import Settings
@@ -28,6 +28,8 @@ class Router:
         self.topics = topics
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
+        if isinstance(event, CancelRequested):
+            return []  # job state applies it; workers skip or stop the job
         if not isinstance(event, GenerationRequested):
             raise PoisonEvent(f"router expects generation.requested, got {getattr(event, 'type', '?')}")
         spec = event.spec

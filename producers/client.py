@@ -15,7 +15,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.events import GenerationRequested
+from schemas.events import CancelRequested, GenerationRequested
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
 from services.kafka_clients import make_producer
@@ -68,3 +68,9 @@ class GenerationClient:
         )
         await self.producer.send_and_wait(self.topics.requests, event.to_bytes(), key=job_id.encode())
         return job_id
+
+    async def cancel(self, job_id: str, reason: str | None = None) -> None:
+        """Ask for the job to be canceled (queued or deferred: at once; rendering: at the
+        next step). The job ends ``canceled`` unless it finished first."""
+        event = CancelRequested(job_id=job_id, producer=self.producer_name, reason=reason)
+        await self.producer.send_and_wait(self.topics.requests, event.to_bytes(), key=job_id.encode())

@@ -23,6 +23,8 @@ __all__ = [
     "RenderFailed",
     "RenderRerouted",
     "VerificationCompleted",
+    "CancelRequested",
+    "RenderCanceled",
     "Timings",
     "JobEvent",
     "JOB_EVENT",
@@ -187,6 +189,23 @@ class VerificationCompleted(Envelope):
         return self.passed or (self.repaired_score is not None and self.repaired_score >= self.threshold)
 
 
+class CancelRequested(Envelope):
+    """``DELETE /v1/generations/{id}``, on ``lanes.requests`` (key = job id, so it follows
+    the request). A job not rendering is canceled at once; a render stops at its next step."""
+
+    type: Literal["generation.cancel_requested"] = "generation.cancel_requested"
+    reason: str | None = Field(None, max_length=500)
+
+
+class RenderCanceled(Envelope):
+    """A worker dropped a canceled job: before rendering it, or at a step boundary."""
+
+    type: Literal["render.canceled"] = "render.canceled"
+    lane: str
+    attempt: int = 1
+    at_step: int | None = None  # None: it never started
+
+
 JobEvent = Annotated[
     Union[
         GenerationRequested,
@@ -196,6 +215,8 @@ JobEvent = Annotated[
         RenderFailed,
         RenderRerouted,
         VerificationCompleted,
+        CancelRequested,
+        RenderCanceled,
     ],
     Field(discriminator="type"),
 ]

@@ -27,7 +27,7 @@ JobStatus = Literal[
     "canceled",
 ]
 # Moments a client can subscribe to with webhook_events (each delivered once).
-Milestone = Literal["draft_ready", "upscaled", "verified", "succeeded", "failed"]
+Milestone = Literal["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 
@@ -78,6 +78,7 @@ class JobState(BaseModel):
     version: str | None = None
     created_at: datetime | None = None
     started: bool = False
+    cancel_requested: bool = False
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     timings: Timings | None = None

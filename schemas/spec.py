@@ -36,9 +36,9 @@ class GenerationSpec(BaseModel):
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     tenant: str | None = Field(None, max_length=64)
     # Which moments to POST to webhook_url; each is delivered once. Default: the end only.
-    webhook_events: list[Literal["draft_ready", "upscaled", "verified", "succeeded", "failed"]] = (
-        Field(default_factory=lambda: ["succeeded", "failed"], max_length=5)
-    )
+    webhook_events: list[
+        Literal["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
+    ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=6)
 
     @field_validator("prompt")
     @classmethod

@@ -20,6 +20,7 @@ from producers.client import GenerationClient, fingerprint, job_id_for
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
+from services.admission import TokenBuckets
 from services.artifacts import ArtifactError, LocalArtifactStore
 from services.compacted_view import CompactedView
 from services.observability import ops_routes
@@ -40,6 +41,7 @@ class GatewayState:
             settings, Topics(settings.topic_prefix).jobs, JobState.model_validate_json
         )
         self.rollout = RolloutView(settings, load_routes(settings.routes_file))
+        self.quotas = TokenBuckets(settings.tenant_quotas, settings.default_quota)
         self._followers: list[asyncio.Task[None]] = []
         self.store = LocalArtifactStore(settings.artifacts_path)
         # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
@@ -111,6 +113,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 state.requests.labels("replayed").inc()
                 response.headers["Idempotent-Replayed"] = "true"
                 return _accepted(job_id)
+        wait_s = state.quotas.take(spec.tenant or "")
+        if wait_s is not None:
+            state.requests.labels("over_quota").inc()
+            raise HTTPException(429, f"tenant {spec.tenant or '(none)'} is over its request quota",
+                                headers={"Retry-After": TokenBuckets.retry_after_header(wait_s)})
         with state.publish_seconds.time():
             try:
                 assert state.client is not None
@@ -132,6 +139,25 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if job_id in state.accepted:
             return {"job_id": job_id, "status": "queued"}
         raise HTTPException(404, f"no generation {job_id!r}")
+
+    @app.delete("/v1/generations/{job_id}", status_code=202)
+    async def cancel_generation(job_id: str) -> dict[str, Any]:
+        """Cancel: a queued or deferred job at once, a rendering one at its next step."""
+        job = state.view.items.get(job_id)
+        if job is None and job_id not in state.accepted:
+            raise HTTPException(404, f"no generation {job_id!r}")
+        if job is not None and job.terminal:
+            raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
+        try:
+            assert state.client is not None
+            await state.client.cancel(job_id)
+        except Exception as exc:
+            log.error("publish_failed", job_id=job_id, error=str(exc))
+            raise HTTPException(503, "could not publish the cancel; retry") from exc
+        log.info("generation_cancel_requested", job_id=job_id)
+        running = job is not None and job.status == "running"
+        return {"job_id": job_id, "status": "canceling" if running else "canceled",
+                "links": {"self": f"/v1/generations/{job_id}"}}
 
     @app.get("/v1/generations/{job_id}/image", response_model=None)
     async def get_image(job_id: str) -> FileResponse | JSONResponse:

@@ -12,12 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from schemas.events import (
+    CancelRequested,
     GenerationRequested,
     GenerationRouted,
     RenderCompleted,
     RenderFailed,
     RenderRerouted,
     RenderStarted,
+    RenderCanceled,
     VerificationCompleted,
     utcnow,
 )
@@ -50,7 +52,7 @@ def derive_status(state: JobState) -> JobStatus:
     if current:
         return "upscaling"  # the cascade's draft is there, its refine pass is not
     if state.started:
-        return "running"
+        return "running"  # a cancel takes effect when the worker stops at a step boundary
     if state.lane is not None:
         return "routed"
     return "queued"
@@ -74,7 +76,8 @@ def _milestones(state: JobState, now: datetime) -> dict[str, datetime]:
     for name, hit in (("draft_ready", "draft" in stages), ("upscaled", "upscaled" in stages),
                       ("verified", bool(state.verifications) and _concluded(state)),
                       ("succeeded", state.status == "succeeded"),
-                      ("failed", state.status == "failed")):
+                      ("failed", state.status == "failed"),
+                      ("canceled", state.status == "canceled")):
         if hit:
             reached.setdefault(name, now)
     return reached
@@ -125,6 +128,10 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update["expected_text"] = event.expected_text
     elif isinstance(event, RenderFailed):
         update["error"] = event.error
+    elif isinstance(event, CancelRequested):
+        update["cancel_requested"] = True
+    elif isinstance(event, RenderCanceled):
+        update.update(started=False, cancel_requested=True)
     elif isinstance(event, RenderRerouted):
         update["reroutes"] = [*state.reroutes, f"{event.lane} -> {event.to_lane}: {event.reason}"]
         if event.attempt > state.attempt:
@@ -155,6 +162,8 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     update["updated_at"] = now
     new = state.model_copy(update=update)
     status = derive_status(new)
+    if new.cancel_requested and status not in ("running", "succeeded", "failed"):
+        status = "canceled"  # not on a GPU right now: canceled at once
     finished = now if status in ("succeeded", "failed", "canceled") else None
     new = new.model_copy(update={"status": status, "finished_at": finished, **_deliver(new)})
     return new.model_copy(update={"milestones": _milestones(new, now)})

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from services.admission import Quota
+
 if TYPE_CHECKING:
     from services.webhooks import SigningKeys
 
@@ -86,6 +88,11 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(5.0, gt=0)  # first retry after ~this, doubling
     webhook_max_delay_s: float = Field(3600.0, gt=0)  # longest wait, Retry-After included
     webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # Admission: JSON {"tenant": {"rate_per_s": 2, "burst": 10}}; tenants not named (and
+    # requests without a tenant) get default_quota each; None: unlimited.
+    tenant_quotas: dict[str, Quota] = Field(default_factory=dict)
+    default_quota: Quota | None = None
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -23,7 +23,8 @@ from services.engines.memory import (
     OutOfMemory,
 )
 
-__all__ = ["DiffusionEngine", "RenderRequest", "RenderOutput", "check_inputs", "batch_key"]
+__all__ = ["DiffusionEngine", "RenderRequest", "RenderOutput", "Interrupted", "check_inputs",
+           "batch_key"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,14 @@ class DiffusionEngine:
     def render(self, req: RenderRequest) -> RenderOutput:
         return self.render_batch([req])[0]
 
-    def render_batch(self, reqs: Sequence[RenderRequest]) -> list[RenderOutput]:
+    def render_batch(self, reqs: Sequence[RenderRequest],
+                     should_stop: Callable[[], bool] | None = None) -> list[RenderOutput]:
         """Render requests that share a batch key in one pipeline call.
 
         Each image has its own seeded generator, so a job draws the same image whatever
-        batch it lands in. Raises OutOfMemory (budget refusal or CUDA OOM).
+        batch it lands in. Raises OutOfMemory (budget refusal or CUDA OOM). ``should_stop``
+        is asked at every step boundary; when it says so the pipeline stops there and
+        ``Interrupted`` is raised with the step reached.
         """
         import torch
 
@@ -140,6 +144,15 @@ class DiffusionEngine:
         started = time.perf_counter()
         kwargs: dict[str, Any] = dict(num_inference_steps=first.steps,
                                       guidance_scale=first.guidance_scale, generator=generators)
+        stopped_at: list[int] = []
+        if should_stop is not None:
+            def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                if not stopped_at and should_stop():
+                    stopped_at.append(step + 1)
+                    pipe._interrupt = True  # diffusers' documented way to stop a pipeline
+                return tensors
+
+            kwargs["callback_on_step_end"] = on_step_end
         if self.refine:
             kwargs.update(
                 image=[r.init_image.convert("RGB").resize((r.width, r.height), Image.BICUBIC)
@@ -155,5 +168,15 @@ class DiffusionEngine:
             if is_out_of_memory(exc):
                 raise OutOfMemory(str(exc)) from exc
             raise
+        if stopped_at:
+            raise Interrupted(stopped_at[0])
         elapsed = (time.perf_counter() - started) * 1000
         return [RenderOutput(img, elapsed, len(reqs)) for img in result.images]
+
+
+class Interrupted(Exception):
+    """The render was stopped at a step boundary (every job of the batch was canceled)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}")
+        self.step = step

@@ -83,3 +83,20 @@ def test_render_failure_fails_the_job_with_reason() -> None:
     events = _events()[:3] + [RenderFailed(job_id=JOB, lane="draft", error="height must be divisible by 8")]
     state = _fold_all(events)
     assert state.status == "failed" and "divisible" in state.error
+
+
+def test_cancel_ends_a_waiting_job_at_once_and_a_running_one_when_its_worker_stops() -> None:
+    from schemas.events import CancelRequested, RenderCanceled
+
+    requested, routed, started, completed = _events(with_text=False)
+    waiting = _fold_all([requested, routed, CancelRequested(job_id=JOB)])
+    assert (waiting.status, "canceled" in waiting.milestones) == ("canceled", True)
+    assert fold(waiting, started) is None  # terminal: a late render changes nothing
+
+    running = _fold_all([requested, routed, started, CancelRequested(job_id=JOB)])
+    assert running.status == "running" and running.cancel_requested
+    stopped = fold(running, RenderCanceled(job_id=JOB, lane="draft", at_step=3))
+    assert stopped.status == "canceled" and not stopped.artifacts
+    # A render that finished before the cancel reached it: the job succeeded, once.
+    raced = _fold_all([requested, routed, started, completed, CancelRequested(job_id=JOB)])
+    assert raced.status == "succeeded"

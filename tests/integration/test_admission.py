@@ -1,0 +1,80 @@
+"""Admission on the real broker: tenant quotas (429), and cancel in each state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas.events import parse_job_event
+from services.admission import Quota
+from services.settings import Settings
+from tests.stack import WebhookReceiver, read_topic, running_stack, wait_until, write_routes
+
+pytestmark = [pytest.mark.kafka]
+
+
+async def test_over_quota_tenant_gets_429_with_retry_after_and_nothing_published(
+        settings: Settings) -> None:
+    async with running_stack(settings, worker_lanes=[],
+                             tenant_quotas={"acme": Quota(rate_per_s=0.1, burst=2)}) as stack:
+        for i in range(2):
+            await stack.submit({"prompt": f"acme {i}", "tenant": "acme"})
+        resp = await stack.http.post("/v1/generations", json={"prompt": "acme 3", "tenant": "acme"})
+        assert resp.status_code == 429 and "over its request quota" in resp.json()["detail"]
+        assert 1 <= int(resp.headers["Retry-After"]) <= 10
+        await stack.submit({"prompt": "another tenant", "tenant": "globex"})  # unaffected
+        published = [parse_job_event(r.value) for r in await read_topic(settings, stack.topics.requests)]
+        assert sorted(e.spec.prompt for e in published) == ["acme 0", "acme 1", "another tenant"]
+
+
+async def test_cancel_a_queued_job_at_once_and_it_never_renders(
+        settings: Settings, receiver: WebhookReceiver) -> None:
+    async with running_stack(settings, worker_lanes=[]) as stack:
+        job_id = await stack.submit({"prompt": "a boat", "intent": "draft", "webhook_url": receiver.url})
+        await stack.wait_for_status(job_id, {"routed"})  # waiting in its lane: no worker yet
+        resp = await stack.http.delete(f"/v1/generations/{job_id}")
+        assert resp.status_code == 202 and resp.json()["status"] == "canceled"
+        job = await stack.wait_for_status(job_id, {"canceled"}, timeout=30)
+        assert job["finished_at"] and not job["artifacts"]
+        stack.start_worker("draft")  # the worker that now reaches the job skips it
+        await stack.wait_workers_ready(names=["draft"])
+        after = await stack.submit({"prompt": "a kite", "intent": "draft"})
+        await stack.wait_for_status(after, {"succeeded"})
+        assert (await stack.http.get(f"/v1/generations/{job_id}")).json()["status"] == "canceled"
+        (delivery,) = await receiver.wait_for(1)
+        assert json.loads(delivery.body)["type"] == "generation.canceled"
+        assert (await stack.http.delete(f"/v1/generations/{job_id}")).status_code == 409
+        assert (await stack.http.delete("/v1/generations/job_nope")).status_code == 404
+        renders = [parse_job_event(r.value) for r in await read_topic(settings, stack.topics.renders)]
+        assert not any(e.job_id == job_id and e.type == "render.completed" for e in renders)
+    assert len(receiver.deliveries) == 1
+
+
+async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
+        settings: Settings, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    routes = write_routes(tmp_path / "routes.yaml", draft={
+        "sample_steps": 150, "width": 256, "height": 256, "typography": {"repair": False}})
+    async with running_stack(settings, worker_lanes=["draft"], routes_file=routes) as stack:
+        await stack.wait_workers_ready()
+        job_id = await stack.submit({"prompt": "a long render", "intent": "draft",
+                                     "webhook_url": receiver.url})
+        await stack.wait_for_status(job_id, {"running"})
+        resp = await stack.http.delete(f"/v1/generations/{job_id}")
+        assert resp.status_code == 202 and resp.json()["status"] == "canceling"
+        job = await stack.wait_for_status(job_id, {"canceled", "succeeded"}, timeout=60)
+        assert job["status"] == "canceled" and not job["artifacts"]
+
+        async def canceled_event() -> list[object]:
+            return [e for e in (parse_job_event(r.value) for r in
+                                await read_topic(settings, stack.topics.renders, idle_s=0.5))
+                    if e.type == "render.canceled"]
+
+        (event,) = await canceled_event()
+        assert event.at_step is not None and event.at_step < 150  # stopped mid-render
+        (delivery,) = await receiver.wait_for(1)
+        assert json.loads(delivery.body)["type"] == "generation.canceled"
+        # The worker carries on with the next job.
+        nxt = await stack.submit({"prompt": "next", "intent": "draft", "width": 64, "height": 64})
+        await stack.wait_for_status(nxt, {"succeeded"}, timeout=120)

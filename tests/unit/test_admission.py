@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from services.admission import Quota, TokenBuckets
+
+
+def test_token_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
+    now = [0.0]
+    buckets = TokenBuckets({"acme": Quota(rate_per_s=2, burst=3)}, default=None, clock=lambda: now[0])
+    assert [buckets.take("acme") for _ in range(3)] == [None, None, None]
+    wait = buckets.take("acme")
+    assert wait is not None and abs(wait - 0.5) < 1e-9  # one token every 0.5 s
+    now[0] += 0.5
+    assert buckets.take("acme") is None and buckets.take("acme") is not None
+    now[0] += 100  # refills only up to the burst
+    assert [buckets.take("acme") for _ in range(4)].count(None) == 3
+    assert all(buckets.take("other") is None for _ in range(50))  # no default: unlimited
+    assert TokenBuckets.retry_after_header(0.2) == "1"
+
+
+def test_default_quota_applies_to_each_unnamed_tenant_separately() -> None:
+    buckets = TokenBuckets({}, default=Quota(rate_per_s=1, burst=1), clock=lambda: 0.0)
+    assert buckets.take("a") is None and buckets.take("b") is None
+    assert buckets.take("a") is not None
