@@ -57,7 +57,7 @@ class JobStateFolder(RestoringListener):
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
-    inputs = [topics.requests, topics.renders, topics.verifications]
+    inputs = [topics.requests, topics.deferred, topics.renders, topics.verifications]
     inputs += [topics.lane(name) for name in sorted(routes.lanes)]
     folder = JobStateFolder(settings, topics)
     await run_consumer(

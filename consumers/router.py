@@ -1,20 +1,39 @@
-"""Router [group lanes-router]: lanes.requests -> lanes.lane.<lane>, by intent."""
+"""Router [group lanes-router]: lanes.requests -> lanes.lane.<lane>, by intent, with
+admission: during a burst (the lane's lag above its ``admission.defer_lag``) a job of a
+deferrable priority is parked on ``lanes.deferred`` instead (``consumers.deferred``
+re-admits it). Critical jobs are never deferred."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from datetime import datetime, timedelta
 from typing import Sequence
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from consumers.exceptions import PoisonEvent
 from consumers.loop import MessageContext, Output
 from consumers.runtime import run_consumer
-from schemas.events import CancelRequested, GenerationRequested, GenerationRouted, parse_job_event
+from schemas.events import (
+    CancelRequested,
+    GenerationDeferred,
+    GenerationRequested,
+    GenerationRouted,
+    parse_job_event,
+    utcnow,
+)
+from schemas.spec import GenerationSpec
 from schemas.topics import Topics
-from services.routes import Routes, load_routes
+from services.lag_monitor import LagMonitor
+from services.routes import LaneSpec, Routes, load_routes
 from services.settings import Settings
 
-__all__ = ["run", "Router", "seed_for"]
+__all__ = ["run", "Router", "seed_for", "routed_event", "defer_reason"]
+
+log = structlog.get_logger("lanes.router")
 
 
 def seed_for(job_id: str) -> int:
@@ -22,41 +41,79 @@ def seed_for(job_id: str) -> int:
     return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
 
 
+def routed_event(routes: Routes, job_id: str, spec: GenerationSpec, attempt: int,
+                 requested_at: datetime, producer: str) -> GenerationRouted:
+    lane_name, lane = routes.lane_for(spec.intent)
+    return GenerationRouted(
+        job_id=job_id, producer=producer, spec=spec, attempt=attempt, lane=lane_name,
+        model=lane.model, version=routes.models[lane.model].version,
+        sample_steps=lane.sample_steps, guidance_scale=lane.guidance_scale,
+        width=spec.width or lane.width, height=spec.height or lane.height,
+        seed=spec.seed if spec.seed is not None else seed_for(job_id), requested_at=requested_at,
+    )
+
+
+def defer_reason(lane_name: str, lane: LaneSpec, spec: GenerationSpec, lag: int) -> str | None:
+    """Why this job waits, or None when it may go to its lane now."""
+    policy = lane.admission
+    if policy is None or spec.priority not in policy.defer_priorities or lag <= policy.defer_lag:
+        return None
+    return f"lane {lane_name} is busy: {lag} jobs waiting (threshold {policy.defer_lag})"
+
+
 class Router:
-    def __init__(self, routes: Routes, topics: Topics) -> None:
+    def __init__(self, routes: Routes, topics: Topics, lags: LagMonitor,
+                 registry: CollectorRegistry) -> None:
         self.routes = routes
         self.topics = topics
+        self.lags = lags
+        self.routed = Counter("lanes_router_jobs_total", "Jobs by admission decision",
+                              ["lane", "decision"], registry=registry)
+        self.lag = Gauge("lanes_admission_lane_lag", "The lane's lag as admission last saw it",
+                         ["lane"], registry=registry)
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
         if isinstance(event, CancelRequested):
             return []  # job state applies it; workers skip or stop the job
         if not isinstance(event, GenerationRequested):
             raise PoisonEvent(f"router expects generation.requested, got {getattr(event, 'type', '?')}")
-        spec = event.spec
-        lane_name, lane = self.routes.lane_for(spec.intent)
-        model = self.routes.models[lane.model]
-        routed = GenerationRouted(
-            job_id=event.job_id,
-            producer="lanes-router",
-            spec=spec,
-            attempt=event.attempt,
-            lane=lane_name,
-            model=lane.model,
-            version=model.version,
-            sample_steps=lane.sample_steps,
-            guidance_scale=lane.guidance_scale,
-            width=spec.width or lane.width,
-            height=spec.height or lane.height,
-            seed=spec.seed if spec.seed is not None else seed_for(event.job_id),
-            requested_at=event.occurred_at,
-        )
+        lane_name, lane = self.routes.lane_for(event.spec.intent)
+        lag = self.lags.lag(lane_name)
+        self.lag.labels(lane_name).set(lag)
+        reason = defer_reason(lane_name, lane, event.spec, lag)
+        if reason is not None:
+            assert lane.admission is not None
+            deferred = GenerationDeferred(
+                job_id=event.job_id, producer="lanes-router", spec=event.spec, lane=lane_name,
+                attempt=event.attempt, requested_at=event.occurred_at, reason=reason,
+                not_before=utcnow() + timedelta(seconds=lane.admission.defer_s))
+            self.routed.labels(lane_name, "deferred").inc()
+            log.info("job_deferred", reason=reason, not_before=deferred.not_before.isoformat())
+            return [Output(self.topics.deferred, event.job_id, deferred.to_bytes())]
+        self.routed.labels(lane_name, "routed").inc()
+        routed = routed_event(self.routes, event.job_id, event.spec, event.attempt,
+                              event.occurred_at, "lanes-router")
         return [Output(self.topics.lane(lane_name), event.job_id, routed.to_bytes())]
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+def admission_lanes(routes: Routes) -> list[str]:
+    return [name for name, lane in routes.lanes.items() if lane.admission is not None]
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None, *,
+              registry: CollectorRegistry | None = None) -> None:
     topics = Topics(settings.topic_prefix)
-    router = Router(load_routes(settings.routes_file), topics)
-    await run_consumer(
-        settings, name="router", topics=[topics.requests], parse=parse_job_event,
-        handler=router.handle, stop=stop,
-    )
+    routes = load_routes(settings.routes_file)
+    registry = registry or CollectorRegistry()
+    lags = LagMonitor(settings, admission_lanes(routes), settings.admission_poll_s)
+    monitor = asyncio.create_task(lags.run(), name="lag-monitor")
+    router = Router(routes, topics, lags, registry)
+    try:
+        await run_consumer(
+            settings, name="router", topics=[topics.requests], parse=parse_job_event,
+            handler=router.handle, stop=stop, registry=registry,
+        )
+    finally:
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor

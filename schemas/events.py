@@ -24,6 +24,7 @@ __all__ = [
     "RenderRerouted",
     "VerificationCompleted",
     "CancelRequested",
+    "GenerationDeferred",
     "RenderCanceled",
     "Timings",
     "JobEvent",
@@ -189,6 +190,20 @@ class VerificationCompleted(Envelope):
         return self.passed or (self.repaired_score is not None and self.repaired_score >= self.threshold)
 
 
+class GenerationDeferred(Envelope):
+    """Admission parked a non-critical job during a burst, on ``lanes.deferred``; it is
+    re-admitted to ``lane`` at ``not_before`` if the lane's lag has fallen (else parked again)."""
+
+    type: Literal["generation.deferred"] = "generation.deferred"
+    spec: GenerationSpec
+    lane: str
+    attempt: int = 1
+    requested_at: datetime
+    not_before: datetime
+    deferrals: int = Field(1, ge=1)  # how many times it has been parked
+    reason: str
+
+
 class CancelRequested(Envelope):
     """``DELETE /v1/generations/{id}``, on ``lanes.requests`` (key = job id, so it follows
     the request). A job not rendering is canceled at once; a render stops at its next step."""
@@ -217,6 +232,7 @@ JobEvent = Annotated[
         VerificationCompleted,
         CancelRequested,
         RenderCanceled,
+        GenerationDeferred,
     ],
     Field(discriminator="type"),
 ]

@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 JobStatus = Literal[
-    "queued", "routed", "running", "draft_ready", "upscaling", "verifying", "succeeded", "failed",
-    "canceled",
+    "queued", "deferred", "routed", "running", "draft_ready", "upscaling", "verifying",
+    "succeeded", "failed", "canceled",
 ]
 # Moments a client can subscribe to with webhook_events (each delivered once).
 Milestone = Literal["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
@@ -79,6 +79,9 @@ class JobState(BaseModel):
     created_at: datetime | None = None
     started: bool = False
     cancel_requested: bool = False
+    # Admission parked the job during a burst (until re-admitted to its lane).
+    deferred_at: datetime | None = None
+    deferred_until: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     timings: Timings | None = None

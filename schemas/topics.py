@@ -43,6 +43,10 @@ class Topics:
     def requests(self) -> str:
         return self._n("requests")
 
+    @property
+    def deferred(self) -> str:
+        return self._n("deferred")
+
     def lane(self, lane: str) -> str:
         return self._n(f"lane.{lane}")
 
@@ -95,6 +99,7 @@ class Topics:
         specs = [
             TopicSpec(self.requests, partitions=6),
             TopicSpec(self.renders, partitions=6),
+            TopicSpec(self.deferred, partitions=6),
             TopicSpec(self.verifications, partitions=6),
             TopicSpec(self.jobs, partitions=6, compacted=True),
             TopicSpec(self.webhook_deliveries, partitions=6, compacted=True),

@@ -87,6 +87,13 @@ def run_worker(lane: str = typer.Option(..., help="the lane this worker serves")
     asyncio.run(lane_worker.run(settings, lane, instance=instance))
 
 
+@run_app.command("deferred")
+def run_deferred() -> None:
+    from consumers import deferred
+
+    asyncio.run(deferred.run(_settings()))
+
+
 @run_app.command("webhook-retries")
 def run_webhook_retries() -> None:
     from consumers import webhook_retries

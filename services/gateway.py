@@ -71,6 +71,14 @@ class GatewayState:
     def ready(self) -> bool:
         return self.started and self.view.caught_up.is_set()
 
+    def queue_position(self, job: JobState) -> int:
+        """1 + the deferred jobs of the same intent parked before this one."""
+        intent = job.spec.intent if job.spec else None
+        key = (job.deferred_at, job.job_id)
+        return 1 + sum(1 for other in self.view.items.values()
+                       if other.status == "deferred" and other.spec is not None
+                       and other.spec.intent == intent and (other.deferred_at, other.job_id) < key)
+
     def known_fingerprint(self, job_id: str) -> str | None:
         job = self.view.items.get(job_id)
         if job is not None and job.fingerprint:
@@ -135,7 +143,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def get_generation(job_id: str) -> dict[str, Any]:
         job = state.view.items.get(job_id)
         if job is not None:
-            return job.public()
+            body = job.public()
+            if job.status == "deferred":
+                body["queue_position"] = state.queue_position(job)
+            return body
         if job_id in state.accepted:
             return {"job_id": job_id, "status": "queued"}
         raise HTTPException(404, f"no generation {job_id!r}")

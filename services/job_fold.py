@@ -13,6 +13,7 @@ from typing import Any
 
 from schemas.events import (
     CancelRequested,
+    GenerationDeferred,
     GenerationRequested,
     GenerationRouted,
     RenderCompleted,
@@ -53,6 +54,8 @@ def derive_status(state: JobState) -> JobStatus:
         return "upscaling"  # the cascade's draft is there, its refine pass is not
     if state.started:
         return "running"  # a cancel takes effect when the worker stops at a step boundary
+    if state.deferred_until is not None:
+        return "deferred"
     if state.lane is not None:
         return "routed"
     return "queued"
@@ -103,7 +106,7 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
         elif event.attempt >= state.attempt and event.init_artifact_uri is None:
             # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
             update.update(lane=event.lane, model=event.model, version=event.version,
-                          attempt=event.attempt)
+                          attempt=event.attempt, deferred_until=None)
             if event.attempt > state.attempt:
                 update["started"] = False
         if state.created_at is None:
@@ -126,6 +129,10 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update.update(lane=event.lane, model=event.model, version=event.version)
         if state.expected_text is None and event.expected_text:
             update["expected_text"] = event.expected_text
+    elif isinstance(event, GenerationDeferred):
+        if state.lane is None or state.deferred_until is not None:  # not re-admitted yet
+            update.update(deferred_at=state.deferred_at or event.occurred_at,
+                          deferred_until=event.not_before, spec=state.spec or event.spec)
     elif isinstance(event, RenderFailed):
         update["error"] = event.error
     elif isinstance(event, CancelRequested):

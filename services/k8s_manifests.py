@@ -15,7 +15,8 @@ __all__ = ["manifests", "render"]
 
 IMAGE = "ghcr.io/example/lanes:0.1.0"
 METRICS_PORT = 9100
-CPU_COMPONENTS = ("router", "jobs", "verifier", "webhooks", "control")
+CPU_COMPONENTS = ("router", "deferred", "jobs", "verifier", "webhooks", "webhook-retries",
+                  "control")
 
 
 def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:

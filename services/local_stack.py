@@ -11,7 +11,7 @@ from typing import Any, Coroutine, Iterable
 
 from prometheus_client import CollectorRegistry
 
-from consumers import control, jobs, lane_worker, router, verifier, webhook_retries, webhooks
+from consumers import control, deferred, jobs, lane_worker, router, verifier, webhook_retries, webhooks
 from schemas.topics import Topics
 from services.kafka_clients import ensure_topics
 from services.routes import load_routes
@@ -39,7 +39,9 @@ class LocalStack:
     async def start(self) -> None:
         lanes = load_routes(self.settings.routes_file).lanes
         await ensure_topics(self.settings, self.topics.specs(lanes))
-        self.start_component("router", lambda stop: router.run(self.settings, stop))
+        self.start_component("router", lambda stop: router.run(
+            self.settings, stop, registry=self.component_registry("router")))
+        self.start_component("deferred", lambda stop: deferred.run(self.settings, stop))
         self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
         self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
         self.start_component("control", lambda stop: control.run(

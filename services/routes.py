@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.spec import Priority
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
-__all__ = ["ModelSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
+__all__ = ["ModelSpec", "AdmissionSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
            "checkpoint_dir"]
 
 
@@ -51,6 +52,23 @@ class TypographySpec(BaseModel):
     max_attempts: int = Field(2, ge=1, le=10)  # renders in all, the first included
 
 
+class AdmissionSpec(BaseModel):
+    """During a burst (the lane's lag above ``defer_lag``), jobs of these priorities are
+    parked on ``lanes.deferred`` for ``defer_s`` at a time; critical jobs never are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    defer_lag: int = Field(ge=0)
+    defer_s: float = Field(5.0, gt=0)
+    defer_priorities: tuple[Priority, ...] = ("low",)
+
+    @model_validator(mode="after")
+    def _never_critical(self) -> AdmissionSpec:
+        if "critical" in self.defer_priorities:
+            raise ValueError("critical jobs are never deferred")
+        return self
+
+
 class LaneSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,6 +87,7 @@ class LaneSpec(BaseModel):
     refine_strength: float | None = Field(None, gt=0.0, le=1.0)
     cascade: CascadeSpec | None = None
     typography: TypographySpec = TypographySpec()
+    admission: AdmissionSpec | None = None  # None: never defer on this lane
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     # Autoscaling signal: replicas a lane needs to drain its lag within this many seconds.
     autoscale_drain_s: float = Field(60.0, gt=0)
     autoscale_max_replicas: int = Field(16, ge=1)
+    admission_poll_s: float = Field(1.0, gt=0)  # how often lane lag is read for admission
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
     webhook_max_attempts: int = Field(8, ge=1)

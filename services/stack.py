@@ -39,7 +39,8 @@ def components(settings: Settings) -> list[Component]:
              Component("jobs", ("jobs",), base + 1), Component("verifier", ("verifier",), base + 2),
              Component("webhooks", ("webhooks",), base + 3),
              Component("control", ("control",), base + 4),
-             Component("webhook-retries", ("webhook-retries",), base + 5)]
+             Component("webhook-retries", ("webhook-retries",), base + 5),
+             Component("deferred", ("deferred",), base + 6)]
     for i, lane in enumerate(sorted(routes.lanes)):
         items.append(Component(f"worker-{lane}", ("worker", "--lane", lane), base + 10 + i))
     return items

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -78,3 +79,38 @@ async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
         # The worker carries on with the next job.
         nxt = await stack.submit({"prompt": "next", "intent": "draft", "width": 64, "height": 64})
         await stack.wait_for_status(nxt, {"succeeded"}, timeout=120)
+
+
+async def test_burst_defers_low_priority_jobs_and_readmits_them_with_nothing_lost(
+        settings: Settings, tmp_path: Path, receiver: WebhookReceiver) -> None:
+    routes = write_routes(tmp_path / "routes.yaml", draft={
+        "sample_steps": 1, "width": 64, "height": 64, "max_concurrency": 4, "max_batch": 4,
+        "typography": {"repair": False},
+        "admission": {"defer_lag": 2, "defer_s": 1.0, "defer_priorities": ["low", "normal"]}})
+    async with running_stack(settings, worker_lanes=[], routes_file=routes,
+                             admission_poll_s=0.2) as stack:
+        # The burst: the lane has no worker yet, so its lag builds up.
+        burst = [await stack.submit({"prompt": f"burst {i}", "priority": "high"}) for i in range(4)]
+        await asyncio.sleep(1.0)  # admission polls the lag every 0.2 s
+        low = [await stack.submit({"prompt": f"low {i}", "priority": "low",
+                                   "webhook_url": receiver.url}) for i in range(3)]
+        critical = await stack.submit({"prompt": "critical", "priority": "critical"})
+        jobs = [await stack.wait_for_status(j, {"deferred"}) for j in low]
+        assert [j["queue_position"] for j in jobs] == [1, 2, 3]
+        assert (await stack.http.get(f"/v1/generations/{critical}")).json()["status"] == "routed"
+        # Cancel one deferred job: it ends at once.
+        assert (await stack.http.delete(f"/v1/generations/{low[2]}")).status_code == 202
+        await stack.wait_for_status(low[2], {"canceled"})
+        # Still busy: the rest are parked again rather than admitted.
+        await asyncio.sleep(2.5)
+        assert {(await stack.http.get(f"/v1/generations/{j}")).json()["status"] for j in low[:2]} \
+            == {"deferred"}
+        # The burst drains once a worker serves the lane; the deferred jobs follow.
+        stack.start_worker("draft")
+        done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
+                for j in burst + low[:2] + [critical]]
+        assert {j["status"] for j in done} == {"succeeded"}
+        assert (await stack.http.get(f"/v1/generations/{low[2]}")).json()["status"] == "canceled"
+        deliveries = await receiver.wait_for(3)
+        assert sorted(json.loads(d.body)["type"] for d in deliveries) == \
+            ["generation.canceled", "generation.succeeded", "generation.succeeded"]
