@@ -115,3 +115,24 @@ async def test_oversized_payload_is_never_sent() -> None:
     finally:
         await sender.aclose()
     assert result.outcome == "failed" and "over the 1024-byte limit" in (result.error or "")
+
+
+def test_readme_receiver_example_verifies_and_deduplicates(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (block,) = [b.split("\n", 1)[1] for b in readme.split("```python")[1:]
+                if "verify_delivery" in b.split("```")[0]]
+    code = block.split("```")[0].replace('SECRETS = ["whsec_..."]', f"SECRETS = [{NEW!r}]")
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    client = TestClient(scope["app"])  # type: ignore[arg-type]
+    body = json.dumps({"type": "generation.succeeded", "data": {"job_id": "j1", "status": "succeeded"}})
+    headers = sign_headers([NEW, PLACEHOLDER_WEBHOOK_SECRET], "msg_j1_succeeded", body)
+    assert client.post("/lanes-webhooks", content=body, headers=headers).status_code == 200
+    assert client.post("/lanes-webhooks", content=body, headers=headers).status_code == 200
+    assert capsys.readouterr().out.count("generation.succeeded j1 succeeded") == 1  # deduplicated
+    bad = sign_headers([OTHER], "msg_j1_succeeded", body)
+    assert client.post("/lanes-webhooks", content=body, headers=bad).status_code == 400
