@@ -15,10 +15,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from prometheus_client import CollectorRegistry
 
-from consumers.loop import Output, bind_record, dead_letter
+from consumers.loop import Output, bind_record, commit_or_skip, dead_letter, publish_all
 from consumers.runtime import stop_on_signals
 from schemas.events import utcnow
 from schemas.topics import Topics
@@ -71,8 +70,8 @@ class DelayedLoop:
             item = self.parse(record.value or b"")
         except Exception as exc:  # noqa: BLE001 - a bad record goes to lanes.dlq
             log.warning("event_dead_lettered", error=str(exc)[:300])
-            await self._publish([dead_letter(record, exc, self.group, self.dlq_topic)])
-            await self._commit(tp, record.offset + 1)
+            await publish_all(self.producer, [dead_letter(record, exc, self.group, self.dlq_topic)])
+            await commit_or_skip(self.consumer, {tp: record.offset + 1})
             return True
         due = self.due(item)
         if due > utcnow():
@@ -80,21 +79,9 @@ class DelayedLoop:
             self.consumer.pause(tp)
             self.resume_at[tp] = due
             return False
-        await self._publish(await self.handle(item))
-        await self._commit(tp, record.offset + 1)
+        await publish_all(self.producer, await self.handle(item))
+        await commit_or_skip(self.consumer, {tp: record.offset + 1})
         return True
-
-    async def _publish(self, outputs: Sequence[Output]) -> None:
-        futures = [await self.producer.send(o.topic, value=o.value,
-                                            key=o.key.encode() if isinstance(o.key, str) else o.key)
-                   for o in outputs]
-        await asyncio.gather(*futures)
-
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        try:
-            await self.consumer.commit({tp: offset})
-        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-            log.warning("commit_skipped", error=str(exc)[:300])
 
 
 async def run_delayed(settings: Settings, *, name: str, topic: str, parse: Callable[[bytes], Any],

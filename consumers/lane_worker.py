@@ -36,15 +36,16 @@ from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.errors import IllegalStateError
 from prometheus_client import CollectorRegistry
 
 from consumers.batcher import MicroBatcher
 from consumers.lane_models import LaneModels
-from consumers.loop import Output, bind_record, dead_letter
+from consumers.loop import Output, bind_record, commit_or_skip, dead_letter, publish_all
 from consumers.offsets import OffsetTracker
 from consumers.runtime import stop_on_signals
 from consumers.worker_metrics import WorkerMetrics
+from schemas.control import LaneDesired, WorkerHealth, WorkerStatus
 from schemas.events import (
     GenerationRouted,
     RenderCanceled,
@@ -55,7 +56,6 @@ from schemas.events import (
     Timings,
     parse_job_event,
 )
-from schemas.control import LaneDesired, WorkerHealth, WorkerStatus
 from schemas.records import JobState
 from schemas.topics import Topics
 from services.artifacts import ArtifactError, LocalArtifactStore
@@ -68,7 +68,6 @@ from services.engines.diffusion import (
     batch_key,
 )
 from services.engines.memory import (
-    MemoryBudget,
     OutOfMemory,
     free_cached_memory,
     peak_memory_bytes,
@@ -650,9 +649,8 @@ class LaneWorker(ConsumerRebalanceListener):
         ]
 
     async def _send(self, outputs: list[Output]) -> None:
-        futures = await self._enqueue(outputs)
-        if futures:
-            await asyncio.gather(*futures)
+        assert self.producer is not None
+        await publish_all(self.producer, outputs)
 
     async def _commit(self) -> None:
         assert self.consumer is not None
@@ -661,11 +659,8 @@ class LaneWorker(ConsumerRebalanceListener):
             points = {tp: off for tp, off in self.tracker.to_commit().items() if tp in assigned}
             if not points:
                 return
-            try:
-                await self.consumer.commit(points)
+            if await commit_or_skip(self.consumer, points):
                 self.tracker.mark_committed(points)
-            except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-                log.warning("commit_skipped", error=str(exc)[:300])
 
     # ---- rebalance ---------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from schemas.records import DeadLetter
 
-__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler", "dead_letter", "bind_record"]
+__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler", "dead_letter",
+           "bind_record", "publish_all", "commit_or_skip"]
 
 log = structlog.get_logger("lanes.loop")
 
@@ -104,24 +105,11 @@ class ConsumeLoop:
                 await self._process_partition(tp, records)
 
     async def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        pending: list[asyncio.Future[Any]] = []
+        outputs: list[Output] = []
         for record in records:
-            outputs = await self._handle(record)
-            for out in outputs:
-                pending.append(
-                    await self.producer.send(out.topic, value=out.value, key=_key_bytes(out.key))
-                )
-        if pending:
-            await asyncio.gather(*pending)  # acks=all: every output is on the broker
-        await self._commit(tp, records[-1].offset + 1)
-
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        try:
-            await self.consumer.commit({tp: offset})
-        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-            # The partition moved to another member: it will redeliver from the last commit,
-            # and handlers are idempotent, so nothing is lost or doubled.
-            log.warning("commit_skipped", partition=tp.partition, topic=tp.topic, error=str(exc))
+            outputs += await self._handle(record)
+        await publish_all(self.producer, outputs)
+        await commit_or_skip(self.consumer, {tp: records[-1].offset + 1})
 
     async def _handle(self, record: ConsumerRecord) -> Sequence[Output]:
         ctx = MessageContext(
@@ -162,6 +150,25 @@ class ConsumeLoop:
                 delay = min(5.0, 0.2 * 2**attempt)
                 log.info("transient_error_retry", attempt=attempt, delay_s=delay, error=str(exc))
                 await asyncio.sleep(delay)
+
+
+async def publish_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
+    """Send in order and wait until the broker has acknowledged every one (acks=all)."""
+    futures = [await producer.send(o.topic, value=o.value, key=_key_bytes(o.key)) for o in outputs]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+async def commit_or_skip(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+    """Commit; when the partitions moved to another member, log and carry on: it redelivers
+    from the last commit, and handlers are idempotent, so nothing is lost or doubled."""
+    try:
+        await consumer.commit(offsets)
+        return True
+    except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+        log.warning("commit_skipped", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
+                    error=str(exc)[:300])
+        return False
 
 
 def dead_letter(record: ConsumerRecord, exc: Exception, group: str, dlq_topic: str) -> Output:

@@ -274,10 +274,10 @@ def ab(
 
 
 def _ops(action: str, lane: str, **fields: object) -> None:
+    import getpass
+
     from schemas.control import OpsCommand
     from services.ops_client import send_and_wait
-
-    import getpass
 
     command = OpsCommand(action=action, lane=lane, issuer=getpass.getuser(),  # type: ignore[arg-type]
                          **{k: v for k, v in fields.items() if v is not None})

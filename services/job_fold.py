@@ -16,11 +16,11 @@ from schemas.events import (
     GenerationDeferred,
     GenerationRequested,
     GenerationRouted,
+    RenderCanceled,
     RenderCompleted,
     RenderFailed,
     RenderRerouted,
     RenderStarted,
-    RenderCanceled,
     VerificationCompleted,
     utcnow,
 )

@@ -11,7 +11,16 @@ from typing import Any, Coroutine, Iterable
 
 from prometheus_client import CollectorRegistry
 
-from consumers import control, deferred, jobs, lane_worker, router, verifier, webhook_retries, webhooks
+from consumers import (
+    control,
+    deferred,
+    jobs,
+    lane_worker,
+    router,
+    verifier,
+    webhook_retries,
+    webhooks,
+)
 from schemas.topics import Topics
 from services.kafka_clients import ensure_topics
 from services.routes import load_routes

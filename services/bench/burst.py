@@ -242,13 +242,13 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from consumers.lane_models import load_routes_model
     from services.artifacts import LocalArtifactStore
     from services.engines.diffusion import RenderRequest
     from services.engines.memory import OutOfMemory
     from services.routes import load_routes
-
-    from concurrent.futures import ThreadPoolExecutor
 
     routes = load_routes(settings.routes_file)
     store = LocalArtifactStore(settings.artifacts_path)

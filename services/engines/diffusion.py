@@ -17,10 +17,10 @@ from PIL import Image
 
 from services.engines.memory import (
     MemoryBudget,
+    OutOfMemory,
     activation_bytes,
     is_out_of_memory,
     model_footprint_bytes,
-    OutOfMemory,
 )
 
 __all__ = ["DiffusionEngine", "RenderRequest", "RenderOutput", "Interrupted", "check_inputs",

@@ -11,7 +11,7 @@ import pytest
 from schemas.events import parse_job_event
 from services.admission import Quota
 from services.settings import Settings
-from tests.stack import WebhookReceiver, read_topic, running_stack, wait_until, write_routes
+from tests.stack import WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka]
 
