@@ -27,6 +27,7 @@ from services.observability import ops_routes
 from services.rollout import LaneRollout, RolloutView
 from services.routes import load_routes
 from services.settings import Settings
+from services.webhooks import RefusedTarget, Unresolvable, resolve_target
 
 __all__ = ["create_app"]
 
@@ -121,6 +122,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 state.requests.labels("replayed").inc()
                 response.headers["Idempotent-Replayed"] = "true"
                 return _accepted(job_id)
+        if spec.webhook_url is not None:  # refuse a private target now, not at delivery
+            try:
+                await resolve_target(str(spec.webhook_url), settings.webhook_allowed_hosts)
+            except Unresolvable:
+                pass  # DNS may recover before the job ends; delivery checks again
+            except RefusedTarget as exc:
+                state.requests.labels("invalid").inc()
+                raise HTTPException(422, f"webhook_url refused: {exc}") from exc
         wait_s = state.quotas.take(spec.tenant or "")
         if wait_s is not None:
             state.requests.labels("over_quota").inc()

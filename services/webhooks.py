@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 __all__ = [
     "RefusedTarget",
+    "Unresolvable",
     "resolve_target",
     "sign_headers",
     "SigningKeys",
@@ -29,6 +30,10 @@ __all__ = [
 
 class RefusedTarget(Exception):
     """The URL points somewhere webhooks may not go (loopback, private, link-local...)."""
+
+
+class Unresolvable(RefusedTarget):
+    """The host does not resolve now (it may later: DNS can fail for a while)."""
 
 
 def webhook_id(job_id: str, event: str) -> str:
@@ -58,7 +63,7 @@ async def resolve_target(url: str, allowed_hosts: list[str]) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise RefusedTarget(f"cannot resolve {host!r}: {exc}") from exc
+        raise Unresolvable(f"cannot resolve {host!r}: {exc}") from exc
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if host.lower() not in {h.lower() for h in allowed_hosts}:
         for ip in addresses:

@@ -8,8 +8,10 @@ from typing import AsyncIterator
 
 import pytest
 
+from producers.client import GenerationClient
 from producers.webhook_receiver import verify_delivery
 from schemas.records import WebhookDelivery, WebhookMessage
+from schemas.spec import GenerationSpec
 from services.kafka_local import free_port
 from services.settings import Settings
 from services.webhook_replay import replay
@@ -106,10 +108,20 @@ async def test_private_targets_and_redirects_to_loopback_are_refused(
         async with running_stack(settings, worker_lanes=["draft"], webhook_backoff_s=0.05,
                                  webhook_max_attempts=2) as stack:
             redirected = await stack.submit({"prompt": "a cup", "webhook_url": receiver.url})
-            refused = [await stack.submit({"prompt": f"a mug {i}", "webhook_url": url})
-                       for i, url in enumerate([
-                           f"http://localhost:{target.port}/hooks", "http://169.254.169.254/latest",
-                           "http://10.0.0.1/hooks", f"http://[::1]:{target.port}/hooks"])]
+            private = [f"http://localhost:{target.port}/hooks", "http://169.254.169.254/latest",
+                       "http://10.0.0.1/hooks", f"http://[::1]:{target.port}/hooks"]
+            # The gateway refuses them up front: 422 with the reason, nothing published.
+            for url in private:
+                resp = await stack.http.post("/v1/generations",
+                                             json={"prompt": "a mug", "webhook_url": url})
+                assert resp.status_code == 422 and "webhook_url refused" in resp.text, url
+            published = [json.loads(r.value)["spec"]["prompt"]
+                         for r in await read_topic(stack.settings, stack.topics.requests, idle_s=0.5)]
+            assert published == ["a cup"]
+            # Publishers on Kafka skip the gateway (and DNS can change): delivery checks again.
+            async with GenerationClient(stack.settings) as client:
+                refused = [await client.submit(GenerationSpec(prompt=f"a mug {i}", webhook_url=url))
+                           for i, url in enumerate(private)]
 
             async def all_dead() -> bool:
                 return len(await dead_letters(stack)) == 5
