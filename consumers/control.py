@@ -40,10 +40,11 @@ from schemas.events import (
     parse_job_event,
 )
 from schemas.topics import Topics
-from services.autoscale import LaneSample, ThroughputMeter, consumer_lags, desired_replicas
+from services.autoscale import LaneSample, ThroughputMeter, desired_replicas
 from services.canary import CanaryJudge
 from services.compacted_view import CompactedView
 from services.control_state import Rejected, apply_command, auto_rollback, initial_state
+from services.lag_monitor import LagMonitor
 from services.routes import Routes, load_routes
 from services.settings import Settings
 
@@ -182,29 +183,36 @@ class ControlPlane(RestoringListener):
 
     async def autoscale_loop(self) -> None:
         previous: dict[str, tuple[float, int]] = {}
-        wanted = {lane: (self.settings.group(f"lanes-lane-{lane}"), self.topics.lane(lane))
-                  for lane in self.routes.lanes}
-        while True:
-            await asyncio.sleep(AUTOSCALE_EVERY_S)
-            try:
-                lags = await consumer_lags(self.settings, wanted)
-            except Exception as exc:  # noqa: BLE001 - a signal, never a reason to stop
-                log.warning("autoscale_lag_unavailable", error=str(exc)[:300])
-                continue
-            now = asyncio.get_running_loop().time()
-            for lane, lag in lags.items():
-                live = self.live_instances(lane)
-                last = previous.get(lane)
-                growth = (lag - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
-                previous[lane] = (now, lag)
-                sample = LaneSample(lag=lag, lag_growth_per_s=growth, replicas=len(live),
-                                    jobs_per_s=self.meter.rate(live))
-                self.lag.labels(lane).set(lag)
-                self.replicas.labels(lane).set(len(live))
-                self.throughput.labels(lane).set(sample.jobs_per_s)
-                self.desired_replicas.labels(lane).set(desired_replicas(
-                    sample, drain_s=self.settings.autoscale_drain_s,
-                    max_replicas=self.settings.autoscale_max_replicas))
+        monitor = LagMonitor(self.settings, sorted(self.routes.lanes), AUTOSCALE_EVERY_S)
+        try:
+            while True:
+                await asyncio.sleep(AUTOSCALE_EVERY_S)
+                try:
+                    lags = await monitor.poll()
+                except Exception as exc:  # noqa: BLE001 - a signal, never a reason to stop
+                    log.warning("autoscale_lag_unavailable", error=str(exc)[:300])
+                    await monitor.close()
+                    continue
+                self._autoscale(lags, previous)
+        finally:
+            await monitor.close()
+
+    def _autoscale(self, lags: dict[str, int], previous: dict[str, tuple[float, int]]) -> None:
+        """Publish each lane's lag, live replicas, throughput and desired replicas."""
+        now = asyncio.get_running_loop().time()
+        for lane, lag in lags.items():
+            live = self.live_instances(lane)
+            last = previous.get(lane)
+            growth = (lag - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
+            previous[lane] = (now, lag)
+            sample = LaneSample(lag=lag, lag_growth_per_s=growth, replicas=len(live),
+                                jobs_per_s=self.meter.rate(live))
+            self.lag.labels(lane).set(lag)
+            self.replicas.labels(lane).set(len(live))
+            self.throughput.labels(lane).set(sample.jobs_per_s)
+            self.desired_replicas.labels(lane).set(desired_replicas(
+                sample, drain_s=self.settings.autoscale_drain_s,
+                max_replicas=self.settings.autoscale_max_replicas))
 
     def live_instances(self, lane: str) -> list[str]:
         now = datetime.now(UTC)

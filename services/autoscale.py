@@ -11,14 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
 from schemas.control import WorkerStatus
-from services.kafka_clients import partition_ids
-from services.settings import Settings
 
-__all__ = ["LaneSample", "desired_replicas", "ThroughputMeter", "consumer_lags"]
+__all__ = ["LaneSample", "desired_replicas", "ThroughputMeter"]
 
 
 @dataclass(frozen=True)
@@ -61,30 +56,3 @@ class ThroughputMeter:
                 done = points[-1][1] - points[0][1]
                 total += max(0, done) / (points[-1][0] - points[0][0])
         return total
-
-
-async def consumer_lags(settings: Settings, wanted: dict[str, tuple[str, str]]) -> dict[str, int]:
-    """For each name -> (group, topic): end offsets minus the group's committed offsets
-    (a partition the group never committed counts from its beginning)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
-    lags: dict[str, int] = {}
-    try:
-        for name, (group, topic) in wanted.items():
-            parts = [TopicPartition(topic, p) for p in await partition_ids(settings, topic)]
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            ends = await consumer.end_offsets(parts)
-            begins = await consumer.beginning_offsets(parts)
-            lag = 0
-            for tp in parts:
-                meta = committed.get(tp)
-                start = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-                lag += max(0, ends[tp] - start)
-            lags[name] = lag
-    finally:
-        await consumer.stop()
-        await admin.close()
-    return lags

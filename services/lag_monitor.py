@@ -1,13 +1,16 @@
-"""Each lane's consumer-group lag, polled in the background (admission, autoscaling)."""
+"""Each lane's consumer-group lag (end offsets minus the group's committed offsets), for
+admission and the autoscaling signal. One admin client and one consumer stay open between
+polls; a partition the group never committed counts from its beginning."""
 
 from __future__ import annotations
 
 import asyncio
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.topics import Topics
-from services.autoscale import consumer_lags
 from services.settings import Settings
 
 __all__ = ["LagMonitor"]
@@ -24,22 +27,70 @@ class LagMonitor:
                        for lane in lanes}
         self.lags: dict[str, int] = {}
         self.measured = asyncio.Event()
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._parts: dict[str, list[TopicPartition]] = {}
 
     def lag(self, lane: str) -> int:
         return self.lags.get(lane, 0)
 
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
+                                              request_timeout_ms=10000)
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                              group_id=None, enable_auto_commit=False)
+            await self._admin.start()
+            await self._consumer.start()
+        return self._admin, self._consumer
+
+    async def _partitions(self, admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+        if topic not in self._parts:
+            (described,) = await admin.describe_topics([topic])
+            if described.get("error_code", 0) != 0 or not described.get("partitions"):
+                raise LookupError(f"topic {topic!r} does not exist")
+            self._parts[topic] = [TopicPartition(topic, p["partition"])
+                                  for p in described["partitions"]]
+        return self._parts[topic]
+
     async def poll(self) -> dict[str, int]:
-        self.lags = await consumer_lags(self.settings, self.wanted)
+        admin, consumer = await self._clients()
+        lags: dict[str, int] = {}
+        for lane, (group, topic) in self.wanted.items():
+            parts = await self._partitions(admin, topic)
+            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+            ends = await consumer.end_offsets(parts)
+            begins = await consumer.beginning_offsets(parts)
+            lag = 0
+            for tp in parts:
+                meta = committed.get(tp)
+                start = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+                lag += max(0, ends[tp] - start)
+            lags[lane] = lag
+        self.lags = lags
         self.measured.set()
-        return self.lags
+        return lags
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+        self._admin = self._consumer = None
 
     async def run(self) -> None:
+        """Poll every ``every_s`` until cancelled; errors are logged, never fatal."""
         if not self.wanted:
             self.measured.set()  # nothing to measure: every lag is 0
-        while True:
-            if self.wanted:
-                try:
-                    await self.poll()
-                except Exception as exc:  # noqa: BLE001 - a signal, never a reason to stop
-                    log.warning("lag_unavailable", error=str(exc)[:300])
-            await asyncio.sleep(self.every_s)
+        try:
+            while True:
+                if self.wanted:
+                    try:
+                        await self.poll()
+                    except Exception as exc:  # noqa: BLE001 - a signal, never a reason to stop
+                        log.warning("lag_unavailable", error=str(exc)[:300])
+                        self._parts.clear()
+                        await self.close()
+                await asyncio.sleep(self.every_s)
+        finally:
+            await self.close()
