@@ -18,11 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from prometheus_client import CollectorRegistry
 
 from consumers.loop import Output, bind_record, commit_or_skip, dead_letter, publish_all
-from consumers.runtime import stop_on_signals
+from consumers.runtime import run_member
 from schemas.events import utcnow
-from schemas.topics import Topics
-from services.kafka_clients import make_consumer, make_producer
-from services.observability import serve_ops
 from services.settings import Settings
 
 __all__ = ["DelayedLoop", "run_delayed"]
@@ -89,22 +86,8 @@ async def run_delayed(settings: Settings, *, name: str, topic: str, parse: Calla
                       stop: asyncio.Event | None = None,
                       registry: CollectorRegistry | None = None) -> None:
     """Run group ``lanes-<name>`` over the delay topic until ``stop`` (or SIGTERM/SIGINT)."""
-    stop = stop_on_signals(stop)
-    group = settings.group(f"lanes-{name}")
-    producer = make_producer(settings, client_id=f"lanes-{name}")
-    consumer = make_consumer(settings, group=group, client_id=f"lanes-{name}")
-    consumer.subscribe([topic])
-    loop = DelayedLoop(consumer, producer, group=group, dlq_topic=Topics(settings.topic_prefix).dlq,
-                       parse=parse, due=due, handle=handle)
-    await producer.start()
-    ops = asyncio.create_task(serve_ops(settings.metrics_host, settings.metrics_port,
-                                        registry or CollectorRegistry(), lambda: loop.ready))
-    try:
-        await consumer.start()
-        log.info("consumer_started", group=group, topics=[topic])
-        await loop.run(stop)
-    finally:
-        ops.cancel()
-        await asyncio.gather(ops, return_exceptions=True)
-        await consumer.stop()
-        await producer.stop()
+    await run_member(
+        settings, name=name, topics=[topic], registry=registry, stop=stop,
+        make_loop=lambda consumer, producer, group, dlq: DelayedLoop(
+            consumer, producer, group=group, dlq_topic=dlq, parse=parse, due=due, handle=handle),
+    )

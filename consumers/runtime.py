@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import structlog
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry
 
 from consumers.loop import ConsumeLoop, Handler, LoopMetrics, Parser
@@ -17,7 +17,7 @@ from services.kafka_clients import make_consumer, make_producer
 from services.observability import serve_ops
 from services.settings import Settings
 
-__all__ = ["stop_on_signals", "run_consumer"]
+__all__ = ["stop_on_signals", "run_consumer", "run_member", "MemberLoop"]
 
 log = structlog.get_logger("lanes.runtime")
 
@@ -34,20 +34,28 @@ def stop_on_signals(stop: asyncio.Event | None) -> asyncio.Event:
     return stop
 
 
-async def run_consumer(
+class MemberLoop(Protocol):
+    ready: bool
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+LoopFactory = Callable[[AIOKafkaConsumer, AIOKafkaProducer, str, str], MemberLoop]
+
+
+async def run_member(
     settings: Settings,
     *,
     name: str,
     topics: Sequence[str],
-    parse: Parser,
-    handler: Handler,
+    make_loop: LoopFactory,
     registry: CollectorRegistry | None = None,
     stop: asyncio.Event | None = None,
-    max_records: int = 16,
     consumer_options: dict[str, object] | None = None,
     listener: ConsumerRebalanceListener | None = None,
 ) -> None:
-    """Run the consume loop for group ``name`` until ``stop`` is set (or SIGTERM/SIGINT)."""
+    """Run one member of group ``lanes-<name>`` (clients, ops endpoints, signals) with the
+    loop ``make_loop(consumer, producer, group, dlq_topic)`` until ``stop``."""
     stop = stop_on_signals(stop)
     registry = registry or CollectorRegistry()
     group = settings.group(f"lanes-{name}")
@@ -56,11 +64,7 @@ async def run_consumer(
         settings, group=group, client_id=f"lanes-{name}", **(consumer_options or {})
     )
     consumer.subscribe(topics=list(topics), listener=listener)
-    loop = ConsumeLoop(
-        consumer, producer, group=group, parse=parse, handler=handler,
-        dlq_topic=Topics(settings.topic_prefix).dlq, metrics=LoopMetrics(registry),
-        max_records=max_records,
-    )
+    loop = make_loop(consumer, producer, group, Topics(settings.topic_prefix).dlq)
     await producer.start()
     try:
         await consumer.start()
@@ -84,3 +88,28 @@ async def run_consumer(
         await consumer.stop()
         await producer.stop()
         log.info("consumer_stopped", group=group)
+
+
+async def run_consumer(
+    settings: Settings,
+    *,
+    name: str,
+    topics: Sequence[str],
+    parse: Parser,
+    handler: Handler,
+    registry: CollectorRegistry | None = None,
+    stop: asyncio.Event | None = None,
+    max_records: int = 16,
+    consumer_options: dict[str, object] | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> None:
+    """Run the consume loop for group ``name`` until ``stop`` is set (or SIGTERM/SIGINT)."""
+    registry = registry or CollectorRegistry()
+    metrics = LoopMetrics(registry)
+    await run_member(
+        settings, name=name, topics=topics, registry=registry, stop=stop,
+        consumer_options=consumer_options, listener=listener,
+        make_loop=lambda consumer, producer, group, dlq: ConsumeLoop(
+            consumer, producer, group=group, parse=parse, handler=handler, dlq_topic=dlq,
+            metrics=metrics, max_records=max_records),
+    )
