@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import events, records
+from producers.ops import SignedCommand
+from schemas import control, events, records
 from schemas.spec import GenerationSpec
 
 __all__ = ["SCHEMA_MODELS", "export_schemas"]
@@ -20,10 +21,20 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "render.failed": events.RenderFailed,
     "render.rerouted": events.RenderRerouted,
     "verification.completed": events.VerificationCompleted,
+    "generation.cancel_requested": events.CancelRequested,
+    "generation.deferred": events.GenerationDeferred,
+    "render.canceled": events.RenderCanceled,
     "job.state": records.JobState,
     "dead.letter": records.DeadLetter,
     "webhook.delivery": records.WebhookDelivery,
+    "webhook.message": records.WebhookMessage,
     "generation.spec": GenerationSpec,
+    # Control plane: ops tooling in other languages signs OpsCommand into SignedCommand.
+    "ops.command": control.OpsCommand,
+    "ops.signed_command": SignedCommand,
+    "ops.result": control.OpsResult,
+    "control.lane_desired": control.LaneDesired,
+    "worker.status": control.WorkerStatus,
 }
 
 

@@ -61,3 +61,13 @@ def test_schema_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     assert len(paths) == len(SCHEMA_MODELS)
     requested = json.loads((tmp_path / "generation.requested.json").read_text())
     assert "spec" in requested["properties"] and "job_id" in requested["required"]
+
+
+def test_every_job_event_type_has_a_json_schema() -> None:
+    from typing import get_args
+
+    from schemas.events import JobEvent
+
+    union = get_args(get_args(JobEvent)[0])
+    exported = set(SCHEMA_MODELS.values())
+    assert [m.__name__ for m in union if m not in exported] == []
