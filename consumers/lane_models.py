@@ -85,9 +85,14 @@ class LaneModels:
         self.applied_revision = 0
         self.load_errors: dict[str, str] = {}
 
-    async def start(self) -> DiffusionEngine:
-        """Load the routes file's version; raises if it cannot be loaded."""
-        return await self._load(self.stable)
+    async def start(self, desired: LaneDesired | None) -> DiffusionEngine:
+        """Load what the lane runs now (its desired state, else the routes file's version);
+        falls back to the routes file's version when the desired one cannot be loaded."""
+        if desired is not None:
+            await self.apply(desired)
+        if self.stable not in self.engines:
+            await self._load(self.stable)
+        return self.engines[self.stable]
 
     async def _load(self, ref: ModelRef) -> DiffusionEngine:
         if ref not in self.engines:

@@ -702,7 +702,10 @@ async def run(
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
-    engine = await models.start()
+    # Start on the lane's current version, not the routes file's only to switch at once.
+    control = await CompactedView(settings, Topics(settings.topic_prefix).control,
+                                  LaneDesired.model_validate_json).load()
+    engine = await models.start(control.get(lane))
     log.info("engine_loaded", lane=lane, model=engine.name, version=engine.version,
              device=engine.device, load_s=round(time.perf_counter() - started, 2),
              footprint_mb=round(engine.footprint_bytes / 2**20, 1))

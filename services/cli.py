@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -60,18 +60,24 @@ def run_gateway() -> None:
                 log_level="warning")
 
 
-@run_app.command("control")
-def run_control() -> None:
-    from consumers import control
+# Consumer groups whose module's ``run(settings)`` is all a process needs.
+CONSUMER_GROUPS = {"router": "router", "deferred": "deferred", "jobs": "jobs",
+                   "verifier": "verifier", "webhooks": "webhooks",
+                   "webhook-retries": "webhook_retries", "control": "control"}
 
-    asyncio.run(control.run(_settings()))
+
+def _group_command(module: str) -> Callable[[], None]:
+    def command() -> None:
+        import importlib
+
+        asyncio.run(importlib.import_module(f"consumers.{module}").run(_settings()))
+
+    command.__doc__ = f"Run one member of the {module} consumer group (consumers/{module}.py)."
+    return command
 
 
-@run_app.command("router")
-def run_router() -> None:
-    from consumers import router
-
-    asyncio.run(router.run(_settings()))
+for _name, _module in CONSUMER_GROUPS.items():
+    run_app.command(_name)(_group_command(_module))
 
 
 @run_app.command("worker")
@@ -85,41 +91,6 @@ def run_worker(lane: str = typer.Option(..., help="the lane this worker serves")
     if device:
         settings = settings.model_copy(update={"device": device})
     asyncio.run(lane_worker.run(settings, lane, instance=instance))
-
-
-@run_app.command("deferred")
-def run_deferred() -> None:
-    from consumers import deferred
-
-    asyncio.run(deferred.run(_settings()))
-
-
-@run_app.command("webhook-retries")
-def run_webhook_retries() -> None:
-    from consumers import webhook_retries
-
-    asyncio.run(webhook_retries.run(_settings()))
-
-
-@run_app.command("verifier")
-def run_verifier() -> None:
-    from consumers import verifier
-
-    asyncio.run(verifier.run(_settings()))
-
-
-@run_app.command("jobs")
-def run_jobs() -> None:
-    from consumers import jobs
-
-    asyncio.run(jobs.run(_settings()))
-
-
-@run_app.command("webhooks")
-def run_webhooks() -> None:
-    from consumers import webhooks
-
-    asyncio.run(webhooks.run(_settings()))
 
 
 @app.command()
