@@ -74,6 +74,7 @@ from services.engines.memory import (
 )
 from services.kafka_clients import make_consumer, make_producer
 from services.observability import serve_ops
+from services.process_tuning import freeze_startup_heap, lower_thread_priority
 from services.routes import LaneSpec, Routes, load_routes
 from services.settings import Settings
 
@@ -146,8 +147,13 @@ class LaneWorker(ConsumerRebalanceListener):
         self.finishing: set[asyncio.Task[None]] = set()
         self.commit_lock = asyncio.Lock()
         self.fatal: Exception | None = None
-        # One inference thread: one GPU runs one batch at a time.
-        self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpu-{lane}")
+        # One inference thread: one GPU runs one batch at a time. It and the image codec
+        # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.
+        nicer = (settings.compute_thread_nice,)
+        self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpu-{lane}",
+                                      initializer=lower_thread_priority, initargs=nicer)
+        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"png-{lane}",
+                                        initializer=lower_thread_priority, initargs=nicer)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -198,6 +204,7 @@ class LaneWorker(ConsumerRebalanceListener):
                 await self._heartbeat()
             await self.producer.stop()
             self.gpu.shutdown(wait=False, cancel_futures=True)
+            self.codec.shutdown(wait=False, cancel_futures=True)
             log.info("worker_stopped", lane=self.lane, in_flight=self.in_flight)
 
     async def _consume(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
@@ -409,7 +416,7 @@ class LaneWorker(ConsumerRebalanceListener):
         if event.init_artifact_uri is not None:
             try:
                 init_image = await asyncio.get_running_loop().run_in_executor(
-                    None, self.store.open_image, event.init_artifact_uri)
+                    self.codec, self.store.open_image, event.init_artifact_uri)
             except ArtifactError as exc:  # the job fails with the reason; never stuck
                 log.warning("init_artifact_unreadable", error=str(exc))
                 self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
@@ -514,7 +521,7 @@ class LaneWorker(ConsumerRebalanceListener):
             return
         stored = time.perf_counter()
         uri = await asyncio.get_running_loop().run_in_executor(
-            None, self.store.put_png, task.event.job_id,
+            self.codec, self.store.put_png, task.event.job_id,
             f"{self.stage_of(task.event)}-a{task.event.attempt}", result.image,
         )
         store_ms = (time.perf_counter() - stored) * 1000
@@ -706,6 +713,7 @@ async def run(
     control = await CompactedView(settings, Topics(settings.topic_prefix).control,
                                   LaneDesired.model_validate_json).load()
     engine = await models.start(control.get(lane))
+    freeze_startup_heap()  # torch, diffusers and the model: ~500k objects no collection scans
     log.info("engine_loaded", lane=lane, model=engine.name, version=engine.version,
              device=engine.device, load_s=round(time.perf_counter() - started, 2),
              footprint_mb=round(engine.footprint_bytes / 2**20, 1))

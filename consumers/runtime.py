@@ -15,6 +15,7 @@ from consumers.loop import ConsumeLoop, Handler, LoopMetrics, Parser
 from schemas.topics import Topics
 from services.kafka_clients import make_consumer, make_producer
 from services.observability import serve_ops
+from services.process_tuning import freeze_startup_heap
 from services.settings import Settings
 
 __all__ = ["stop_on_signals", "run_consumer", "run_member", "MemberLoop"]
@@ -68,6 +69,7 @@ async def run_member(
     await producer.start()
     try:
         await consumer.start()
+        freeze_startup_heap()  # a long-lived member: later collections skip the imports
         ops = asyncio.create_task(
             serve_ops(settings.metrics_host, settings.metrics_port, registry, lambda: loop.ready)
         )

@@ -86,10 +86,12 @@ def run_worker(lane: str = typer.Option(..., help="the lane this worker serves")
                instance: Optional[str] = typer.Option(
                    None, help="this instance's name (default: host-pid-lane)")) -> None:
     from consumers import lane_worker
+    from services.process_tuning import tune_worker_process
 
     settings = _settings()
     if device:
         settings = settings.model_copy(update={"device": device})
+    tune_worker_process(settings.gil_switch_interval_ms)
     asyncio.run(lane_worker.run(settings, lane, instance=instance))
 
 
@@ -356,7 +358,8 @@ def ops_status() -> None:
 @bench_app.command("burst")
 def bench_burst(
     out: Path = typer.Option(Path("results"), help="results folder"),
-    jobs: int = 60,
+    jobs: int = typer.Option(72, help="jobs in all, steady phase included"),
+    steady_jobs: int = typer.Option(24, help="jobs at the steady rate before the burst"),
     draft_share: float = 0.75,
     burst_factor: float = 10.0,
     draft_steps: int = 1,
@@ -370,7 +373,7 @@ def bench_burst(
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
     from services.bench.burst import BurstConfig, run_burst
 
-    cfg = BurstConfig(jobs=jobs, draft_share=draft_share, burst_factor=burst_factor,
+    cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, draft_share=draft_share, burst_factor=burst_factor,
                       draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
                       workers=workers, preset=preset, device=device)
     path = run_burst(cfg, out)

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     # estimated over it are split. None: no budget.
     memory_budget_gb: float | None = Field(None, gt=0)
     compile_unet: bool = False  # torch.compile the UNet on CUDA (opt-in: slow first batch)
+    # A worker renders on a thread beside its event loop; CPython hands the GIL over every
+    # this many ms, so it bounds how long a Python-heavy render step can hold back the
+    # loop's publishes, commits and heartbeats (CPython's default is 5 ms).
+    # A worker's render and image-codec threads run this much nicer than its event loop
+    # (Linux), so on a saturated CPU the scheduler serves Kafka I/O, commits and
+    # heartbeats (and the broker, router) first; bulk work takes every cycle left.
+    compute_thread_nice: int = Field(10, ge=0, le=19)
+    gil_switch_interval_ms: float = Field(0.5, gt=0, le=100)
     # SIGTERM: how long a worker keeps finishing in-flight jobs before it exits.
     drain_timeout_s: float = 30.0
     kafka_session_timeout_ms: int = 30000

@@ -28,15 +28,15 @@ from typing import Any
 
 from services.bench.stats import ensure_dir, markdown_table, pct
 
-__all__ = ["BurstConfig", "plan_arrivals", "run_burst"]
+__all__ = ["BurstConfig", "plan_arrivals", "run_burst", "overhead_breakdown"]
 
 
 @dataclass(frozen=True)
 class BurstConfig:
-    jobs: int = 60
+    jobs: int = 72
     draft_share: float = 0.75
     burst_factor: float = 10.0
-    steady_jobs: int = 12
+    steady_jobs: int = 24  # enough that the steady phase's p95 is not simply its maximum
     broker_warmup_jobs: int = 40  # drafts through the pipeline before the clock starts
     draft_steps: int = 1  # turbo-style draft
     final_steps: int = 20
@@ -81,16 +81,52 @@ class JobResult:
         work = self.inference_ms + self.gpu_wait_s * 1000 + self.store_ms
         return max(0.0, (self.e2e_s or 0) * 1000 - work)
 
+    def segments_ms(self) -> dict[str, float] | None:
+        """Where the overhead goes (Lanes): the router hop (submitted until routed), the
+        in-worker handoff (batch started until the outcome event was built, less inference
+        and the PNG write) and the read-back (outcome event built until read from Kafka)."""
+        route, started, built, done = self.route_s, self.started_at, self.completed_at, self.done
+        if route is None or started is None or built is None or done is None or self.inference_ms is None:
+            return None
+        return {
+            "router hop": route * 1000,
+            "in-worker handoff": max(0.0, (built - started) * 1000 - self.inference_ms - self.store_ms),
+            "read-back": (done - built) * 1000,
+        }
+
+
+def overhead_breakdown(jobs: list[JobResult], steady_jobs: int) -> list[list[object]]:
+    """Median and p95 of each overhead segment, in the steady phase and in the burst."""
+    ordered = sorted(jobs, key=lambda j: j.submitted)
+    phases = {"steady": ordered[:steady_jobs], "burst": ordered[steady_jobs:]}
+    rows: list[list[object]] = []
+    for phase, sel in phases.items():
+        segs = [s for j in sel if (s := j.segments_ms()) is not None]
+        for name in ("router hop", "in-worker handoff", "read-back"):
+            values = [s[name] for s in segs]
+            rows.append([phase, name, len(values), pct(values, 50), pct(values, 95)])
+        totals = [j.overhead_ms for j in sel if j.overhead_ms is not None]
+        rows.append([phase, "total overhead", len(totals), pct(totals, 50), pct(totals, 95)])
+    return rows
+
 
 def plan_arrivals(cfg: BurstConfig, steady_rate: float) -> list[tuple[float, str]]:
-    """(offset seconds, intent) per job: ``steady_jobs`` at the steady rate, then the burst."""
+    """(offset seconds, intent) per job: ``steady_jobs`` at the steady rate, then the burst.
+
+    Each phase holds its share of drafts exactly (in a seeded random order), so runs with
+    different phase lengths compare the same mix rather than whatever the draws gave.
+    """
     rng = random.Random(cfg.seed)
+    intents: list[str] = []
+    for n in (cfg.steady_jobs, cfg.jobs - cfg.steady_jobs):
+        drafts = round(n * cfg.draft_share)
+        phase = ["draft"] * drafts + ["final"] * (n - drafts)
+        rng.shuffle(phase)
+        intents += phase
     out, t = [], 0.0
-    for i in range(cfg.jobs):
-        intent = "draft" if rng.random() < cfg.draft_share else "final"
+    for i, intent in enumerate(intents):
         out.append((t, intent))
-        rate = steady_rate if i < cfg.steady_jobs else steady_rate * cfg.burst_factor
-        t += 1.0 / rate
+        t += 1.0 / (steady_rate if i < cfg.steady_jobs else steady_rate * cfg.burst_factor)
     return out
 
 
@@ -123,26 +159,26 @@ def _preset(name: str) -> dict[str, Any]:
 # ---- one architecture, in its own process ---------------------------------------------
 
 async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
-    """Router in this process; one worker process per lane, as `make up` runs them."""
+    """The router and one worker per lane each in its own process, as `make up` runs them;
+    this process only submits and reads the outcomes back."""
     import httpx
     from aiokafka import AIOKafkaConsumer
 
-    from consumers import router
     from producers.client import GenerationClient
     from schemas.events import GenerationRouted, RenderCompleted, RenderStarted, parse_job_event
     from schemas.spec import GenerationSpec
     from schemas.topics import Topics
     from services.kafka_clients import ensure_topics
     from services.kafka_local import free_port
+    from services.process_tuning import freeze_startup_heap
     from services.routes import load_routes
 
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     await ensure_topics(settings, topics.specs(routes.lanes))
-    stop = asyncio.Event()
-    router_task = asyncio.create_task(router.run(settings, stop))
-    ports = {lane: free_port() for lane in ("draft", "final")}
-    procs = {lane: _spawn_worker(settings, cfg, lane, port) for lane, port in ports.items()}
+    ports = {name: free_port() for name in ("router", "draft", "final")}
+    procs = {name: _spawn(settings, cfg, ["router"] if name == "router" else ["worker", "--lane", name],
+                          port) for name, port in ports.items()}
     results: dict[str, JobResult] = {}
     routed_at: dict[str, float] = {}
     started_at: dict[str, float] = {}
@@ -177,18 +213,20 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
 
     collecting = asyncio.create_task(collect())
     async with httpx.AsyncClient() as http:
-        for lane, port in ports.items():
-            await _wait_ready(http, port, procs[lane])
+        for name, port in ports.items():
+            await _wait_ready(http, port, procs[name])
         async with GenerationClient(settings) as client:
             # Warm-up before the clock starts: a render per lane, as the baseline gets, and a
             # trickle of drafts so the broker's JVM is past its JIT warm-up as a long-running
             # production broker is (the baseline has no broker to warm).
-            warm_ids = [await client.submit(GenerationSpec(prompt="warm up", intent=i)) for i in ports]
+            warm_ids = [await client.submit(GenerationSpec(prompt="warm up", intent=i))
+                        for i in ("draft", "final")]
             for _ in range(cfg.broker_warmup_jobs):
                 warm_ids.append(await client.submit(GenerationSpec(prompt="warm up", intent="draft")))
                 await asyncio.sleep(0.05)
             while not set(warm_ids) <= warm:
                 await asyncio.sleep(0.1)
+            freeze_startup_heap()  # the harness's own collections are not the system's
             t0 = time.monotonic()
             for offset, intent in plan:
                 await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
@@ -199,15 +237,13 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
         deadline = time.monotonic() + 900
         while any(r.done is None for r in results.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        metrics = {lane: (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-                   for lane, port in ports.items()}
+        metrics = {lane: (await http.get(f"http://127.0.0.1:{ports[lane]}/metrics")).text
+                   for lane in ("draft", "final")}
     crashes = 0
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         crashes += await asyncio.to_thread(proc.wait) != 0
-    stop.set()
-    await asyncio.gather(router_task, return_exceptions=True)
     collecting.cancel()
     await collector.stop()
     return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes,
@@ -216,28 +252,29 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                                      for m in metrics.values())}
 
 
-def _spawn_worker(settings: Any, cfg: BurstConfig, lane: str, port: int) -> subprocess.Popen[bytes]:
+def _spawn(settings: Any, cfg: BurstConfig, args: list[str], port: int) -> subprocess.Popen[bytes]:
+    """``lanes run <args>`` in its own process, on the benchmark's topics."""
     threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
     env = dict(os.environ, LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                LANES_TOPIC_PREFIX=settings.topic_prefix, LANES_GROUP_PREFIX=settings.group_prefix,
                LANES_STATE_DIR=str(settings.state_dir), LANES_ARTIFACT_DIR=str(settings.artifacts_path),
                LANES_ROUTES_FILE=str(settings.routes_file), LANES_DEVICE=cfg.device,
                LANES_METRICS_PORT=str(port), LANES_LOG_LEVEL="WARNING", OMP_NUM_THREADS=threads)
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", "worker", "--lane", lane],
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", *args],
                             env=env, stdout=subprocess.DEVNULL)
 
 
 async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(600):
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode} before it was ready")
+            raise RuntimeError(f"{proc.args[4:]} exited with {proc.returncode} before it was ready")
         try:
             if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
                 return
         except Exception:  # noqa: BLE001 - not listening yet
             pass
         await asyncio.sleep(0.2)
-    raise TimeoutError("worker not ready in 120 s")
+    raise TimeoutError(f"{proc.args[4:]} not ready in 120 s")
 
 
 def _metric_sum(text: str, name: str) -> float:
@@ -254,6 +291,7 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
     from services.artifacts import LocalArtifactStore
     from services.engines.diffusion import RenderRequest
     from services.engines.memory import OutOfMemory
+    from services.process_tuning import freeze_startup_heap
     from services.routes import load_routes
 
     routes = load_routes(settings.routes_file)
@@ -290,6 +328,7 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
                 queue.task_done()
 
     tasks = [asyncio.create_task(worker(e, p)) for e, p in zip(engines, pools)]
+    freeze_startup_heap()  # as the Lanes run does before its clock
     t0 = time.monotonic()
     for offset, intent in plan:
         await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
@@ -458,6 +497,9 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         "waited for a GPU slot (routed until its batch started) minus the PNG write (both "
         "architectures write it), i.e. what moving the job through Kafka adds. Memory is "
         "resident memory on CPU, max allocated on CUDA.", "",
+        "Where the overhead goes (Lanes, ms):", "",
+        markdown_table(["phase", "segment", "jobs", "p50 ms", "p95 ms"],
+                       overhead_breakdown(lanes_jobs, cfg.steady_jobs)), "",
         "| target | measured | met |", "| --- | --- | --- |",
         *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks], "",
         "On a CPU-only machine the renders themselves occupy the cores that the broker and "

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import AsyncIterator
@@ -74,6 +75,17 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
     assert stack.metric("draft", "lanes_worker_end_to_end_seconds_count") == 30
     assert stack.metric("draft", "lanes_worker_peak_memory_bytes", device="cpu") > 0
     assert stack.metric("draft", "lanes_worker_in_flight") == 0
+    # Renders and PNG encoding run at a lower CPU priority than the worker's event loop
+    # (Linux schedules threads one by one), so a saturated CPU serves Kafka I/O first.
+    if sys.platform.startswith("linux"):
+        loop = asyncio.get_running_loop()
+        for pool in (worker.gpu, worker.codec):
+            nice = await loop.run_in_executor(pool, _thread_nice)
+            assert nice == _thread_nice() + stack.settings.compute_thread_nice
+
+
+def _thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 async def test_redelivered_request_yields_one_terminal_result(stack: Stack, receiver: WebhookReceiver) -> None:

@@ -54,3 +54,16 @@ def test_model_over_budget_is_refused_at_load(tmp_path_factory: pytest.TempPathF
     path = checkpoint_dir("tiny-sd", routes.models["tiny-sd"], tmp_path_factory.mktemp("m"))
     with pytest.raises(ModelTooLarge, match=r"model 'tiny-sd' needs 0\.01 GB .* budget of 0\.00 GB"):
         DiffusionEngine.load(path, name="tiny-sd", version="v", budget=MemoryBudget.from_gb(0.001))
+
+
+def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() -> None:
+    from services.bench.burst import BurstConfig, plan_arrivals
+
+    cfg = BurstConfig(jobs=72, steady_jobs=24, draft_share=0.75, burst_factor=10.0)
+    plan = plan_arrivals(cfg, steady_rate=2.0)
+    steady, burst = plan[:24], plan[24:]
+    assert [i for _, i in steady].count("draft") == 18
+    assert [i for _, i in burst].count("draft") == 36
+    assert steady[1][0] - steady[0][0] == pytest.approx(0.5)
+    assert burst[1][0] - burst[0][0] == pytest.approx(0.05)
+    assert plan == plan_arrivals(cfg, steady_rate=2.0)  # the same plan for both architectures
