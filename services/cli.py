@@ -366,16 +366,19 @@ def bench_burst(
     final_steps: int = 20,
     width: int = 256,
     height: int = 256,
-    workers: int = 2,
+    workers: int = typer.Option(2, help="workers in both architectures"),
+    draft_workers: int = typer.Option(1, help="Lanes: workers on the draft lane (rest: final)"),
     preset: str = typer.Option("tiny", help="engine sizes: tiny | sd-turbo-class"),
     device: str = "cpu",
 ) -> None:
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
+    if not 1 <= draft_workers < workers:
+        raise typer.BadParameter("each lane needs a worker: 1 <= --draft-workers < --workers")
     from services.bench.burst import BurstConfig, run_burst
 
     cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, draft_share=draft_share, burst_factor=burst_factor,
                       draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
-                      workers=workers, preset=preset, device=device)
+                      workers=workers, draft_workers=draft_workers, preset=preset, device=device)
     path = run_burst(cfg, out)
     typer.echo(path.read_text())
 
