@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 __all__ = ["MicroBatcher"]
 
@@ -14,14 +14,20 @@ T = TypeVar("T")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, max_batch: int, max_wait_s: float,
+                 limit: Callable[[Hashable], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        # Per key, a smaller cap than max_batch (a version whose batches do not pay).
+        self.limit = limit
         # key -> (arrival time of the oldest item, items), oldest group first
         self._groups: OrderedDict[Hashable, tuple[float, list[T]]] = OrderedDict()
         self._changed = asyncio.Event()
+
+    def cap(self, key: Hashable) -> int:
+        return self.max_batch if self.limit is None else max(1, min(self.max_batch, self.limit(key)))
 
     def __len__(self) -> int:
         return sum(len(items) for _, items in self._groups.values())
@@ -35,7 +41,8 @@ class MicroBatcher(Generic[T]):
 
     def _take(self, key: Hashable) -> list[T]:
         since, items = self._groups[key]
-        batch, rest = items[: self.max_batch], items[self.max_batch :]
+        cap = self.cap(key)
+        batch, rest = items[:cap], items[cap:]
         if rest:
             self._groups[key] = (since, rest)
             self._groups.move_to_end(key, last=False)  # the rest is still the oldest work
@@ -50,7 +57,7 @@ class MicroBatcher(Generic[T]):
         """
         while True:
             for key, (_, items) in self._groups.items():
-                if len(items) >= self.max_batch:
+                if len(items) >= self.cap(key):
                     return self._take(key)
             if self._groups:
                 key, (since, _) = next(iter(self._groups.items()))

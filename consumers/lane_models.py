@@ -21,6 +21,7 @@ import structlog
 
 from schemas.control import LaneDesired, ModelRef
 from services.control_state import initial_state
+from services.engines.batching import BatchProfile, profile_batching, warm_up
 from services.engines.diffusion import DiffusionEngine
 from services.engines.memory import MemoryBudget
 from services.engines.tiny import TinyConfig
@@ -76,7 +77,10 @@ class LaneModels:
     def __init__(self, settings: Settings, lane: str, routes: Routes) -> None:
         self.lane = lane
         self.spec = routes.lanes[lane]
+        self.calibrate = settings.batch_calibration
         self.load: Loader = lambda ref: load_model(settings, lane, routes, ref)
+        # (model, version) -> its start-up batching profile (when calibration is on)
+        self.batch_profiles: dict[tuple[str, str], BatchProfile] = {}
         self.desired: LaneDesired = initial_state(routes, lane)
         self.engines: dict[ModelRef, DiffusionEngine] = {}
         self.stable: ModelRef = self.desired.stable
@@ -96,9 +100,37 @@ class LaneModels:
 
     async def _load(self, ref: ModelRef) -> DiffusionEngine:
         if ref not in self.engines:
-            self.engines[ref] = await asyncio.to_thread(self.load, ref)
+            engine = await asyncio.to_thread(self._load_warm, ref)
+            self.engines[ref] = engine
             log.info("model_loaded", lane=self.lane, model=ref.model, version=ref.version)
         return self.engines[ref]
+
+    def _load_warm(self, ref: ModelRef) -> DiffusionEngine:
+        """Load, then render once at the lane's size before the version serves (and, with
+        calibration, measure what batching buys). A version that fails this still loads:
+        its jobs fail and the canary judge or the operator decides."""
+        engine = self.load(ref)
+        s = self.spec
+        shape = (s.width, s.height, s.sample_steps, s.guidance_scale, s.refine_strength)
+        try:
+            if self.calibrate and s.max_batch > 1:
+                profile = profile_batching(engine, s.max_batch, *shape)
+                self.batch_profiles[(ref.model, ref.version)] = profile
+                log.info("batching_profiled", lane=self.lane, model=ref.model, version=ref.version,
+                         ms_per_image={b: round(t * 1000, 1) for b, t in profile.per_image_s.items()},
+                         batch_cap=profile.cap, max_batch=s.max_batch)
+            else:
+                log.info("model_warmed", lane=self.lane, model=ref.model, version=ref.version,
+                         seconds=round(warm_up(engine, *shape), 3))
+        except Exception as exc:  # noqa: BLE001 - warming is not the gate; jobs and the judge are
+            log.warning("warm_up_failed", lane=self.lane, model=ref.model, version=ref.version,
+                        error=str(exc)[:300])
+        return engine
+
+    def batch_cap(self, model: str, version: str) -> int:
+        """How many jobs one batch of this version may hold."""
+        profile = self.batch_profiles.get((model, version))
+        return self.spec.max_batch if profile is None else profile.cap
 
     @property
     def max_concurrency(self) -> int:

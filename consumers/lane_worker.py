@@ -120,8 +120,10 @@ class LaneWorker(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.tracker = OffsetTracker()
+        # Batch keys start (model, version, ...): each version's batches stop at its cap.
         self.batcher: MicroBatcher[RenderTask] = MicroBatcher(
-            self.spec.max_batch, self.spec.max_wait_ms / 1000
+            self.spec.max_batch, self.spec.max_wait_ms / 1000,
+            limit=lambda key: models.batch_cap(key[0], key[1]),
         )
         self.jobs_view: CompactedView[JobState] = CompactedView(
             settings, self.topics.jobs, JobState.model_validate_json
@@ -274,8 +276,17 @@ class LaneWorker(ConsumerRebalanceListener):
         )
 
     async def _heartbeat(self) -> None:
+        self._export_batching()
         await self._send([Output(self.topics.workers, self.instance,
                                  self.status().model_dump_json().encode())])
+
+    def _export_batching(self) -> None:
+        for engine in self.models.engines.values():
+            labels = _labels(self.lane, engine)
+            self.metrics.batch_cap.labels(*labels).set(self.models.batch_cap(engine.name, engine.version))
+            profile = self.models.batch_profiles.get((engine.name, engine.version))
+            for size, seconds in (profile.per_image_s.items() if profile else ()):
+                self.metrics.batch_seconds_per_image.labels(*labels, str(size)).set(seconds)
 
     async def _heartbeat_loop(self) -> None:
         while True:

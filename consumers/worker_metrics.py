@@ -46,5 +46,11 @@ class WorkerMetrics:
                             registry=r)
         self.lag = Gauge("lanes_worker_consumer_lag", "Records on assigned partitions not yet fetched",
                          LABELS, registry=r)
+        self.batch_cap = Gauge("lanes_worker_batch_cap",
+                               "Largest batch this version renders (max_batch, or less where the "
+                               "start-up profile showed batching does not pay)", LABELS, registry=r)
+        self.batch_seconds_per_image = Gauge(
+            "lanes_worker_batch_seconds_per_image",
+            "Start-up profile: seconds per image at each batch size", LABELS + ["batch"], registry=r)
         self.duplicates = Counter("lanes_worker_duplicates_skipped_total",
                                   "Redelivered jobs that were already rendered", LABELS, registry=r)

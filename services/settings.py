@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # estimated over it are split. None: no budget.
     memory_budget_gb: float | None = Field(None, gt=0)
     compile_unet: bool = False  # torch.compile the UNet on CUDA (opt-in: slow first batch)
+    # At each model load, time a batch of 1, 2, 4 ... max_batch and cap the version's batches
+    # where a bigger one stops paying (a CPU, or a GPU one image already fills).
+    batch_calibration: bool = True
     # A worker renders on a thread beside its event loop; CPython hands the GIL over every
     # this many ms, so it bounds how long a Python-heavy render step can hold back the
     # loop's publishes, commits and heartbeats (CPython's default is 5 ms).

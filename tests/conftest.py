@@ -66,6 +66,9 @@ def settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
         artifact_dir=tmp_path / "artifacts",
         gateway_port=free_port(),
         webhook_allowed_hosts=["127.0.0.1"],
+        # Batching does not pay on this CPU, so the start-up profile would cap every batch
+        # at 1; tests of the batching mechanics keep max_batch (one test turns it on).
+        batch_calibration=False,
         webhook_backoff_s=0.05,
         webhook_max_attempts=3,
     )

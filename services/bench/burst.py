@@ -257,7 +257,9 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes,
             "ooms": sum(_metric_sum(m, "lanes_worker_oom_total") for m in metrics.values()),
             "peak_memory_bytes": max(_metric_sum(m, "lanes_worker_peak_memory_bytes")
-                                     for m in metrics.values())}
+                                     for m in metrics.values()),
+            # what each worker's start-up profile let its batches hold
+            "batch_caps": {name: _metric_sum(m, "lanes_worker_batch_cap") for name, m in metrics.items()}}
 
 
 async def _warm_broker(settings: Any, round_trips: int) -> None:
@@ -515,6 +517,7 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         ("0 worker crashes", str(lanes_all["crashes"]), lanes_all["crashes"] == 0),
     ]
     batch_gain = service["draft"] / service["draft_batched"]
+    caps = ", ".join(f"{name} {cap:g}" for name, cap in all_data["lanes"].get("batch_caps", {}).items())
     draft_work = cfg.draft_share * service["draft"] / mean_service
     headers = ["arch", "intent", "jobs", "p50 s", "p95 s", "p99 s", "throughput jobs/s",
                "overhead p95 ms", "mean batch", "peak mem MB", "OOMs", "lost", "crashes"]
@@ -531,7 +534,8 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         f"{steady_rate:.2f} jobs/s (half the pool's capacity), then a burst at {cfg.burst_factor:g}x. "
         f"{cfg.workers} workers in both: Lanes runs {cfg.draft_workers} on the draft lane (cap "
         f"{cfg.draft_cap}, batch {cfg.draft_batch}) and {cfg.workers - cfg.draft_workers} on the final "
-        f"lane (cap {cfg.final_cap}, batch {cfg.final_batch}), one process each, "
+        f"lane (cap {cfg.final_cap}, batch {cfg.final_batch}), one process each "
+        f"(batch caps after each worker's start-up profile: {caps}), "
         f"over Kafka; the "
         f"baseline is one in-memory FIFO queue in front of {cfg.workers} workers (no broker hops at all).",
         "", table, "",

@@ -18,6 +18,7 @@ from producers.client import GenerationClient
 from schemas.events import GenerationRequested, RenderCompleted, RenderStarted, parse_job_event
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
+from services.engines.batching import choose_batch_cap
 from services.settings import Settings
 from tests.stack import (
     Stack,
@@ -86,6 +87,28 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
 
 def _thread_nice() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_start_up_profile_caps_batches_where_batching_does_not_pay(
+        settings: Settings, tmp_path: Path) -> None:
+    routes = write_routes(tmp_path / "routes.yaml",
+                          draft={"max_concurrency": 4, "max_batch": 4, "max_wait_ms": 200,
+                                 "sample_steps": 2, "width": 128, "height": 128})
+    async with running_stack(settings, routes_file=routes, batch_calibration=True) as stack:
+        await stack.wait_workers_ready()
+        await wait_until(lambda: stack.metric("draft", "lanes_worker_batch_cap") > 0,
+                         timeout=30, what="batch cap exported")
+        # The profile the worker measured at start-up, and the cap it chose from it.
+        per_image = {b: stack.metric("draft", "lanes_worker_batch_seconds_per_image", batch=str(b))
+                     for b in (1, 2, 4)}
+        assert all(t > 0 for t in per_image.values())
+        cap = int(stack.metric("draft", "lanes_worker_batch_cap"))
+        assert cap == choose_batch_cap(per_image)
+        jobs = await _submit_many(stack.settings, 12)
+        assert {d["status"] for d in await _wait_all(stack, jobs)} == {"succeeded"}
+        completed = [e for e in await _events(stack.settings, stack.topics.renders)
+                     if isinstance(e, RenderCompleted)]
+        assert len(completed) == 12 and max(e.timings.batch_size for e in completed) <= cap
 
 
 async def test_redelivered_request_yields_one_terminal_result(stack: Stack, receiver: WebhookReceiver) -> None:

@@ -67,3 +67,25 @@ def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() 
     assert steady[1][0] - steady[0][0] == pytest.approx(0.5)
     assert burst[1][0] - burst[0][0] == pytest.approx(0.05)
     assert plan == plan_arrivals(cfg, steady_rate=2.0)  # the same plan for both architectures
+
+
+async def test_batcher_caps_a_key_whose_batches_do_not_pay_and_does_not_wait_for_mates() -> None:
+    b: MicroBatcher[int] = MicroBatcher(max_batch=3, max_wait_s=5.0,
+                                        limit=lambda key: 1 if key == "capped" else 99)
+    for i in range(2):
+        b.put("capped", i)
+    started = time.monotonic()
+    assert await b.next_batch() == [0]
+    assert await b.next_batch() == [1]
+    assert time.monotonic() - started < 0.5  # a group at its cap is full: no wait
+    for i in range(4):
+        b.put("open", i)
+    assert await b.next_batch() == [0, 1, 2]  # max_batch still bounds a generous limit
+
+
+def test_batch_cap_is_the_smallest_size_within_tolerance_of_the_best() -> None:
+    from services.engines.batching import choose_batch_cap
+
+    assert choose_batch_cap({1: 0.28, 2: 0.27, 4: 0.29}) == 1  # CPU: batching buys nothing
+    assert choose_batch_cap({1: 1.0, 2: 0.55, 4: 0.30}) == 4  # GPU: it pays all the way
+    assert choose_batch_cap({1: 1.0, 2: 0.60, 4: 0.58}) == 2  # 4 is within 10% of 2

@@ -1,0 +1,75 @@
+"""Warm a freshly loaded engine and find out whether micro-batching pays on this device.
+
+A GPU renders a batch of four in little more than the time of one, so a lane's
+``max_batch`` buys throughput there; a CPU (or a GPU already saturated by one image at a
+large size) takes four times as long, and batching then only delays the first job of every
+batch. A worker measures it once per loaded version, before the version serves, and caps
+that version's batches at the smallest size whose time per image is within ``tolerance``
+of the best it measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from services.engines.diffusion import DiffusionEngine, RenderRequest
+from services.engines.memory import OutOfMemory, free_cached_memory
+
+__all__ = ["BatchProfile", "choose_batch_cap", "profile_batching", "warm_up"]
+
+# Calibration renders at most this many steps: the per-step work is what a batch shares.
+CALIBRATION_STEPS = 4
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    per_image_s: dict[int, float]  # batch size -> seconds per image
+    cap: int
+
+
+def choose_batch_cap(per_image_s: dict[int, float], tolerance: float = 0.1) -> int:
+    """The smallest batch size whose time per image is within ``tolerance`` of the best."""
+    best = min(per_image_s.values())
+    return min(b for b, t in per_image_s.items() if t <= best * (1 + tolerance))
+
+
+def _requests(engine: DiffusionEngine, n: int, width: int, height: int, steps: int,
+              guidance_scale: float, strength: float | None) -> list[RenderRequest]:
+    init = Image.new("RGB", (width, height), (128, 128, 128)) if engine.refine else None
+    return [RenderRequest("warm up", width, height, steps, guidance_scale, seed,
+                          init_image=init, strength=strength if engine.refine else None)
+            for seed in range(n)]
+
+
+def warm_up(engine: DiffusionEngine, width: int, height: int, steps: int,
+            guidance_scale: float, strength: float | None = None) -> float:
+    """One render at the lane's size (kernel selection, allocator, lazy set-up happen here,
+    not in the first job); returns its seconds."""
+    started = time.perf_counter()
+    engine.render_batch(_requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS),
+                                  guidance_scale, strength))
+    return time.perf_counter() - started
+
+
+def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height: int,
+                     steps: int, guidance_scale: float, strength: float | None = None,
+                     tolerance: float = 0.1) -> BatchProfile:
+    """Time per image at batch 1, 2, 4 ... ``max_batch`` (after a warm-up render); a size
+    that does not fit the memory budget (or the GPU) ends the measurement there."""
+    sizes = sorted({1, max_batch} | {2**i for i in range(1, max_batch.bit_length()) if 2**i < max_batch})
+    warm_up(engine, width, height, steps, guidance_scale, strength)
+    per_image: dict[int, float] = {}
+    for size in sizes:
+        reqs = _requests(engine, size, width, height, min(steps, CALIBRATION_STEPS),
+                         guidance_scale, strength)
+        started = time.perf_counter()
+        try:
+            engine.render_batch(reqs)
+        except OutOfMemory:
+            free_cached_memory()
+            break
+        per_image[size] = (time.perf_counter() - started) / size
+    return BatchProfile(per_image, choose_batch_cap(per_image, tolerance))
