@@ -57,19 +57,32 @@ def warm_up(engine: DiffusionEngine, width: int, height: int, steps: int,
 def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height: int,
                      steps: int, guidance_scale: float, strength: float | None = None,
                      tolerance: float = 0.1) -> BatchProfile:
-    """Time per image at batch 1, 2, 4 ... ``max_batch`` (after a warm-up render); a size
-    that does not fit the memory budget (or the GPU) ends the measurement there."""
+    """Time per image at batch 1, 2, 4 ... ``max_batch`` (after a warm-up render).
+
+    Sizes are timed smallest first, then largest first, keeping each size's better time:
+    workers that start together (``make up``, a rolling deploy) share the device while
+    they load, and that contention fades during the measurement rather than within one
+    render. A size that does not fit the memory budget (or the GPU) is not tried again,
+    nor any larger one.
+    """
     sizes = sorted({1, max_batch} | {2**i for i in range(1, max_batch.bit_length()) if 2**i < max_batch})
     warm_up(engine, width, height, steps, guidance_scale, strength)
     per_image: dict[int, float] = {}
-    for size in sizes:
-        reqs = _requests(engine, size, width, height, min(steps, CALIBRATION_STEPS),
-                         guidance_scale, strength)
-        started = time.perf_counter()
-        try:
-            engine.render_batch(reqs)
-        except OutOfMemory:
-            free_cached_memory()
-            break
-        per_image[size] = (time.perf_counter() - started) / size
-    return BatchProfile(per_image, choose_batch_cap(per_image, tolerance))
+    fits = len(sizes)
+    for order in (sizes, sizes[::-1]):
+        for size in order:
+            if size > sizes[fits - 1]:
+                continue
+            reqs = _requests(engine, size, width, height, min(steps, CALIBRATION_STEPS),
+                             guidance_scale, strength)
+            started = time.perf_counter()
+            try:
+                engine.render_batch(reqs)
+            except OutOfMemory:
+                free_cached_memory()
+                fits = sizes.index(size)
+                per_image = {b: t for b, t in per_image.items() if b < size}
+                continue
+            seconds = (time.perf_counter() - started) / size
+            per_image[size] = min(seconds, per_image.get(size, seconds))
+    return BatchProfile(per_image, choose_batch_cap(per_image, tolerance) if per_image else 1)
