@@ -368,7 +368,7 @@ def bench_burst(
     height: int = 256,
     workers: int = typer.Option(2, help="workers in both architectures"),
     draft_workers: int = typer.Option(1, help="Lanes: workers on the draft lane (rest: final)"),
-    preset: str = typer.Option("tiny", help="engine sizes: tiny | sd-turbo-class"),
+    preset: str = typer.Option("tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"),
     device: str = "cpu",
 ) -> None:
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
@@ -386,7 +386,7 @@ def bench_burst(
 @bench_app.command("cascade")
 def bench_cascade(
     out: Path = typer.Option(Path("results"), help="results folder"),
-    preset: str = typer.Option("tiny", help="engine sizes: tiny | sd-turbo-class"),
+    preset: str = typer.Option("tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"),
     device: str = "cpu",
     draft: int = typer.Option(256, help="draft size (px)"),
     target: int = typer.Option(512, help="delivered size (px)"),

@@ -44,3 +44,22 @@ def test_check_inputs_gives_concise_errors() -> None:
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         DiffusionEngine.load(tmp_path, name="x", version="v")
+
+
+def test_sdxl_shaped_checkpoint_loads_through_the_same_path_and_renders(tmp_path: Path) -> None:
+    """The SDXL-class preset's code path (two text encoders, text_time conditioning), small."""
+    from PIL import Image
+
+    from services.engines.tiny import PRESETS, build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path / "xl", PRESETS["tiny-xl"])
+    engine = DiffusionEngine.load(path, name="tiny-xl", version="v1", device="cpu")
+    assert type(engine.pipeline).__name__ == "StableDiffusionXLPipeline"
+    outs = engine.render_batch([RenderRequest("a poster", 64, 64, 2, 5.0, seed) for seed in (1, 2)])
+    assert [o.image.size for o in outs] == [(64, 64), (64, 64)] and outs[0].batch_size == 2
+    alone = engine.render_batch([RenderRequest("a poster", 64, 64, 2, 5.0, 2)])[0]
+    assert np.abs(np.asarray(alone.image, dtype=int) - np.asarray(outs[1].image, dtype=int)).max() <= 2
+    refine = DiffusionEngine.load(path, name="tiny-xl", version="v1", device="cpu", refine=True)
+    up = refine.render_batch([RenderRequest("a poster", 128, 128, 4, 5.0, 1,
+                                            init_image=Image.new("RGB", (64, 64)), strength=0.5)])
+    assert up[0].image.size == (128, 128)
