@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_LIBS := infra/kafka/libs/.complete
 
-.PHONY: install up test bench clean schemas
+.PHONY: install up test bench bench-gpu clean schemas
 
 install: $(STAMP) $(KAFKA_LIBS)
 
@@ -36,3 +36,12 @@ clean:
 bench: install
 	$(BIN)/lanes bench burst --out results
 	$(BIN)/lanes bench cascade --out results
+
+# The same comparisons with real-architecture (random-weight) engines on a CUDA GPU.
+bench-gpu: install
+	$(BIN)/lanes bench burst --out results/gpu/sd-turbo --preset sd-turbo-class --device cuda \
+		--draft-steps 1 --final-steps 25 --width 512 --height 512
+	$(BIN)/lanes bench cascade --out results/gpu/sd-turbo --preset sd-turbo-class --device cuda \
+		--draft 512 --target 1024 --full-steps 25
+	$(BIN)/lanes bench burst --out results/gpu/sdxl --preset sdxl-class --device cuda \
+		--draft-steps 4 --final-steps 25 --width 1024 --height 1024
