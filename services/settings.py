@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path(".lanes")
     artifact_dir: Path | None = None
+    # Where model checkpoints (and tiny random-weight builds, cached by config) live.
+    models_dir: Path | None = None
     routes_file: Path | None = None
 
     gateway_host: str = "127.0.0.1"
@@ -148,7 +150,7 @@ class Settings(BaseSettings):
 
     @property
     def models_path(self) -> Path:
-        return (self.state_dir / "models").resolve()
+        return (self.models_dir or self.state_dir / "models").resolve()
 
     def group(self, name: str) -> str:
         return f"{self.group_prefix}{name}"

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.bench.models import models_cache
 from services.bench.stats import ensure_dir, markdown_table, pct
 
 __all__ = ["BurstConfig", "plan_arrivals", "run_burst", "overhead_breakdown"]
@@ -290,6 +291,7 @@ def _spawn(settings: Any, cfg: BurstConfig, args: list[str], port: int) -> subpr
     env = dict(os.environ, LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                LANES_TOPIC_PREFIX=settings.topic_prefix, LANES_GROUP_PREFIX=settings.group_prefix,
                LANES_STATE_DIR=str(settings.state_dir), LANES_ARTIFACT_DIR=str(settings.artifacts_path),
+               LANES_MODELS_DIR=str(settings.models_path),
                LANES_ROUTES_FILE=str(settings.routes_file), LANES_DEVICE=cfg.device,
                LANES_METRICS_PORT=str(port), LANES_LOG_LEVEL="WARNING", OMP_NUM_THREADS=threads)
     return subprocess.Popen([sys.executable, "-m", "services.cli", "run", *args],
@@ -387,6 +389,7 @@ def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap
     ns = f"bench{uuid.uuid4().hex[:8]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=ns, group_prefix=ns,
                         state_dir=workdir / "state", artifact_dir=workdir / arch, routes_file=routes,
+                        models_dir=models_cache(),
                         device=cfg.device, log_level="WARNING")
     runner = _run_lanes if arch == "lanes" else _run_fifo
     out = asyncio.run(runner(settings, cfg, plan))
@@ -406,7 +409,8 @@ def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     from services.settings import Settings
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    settings = Settings(state_dir=workdir / "state", routes_file=workdir / "routes.yaml", device=cfg.device)
+    settings = Settings(state_dir=workdir / "state", routes_file=workdir / "routes.yaml",
+                        device=cfg.device, models_dir=models_cache())
     routes = load_routes(settings.routes_file)
     engine = load_routes_model(settings, "draft", routes)
     out = {}

@@ -11,7 +11,6 @@ size in micro-batches; against one full-step render at the target size. Engine t
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,33 +52,32 @@ def run_cascade(cfg: CascadeConfig, out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from services.bench.models import preset_checkpoint
     from services.engines.diffusion import DiffusionEngine, RenderRequest
-    from services.engines.tiny import PRESETS, build_tiny_checkpoint
 
     out_dir = ensure_dir(out_dir)
-    with tempfile.TemporaryDirectory(prefix="lanes-cascade-") as tmp:
-        ckpt = build_tiny_checkpoint(Path(tmp) / "m", PRESETS[cfg.preset])
-        t2i = DiffusionEngine.load(ckpt, name=cfg.preset, version="bench", device=cfg.device)
-        refine = DiffusionEngine.load(ckpt, name=cfg.preset, version="bench", device=cfg.device,
-                                      refine=True)
-        full_req = RenderRequest("a product photo", cfg.target_size, cfg.target_size,
-                                 cfg.full_steps, cfg.guidance, 1)
-        full_s = _timed(lambda: t2i.render_batch([full_req]), cfg.repeats)
-        rows = [["single full-step render", 1, full_s * 1000, "-", "-", full_s * 1000, "baseline"]]
-        per_image = {}
-        for b in cfg.batch_sizes:
-            drafts = [RenderRequest(f"a product photo {i}", cfg.draft_size, cfg.draft_size,
-                                    cfg.draft_steps, cfg.guidance, i) for i in range(b)]
-            images = [o.image for o in t2i.render_batch(drafts)]
-            refines = [RenderRequest(f"a product photo {i}", cfg.target_size, cfg.target_size,
-                                     cfg.refine_steps, 0.0, i, init_image=img,
-                                     strength=cfg.refine_strength) for i, img in enumerate(images)]
-            draft_s = _timed(lambda: t2i.render_batch(drafts), cfg.repeats) / b
-            refine_s = _timed(lambda: refine.render_batch(refines), cfg.repeats) / b
-            total = draft_s + refine_s
-            per_image[b] = total
-            rows.append([f"cascade, upscale batch {b}", b, total * 1000, draft_s * 1000,
-                         refine_s * 1000, total * 1000, f"{(1 - total / full_s) * 100:.0f}% less"])
+    ckpt = preset_checkpoint(cfg.preset)
+    t2i = DiffusionEngine.load(ckpt, name=cfg.preset, version="bench", device=cfg.device)
+    refine = DiffusionEngine.load(ckpt, name=cfg.preset, version="bench", device=cfg.device,
+                                  refine=True)
+    full_req = RenderRequest("a product photo", cfg.target_size, cfg.target_size,
+                             cfg.full_steps, cfg.guidance, 1)
+    full_s = _timed(lambda: t2i.render_batch([full_req]), cfg.repeats)
+    rows = [["single full-step render", 1, full_s * 1000, "-", "-", full_s * 1000, "baseline"]]
+    per_image = {}
+    for b in cfg.batch_sizes:
+        drafts = [RenderRequest(f"a product photo {i}", cfg.draft_size, cfg.draft_size,
+                                cfg.draft_steps, cfg.guidance, i) for i in range(b)]
+        images = [o.image for o in t2i.render_batch(drafts)]
+        refines = [RenderRequest(f"a product photo {i}", cfg.target_size, cfg.target_size,
+                                 cfg.refine_steps, 0.0, i, init_image=img,
+                                 strength=cfg.refine_strength) for i, img in enumerate(images)]
+        draft_s = _timed(lambda: t2i.render_batch(drafts), cfg.repeats) / b
+        refine_s = _timed(lambda: refine.render_batch(refines), cfg.repeats) / b
+        total = draft_s + refine_s
+        per_image[b] = total
+        rows.append([f"cascade, upscale batch {b}", b, total * 1000, draft_s * 1000,
+                     refine_s * 1000, total * 1000, f"{(1 - total / full_s) * 100:.0f}% less"])
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = ["single"] + [f"cascade b={b}" for b in per_image]
     values = [full_s * 1000] + [v * 1000 for v in per_image.values()]

@@ -1,0 +1,25 @@
+"""Random-weight checkpoints for the benchmarks, built once into the user's model cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["models_cache", "preset_checkpoint"]
+
+
+def models_cache() -> Path:
+    """``LANES_MODELS_DIR``, else ``.lanes/models``: a random-weight build is written once per
+    config, not once per run (the sdxl-class one is ~13 GB of fp32 weights)."""
+    from services.settings import Settings
+
+    return Settings().models_path
+
+
+def preset_checkpoint(preset: str) -> Path:
+    from services.engines.tiny import PRESETS
+    from services.routes import ModelSpec, checkpoint_dir
+
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return checkpoint_dir(f"bench-{preset}", ModelSpec(version="bench", tiny=PRESETS[preset]),
+                          models_cache())
