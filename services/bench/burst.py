@@ -413,25 +413,20 @@ def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
                         device=cfg.device, models_dir=models_cache())
     routes = load_routes(settings.routes_file)
     engine = load_routes_model(settings, "draft", routes)
-    out = {}
-    for lane in ("draft", "final"):
+
+    def seconds_per_image(lane: str, batch: int) -> float:
         s = routes.lanes[lane]
-        req = RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, 0)
-        engine.render_batch([req])
-        t = time.perf_counter()
+        reqs = [RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, i)
+                for i in range(batch)]
+        engine.render_batch(reqs)  # warm-up
+        started = time.perf_counter()
         for _ in range(3):
-            engine.render_batch([req])
-        out[lane] = (time.perf_counter() - t) / 3
-    # What batching buys on this device: seconds per image at the draft lane's max batch.
-    s = routes.lanes["draft"]
-    batch = [RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, i)
-             for i in range(cfg.draft_batch)]
-    engine.render_batch(batch)
-    t = time.perf_counter()
-    for _ in range(3):
-        engine.render_batch(batch)
-    out["draft_batched"] = (time.perf_counter() - t) / 3 / cfg.draft_batch
-    return out
+            engine.render_batch(reqs)
+        return (time.perf_counter() - started) / 3 / batch
+
+    return {"draft": seconds_per_image("draft", 1), "final": seconds_per_image("final", 1),
+            # what batching buys on this device
+            "draft_batched": seconds_per_image("draft", cfg.draft_batch)}
 
 
 def _summary(arch: str, data: dict[str, Any]) -> list[dict[str, Any]]:
