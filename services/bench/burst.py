@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.bench.models import models_cache
+from services.bench.models import models_cache, preset_config
 from services.bench.stats import ensure_dir, markdown_table, pct
 
 __all__ = ["BurstConfig", "plan_arrivals", "run_burst", "overhead_breakdown"]
@@ -137,7 +137,7 @@ def _routes_yaml(cfg: BurstConfig) -> str:
     import yaml
 
     model: dict[str, Any] = {"version": "bench-v1"}
-    model["tiny"] = _preset(cfg.preset)
+    model["tiny"] = preset_config(cfg.preset).model_dump(mode="json")
     lane = {"model": "m", "width": cfg.width, "height": cfg.height, "max_wait_ms": cfg.max_wait_ms}
     return yaml.safe_dump({
         "models": {"m": model},
@@ -149,14 +149,6 @@ def _routes_yaml(cfg: BurstConfig) -> str:
         },
         "intents": {"draft": "draft", "final": "final"},
     })
-
-
-def _preset(name: str) -> dict[str, Any]:
-    from services.engines.tiny import PRESETS
-
-    if name not in PRESETS:
-        raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name].model_dump(mode="json")
 
 
 # ---- one architecture, in its own process ---------------------------------------------

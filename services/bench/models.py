@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["models_cache", "preset_checkpoint"]
+if TYPE_CHECKING:
+    from services.engines.tiny import TinyConfig
+
+__all__ = ["models_cache", "preset_checkpoint", "preset_config"]
 
 
 def models_cache() -> Path:
@@ -15,11 +19,16 @@ def models_cache() -> Path:
     return Settings().models_path
 
 
-def preset_checkpoint(preset: str) -> Path:
+def preset_config(preset: str) -> TinyConfig:
     from services.engines.tiny import PRESETS
-    from services.routes import ModelSpec, checkpoint_dir
 
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return checkpoint_dir(f"bench-{preset}", ModelSpec(version="bench", tiny=PRESETS[preset]),
+    return PRESETS[preset]
+
+
+def preset_checkpoint(preset: str) -> Path:
+    from services.routes import ModelSpec, checkpoint_dir
+
+    return checkpoint_dir(f"bench-{preset}", ModelSpec(version="bench", tiny=preset_config(preset)),
                           models_cache())

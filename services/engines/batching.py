@@ -68,11 +68,9 @@ def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height
     sizes = sorted({1, max_batch} | {2**i for i in range(1, max_batch.bit_length()) if 2**i < max_batch})
     warm_up(engine, width, height, steps, guidance_scale, strength)
     per_image: dict[int, float] = {}
-    fits = len(sizes)
+    too_big = max_batch + 1  # the smallest size that did not fit
     for order in (sizes, sizes[::-1]):
-        for size in order:
-            if size > sizes[fits - 1]:
-                continue
+        for size in (b for b in order if b < too_big):
             reqs = _requests(engine, size, width, height, min(steps, CALIBRATION_STEPS),
                              guidance_scale, strength)
             started = time.perf_counter()
@@ -80,7 +78,7 @@ def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height
                 engine.render_batch(reqs)
             except OutOfMemory:
                 free_cached_memory()
-                fits = sizes.index(size)
+                too_big = size
                 per_image = {b: t for b, t in per_image.items() if b < size}
                 continue
             seconds = (time.perf_counter() - started) / size
