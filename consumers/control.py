@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from typing import Sequence
 
 import structlog
@@ -31,7 +30,7 @@ from consumers.loop import MessageContext, Output
 from consumers.restoring import RestoringListener
 from consumers.runtime import run_consumer
 from producers.ops import ForgedCommand, SignedCommand, verify_command
-from schemas.control import LaneDesired, ModelRef, OpsResult, WorkerStatus
+from schemas.control import LaneDesired, ModelRef, OpsResult, WorkerStatus, live_workers
 from schemas.events import (
     RenderCompleted,
     RenderFailed,
@@ -44,7 +43,7 @@ from services.autoscale import LaneSample, ThroughputMeter, desired_replicas
 from services.canary import CanaryJudge
 from services.compacted_view import CompactedView
 from services.control_state import Rejected, apply_command, auto_rollback, initial_state
-from services.lag_monitor import LagMonitor
+from services.lag_monitor import LagMonitor, spill_key
 from services.routes import Routes, load_routes
 from services.settings import Settings
 
@@ -183,7 +182,8 @@ class ControlPlane(RestoringListener):
 
     async def autoscale_loop(self) -> None:
         previous: dict[str, tuple[float, int]] = {}
-        monitor = LagMonitor(self.settings, sorted(self.routes.lanes), AUTOSCALE_EVERY_S)
+        monitor = LagMonitor(self.settings, sorted(self.routes.lanes), AUTOSCALE_EVERY_S,
+                             spill=self.routes.spill_lanes)
         try:
             while True:
                 await asyncio.sleep(AUTOSCALE_EVERY_S)
@@ -200,8 +200,11 @@ class ControlPlane(RestoringListener):
     def _autoscale(self, lags: dict[str, int], previous: dict[str, tuple[float, int]]) -> None:
         """Publish each lane's lag, live replicas, throughput and desired replicas."""
         now = asyncio.get_running_loop().time()
-        for lane, lag in lags.items():
-            live = self.live_instances(lane)
+        for lane in sorted(self.routes.lanes):
+            # A lane's burst overflow is its work too; its replicas are its own workers
+            # (guests that serve the overflow are borrowed from other lanes).
+            lag = lags.get(lane, 0) + lags.get(spill_key(lane), 0)
+            live = self.live_instances(lane, serves="lane")
             last = previous.get(lane)
             growth = (lag - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
             previous[lane] = (now, lag)
@@ -214,11 +217,8 @@ class ControlPlane(RestoringListener):
                 sample, drain_s=self.settings.autoscale_drain_s,
                 max_replicas=self.settings.autoscale_max_replicas))
 
-    def live_instances(self, lane: str) -> list[str]:
-        now = datetime.now(UTC)
-        return [s.instance for s in self.workers.values()
-                if s.lane == lane and s.health != "stopped"
-                and (now - s.at).total_seconds() < self.settings.worker_stale_s]
+    def live_instances(self, lane: str, serves: str | None = None) -> list[str]:
+        return live_workers(self.workers.values(), lane, self.settings.worker_stale_s, serves)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, *,

@@ -8,7 +8,6 @@ otherwise it is parked again for another ``defer_s``. Nothing is dropped either 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import timedelta
 from typing import Sequence
@@ -18,10 +17,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consumers.delayed import run_delayed
 from consumers.loop import Output
-from consumers.router import admission_lanes, defer_reason, routed_event
+from consumers.router import defer_reason, routed_event, stop_watching, watch
 from schemas.events import GenerationDeferred, utcnow
 from schemas.topics import Topics
-from services.lag_monitor import LagMonitor
 from services.routes import load_routes
 from services.settings import Settings
 
@@ -36,8 +34,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     registry = CollectorRegistry()
     decisions = Counter("lanes_deferred_jobs_total", "Deferred jobs when due, by decision",
                         ["lane", "decision"], registry=registry)
-    lags = LagMonitor(settings, admission_lanes(routes), settings.admission_poll_s)
-    monitor = asyncio.create_task(lags.run(), name="lag-monitor")
+    placement, watchers = watch(settings, routes)
+    lags = placement.lags
 
     async def when_due(job: GenerationDeferred) -> Sequence[Output]:
         await lags.measured.wait()
@@ -54,13 +52,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("job_readmitted", job_id=job.job_id, lane=job.lane, deferrals=job.deferrals)
         routed = routed_event(routes, job.job_id, job.spec, job.attempt, job.requested_at,
                               "lanes-deferred")
-        return [Output(topics.lane(job.lane), job.job_id, routed.to_bytes())]
+        topic, _ = placement.topic_for(job.lane)
+        return [Output(topic, job.job_id, routed.to_bytes())]
 
     try:
         await run_delayed(settings, name="deferred", topic=topics.deferred,
                           parse=GenerationDeferred.model_validate_json, due=lambda j: j.not_before,
                           handle=when_due, stop=stop, registry=registry)
     finally:
-        monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await monitor
+        await stop_watching(watchers)

@@ -59,6 +59,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     routes = load_routes(settings.routes_file)
     inputs = [topics.requests, topics.deferred, topics.renders, topics.verifications]
     inputs += [topics.lane(name) for name in sorted(routes.lanes)]
+    inputs += [topics.spill(name) for name in routes.spill_lanes]
     folder = JobStateFolder(settings, topics)
     await run_consumer(
         settings, name="jobs", topics=inputs, parse=parse_job_event, handler=folder.handle,

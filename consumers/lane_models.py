@@ -52,14 +52,16 @@ def model_spec(routes: Routes, ref: ModelRef) -> ModelSpec:
     return spec
 
 
-def load_model(settings: Settings, lane: str, routes: Routes, ref: ModelRef) -> DiffusionEngine:
-    """Load one version for ``lane`` (blocking: call from a thread)."""
+def load_model(settings: Settings, lane: str, routes: Routes, ref: ModelRef,
+               reserved: Callable[[], int] | None = None) -> DiffusionEngine:
+    """Load one version for ``lane`` (blocking: call from a thread). ``reserved``: bytes the
+    worker's other models hold, counted against the same budget."""
     spec = model_spec(routes, ref)
     with _LOAD_LOCK:
         path = checkpoint_dir(ref.model, spec, settings.models_path)
         return DiffusionEngine.load(
             path, name=ref.model, version=ref.version, device=settings.device,
-            budget=MemoryBudget.from_gb(settings.memory_budget_gb),
+            budget=MemoryBudget.from_gb(settings.memory_budget_gb, reserved or (lambda: 0)),
             compile_unet=settings.compile_unet,
             refine=routes.lanes[lane].refine_strength is not None,
         )
@@ -78,7 +80,10 @@ class LaneModels:
         self.lane = lane
         self.spec = routes.lanes[lane]
         self.calibrate = settings.batch_calibration
-        self.load: Loader = lambda ref: load_model(settings, lane, routes, ref)
+        # The weights of the worker's other lanes' models (an assisting worker's guests and
+        # host share one budget); set by the worker before it loads them.
+        self.neighbours: list[LaneModels] = []
+        self.load: Loader = lambda ref: load_model(settings, lane, routes, ref, self.reserved_bytes)
         # (model, version) -> its start-up batching profile (when calibration is on)
         self.batch_profiles: dict[tuple[str, str], BatchProfile] = {}
         self.desired: LaneDesired = initial_state(routes, lane)
@@ -126,6 +131,13 @@ class LaneModels:
             log.warning("warm_up_failed", lane=self.lane, model=ref.model, version=ref.version,
                         error=str(exc)[:300])
         return engine
+
+    @property
+    def footprint_bytes(self) -> int:
+        return sum(e.footprint_bytes for e in self.engines.values())
+
+    def reserved_bytes(self) -> int:
+        return sum(n.footprint_bytes for n in self.neighbours)
 
     def batch_cap(self, model: str, version: str) -> int:
         """How many jobs one batch of this version may hold."""

@@ -40,6 +40,7 @@ from aiokafka.errors import IllegalStateError
 from prometheus_client import CollectorRegistry
 
 from consumers.batcher import MicroBatcher
+from consumers.device_turns import DeviceTurns
 from consumers.lane_models import LaneModels
 from consumers.loop import Output, bind_record, commit_or_skip, dead_letter, publish_all
 from consumers.offsets import OffsetTracker
@@ -73,6 +74,7 @@ from services.engines.memory import (
     peak_memory_bytes,
 )
 from services.kafka_clients import make_consumer, make_producer
+from services.lag_monitor import spill_group
 from services.observability import serve_ops
 from services.process_tuning import freeze_startup_heap, lower_thread_priority
 from services.routes import LaneSpec, Routes, load_routes
@@ -96,6 +98,12 @@ class RenderTask:
 
 
 class LaneWorker(ConsumerRebalanceListener):
+    """One lane's jobs on this process's GPU. A worker whose lane ``assists`` others carries
+    a guest ``LaneWorker`` per assisted lane (``host`` set): the guest serves that lane's
+    spill queue on the same GPU thread, ahead of the host's jobs, and shares the host's
+    producer, views, metrics and /metrics port. While a guest holds jobs, the host takes no
+    new ones (they wait in Kafka): the burst's overflow goes first."""
+
     def __init__(
         self,
         settings: Settings,
@@ -105,6 +113,7 @@ class LaneWorker(ConsumerRebalanceListener):
         registry: CollectorRegistry,
         *,
         instance: str | None = None,
+        host: LaneWorker | None = None,
     ) -> None:
         self.settings = settings
         self.lane = lane
@@ -114,9 +123,23 @@ class LaneWorker(ConsumerRebalanceListener):
         self.topics = Topics(settings.topic_prefix)
         self.store = LocalArtifactStore(settings.artifacts_path)
         self.registry = registry
-        self.metrics = WorkerMetrics(registry)
-        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{lane}"
-        self.group = settings.group(f"lanes-lane-{lane}")
+        self.host = host
+        self.guests: list[LaneWorker] = []
+        self.serves: Literal["lane", "spill"] = "lane" if host is None else "spill"
+        if host is None:
+            self.metrics = WorkerMetrics(registry)
+            self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{lane}"
+            self.group = settings.group(f"lanes-lane-{lane}")
+            self.source = self.topics.lane(lane)
+            self.device = DeviceTurns()
+        else:
+            self.metrics = host.metrics
+            self.instance = f"{host.instance}+{lane}-spill"
+            self.group = spill_group(settings, lane)
+            self.source = self.topics.spill(lane)
+            self.device = host.device
+            host.guests.append(self)
+        self.priority = 1 if host is None else 0  # a guest's batches go first
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.tracker = OffsetTracker()
@@ -125,13 +148,13 @@ class LaneWorker(ConsumerRebalanceListener):
             self.spec.max_batch, self.spec.max_wait_ms / 1000,
             limit=lambda key: models.batch_cap(key[0], key[1]),
         )
-        self.jobs_view: CompactedView[JobState] = CompactedView(
+        self.jobs_view: CompactedView[JobState] = host.jobs_view if host else CompactedView(
             settings, self.topics.jobs, JobState.model_validate_json
         )
-        self.control_view: CompactedView[LaneDesired] = CompactedView(
+        self.control_view: CompactedView[LaneDesired] = host.control_view if host else CompactedView(
             settings, self.topics.control, LaneDesired.model_validate_json
         )
-        self.workers_view: CompactedView[WorkerStatus] = CompactedView(
+        self.workers_view: CompactedView[WorkerStatus] = host.workers_view if host else CompactedView(
             settings, self.topics.workers, WorkerStatus.model_validate_json
         )
         self.health: WorkerHealth = "starting"
@@ -152,10 +175,12 @@ class LaneWorker(ConsumerRebalanceListener):
         # One inference thread: one GPU runs one batch at a time. It and the image codec
         # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.
         nicer = (settings.compute_thread_nice,)
-        self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpu-{lane}",
-                                      initializer=lower_thread_priority, initargs=nicer)
-        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"png-{lane}",
-                                        initializer=lower_thread_priority, initargs=nicer)
+        self.gpu = host.gpu if host else ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"gpu-{lane}", initializer=lower_thread_priority,
+            initargs=nicer)
+        self.codec = host.codec if host else ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix=f"png-{lane}", initializer=lower_thread_priority,
+            initargs=nicer)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -166,48 +191,65 @@ class LaneWorker(ConsumerRebalanceListener):
 
     @property
     def cap(self) -> int:
-        return 0 if self.models.paused else self.models.max_concurrency
+        if self.models.paused or any(g.in_flight for g in self.guests):
+            return 0  # paused, or yielding the GPU to an assisted lane's overflow
+        return self.models.max_concurrency
 
     @property
     def ready(self) -> bool:
         return self.health == "ready"
 
+    @property
+    def all_ready(self) -> bool:
+        """This worker and its guests (the process's readiness)."""
+        return self.ready and all(g.ready for g in self.guests)
+
     async def run(self, stop: asyncio.Event) -> None:
-        self.producer = make_producer(self.settings, client_id=f"lanes-worker-{self.lane}")
-        await self.producer.start()
+        if self.host is None:
+            self.producer = make_producer(self.settings, client_id=f"lanes-worker-{self.lane}")
+            await self.producer.start()
+            for guest in self.guests:
+                guest.producer = self.producer
         tasks: list[asyncio.Task[Any]] = []
+        guests: list[asyncio.Task[Any]] = []
         try:
-            tasks = [
-                asyncio.create_task(self.jobs_view.follow(), name="jobs-view"),
-                asyncio.create_task(self.control_view.follow(), name="control-view"),
-                asyncio.create_task(self.workers_view.follow(), name="workers-view"),
-                asyncio.create_task(self._gpu_loop(), name="gpu-loop"),
-                asyncio.create_task(serve_ops(self.settings.metrics_host, self.settings.metrics_port,
-                                              self.registry, lambda: self.ready)),
-            ]
+            tasks = [asyncio.create_task(self._gpu_loop(), name=f"gpu-loop-{self.lane}")]
+            if self.host is None:
+                tasks += [
+                    asyncio.create_task(self.jobs_view.follow(), name="jobs-view"),
+                    asyncio.create_task(self.control_view.follow(), name="control-view"),
+                    asyncio.create_task(self.workers_view.follow(), name="workers-view"),
+                    asyncio.create_task(serve_ops(self.settings.metrics_host, self.settings.metrics_port,
+                                                  self.registry, lambda: self.all_ready)),
+                ]
             await self.control_view.caught_up.wait()
             desired = self.control_view.items.get(self.lane)
             if desired is not None:  # join at the lane's current revision and generation
                 await self.models.apply(desired)
                 self.generation = desired.restart_generation
-            tasks += [asyncio.create_task(self._control_loop(), name="control-loop"),
-                      asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+            tasks += [asyncio.create_task(self._control_loop(), name=f"control-loop-{self.lane}"),
+                      asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.lane}")]
+            guests = [asyncio.create_task(g.run(stop), name=f"guest-{g.lane}") for g in self.guests]
             while True:
-                await self._consume(stop, tasks)
+                await self._consume(stop, tasks + guests)
                 if stop.is_set():
                     break
                 await self._restart()
         finally:
-            for task in tasks:
+            if guests and stop.is_set():  # they drain on the same stop
+                await asyncio.wait(guests, timeout=self.settings.drain_timeout_s + 5)
+            for task in tasks + guests:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *guests, return_exceptions=True)
             self.health = "stopped"
             with contextlib.suppress(Exception):
                 await self._heartbeat()
-            await self.producer.stop()
-            self.gpu.shutdown(wait=False, cancel_futures=True)
-            self.codec.shutdown(wait=False, cancel_futures=True)
-            log.info("worker_stopped", lane=self.lane, in_flight=self.in_flight)
+            if self.host is None:
+                assert self.producer is not None
+                await self.producer.stop()
+                self.gpu.shutdown(wait=False, cancel_futures=True)
+                self.codec.shutdown(wait=False, cancel_futures=True)
+            log.info("worker_stopped", lane=self.lane, serves=self.serves, in_flight=self.in_flight)
 
     async def _consume(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         """One group membership: join, fetch until stop or a restart, drain, leave."""
@@ -215,12 +257,13 @@ class LaneWorker(ConsumerRebalanceListener):
             self.settings, group=self.group, client_id=f"lanes-worker-{self.lane}",
             max_partition_fetch_bytes=256 * 1024,
         )
-        self.consumer.subscribe([self.topics.lane(self.lane)], listener=self)
+        self.consumer.subscribe([self.source], listener=self)
         self.paused = False
         self.joined = False
         try:
             await self.consumer.start()
-            log.info("worker_started", lane=self.lane, cap=self.cap, max_batch=self.spec.max_batch,
+            log.info("worker_started", lane=self.lane, serves=self.serves, topic=self.source,
+                     cap=self.cap, max_batch=self.spec.max_batch,
                      instance=self.instance, device=self.settings.device,
                      generation=self.generation)
             await self._fetch_loop(stop, tasks)
@@ -269,7 +312,8 @@ class LaneWorker(ConsumerRebalanceListener):
     def status(self) -> WorkerStatus:
         m = self.models
         return WorkerStatus(
-            instance=self.instance, lane=self.lane, health=self.health, stable=m.stable,
+            instance=self.instance, lane=self.lane, serves=self.serves, health=self.health,
+            stable=m.stable,
             canary=m.canary, canary_percent=m.canary_percent, applied_revision=m.applied_revision,
             restart_generation=self.generation, load_errors=m.load_errors,
             in_flight=self.in_flight, jobs_done=self.jobs_done, device=self.settings.device,
@@ -364,6 +408,8 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.in_flight_max.labels(*self.labels).set(self.max_in_flight)
         if delta < 0:
             self.slot_freed.set()
+            if self.host is not None:  # the host may take jobs again
+                self.host.slot_freed.set()
 
     async def _update_lag(self) -> None:
         assert self.consumer is not None
@@ -453,14 +499,15 @@ class LaneWorker(ConsumerRebalanceListener):
     async def _gpu_loop(self) -> None:
         while True:
             batch = await self.batcher.next_batch()
-            started_at = datetime.now(UTC)
-            # Progress events are not waited for here (the render starts at once); _finish
-            # awaits their acks before it publishes the outcome.
-            started = await self._enqueue([Output(self.topics.renders, t.event.job_id, RenderStarted(
-                job_id=t.event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
-                model=t.engine.name, version=t.engine.version, instance=self.instance,
-                attempt=t.event.attempt).to_bytes()) for t in batch])
-            results = await self._render_fitting(batch)
+            async with self.device.turn(self.priority):  # the GPU is shared with any guest
+                started_at = datetime.now(UTC)
+                # Progress events are not waited for here (the render starts at once);
+                # _finish awaits their acks before it publishes the outcome.
+                started = await self._enqueue([Output(self.topics.renders, t.event.job_id, RenderStarted(
+                    job_id=t.event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
+                    model=t.engine.name, version=t.engine.version, instance=self.instance,
+                    attempt=t.event.attempt).to_bytes()) for t in batch])
+                results = await self._render_fitting(batch)
             task = asyncio.create_task(self._finish(results, started_at, started))
             self.finishing.add(task)
             task.add_done_callback(self.finishing.discard)
@@ -473,11 +520,17 @@ class LaneWorker(ConsumerRebalanceListener):
         loop = asyncio.get_running_loop()
         engine = batch[0].engine
         labels = _labels(self.lane, engine)
+        reqs = [t.request for t in batch]
+
+        def canceled() -> bool:
+            return all(self._canceled(t.event.job_id) for t in batch)
+
         try:
-            outputs = await loop.run_in_executor(
-                self.gpu, engine.render_batch, [t.request for t in batch],
-                lambda: all(self._canceled(t.event.job_id) for t in batch),
-            )
+            # A guest's batch runs between the steps of its host's render in progress; the
+            # host's renders let it (they are preemptible when the worker has guests).
+            outputs = await self.device.render(
+                self.gpu, lambda between: engine.render_batch(reqs, canceled, between),
+                preempt=self.host is not None, preemptible=bool(self.guests))
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs))
@@ -586,6 +639,7 @@ class LaneWorker(ConsumerRebalanceListener):
             timings=Timings(
                 queue_wait_ms=queue_wait * 1000, inference_ms=result.inference_ms,
                 total_ms=total * 1000, batch_size=result.batch_size, store_ms=store_ms,
+                preempted_ms=result.preempted_ms or None,
                 kafka_wait_ms=max(0.0, (task.fetched_at - e.requested_at).total_seconds() * 1000),
             ),
         )
@@ -705,6 +759,30 @@ def _labels(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
     return (lane, engine.name, engine.version)
 
 
+async def load_guests(settings: Settings, routes: Routes, lane: str, models: LaneModels,
+                      control: dict[str, LaneDesired]) -> dict[str, LaneModels]:
+    """The models of each lane this worker assists, within the one memory budget it shares
+    with its own lane's models. A lane whose model does not fit is not assisted (logged);
+    the worker still serves its own lane."""
+    loaded: dict[str, LaneModels] = {}
+    if not settings.assist:
+        return loaded
+    for helped in routes.lanes[lane].assists:
+        guest = LaneModels(settings, helped, routes)
+        guest.neighbours = [models, *loaded.values()]
+        try:
+            engine = await guest.start(control.get(helped))
+        except Exception as exc:  # noqa: BLE001 - assisting is optional; serving the lane is not
+            log.error("assist_refused", lane=lane, assists=helped, error=str(exc)[:300])
+            continue
+        log.info("assist_loaded", lane=lane, assists=helped, model=engine.name,
+                 version=engine.version, footprint_mb=round(engine.footprint_bytes / 2**20, 1))
+        for other in (models, *loaded.values()):
+            other.neighbours.append(guest)
+        loaded[helped] = guest
+    return loaded
+
+
 async def run(
     settings: Settings,
     lane: str,
@@ -724,12 +802,15 @@ async def run(
     control = await CompactedView(settings, Topics(settings.topic_prefix).control,
                                   LaneDesired.model_validate_json).load()
     engine = await models.start(control.get(lane))
-    freeze_startup_heap()  # torch, diffusers and the model: ~500k objects no collection scans
     log.info("engine_loaded", lane=lane, model=engine.name, version=engine.version,
              device=engine.device, load_s=round(time.perf_counter() - started, 2),
              footprint_mb=round(engine.footprint_bytes / 2**20, 1))
+    guest_models = await load_guests(settings, routes, lane, models, control)
+    freeze_startup_heap()  # torch, diffusers and the models: ~500k objects no collection scans
     worker = LaneWorker(settings, lane, routes, models, registry or CollectorRegistry(),
                         instance=instance)
+    for helped, helped_models in guest_models.items():
+        LaneWorker(settings, helped, routes, helped_models, worker.registry, host=worker)
     if on_ready is not None:
         on_ready(worker)
     await worker.run(stop)

@@ -1,7 +1,8 @@
 """Router [group lanes-router]: lanes.requests -> lanes.lane.<lane>, by intent, with
 admission: during a burst (the lane's lag above its ``admission.defer_lag``) a job of a
 deferrable priority is parked on ``lanes.deferred`` instead (``consumers.deferred``
-re-admits it). Critical jobs are never deferred."""
+re-admits it). Critical jobs are never deferred. A lane with a spill policy overflows into
+its spill queue, which workers of other lanes serve first (``services.spill``)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from schemas.topics import Topics
 from services.lag_monitor import LagMonitor
 from services.routes import LaneSpec, Routes, load_routes
 from services.settings import Settings
+from services.spill import Placement
 
-__all__ = ["run", "Router", "seed_for", "routed_event", "defer_reason"]
+__all__ = ["run", "Router", "seed_for", "routed_event", "defer_reason", "watch", "stop_watching"]
 
 log = structlog.get_logger("lanes.router")
 
@@ -62,11 +64,12 @@ def defer_reason(lane_name: str, lane: LaneSpec, spec: GenerationSpec, lag: int)
 
 
 class Router:
-    def __init__(self, routes: Routes, topics: Topics, lags: LagMonitor,
+    def __init__(self, routes: Routes, topics: Topics, placement: Placement,
                  registry: CollectorRegistry) -> None:
         self.routes = routes
         self.topics = topics
-        self.lags = lags
+        self.placement = placement
+        self.lags = placement.lags
         self.routed = Counter("lanes_router_jobs_total", "Jobs by admission decision",
                               ["lane", "decision"], registry=registry)
         self.lag = Gauge("lanes_admission_lane_lag", "The lane's lag as admission last saw it",
@@ -90,14 +93,28 @@ class Router:
             self.routed.labels(lane_name, "deferred").inc()
             log.info("job_deferred", reason=reason, not_before=deferred.not_before.isoformat())
             return [Output(self.topics.deferred, event.job_id, deferred.to_bytes())]
-        self.routed.labels(lane_name, "routed").inc()
+        topic, spilled = self.placement.topic_for(lane_name)
+        self.routed.labels(lane_name, "spilled" if spilled else "routed").inc()
         routed = routed_event(self.routes, event.job_id, event.spec, event.attempt,
                               event.occurred_at, "lanes-router")
-        return [Output(self.topics.lane(lane_name), event.job_id, routed.to_bytes())]
+        return [Output(topic, event.job_id, routed.to_bytes())]
 
 
-def admission_lanes(routes: Routes) -> list[str]:
-    return [name for name, lane in routes.lanes.items() if lane.admission is not None]
+def watch(settings: Settings, routes: Routes) -> tuple[Placement, list[asyncio.Task[None]]]:
+    """Lag and worker heartbeats for admission and placement, followed in the background."""
+    lags = LagMonitor(settings, Placement.watched_lanes(routes), settings.admission_poll_s,
+                      spill=routes.spill_lanes)
+    placement = Placement(settings, routes, lags)
+    return placement, [asyncio.create_task(lags.run(), name="lag-monitor"),
+                       asyncio.create_task(placement.follow(), name="workers-view")]
+
+
+async def stop_watching(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, *,
@@ -105,15 +122,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     registry = registry or CollectorRegistry()
-    lags = LagMonitor(settings, admission_lanes(routes), settings.admission_poll_s)
-    monitor = asyncio.create_task(lags.run(), name="lag-monitor")
-    router = Router(routes, topics, lags, registry)
+    placement, watchers = watch(settings, routes)
+    router = Router(routes, topics, placement, registry)
     try:
         await run_consumer(
             settings, name="router", topics=[topics.requests], parse=parse_job_event,
             handler=router.handle, stop=stop, registry=registry,
         )
     finally:
-        monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await monitor
+        await stop_watching(watchers)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import utcnow
 
 __all__ = ["OpsAction", "OpsCommand", "ModelRef", "Canary", "LaneDesired", "OpsResult",
-           "WorkerStatus", "WorkerHealth"]
+           "WorkerStatus", "WorkerHealth", "live_workers"]
 
 OpsAction = Literal["deploy", "canary", "promote", "rollback", "set", "pause", "resume", "restart"]
 
@@ -99,6 +99,8 @@ class WorkerStatus(BaseModel):
     instance: str
     lane: str
     health: WorkerHealth
+    # "spill": it serves the lane's burst overflow, as a guest in a worker of another lane.
+    serves: Literal["lane", "spill"] = "lane"
     stable: ModelRef | None = None  # what it serves now
     canary: ModelRef | None = None
     canary_percent: int = 0
@@ -110,3 +112,13 @@ class WorkerStatus(BaseModel):
     jobs_done: int = 0
     device: str = "cpu"
     at: datetime = Field(default_factory=utcnow)
+
+
+def live_workers(statuses: Iterable[WorkerStatus], lane: str, stale_s: float,
+                 serves: str | None = None) -> list[str]:
+    """Instances of ``lane`` that are not stopped and reported within ``stale_s`` (only
+    those that serve ``serves``, "lane" or "spill", when given)."""
+    now = utcnow()
+    return [s.instance for s in statuses
+            if s.lane == lane and s.health != "stopped" and (serves is None or s.serves == serves)
+            and (now - s.at).total_seconds() < stale_s]

@@ -100,6 +100,8 @@ class Timings(BaseModel):
     kafka_wait_ms: float | None = None  # accepted -> fetched by the worker
     store_ms: float | None = None  # writing the artifact
     batch_size: int = 1
+    # Paused between denoising steps while a more urgent lane's batch used the GPU.
+    preempted_ms: float | None = None
 
 
 class RenderStarted(Envelope):

@@ -50,6 +50,10 @@ class Topics:
     def lane(self, lane: str) -> str:
         return self._n(f"lane.{lane}")
 
+    def spill(self, lane: str) -> str:
+        """A lane's burst overflow, served by the workers of the lanes that assist it."""
+        return self._n(f"lane.{lane}.spill")
+
     @property
     def renders(self) -> str:
         return self._n("renders")
@@ -94,8 +98,9 @@ class Topics:
     def workers(self) -> str:
         return self._n("workers")
 
-    def specs(self, lanes: Iterable[str]) -> list[TopicSpec]:
-        """Every topic the stack needs, given the lanes named in the routes file."""
+    def specs(self, lanes: Iterable[str], spill: Iterable[str] = ()) -> list[TopicSpec]:
+        """Every topic the stack needs, given the lanes named in the routes file (and those
+        of them with a spill queue)."""
         specs = [
             TopicSpec(self.requests, partitions=6),
             TopicSpec(self.renders, partitions=6),
@@ -116,4 +121,5 @@ class Topics:
                              "segment.ms": str(3600 * 1000)}),
         ]
         specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
+        specs += [TopicSpec(self.spill(lane), partitions=6) for lane in sorted(set(spill))]
         return specs

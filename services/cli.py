@@ -344,6 +344,8 @@ def ops_status() -> None:
         for inst in item.instances:
             s = inst.status
             flags = [] if inst.live else ["gone"]
+            if s.serves == "spill":
+                flags.append("(serves the spill queue)")
             if not inst.current:
                 flags.append(f"at rev {s.applied_revision}")
             flags += [f"failed to load {k}: {v}" for k, v in s.load_errors.items()]
@@ -370,6 +372,10 @@ def bench_burst(
     draft_workers: int = typer.Option(1, help="Lanes: workers on the draft lane (rest: final)"),
     preset: str = typer.Option("tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"),
     device: str = "cpu",
+    spill_after_lag: int = typer.Option(4, help="Lanes: drafts waiting before new ones may spill "
+                                           "to the final lane's workers"),
+    no_spill: bool = typer.Option(False, "--no-spill", help="Lanes: no spill; each lane's "
+                                  "workers serve only their own lane"),
 ) -> None:
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
     if not 1 <= draft_workers < workers:
@@ -378,7 +384,8 @@ def bench_burst(
 
     cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, draft_share=draft_share, burst_factor=burst_factor,
                       draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
-                      workers=workers, draft_workers=draft_workers, preset=preset, device=device)
+                      workers=workers, draft_workers=draft_workers, preset=preset, device=device,
+                      spill_after_lag=None if no_spill else spill_after_lag)
     path = run_burst(cfg, out)
     typer.echo(path.read_text())
 

@@ -98,14 +98,16 @@ def manifests(routes: Routes, routes_yaml: str, *, memory_gb: float = 8.0,
                 "scaleTargetRef": {"name": f"lanes-worker-{lane}"},
                 "minReplicaCount": 1, "maxReplicaCount": max_replicas,
                 "cooldownPeriod": 120,
+                # A spilling lane's burst overflow is its backlog too (KEDA takes the max).
                 "triggers": [{
                     "type": "kafka",
                     "metadata": {"bootstrapServers": "kafka.lanes.svc:9092",
-                                 "consumerGroup": f"lanes-lane-{lane}",
-                                 "topic": topics.lane(lane),
+                                 "consumerGroup": group, "topic": topic,
                                  "lagThreshold": str(lag_threshold),
                                  "offsetResetPolicy": "earliest"},
-                }],
+                } for group, topic in [(f"lanes-lane-{lane}", topics.lane(lane))] + (
+                    [(f"lanes-lane-{lane}-spill", topics.spill(lane))]
+                    if routes.lanes[lane].spill else [])],
             },
         })
     return docs

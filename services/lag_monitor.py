@@ -5,6 +5,7 @@ polls; a partition the group never committed counts from its beginning."""
 from __future__ import annotations
 
 import asyncio
+from typing import Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -13,26 +14,52 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.topics import Topics
 from services.settings import Settings
 
-__all__ = ["LagMonitor"]
+__all__ = ["LagMonitor", "spill_key", "spill_group"]
 
 log = structlog.get_logger("lanes.lag")
 
 
+def spill_key(lane: str) -> str:
+    return f"{lane}.spill"
+
+
+def spill_group(settings: Settings, lane: str) -> str:
+    """The consumer group of a lane's spill queue: every worker that assists the lane."""
+    return settings.group(f"lanes-lane-{lane}-spill")
+
+
 class LagMonitor:
-    def __init__(self, settings: Settings, lanes: list[str], every_s: float) -> None:
+    def __init__(self, settings: Settings, lanes: Sequence[str], every_s: float,
+                 spill: Sequence[str] = ()) -> None:
         topics = Topics(settings.topic_prefix)
         self.settings = settings
         self.every_s = every_s
+        # key -> (group, topic): a lane's own queue under its name, its spill queue under
+        # spill_key(lane).
         self.wanted = {lane: (settings.group(f"lanes-lane-{lane}"), topics.lane(lane))
                        for lane in lanes}
+        self.wanted.update({spill_key(lane): (spill_group(settings, lane), topics.spill(lane))
+                            for lane in spill})
         self.lags: dict[str, int] = {}
+        # Jobs this process sent to a queue since the last measurement began: what the
+        # broker's numbers do not show yet (a burst moves faster than the poll).
+        self.noted: dict[str, int] = {}
         self.measured = asyncio.Event()
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[str, list[TopicPartition]] = {}
 
     def lag(self, lane: str) -> int:
-        return self.lags.get(lane, 0)
+        """The lane's own queue: jobs not yet committed by its group, as last measured plus
+        those this process has sent since."""
+        return self.lags.get(lane, 0) + self.noted.get(lane, 0)
+
+    def spill_lag(self, lane: str) -> int:
+        return self.lag(spill_key(lane))
+
+    def note(self, key: str) -> None:
+        """This process just sent a job to ``key``'s queue (a lane, or spill_key(lane))."""
+        self.noted[key] = self.noted.get(key, 0) + 1
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
@@ -55,6 +82,7 @@ class LagMonitor:
 
     async def poll(self) -> dict[str, int]:
         admin, consumer = await self._clients()
+        noted_before = dict(self.noted)
         lags: dict[str, int] = {}
         for lane, (group, topic) in self.wanted.items():
             parts = await self._partitions(admin, topic)
@@ -68,6 +96,8 @@ class LagMonitor:
                 lag += max(0, ends[tp] - start)
             lags[lane] = lag
         self.lags = lags
+        self.noted = {k: n - noted_before.get(k, 0) for k, n in self.noted.items()
+                      if n > noted_before.get(k, 0)}
         self.measured.set()
         return lags
 

@@ -46,8 +46,8 @@ class LocalStack:
         return self.registries.setdefault(name, CollectorRegistry())
 
     async def start(self) -> None:
-        lanes = load_routes(self.settings.routes_file).lanes
-        await ensure_topics(self.settings, self.topics.specs(lanes))
+        routes = load_routes(self.settings.routes_file)
+        await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
         self.start_component("router", lambda stop: router.run(
             self.settings, stop, registry=self.component_registry("router")))
         self.start_component("deferred", lambda stop: deferred.run(self.settings, stop))
@@ -59,7 +59,7 @@ class LocalStack:
             self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
             self.start_component("webhook-retries",
                                  lambda stop: webhook_retries.run(self.settings, stop))
-        for lane in (lanes if self.worker_lanes is None else self.worker_lanes):
+        for lane in (routes.lanes if self.worker_lanes is None else self.worker_lanes):
             self.start_worker(lane)
 
     def start_component(self, name: str, make: Any) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.spec import Priority
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
-__all__ = ["ModelSpec", "AdmissionSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
+__all__ = ["ModelSpec", "AdmissionSpec", "SpillSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
            "checkpoint_dir"]
 
 
@@ -69,6 +69,16 @@ class AdmissionSpec(BaseModel):
         return self
 
 
+class SpillSpec(BaseModel):
+    """Burst overflow: while more than ``after_lag`` of the lane's jobs wait (and the spill
+    queue is no longer), the router sends its new jobs to ``lanes.lane.<lane>.spill``, which
+    the workers of the lanes that ``assists`` it serve ahead of their own jobs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    after_lag: int = Field(ge=0)
+
+
 class LaneSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -88,6 +98,9 @@ class LaneSpec(BaseModel):
     cascade: CascadeSpec | None = None
     typography: TypographySpec = TypographySpec()
     admission: AdmissionSpec | None = None  # None: never defer on this lane
+    spill: SpillSpec | None = None  # None: a burst waits in this lane's own queue
+    # Lanes whose spill queues this lane's workers also serve, ahead of their own jobs.
+    assists: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:
@@ -118,6 +131,15 @@ class Routes(BaseModel):
             if lane.cascade and self.lanes[lane.cascade.lane].refine_strength is None:
                 raise ValueError(f"lane {name!r} cascades to {lane.cascade.lane!r}, which is not a "
                                  "refine lane (set its refine_strength)")
+            for helped in lane.assists:
+                if helped == name or helped not in self.lanes:
+                    raise ValueError(f"lane {name!r} assists {helped!r}, which is not another lane")
+                if self.lanes[helped].spill is None:
+                    raise ValueError(f"lane {name!r} assists {helped!r}, which has no spill policy")
+        for name in self.spill_lanes:
+            if not any(name in lane.assists for lane in self.lanes.values()):
+                raise ValueError(f"lane {name!r} spills, but no lane assists it (add it to "
+                                 "another lane's 'assists')")
         for intent, lane in self.intents.items():
             if lane not in self.lanes:
                 raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")
@@ -125,6 +147,11 @@ class Routes(BaseModel):
             if intent not in self.intents:
                 raise ValueError(f"intent {intent!r} has no lane")
         return self
+
+    @property
+    def spill_lanes(self) -> list[str]:
+        """Lanes with a spill queue, in name order."""
+        return sorted(name for name, lane in self.lanes.items() if lane.spill is not None)
 
     def lane_for(self, intent: str) -> tuple[str, LaneSpec]:
         name = self.intents[intent]

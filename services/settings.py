@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # At each model load, time a batch of 1, 2, 4 ... max_batch and cap the version's batches
     # where a bigger one stops paying (a CPU, or a GPU one image already fills).
     batch_calibration: bool = True
+    # A worker whose lane 'assists' other lanes (routes file) also serves their burst
+    # overflow (spill queues) on its GPU, ahead of its own jobs. False: this worker does not.
+    assist: bool = True
     # A worker renders on a thread beside its event loop; CPython hands the GIL over every
     # this many ms, so it bounds how long a Python-heavy render step can hold back the
     # loop's publishes, commits and heartbeats (CPython's default is 5 ms).

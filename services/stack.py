@@ -49,7 +49,8 @@ def components(settings: Settings) -> list[Component]:
 async def prepare_cluster(settings: Settings) -> None:
     routes = load_routes(settings.routes_file)
     await wait_for_kafka(settings)
-    created = await ensure_topics(settings, Topics(settings.topic_prefix).specs(routes.lanes))
+    created = await ensure_topics(settings, Topics(settings.topic_prefix).specs(
+        routes.lanes, routes.spill_lanes))
     log.info("topics_ready", created=created)
     for name, spec in routes.models.items():
         path = await asyncio.to_thread(checkpoint_dir, name, spec, settings.models_path)

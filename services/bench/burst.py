@@ -52,6 +52,9 @@ class BurstConfig:
     final_cap: int = 2
     final_batch: int = 2
     max_wait_ms: float = 15.0
+    # Lanes: over this many drafts waiting, the router may spill new drafts to the final
+    # lane's workers, which serve them ahead of finals (None: no spill, the lanes stay apart).
+    spill_after_lag: int | None = 4
     device: str = "cpu"
     preset: str = "tiny"
     seed: int = 0
@@ -70,6 +73,8 @@ class JobResult:
     store_ms: float = 0.0  # writing the PNG (both architectures write it)
     completed_at: float | None = None  # when the worker created the render event
     started_at: float | None = None  # when its batch was handed to the GPU thread
+    spilled: bool = False  # Lanes: served from the draft lane's spill queue by a guest
+    preempted_ms: float = 0.0  # Lanes: its render paused while spilled drafts ran
 
     @property
     def e2e_s(self) -> float | None:
@@ -81,7 +86,7 @@ class JobResult:
         moving the job between processes costs."""
         if self.done is None or self.inference_ms is None or self.gpu_wait_s is None:
             return None
-        work = self.inference_ms + self.gpu_wait_s * 1000 + self.store_ms
+        work = self.inference_ms + self.gpu_wait_s * 1000 + self.store_ms + self.preempted_ms
         return max(0.0, (self.e2e_s or 0) * 1000 - work)
 
     def segments_ms(self) -> dict[str, float] | None:
@@ -93,7 +98,8 @@ class JobResult:
             return None
         return {
             "router hop": route * 1000,
-            "in-worker handoff": max(0.0, (built - started) * 1000 - self.inference_ms - self.store_ms),
+            "in-worker handoff": max(0.0, (built - started) * 1000 - self.inference_ms
+                                     - self.store_ms - self.preempted_ms),
             "read-back": (done - built) * 1000,
         }
 
@@ -139,14 +145,16 @@ def _routes_yaml(cfg: BurstConfig) -> str:
     model: dict[str, Any] = {"version": "bench-v1"}
     model["tiny"] = preset_config(cfg.preset).model_dump(mode="json")
     lane = {"model": "m", "width": cfg.width, "height": cfg.height, "max_wait_ms": cfg.max_wait_ms}
+    draft = {**lane, "sample_steps": cfg.draft_steps, "guidance_scale": 0.0,
+             "max_concurrency": cfg.draft_cap, "max_batch": cfg.draft_batch}
+    final = {**lane, "sample_steps": cfg.final_steps, "guidance_scale": cfg.final_guidance,
+             "max_concurrency": cfg.final_cap, "max_batch": cfg.final_batch}
+    if cfg.spill_after_lag is not None:
+        draft["spill"] = {"after_lag": cfg.spill_after_lag}
+        final["assists"] = ["draft"]
     return yaml.safe_dump({
         "models": {"m": model},
-        "lanes": {
-            "draft": {**lane, "sample_steps": cfg.draft_steps, "guidance_scale": 0.0,
-                      "max_concurrency": cfg.draft_cap, "max_batch": cfg.draft_batch},
-            "final": {**lane, "sample_steps": cfg.final_steps, "guidance_scale": cfg.final_guidance,
-                      "max_concurrency": cfg.final_cap, "max_batch": cfg.final_batch},
-        },
+        "lanes": {"draft": draft, "final": final},
         "intents": {"draft": "draft", "final": "final"},
     })
 
@@ -170,7 +178,7 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
 
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
-    await ensure_topics(settings, topics.specs(routes.lanes))
+    await ensure_topics(settings, topics.specs(routes.lanes, routes.spill_lanes))
     commands = {"router": ["router"]}
     for lane, n in (("draft", cfg.draft_workers), ("final", cfg.workers - cfg.draft_workers)):
         for i in range(n):
@@ -182,6 +190,7 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     started_at: dict[str, float] = {}
     warm: set[str] = set()
     collector = AIOKafkaConsumer(topics.renders, topics.lane("draft"), topics.lane("final"),
+                                 *[topics.spill(lane) for lane in routes.spill_lanes],
                                  bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                  auto_offset_reset="earliest")
     await collector.start()
@@ -208,6 +217,8 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                             res.store_ms = e.timings.store_ms or 0.0
                             res.completed_at = e.occurred_at.timestamp()
                             res.started_at = started_at[e.job_id]
+                            res.spilled = e.instance.endswith("-spill")
+                            res.preempted_ms = e.timings.preempted_ms or 0.0
 
     collecting = asyncio.create_task(collect())
     async with httpx.AsyncClient() as http:
@@ -249,10 +260,11 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     await collector.stop()
     return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes,
             "ooms": sum(_metric_sum(m, "lanes_worker_oom_total") for m in metrics.values()),
-            "peak_memory_bytes": max(_metric_sum(m, "lanes_worker_peak_memory_bytes")
+            "peak_memory_bytes": max(_metric_max(m, "lanes_worker_peak_memory_bytes")
                                      for m in metrics.values()),
             # what each worker's start-up profile let its batches hold
-            "batch_caps": {name: _metric_sum(m, "lanes_worker_batch_cap") for name, m in metrics.items()}}
+            "batch_caps": {f"{name} ({lane})": cap for name, m in metrics.items()
+                           for lane, cap in _metric_by_lane(m, "lanes_worker_batch_cap").items()}}
 
 
 async def _warm_broker(settings: Any, round_trips: int) -> None:
@@ -303,11 +315,26 @@ async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> No
     raise TimeoutError(f"{proc.args[4:]} not ready in 120 s")
 
 
-def _metric_sum(text: str, name: str) -> float:
+def _samples(text: str, name: str) -> list[Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name)
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name]
+
+
+def _metric_sum(text: str, name: str) -> float:
+    return sum(s.value for s in _samples(text, name))
+
+
+def _metric_max(text: str, name: str) -> float:
+    """A process-wide value exported once per lane the process serves (peak memory)."""
+    return max((s.value for s in _samples(text, name)), default=0.0)
+
+
+def _metric_by_lane(text: str, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in _samples(text, name):
+        out[s.labels.get("lane", "")] = out.get(s.labels.get("lane", ""), 0.0) + s.value
+    return out
 
 
 async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
@@ -510,6 +537,18 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     batch_gain = service["draft"] / service["draft_batched"]
     caps = ", ".join(f"{name} {cap:g}" for name, cap in all_data["lanes"].get("batch_caps", {}).items())
     draft_work = cfg.draft_share * service["draft"] / mean_service
+    burst_drafts = [j for j in lanes_jobs[cfg.steady_jobs:] if j.intent == "draft"]
+    steady_spilled = sum(j.spilled for j in lanes_jobs[: cfg.steady_jobs])
+    if cfg.spill_after_lag is None:
+        spill_text = ("Spill is off (`--no-spill`): the draft lane's burst waits in its own "
+                      "queue, and the final lane's workers serve finals only.")
+    else:
+        spill_text = (
+            f"Spill: over {cfg.spill_after_lag} drafts waiting, the router sent new drafts to "
+            f"the draft lane's spill queue when that was the shorter wait per server; the final "
+            f"lane's worker serves it ahead of finals (finals wait in Kafka meanwhile). "
+            f"{sum(j.spilled for j in burst_drafts)} of the burst's {len(burst_drafts)} drafts "
+            f"were served that way ({steady_spilled} in the steady phase).")
     headers = ["arch", "intent", "jobs", "p50 s", "p95 s", "p99 s", "throughput jobs/s",
                "overhead p95 ms", "mean batch", "peak mem MB", "OOMs", "lost", "crashes"]
     table = markdown_table(headers, [list(r.values())[:13] for r in rows])
@@ -533,7 +572,8 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         "End-to-end: submitted until the render event was read back from Kafka (Lanes) / the "
         "render was stored (FIFO). Peak memory: the largest worker process (Lanes) / the one "
         "process holding both workers (FIFO). Overhead: end-to-end minus inference minus the time the job "
-        "waited for a GPU slot (routed until its batch started) minus the PNG write (both "
+        "waited for a GPU slot (routed until its batch started, and any pause between its "
+        "steps while a spilled draft ran) minus the PNG write (both "
         "architectures write it), i.e. what moving the job through Kafka adds. Memory is "
         "resident memory on CPU, max allocated on CUDA.", "",
         "Where the overhead goes (Lanes, ms):", "",
@@ -545,15 +585,17 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         "the workers' event loops need, so the overhead measured during the burst includes "
         "CPU starvation that a GPU host (inference on the GPU) does not have; the steady-phase "
         "row is the orchestration cost with the cores not saturated.", "",
-        f"Draft ratio: Lanes' draft p95 under the burst is set by how fast the draft lane "
-        f"({cfg.draft_workers} of {cfg.workers} workers) clears the burst's drafts, the baseline's "
-        f"by how fast all workers clear everything. Drafts are {draft_work:.0%} of the work in "
-        f"this mix; where batching adds little ({batch_gain:.2f}x here; a GPU is where it pays), "
-        f"the draft lane's capacity is its workers' and the ratio follows from that share.", "",
-        "Finals: with a fixed fleet, Lanes gives finals their own lane and workers, so "
-        "under a burst they queue behind other finals only; compare the final rows. Draft "
-        "latency is what the lane split buys; the per-lane autoscaling signal is what gives "
-        "a saturated final lane more replicas.", "",
+        spill_text, "",
+        f"Draft ratio: the baseline's draft p95 is set by how fast all workers clear everything "
+        f"in arrival order; Lanes' by how fast the draft lane ({cfg.draft_workers} of "
+        f"{cfg.workers} workers) plus, with spill, the final lane's workers clear the drafts "
+        f"alone. Drafts are {draft_work:.0%} of the work in this mix; batching adds "
+        f"{batch_gain:.2f}x here (a GPU is where it pays).", "",
+        "Finals: with a fixed fleet, Lanes gives finals their own lane and workers; under a "
+        "burst with spill on they also wait for the drafts their workers take on (the "
+        "deferral of non-critical work the design asks for); compare the final rows. The "
+        "per-lane autoscaling signal (spill backlog included) is what gives a saturated lane "
+        "more replicas.", "",
         "![latency](burst.png)", "",
     ]
     path = out_dir / "burst.md"

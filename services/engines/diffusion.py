@@ -45,6 +45,7 @@ class RenderOutput:
     image: Image.Image
     inference_ms: float  # wall time of the batch this image was rendered in
     batch_size: int
+    preempted_ms: float = 0.0  # paused between steps while a more urgent batch ran
 
 
 def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
@@ -119,13 +120,16 @@ class DiffusionEngine:
         return self.render_batch([req])[0]
 
     def render_batch(self, reqs: Sequence[RenderRequest],
-                     should_stop: Callable[[], bool] | None = None) -> list[RenderOutput]:
+                     should_stop: Callable[[], bool] | None = None,
+                     between_steps: Callable[[], float] | None = None) -> list[RenderOutput]:
         """Render requests that share a batch key in one pipeline call.
 
         Each image has its own seeded generator, so a job draws the same image whatever
         batch it lands in. Raises OutOfMemory (budget refusal or CUDA OOM). ``should_stop``
         is asked at every step boundary; when it says so the pipeline stops there and
-        ``Interrupted`` is raised with the step reached.
+        ``Interrupted`` is raised with the step reached. ``between_steps`` is called at every
+        step boundary too (other work on this GPU: a more urgent lane's batch) and returns
+        the seconds it took, which the reported inference time leaves out.
         """
         import torch
 
@@ -145,11 +149,14 @@ class DiffusionEngine:
         kwargs: dict[str, Any] = dict(num_inference_steps=first.steps,
                                       guidance_scale=first.guidance_scale, generator=generators)
         stopped_at: list[int] = []
-        if should_stop is not None:
+        lent_s = [0.0]  # time the GPU thread spent on others' work between steps
+        if should_stop is not None or between_steps is not None:
             def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                if not stopped_at and should_stop():
+                if should_stop is not None and not stopped_at and should_stop():
                     stopped_at.append(step + 1)
                     pipe._interrupt = True  # diffusers' documented way to stop a pipeline
+                if between_steps is not None:
+                    lent_s[0] += between_steps()
                 return tensors
 
             kwargs["callback_on_step_end"] = on_step_end
@@ -170,8 +177,8 @@ class DiffusionEngine:
             raise
         if stopped_at:
             raise Interrupted(stopped_at[0])
-        elapsed = (time.perf_counter() - started) * 1000
-        return [RenderOutput(img, elapsed, len(reqs)) for img in result.images]
+        elapsed = (time.perf_counter() - started - lent_s[0]) * 1000
+        return [RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000) for img in result.images]
 
 
 class Interrupted(Exception):

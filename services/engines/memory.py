@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import resource
 import sys
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 __all__ = [
     "OutOfMemory",
@@ -61,26 +61,37 @@ def activation_bytes(pipeline: Any, batch: int, width: int, height: int, guidanc
     return int(unet_bytes + vae_bytes)
 
 
+def _nothing_reserved() -> int:
+    return 0
+
+
 @dataclass(frozen=True)
 class MemoryBudget:
     budget_bytes: int | None  # None: no budget
+    # Bytes already held by other models in the same worker (another lane's, when the
+    # worker assists it), read at each check.
+    reserved: Callable[[], int] = field(default=_nothing_reserved, compare=False)
 
     @classmethod
-    def from_gb(cls, gb: float | None) -> MemoryBudget:
-        return cls(None if gb is None else int(gb * GB))
+    def from_gb(cls, gb: float | None, reserved: Callable[[], int] = _nothing_reserved) -> MemoryBudget:
+        return cls(None if gb is None else int(gb * GB), reserved)
+
+    def _others(self) -> str:
+        held = self.reserved()
+        return f" ({held / GB:.2f} GB of it held by the worker's other models)" if held else ""
 
     def check_model(self, name: str, footprint: int) -> None:
-        if self.budget_bytes is not None and footprint > self.budget_bytes:
+        if self.budget_bytes is not None and footprint + self.reserved() > self.budget_bytes:
             raise ModelTooLarge(
                 f"model {name!r} needs {footprint / GB:.2f} GB for its weights, over this "
-                f"worker's memory budget of {self.budget_bytes / GB:.2f} GB"
+                f"worker's memory budget of {self.budget_bytes / GB:.2f} GB{self._others()}"
             )
 
     def check_batch(self, footprint: int, needed: int, batch: int) -> None:
-        if self.budget_bytes is not None and footprint + needed > self.budget_bytes:
+        if self.budget_bytes is not None and footprint + needed + self.reserved() > self.budget_bytes:
             raise OutOfMemory(
                 f"batch of {batch} needs ~{(footprint + needed) / GB:.2f} GB, over the "
-                f"budget of {self.budget_bytes / GB:.2f} GB"
+                f"budget of {self.budget_bytes / GB:.2f} GB{self._others()}"
             )
 
 

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.kafka]
 @pytest.fixture
 async def plane(settings: Settings) -> AsyncIterator[LocalStack]:
     stack = LocalStack(settings, worker_lanes=[], with_webhooks=False)
-    await ensure_topics(settings, Topics(settings.topic_prefix).specs(load_routes(None).lanes))
+    routes = load_routes(None)
+    await ensure_topics(settings, Topics(settings.topic_prefix).specs(routes.lanes, routes.spill_lanes))
     stack.start_component("control", lambda stop: control.run(settings, stop))
     try:
         yield stack

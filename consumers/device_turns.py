@@ -1,0 +1,139 @@
+"""One GPU shared by a worker's own lane and the lanes it assists.
+
+- Turns: one batch at a time, lowest priority number first (an assisted lane's overflow is
+  0, the worker's own jobs 1); equal priorities in arrival order. The device is handed over
+  on the next loop iteration, so a worker that just finished a batch can queue its next one
+  at its own priority before the turn goes to someone else.
+- Step-boundary preemption: while the worker's own render runs (``preemptible``), a guest's
+  batch does not wait for the whole render: it is queued (``render`` with ``preempt``) and
+  run on the GPU thread between two of the render's denoising steps. A 20-step final costs a
+  draft one step's wait, not twenty.
+
+asyncio's locks are first-come, first-served and know nothing of the GPU thread, hence
+this small class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from concurrent.futures import Executor
+from typing import AsyncIterator, Callable, TypeVar
+
+__all__ = ["DeviceTurns", "BetweenSteps"]
+
+T = TypeVar("T")
+BetweenSteps = Callable[[], float]  # runs queued work at a step boundary; seconds it took
+
+
+class DeviceTurns:
+    def __init__(self) -> None:
+        self._busy = False
+        self._holder = 0  # the priority of the turn being served
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._lock = threading.Lock()  # with the GPU thread
+        self._window = False  # a preemptible render is running on the GPU thread
+        self._between: deque[tuple[Callable[[], object], concurrent.futures.Future[object]]] = deque()
+
+    # ---- turns (event loop) -------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, fut in self._waiters if not fut.done())
+
+    async def acquire(self, priority: int) -> bool:
+        """Wait for a turn. False: no turn was needed, because a lower-priority render is
+        running preemptibly and this caller's work will run between its steps."""
+        if not self._busy:
+            self._busy, self._holder = True, priority
+            return True
+        if priority < self._holder and self._window:
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # the turn came as we were cancelled
+                self.release()
+            raise
+        self._holder = priority
+        return True
+
+    def release(self) -> None:
+        if self._waiters:
+            asyncio.get_running_loop().call_soon(self._hand_over)  # stays busy until then
+        else:
+            self._busy = False
+
+    def _hand_over(self) -> None:
+        while self._waiters:
+            *_, fut = heapq.heappop(self._waiters)
+            if not fut.done():  # cancelled waiters are skipped
+                fut.set_result(None)
+                return
+        self._busy = False
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: int) -> AsyncIterator[None]:
+        owned = await self.acquire(priority)
+        try:
+            yield
+        finally:
+            if owned:
+                self.release()
+
+    # ---- renders (event loop -> GPU thread) --------------------------------------------
+
+    async def render(self, executor: Executor, fn: Callable[[BetweenSteps | None], T], *,
+                     preempt: bool = False, preemptible: bool = False) -> T:
+        """Run ``fn`` on the GPU thread. ``preempt``: between the steps of the render in
+        progress, if one runs preemptibly. ``preemptible``: others' ``preempt`` work runs
+        between this render's steps (``fn`` gets the hook to call at each step end)."""
+        if preempt:
+            queued = self._queue_between(lambda: fn(None))
+            if queued is not None:
+                return await asyncio.wrap_future(queued)  # type: ignore[return-value]
+        call: Callable[[], T] = (lambda: self._preemptible(fn)) if preemptible else (lambda: fn(None))
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    def _queue_between(self, fn: Callable[[], object]) -> concurrent.futures.Future[object] | None:
+        with self._lock:
+            if not self._window:
+                return None
+            fut: concurrent.futures.Future[object] = concurrent.futures.Future()
+            self._between.append((fn, fut))
+            return fut
+
+    def _preemptible(self, fn: Callable[[BetweenSteps | None], T]) -> T:
+        with self._lock:
+            self._window = True
+        try:
+            return fn(self._run_between)
+        finally:
+            with self._lock:
+                self._window = False
+            self._run_between()  # what was queued before the window closed
+
+    def _run_between(self) -> float:
+        spent = 0.0
+        while True:
+            with self._lock:
+                if not self._between:
+                    return spent
+                fn, fut = self._between.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            started = time.perf_counter()
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - the queuer gets it, the render goes on
+                fut.set_exception(exc)
+            spent += time.perf_counter() - started

@@ -1,0 +1,189 @@
+"""Burst overflow: the spill rule, the device's priority turns, and the routes checks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from consumers.device_turns import BetweenSteps, DeviceTurns
+from services.engines.diffusion import DiffusionEngine, RenderOutput, RenderRequest
+from services.engines.memory import MemoryBudget, ModelTooLarge, OutOfMemory
+from services.routes import Routes, SpillSpec, checkpoint_dir, load_routes, routes_text
+from services.spill import should_spill
+
+GB = 1024**3
+
+
+def test_spill_only_past_the_threshold_with_a_live_guest_and_to_the_shorter_wait() -> None:
+    policy = SpillSpec(after_lag=4)
+    assert not should_spill(None, 50, 0, 1, 1)  # the lane has no spill policy
+    assert not should_spill(policy, 4, 0, 1, 1)  # at the threshold: the lane's own queue
+    assert not should_spill(policy, 9, 0, 1, 0)  # nobody serves the spill queue
+    assert should_spill(policy, 5, 0, 1, 1)
+    assert not should_spill(policy, 6, 6, 1, 1)  # spill queue as long: stay
+    assert should_spill(policy, 6, 5, 1, 1)
+    # per server: 3 lane workers with 9 waiting beat 1 guest with 4 waiting
+    assert not should_spill(policy, 9, 4, 3, 1)
+    assert should_spill(policy, 9, 2, 3, 1)
+
+
+async def test_device_turns_serve_the_guest_first_then_arrival_order() -> None:
+    device = DeviceTurns()
+    order: list[str] = []
+
+    async def use(name: str, priority: int) -> None:
+        async with device.turn(priority):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    await device.acquire(1)  # a host batch is rendering
+    waiters = [asyncio.create_task(use("host-a", 1)), asyncio.create_task(use("host-b", 1))]
+    await asyncio.sleep(0)
+    waiters.append(asyncio.create_task(use("guest", 0)))
+    await asyncio.sleep(0)
+    device.release()
+    await asyncio.gather(*waiters)
+    assert order == ["guest", "host-a", "host-b"]
+
+
+async def test_a_cancelled_waiter_does_not_keep_the_device() -> None:
+    device = DeviceTurns()
+    await device.acquire(1)
+    gone = asyncio.create_task(device.acquire(0))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    device.release()
+    await asyncio.wait_for(device.acquire(1), 1)  # free again, not handed to the dead waiter
+
+
+def test_budget_counts_the_weights_of_the_workers_other_models() -> None:
+    held = [0]
+    budget = MemoryBudget.from_gb(8, lambda: held[0])
+    budget.check_model("draft", 3 * GB)
+    held[0] = 6 * GB  # the host's model
+    with pytest.raises(ModelTooLarge, match="held by the worker's other models"):
+        budget.check_model("draft", 3 * GB)
+    held[0] = 4 * GB
+    budget.check_model("draft", 3 * GB)
+    with pytest.raises(OutOfMemory):
+        budget.check_batch(3 * GB, 2 * GB, 4)
+
+
+def test_spill_and_assists_must_name_each_other() -> None:
+    raw = yaml.safe_load(routes_text(None))
+    raw["lanes"]["final"]["assists"] = []
+    with pytest.raises(ValidationError, match="no lane assists it"):
+        Routes.model_validate(raw)
+    raw = yaml.safe_load(routes_text(None))
+    del raw["lanes"]["draft"]["spill"]
+    with pytest.raises(ValidationError, match="has no spill policy"):
+        Routes.model_validate(raw)
+    raw = yaml.safe_load(routes_text(None))
+    raw["lanes"]["final"]["assists"] = ["final"]
+    with pytest.raises(ValidationError, match="not another lane"):
+        Routes.model_validate(raw)
+    routes = load_routes(None)
+    assert routes.spill_lanes == ["draft"] and routes.lanes["final"].assists == ("draft",)
+
+
+@pytest.fixture(scope="module")
+def two_engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiffusionEngine, DiffusionEngine]:
+    """The host's and the guest's copy of one checkpoint (each lane loads its own)."""
+    spec = load_routes(None).models["tiny-sd"]
+    path = checkpoint_dir("tiny-sd", spec, tmp_path_factory.mktemp("models"))
+    return (DiffusionEngine.load(path, name="tiny-sd", version=spec.version),
+            DiffusionEngine.load(path, name="tiny-sd", version=spec.version))
+
+
+@pytest.mark.slow
+async def test_a_guest_batch_runs_between_the_host_renders_steps_and_both_images_are_intact(
+        two_engines: tuple[DiffusionEngine, DiffusionEngine]) -> None:
+    host_engine, guest_engine = two_engines
+    final = RenderRequest(prompt="a final render", width=128, height=128, steps=12,
+                          guidance_scale=5.0, seed=3)
+    draft = RenderRequest(prompt="a draft", width=64, height=64, steps=1, guidance_scale=0.0, seed=4)
+    alone_final = np.asarray(host_engine.render(final).image)
+    alone_draft = np.asarray(guest_engine.render(draft).image)
+
+    device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
+    steps_done = threading.Event()
+    guest_done_at_step: list[int] = []
+    step = [0]
+
+    def host_between() -> float:
+        step[0] += 1
+        if step[0] == 3:
+            steps_done.set()
+        time.sleep(0.02)  # give the event loop a moment to queue the guest's batch
+        return 0.0
+
+    def host_render(between: BetweenSteps | None) -> list[RenderOutput]:
+        assert between is not None
+
+        def hook() -> float:
+            host_between()
+            return between()
+        return host_engine.render_batch([final], None, hook)
+
+    def guest_render(between: BetweenSteps | None) -> list[RenderOutput]:
+        out = guest_engine.render_batch([draft])
+        guest_done_at_step.append(step[0])
+        return out
+
+    try:
+        host = asyncio.create_task(device.render(gpu, host_render, preemptible=True))
+        await asyncio.to_thread(steps_done.wait, 30)
+        async with device.turn(0):  # the host holds no turn here; the window decides
+            (guest_out,) = await device.render(gpu, guest_render, preempt=True)
+        assert not host.done()  # the draft did not wait for the 12-step render
+        (host_out,) = await host
+    finally:
+        gpu.shutdown()
+    assert 3 <= guest_done_at_step[0] < 12
+    assert np.array_equal(np.asarray(guest_out.image), alone_draft)
+    assert np.array_equal(np.asarray(host_out.image), alone_final)
+
+
+async def test_without_a_preemptible_render_the_guest_runs_on_its_own() -> None:
+    device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
+    try:
+        seen: list[object] = []
+        result = await device.render(gpu, lambda between: seen.append(between) or "ran", preempt=True)
+    finally:
+        gpu.shutdown()
+    assert result == "ran" and seen == [None]
+
+
+def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from consumers.lane_models import LaneModels
+    from consumers.lane_worker import LaneWorker
+    from services.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    routes = load_routes(None)
+    host = LaneWorker(settings, "final", routes, LaneModels(settings, "final", routes),
+                      CollectorRegistry(), instance="gpu-0-final")
+    guest = LaneWorker(settings, "draft", routes, LaneModels(settings, "draft", routes),
+                       host.registry, host=host)
+    assert host.guests == [guest] and guest.device is host.device and guest.gpu is host.gpu
+    assert (guest.instance, guest.source, guest.serves) == (
+        "gpu-0-final+draft-spill", "lanes.lane.draft.spill", "spill")
+    assert guest.group.endswith("lanes-lane-draft-spill") and host.group.endswith("lanes-lane-final")
+    assert host.cap == routes.lanes["final"].max_concurrency
+    guest._hold(+1)
+    assert host.cap == 0
+    host.slot_freed.clear()
+    guest._hold(-1)
+    assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
