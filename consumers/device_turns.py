@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import AsyncIterator, Callable, TypeVar
 
-__all__ = ["DeviceTurns", "BetweenSteps"]
+__all__ = ["BetweenSteps", "DeviceTurns"]
 
 T = TypeVar("T")
 BetweenSteps = Callable[[], float]  # runs queued work at a step boundary; seconds it took
@@ -36,7 +36,9 @@ class DeviceTurns:
     def __init__(self) -> None:
         self._busy = False
         self._holder = 0  # the priority of the turn being served
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        # (priority, arrival, future): True when the turn is handed over, False when the
+        # waiter may run between the steps of a preemptible render that started since.
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._order = itertools.count()
         self._lock = threading.Lock()  # with the GPU thread
         self._window = False  # a preemptible render is running on the GPU thread
@@ -56,16 +58,17 @@ class DeviceTurns:
             return True
         if priority < self._holder and self._window:
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
         try:
-            await fut
+            owned = await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # the turn came as we were cancelled
-                self.release()
+            if fut.done() and not fut.cancelled() and fut.result():  # the turn came as we
+                self.release()  # were cancelled
             raise
-        self._holder = priority
-        return True
+        if owned:
+            self._holder = priority
+        return owned
 
     def release(self) -> None:
         if self._waiters:
@@ -77,9 +80,16 @@ class DeviceTurns:
         while self._waiters:
             *_, fut = heapq.heappop(self._waiters)
             if not fut.done():  # cancelled waiters are skipped
-                fut.set_result(None)
+                fut.set_result(True)
                 return
         self._busy = False
+
+    def _window_opened(self) -> None:
+        """A preemptible render started: waiters more urgent than it need no turn now."""
+        while self._waiters and self._waiters[0][0] < self._holder and self._window:
+            *_, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(False)
 
     @contextlib.asynccontextmanager
     async def turn(self, priority: int) -> AsyncIterator[None]:
@@ -101,8 +111,9 @@ class DeviceTurns:
             queued = self._queue_between(lambda: fn(None))
             if queued is not None:
                 return await asyncio.wrap_future(queued)  # type: ignore[return-value]
-        call: Callable[[], T] = (lambda: self._preemptible(fn)) if preemptible else (lambda: fn(None))
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        loop = asyncio.get_running_loop()
+        call: Callable[[], T] = (lambda: self._preemptible(fn, loop)) if preemptible else (lambda: fn(None))
+        return await loop.run_in_executor(executor, call)
 
     def _queue_between(self, fn: Callable[[], object]) -> concurrent.futures.Future[object] | None:
         with self._lock:
@@ -112,9 +123,10 @@ class DeviceTurns:
             self._between.append((fn, fut))
             return fut
 
-    def _preemptible(self, fn: Callable[[BetweenSteps | None], T]) -> T:
+    def _preemptible(self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop) -> T:
         with self._lock:
             self._window = True
+        loop.call_soon_threadsafe(self._window_opened)
         try:
             return fn(self._run_between)
         finally:

@@ -64,7 +64,8 @@ def _routes_for(settings: Settings, engine: str, intent: str, workdir: Path) -> 
     if engine not in base.models:
         raise ValueError(f"unknown engine {engine!r}; the routes file has {sorted(base.models)}")
     template = base.lanes[base.intents[intent]]
-    lane = template.model_dump(mode="json", exclude={"cascade", "fallback_lane", "refine_strength"})
+    lane = template.model_dump(mode="json", exclude={"cascade", "fallback_lane", "refine_strength",
+                                                    "spill", "assists"})
     lane.update(model=engine, typography={"repair": False})
     doc = {"models": {name: m.model_dump(mode="json", exclude_none=True) for name, m in base.models.items()},
            "lanes": {"ab": lane}, "intents": {"draft": "ab", "final": "ab"}}

@@ -87,7 +87,7 @@ class LocalStack:
             lanes = set(self.worker_lanes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not (lanes <= set(self.workers) and all(self.workers[x].ready for x in lanes)):
+        while not (lanes <= set(self.workers) and all(self.workers[x].all_ready for x in lanes)):
             self.check_alive()
             if loop.time() > deadline:
                 raise TimeoutError(f"workers {sorted(lanes)} not ready in {timeout}s")

@@ -18,7 +18,7 @@ from services.lag_monitor import LagMonitor, spill_key
 from services.routes import Routes, SpillSpec
 from services.settings import Settings
 
-__all__ = ["should_spill", "Placement"]
+__all__ = ["Placement", "should_spill"]
 
 log = structlog.get_logger("lanes.spill")
 

@@ -28,6 +28,7 @@ async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_render
         draft={**SMALL, "max_concurrency": 2, "max_batch": 1, "spill": {"after_lag": 2}},
         final={**SMALL, "max_concurrency": 1, "assists": ["draft"]})
     async with running_stack(settings, routes_file=routes, worker_lanes=["draft", "final"]) as stack:
+        await stack.wait_workers_ready()
         host = stack.workers["final"]
         (guest,) = host.guests
         assert (guest.lane, guest.serves, guest.source) == ("draft", "spill", stack.topics.spill("draft"))

@@ -187,3 +187,30 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     host.slot_freed.clear()
     guest._hold(-1)
     assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
+
+
+async def test_a_guest_waiting_for_a_turn_is_let_in_when_the_host_render_starts() -> None:
+    device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
+    steps_left = threading.Event()
+
+    def host_render(between: BetweenSteps | None) -> str:
+        assert between is not None
+        for _ in range(200):  # until the guest's work has run between two steps
+            time.sleep(0.005)
+            between()
+            if steps_left.is_set():
+                return "host"
+        return "host never preempted"
+
+    try:
+        await device.acquire(1)  # the host took its turn; its render has not started yet
+        guest_turn = asyncio.create_task(device.acquire(0))
+        await asyncio.sleep(0.01)
+        assert not guest_turn.done()  # no render to preempt yet: it waits
+        host = asyncio.create_task(device.render(gpu, host_render, preemptible=True))
+        assert await asyncio.wait_for(guest_turn, 5) is False  # in, without the turn
+        ran = await device.render(gpu, lambda between: steps_left.set() or "guest", preempt=True)
+        assert ran == "guest" and await host == "host"
+        device.release()
+    finally:
+        gpu.shutdown()
