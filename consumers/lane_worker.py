@@ -622,7 +622,10 @@ class LaneWorker(ConsumerRebalanceListener):
                    started_at: datetime, store_ms: float) -> Output:
         e = task.event
         now = datetime.now(UTC)
-        queue_wait = max(0.0, (started_at - e.requested_at).total_seconds())
+        # Until the batch began on the GPU thread (later than its turn when it waited for a
+        # step boundary of the host's render).
+        began = datetime.fromtimestamp(result.started_at, UTC) if result.started_at else started_at
+        queue_wait = max(0.0, (began - e.requested_at).total_seconds())
         total = (now - e.requested_at).total_seconds()
         labels = _labels(self.lane, task.engine)
         self.metrics.jobs.labels(*labels, "ok").inc()

@@ -168,7 +168,7 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     from aiokafka import AIOKafkaConsumer
 
     from producers.client import GenerationClient
-    from schemas.events import GenerationRouted, RenderCompleted, RenderStarted, parse_job_event
+    from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
     from schemas.spec import GenerationSpec
     from schemas.topics import Topics
     from services.kafka_clients import ensure_topics
@@ -187,7 +187,6 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     procs = {name: _spawn(settings, cfg, commands[name], port) for name, port in ports.items()}
     results: dict[str, JobResult] = {}
     routed_at: dict[str, float] = {}
-    started_at: dict[str, float] = {}
     warm: set[str] = set()
     collector = AIOKafkaConsumer(topics.renders, topics.lane("draft"), topics.lane("final"),
                                  *[topics.spill(lane) for lane in routes.spill_lanes],
@@ -204,19 +203,20 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                     e = parse_job_event(r.value)
                     if isinstance(e, GenerationRouted):
                         routed_at[e.job_id] = e.occurred_at.timestamp()
-                    elif isinstance(e, RenderStarted):
-                        started_at[e.job_id] = e.occurred_at.timestamp()
                     elif isinstance(e, RenderCompleted):
                         warm.add(e.job_id)
                         if e.job_id in results:
                             res = results[e.job_id]
                             res.done, res.inference_ms = now, e.timings.inference_ms
                             res.batch_size = e.timings.batch_size
-                            res.gpu_wait_s = started_at[e.job_id] - routed_at[e.job_id]
+                            # when its batch began on the GPU thread (a spilled draft may
+                            # wait for a step boundary after its render.started)
+                            began = e.requested_at.timestamp() + e.timings.queue_wait_ms / 1000
+                            res.gpu_wait_s = began - routed_at[e.job_id]
                             res.route_s = routed_at[e.job_id] - res.submitted
                             res.store_ms = e.timings.store_ms or 0.0
                             res.completed_at = e.occurred_at.timestamp()
-                            res.started_at = started_at[e.job_id]
+                            res.started_at = began
                             res.spilled = e.instance.endswith("-spill")
                             res.preempted_ms = e.timings.preempted_ms or 0.0
 

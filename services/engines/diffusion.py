@@ -46,6 +46,7 @@ class RenderOutput:
     inference_ms: float  # wall time of the batch this image was rendered in
     batch_size: int
     preempted_ms: float = 0.0  # paused between steps while a more urgent batch ran
+    started_at: float = 0.0  # unix time the pipeline call began on the GPU thread
 
 
 def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
@@ -145,7 +146,7 @@ class DiffusionEngine:
         self.check_batch(reqs)
         first = reqs[0]
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in reqs]
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         kwargs: dict[str, Any] = dict(num_inference_steps=first.steps,
                                       guidance_scale=first.guidance_scale, generator=generators)
         stopped_at: list[int] = []
@@ -178,7 +179,7 @@ class DiffusionEngine:
         if stopped_at:
             raise Interrupted(stopped_at[0])
         elapsed = (time.perf_counter() - started - lent_s[0]) * 1000
-        return [RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000) for img in result.images]
+        return [RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began) for img in result.images]
 
 
 class Interrupted(Exception):
