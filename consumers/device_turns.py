@@ -1,13 +1,14 @@
-"""One GPU shared by a worker's own lane and the lanes it assists.
+"""One GPU shared by a worker's own lane and the lanes it assists or backfills.
 
 - Turns: one batch at a time, lowest priority number first (an assisted lane's overflow is
-  0, the worker's own jobs 1); equal priorities in arrival order. The device is handed over
-  on the next loop iteration, so a worker that just finished a batch can queue its next one
-  at its own priority before the turn goes to someone else.
-- Step-boundary preemption: while the worker's own render runs (``preemptible``), a guest's
-  batch does not wait for the whole render: it is queued (``render`` with ``preempt``) and
-  run on the GPU thread between two of the render's denoising steps. A 20-step final costs a
-  draft one step's wait, not twenty.
+  0, the worker's own jobs 1, a backfilled lane's overflow 2); equal priorities in arrival
+  order. The device is handed over on the next loop iteration, so a worker that just
+  finished a batch can queue its next one at its own priority before the turn goes to
+  someone else.
+- Step-boundary preemption: while a render runs ``preemptible``, a more urgent batch does
+  not wait for the whole render: it is queued (``render`` with ``preempt``) and run on the
+  GPU thread between two of the render's denoising steps. A 20-step final costs a draft one
+  step's wait, not twenty.
 
 asyncio's locks are first-come, first-served and know nothing of the GPU thread, hence
 this small class.
@@ -42,6 +43,7 @@ class DeviceTurns:
         self._order = itertools.count()
         self._lock = threading.Lock()  # with the GPU thread
         self._window = False  # a preemptible render is running on the GPU thread
+        self._window_priority = 0  # ... at this priority
         self._between: deque[tuple[Callable[[], object], concurrent.futures.Future[object]]] = deque()
 
     # ---- turns (event loop) -------------------------------------------------------------
@@ -56,7 +58,7 @@ class DeviceTurns:
         if not self._busy:
             self._busy, self._holder = True, priority
             return True
-        if priority < self._holder and self._window:
+        if self._window and priority < self._window_priority:
             return False
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
@@ -86,7 +88,7 @@ class DeviceTurns:
 
     def _window_opened(self) -> None:
         """A preemptible render started: waiters more urgent than it need no turn now."""
-        while self._waiters and self._waiters[0][0] < self._holder and self._window:
+        while self._waiters and self._window and self._waiters[0][0] < self._window_priority:
             *_, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(False)
@@ -103,29 +105,33 @@ class DeviceTurns:
     # ---- renders (event loop -> GPU thread) --------------------------------------------
 
     async def render(self, executor: Executor, fn: Callable[[BetweenSteps | None], T], *,
-                     preempt: bool = False, preemptible: bool = False) -> T:
+                     priority: int, preempt: bool = False, preemptible: bool = False) -> T:
         """Run ``fn`` on the GPU thread. ``preempt``: between the steps of the render in
-        progress, if one runs preemptibly. ``preemptible``: others' ``preempt`` work runs
-        between this render's steps (``fn`` gets the hook to call at each step end)."""
+        progress, if one runs preemptibly at a less urgent priority. ``preemptible``: more
+        urgent ``preempt`` work runs between this render's steps (``fn`` gets the hook to
+        call at each step end)."""
         if preempt:
-            queued = self._queue_between(lambda: fn(None))
+            queued = self._queue_between(lambda: fn(None), priority)
             if queued is not None:
                 return await asyncio.wrap_future(queued)  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        call: Callable[[], T] = (lambda: self._preemptible(fn, loop)) if preemptible else (lambda: fn(None))
+        call: Callable[[], T] = ((lambda: self._preemptible(fn, loop, priority)) if preemptible
+                                 else (lambda: fn(None)))
         return await loop.run_in_executor(executor, call)
 
-    def _queue_between(self, fn: Callable[[], object]) -> concurrent.futures.Future[object] | None:
+    def _queue_between(self, fn: Callable[[], object],
+                       priority: int) -> concurrent.futures.Future[object] | None:
         with self._lock:
-            if not self._window:
+            if not self._window or priority >= self._window_priority:
                 return None
             fut: concurrent.futures.Future[object] = concurrent.futures.Future()
             self._between.append((fn, fut))
             return fut
 
-    def _preemptible(self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop) -> T:
+    def _preemptible(self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop,
+                     priority: int) -> T:
         with self._lock:
-            self._window = True
+            self._window, self._window_priority = True, priority
         loop.call_soon_threadsafe(self._window_opened)
         try:
             return fn(self._run_between)

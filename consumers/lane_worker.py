@@ -98,11 +98,14 @@ class RenderTask:
 
 
 class LaneWorker(ConsumerRebalanceListener):
-    """One lane's jobs on this process's GPU. A worker whose lane ``assists`` others carries
-    a guest ``LaneWorker`` per assisted lane (``host`` set): the guest serves that lane's
-    spill queue on the same GPU thread, ahead of the host's jobs, and shares the host's
-    producer, views, metrics and /metrics port. While a guest holds jobs, the host takes no
-    new ones (they wait in Kafka): the burst's overflow goes first."""
+    """One lane's jobs on this process's GPU. A worker whose lane ``assists`` or
+    ``backfills`` others carries a guest ``LaneWorker`` per such lane (``host`` set): the
+    guest serves that lane's spill queue on the same GPU thread and shares the host's
+    producer, views, metrics and /metrics port. Priority on the GPU: an assisted lane's
+    guest (0), the host (1), a backfilled lane's guest (2). A more urgent worker's batches
+    take the next turn and run between the steps of a less urgent render in progress, and
+    while a more urgent worker holds jobs, a less urgent one takes no new ones (they wait in
+    Kafka)."""
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class LaneWorker(ConsumerRebalanceListener):
         *,
         instance: str | None = None,
         host: LaneWorker | None = None,
+        priority: int = 1,
     ) -> None:
         self.settings = settings
         self.lane = lane
@@ -139,7 +143,7 @@ class LaneWorker(ConsumerRebalanceListener):
             self.source = self.topics.spill(lane)
             self.device = host.device
             host.guests.append(self)
-        self.priority = 1 if host is None else 0  # a guest's batches go first
+        self.priority = priority  # on the shared GPU: lower goes first (host: 1)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.tracker = OffsetTracker()
@@ -190,9 +194,15 @@ class LaneWorker(ConsumerRebalanceListener):
         return (self.lane, self.models.stable.model, self.models.stable.version)
 
     @property
+    def peers(self) -> list[LaneWorker]:
+        """The other workers on this GPU (host and guests)."""
+        host = self.host or self
+        return [w for w in (host, *host.guests) if w is not self]
+
+    @property
     def cap(self) -> int:
-        if self.models.paused or any(g.in_flight for g in self.guests):
-            return 0  # paused, or yielding the GPU to an assisted lane's overflow
+        if self.models.paused or any(p.in_flight for p in self.peers if p.priority < self.priority):
+            return 0  # paused, or yielding the GPU to more urgent work held on it
         return self.models.max_concurrency
 
     @property
@@ -408,8 +418,8 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.in_flight_max.labels(*self.labels).set(self.max_in_flight)
         if delta < 0:
             self.slot_freed.set()
-            if self.host is not None:  # the host may take jobs again
-                self.host.slot_freed.set()
+            for peer in self.peers:  # a less urgent peer may take jobs again
+                peer.slot_freed.set()
 
     async def _update_lag(self) -> None:
         assert self.consumer is not None
@@ -526,11 +536,13 @@ class LaneWorker(ConsumerRebalanceListener):
             return all(self._canceled(t.event.job_id) for t in batch)
 
         try:
-            # A guest's batch runs between the steps of its host's render in progress; the
-            # host's renders let it (they are preemptible when the worker has guests).
+            # A batch runs between the steps of a less urgent peer's render in progress; a
+            # render lets more urgent peers' batches in between its steps.
             outputs = await self.device.render(
                 self.gpu, lambda between: engine.render_batch(reqs, canceled, between),
-                preempt=self.host is not None, preemptible=bool(self.guests))
+                priority=self.priority,
+                preempt=any(p.priority > self.priority for p in self.peers),
+                preemptible=any(p.priority < self.priority for p in self.peers))
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs))
@@ -764,21 +776,21 @@ def _labels(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
 
 async def load_guests(settings: Settings, routes: Routes, lane: str, models: LaneModels,
                       control: dict[str, LaneDesired]) -> dict[str, LaneModels]:
-    """The models of each lane this worker assists, within the one memory budget it shares
-    with its own lane's models. A lane whose model does not fit is not assisted (logged);
-    the worker still serves its own lane."""
+    """The models of each lane this worker assists or backfills, within the one memory
+    budget it shares with its own lane's models. A lane whose model does not fit is not
+    helped (logged); the worker still serves its own lane."""
     loaded: dict[str, LaneModels] = {}
     if not settings.assist:
         return loaded
-    for helped in routes.lanes[lane].assists:
+    for helped in routes.lanes[lane].assists + routes.lanes[lane].backfills:
         guest = LaneModels(settings, helped, routes)
         guest.neighbours = [models, *loaded.values()]
         try:
             engine = await guest.start(control.get(helped))
         except Exception as exc:  # noqa: BLE001 - assisting is optional; serving the lane is not
-            log.error("assist_refused", lane=lane, assists=helped, error=str(exc)[:300])
+            log.error("assist_refused", lane=lane, helps=helped, error=str(exc)[:300])
             continue
-        log.info("assist_loaded", lane=lane, assists=helped, model=engine.name,
+        log.info("assist_loaded", lane=lane, helps=helped, model=engine.name,
                  version=engine.version, footprint_mb=round(engine.footprint_bytes / 2**20, 1))
         for other in (models, *loaded.values()):
             other.neighbours.append(guest)
@@ -813,7 +825,9 @@ async def run(
     worker = LaneWorker(settings, lane, routes, models, registry or CollectorRegistry(),
                         instance=instance)
     for helped, helped_models in guest_models.items():
-        LaneWorker(settings, helped, routes, helped_models, worker.registry, host=worker)
+        urgent = helped in routes.lanes[lane].assists  # else a lane it backfills
+        LaneWorker(settings, helped, routes, helped_models, worker.registry, host=worker,
+                   priority=0 if urgent else 2)
     if on_ready is not None:
         on_ready(worker)
     await worker.run(stop)

@@ -374,6 +374,8 @@ def bench_burst(
     device: str = "cpu",
     spill_after_lag: int = typer.Option(4, help="Lanes: drafts waiting before new ones may spill "
                                            "to the final lane's workers"),
+    final_spill_after_lag: int = typer.Option(2, help="Lanes: finals waiting before new ones "
+                                                 "may spill to the draft lane's idle workers"),
     no_spill: bool = typer.Option(False, "--no-spill", help="Lanes: no spill; each lane's "
                                   "workers serve only their own lane"),
 ) -> None:
@@ -385,7 +387,8 @@ def bench_burst(
     cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, draft_share=draft_share, burst_factor=burst_factor,
                       draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
                       workers=workers, draft_workers=draft_workers, preset=preset, device=device,
-                      spill_after_lag=None if no_spill else spill_after_lag)
+                      spill_after_lag=None if no_spill else spill_after_lag,
+                      final_spill_after_lag=None if no_spill else final_spill_after_lag)
     path = run_burst(cfg, out)
     typer.echo(path.read_text())
 

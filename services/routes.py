@@ -71,8 +71,9 @@ class AdmissionSpec(BaseModel):
 
 class SpillSpec(BaseModel):
     """Burst overflow: while more than ``after_lag`` of the lane's jobs wait (and the spill
-    queue is no longer), the router sends its new jobs to ``lanes.lane.<lane>.spill``, which
-    the workers of the lanes that ``assists`` it serve ahead of their own jobs."""
+    queue is the shorter wait), the router sends its new jobs to ``lanes.lane.<lane>.spill``,
+    which the workers of the lanes that ``assists`` it serve ahead of their own jobs, and
+    those of the lanes that ``backfills`` it when their own lane leaves the GPU idle."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -99,8 +100,11 @@ class LaneSpec(BaseModel):
     typography: TypographySpec = TypographySpec()
     admission: AdmissionSpec | None = None  # None: never defer on this lane
     spill: SpillSpec | None = None  # None: a burst waits in this lane's own queue
-    # Lanes whose spill queues this lane's workers also serve, ahead of their own jobs.
+    # Lanes whose spill queues this lane's workers also serve: ahead of their own jobs
+    # (assists: a more urgent lane), or only when their own jobs leave the GPU idle
+    # (backfills: a less urgent lane; their own jobs run between its steps).
     assists: tuple[str, ...] = ()
+    backfills: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:
@@ -131,15 +135,19 @@ class Routes(BaseModel):
             if lane.cascade and self.lanes[lane.cascade.lane].refine_strength is None:
                 raise ValueError(f"lane {name!r} cascades to {lane.cascade.lane!r}, which is not a "
                                  "refine lane (set its refine_strength)")
-            for helped in lane.assists:
-                if helped == name or helped not in self.lanes:
-                    raise ValueError(f"lane {name!r} assists {helped!r}, which is not another lane")
-                if self.lanes[helped].spill is None:
-                    raise ValueError(f"lane {name!r} assists {helped!r}, which has no spill policy")
+            for how, helped_lanes in (("assists", lane.assists), ("backfills", lane.backfills)):
+                for helped in helped_lanes:
+                    if helped == name or helped not in self.lanes:
+                        raise ValueError(f"lane {name!r} {how} {helped!r}, which is not another lane")
+                    if self.lanes[helped].spill is None:
+                        raise ValueError(f"lane {name!r} {how} {helped!r}, which has no spill policy")
+            if set(lane.assists) & set(lane.backfills):
+                raise ValueError(f"lane {name!r} both assists and backfills "
+                                 f"{sorted(set(lane.assists) & set(lane.backfills))}")
         for name in self.spill_lanes:
-            if not any(name in lane.assists for lane in self.lanes.values()):
-                raise ValueError(f"lane {name!r} spills, but no lane assists it (add it to "
-                                 "another lane's 'assists')")
+            if not any(name in lane.assists + lane.backfills for lane in self.lanes.values()):
+                raise ValueError(f"lane {name!r} spills, but no lane assists or backfills it (add "
+                                 "it to another lane's 'assists' or 'backfills')")
         for intent, lane in self.intents.items():
             if lane not in self.lanes:
                 raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")

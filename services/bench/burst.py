@@ -55,6 +55,9 @@ class BurstConfig:
     # Lanes: over this many drafts waiting, the router may spill new drafts to the final
     # lane's workers, which serve them ahead of finals (None: no spill, the lanes stay apart).
     spill_after_lag: int | None = 4
+    # ... and over this many finals waiting, new finals may spill to the draft lane's workers,
+    # which render them only while no draft needs the GPU (drafts run between their steps).
+    final_spill_after_lag: int | None = 2
     device: str = "cpu"
     preset: str = "tiny"
     seed: int = 0
@@ -139,6 +142,27 @@ def plan_arrivals(cfg: BurstConfig, steady_rate: float) -> list[tuple[float, str
     return out
 
 
+def spill_summary(cfg: BurstConfig, jobs: list[JobResult]) -> str:
+    """What spilled where, per phase (jobs in submission order)."""
+    if cfg.spill_after_lag is None and cfg.final_spill_after_lag is None:
+        return ("Spill is off (`--no-spill`): each lane's burst waits in its own queue and "
+                "each lane's workers serve only their lane.")
+    out = []
+    for intent, after, helper, how in (
+            ("draft", cfg.spill_after_lag, "final", "ahead of finals (finals wait in Kafka meanwhile)"),
+            ("final", cfg.final_spill_after_lag, "draft",
+             "only while no draft needs the GPU (drafts run between its steps)")):
+        if after is None:
+            continue
+        steady = [j for j in jobs[: cfg.steady_jobs] if j.intent == intent]
+        burst = [j for j in jobs[cfg.steady_jobs:] if j.intent == intent]
+        out.append(f"over {after} {intent}s waiting, new {intent}s went to the {intent} lane's "
+                   f"spill queue when it was the shorter wait per server, served by the {helper} "
+                   f"lane's worker {how}: {sum(j.spilled for j in steady)} of {len(steady)} in "
+                   f"the steady phase, {sum(j.spilled for j in burst)} of {len(burst)} in the burst")
+    return "Spill: " + "; ".join(out) + "."
+
+
 def _routes_yaml(cfg: BurstConfig) -> str:
     import yaml
 
@@ -152,6 +176,9 @@ def _routes_yaml(cfg: BurstConfig) -> str:
     if cfg.spill_after_lag is not None:
         draft["spill"] = {"after_lag": cfg.spill_after_lag}
         final["assists"] = ["draft"]
+    if cfg.final_spill_after_lag is not None:
+        final["spill"] = {"after_lag": cfg.final_spill_after_lag}
+        draft["backfills"] = ["final"]
     return yaml.safe_dump({
         "models": {"m": model},
         "lanes": {"draft": draft, "final": final},
@@ -537,18 +564,7 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     batch_gain = service["draft"] / service["draft_batched"]
     caps = ", ".join(f"{name} {cap:g}" for name, cap in all_data["lanes"].get("batch_caps", {}).items())
     draft_work = cfg.draft_share * service["draft"] / mean_service
-    burst_drafts = [j for j in lanes_jobs[cfg.steady_jobs:] if j.intent == "draft"]
-    steady_spilled = sum(j.spilled for j in lanes_jobs[: cfg.steady_jobs])
-    if cfg.spill_after_lag is None:
-        spill_text = ("Spill is off (`--no-spill`): the draft lane's burst waits in its own "
-                      "queue, and the final lane's workers serve finals only.")
-    else:
-        spill_text = (
-            f"Spill: over {cfg.spill_after_lag} drafts waiting, the router sent new drafts to "
-            f"the draft lane's spill queue when that was the shorter wait per server; the final "
-            f"lane's worker serves it ahead of finals (finals wait in Kafka meanwhile). "
-            f"{sum(j.spilled for j in burst_drafts)} of the burst's {len(burst_drafts)} drafts "
-            f"were served that way ({steady_spilled} in the steady phase).")
+    spill_text = spill_summary(cfg, lanes_jobs)
     headers = ["arch", "intent", "jobs", "p50 s", "p95 s", "p99 s", "throughput jobs/s",
                "overhead p95 ms", "mean batch", "peak mem MB", "OOMs", "lost", "crashes"]
     table = markdown_table(headers, [list(r.values())[:13] for r in rows])

@@ -72,3 +72,45 @@ async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_render
         assert host.registry.get_sample_value(
             "lanes_worker_jobs_total",
             {"lane": "draft", "model": "tiny-sd", "version": "tiny-v1", "outcome": "ok"}) == len(spilled)
+
+
+async def test_final_burst_backfills_the_idle_draft_worker_and_drafts_still_come_first(
+        settings: Settings, tmp_path: Path) -> None:
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={**SMALL, "max_concurrency": 2, "max_batch": 1, "backfills": ["final"]},
+        final={**SMALL, "sample_steps": 6, "max_concurrency": 1, "max_batch": 1,
+               "spill": {"after_lag": 1}})
+    async with running_stack(settings, routes_file=routes, worker_lanes=["draft", "final"]) as stack:
+        await stack.wait_workers_ready()
+        draft_host = stack.workers["draft"]
+        (guest,) = draft_host.guests
+        assert (guest.lane, guest.priority, draft_host.priority) == ("final", 2, 1)
+
+        async def guest_reported_ready() -> bool:
+            beats = [WorkerStatus.model_validate_json(r.value)
+                     for r in await read_to_end(stack.settings, stack.topics.workers)]
+            return any(b.instance == guest.instance and b.health == "ready" for b in beats)
+
+        await wait_until(guest_reported_ready, timeout=30, what="the guest's ready heartbeat")
+        await asyncio.sleep(1.0)
+        async with GenerationClient(stack.settings) as client:
+            finals = [await client.submit(GenerationSpec(prompt=f"final {i}", intent="final"))
+                      for i in range(10)]
+            drafts = [await client.submit(GenerationSpec(prompt=f"draft {i}", intent="draft"))
+                      for i in range(3)]
+        done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
+                for j in finals + drafts]
+        assert {d["status"] for d in done} == {"succeeded"}
+
+        spilled = [r.key.decode() for r in await read_topic(stack.settings, stack.topics.spill("final"))]
+        on_lane = [r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))]
+        assert sorted(spilled + on_lane) == sorted(finals) and spilled
+        completed = [e for e in map(parse_job_event, (r.value for r in await read_topic(
+            stack.settings, stack.topics.renders))) if isinstance(e, RenderCompleted)]
+        assert Counter(e.job_id for e in completed) == Counter(finals + drafts)
+        by_job = {e.job_id: e for e in completed}
+        assert {by_job[j].instance for j in spilled} == {guest.instance}
+        assert all(by_job[j].lane == "final" and by_job[j].sample_steps == 6 for j in spilled)
+        # The draft worker's own drafts stay on the draft worker.
+        assert {by_job[j].instance for j in drafts} == {draft_host.instance}

@@ -82,7 +82,7 @@ def test_budget_counts_the_weights_of_the_workers_other_models() -> None:
 def test_spill_and_assists_must_name_each_other() -> None:
     raw = yaml.safe_load(routes_text(None))
     raw["lanes"]["final"]["assists"] = []
-    with pytest.raises(ValidationError, match="no lane assists it"):
+    with pytest.raises(ValidationError, match="no lane assists or backfills it"):
         Routes.model_validate(raw)
     raw = yaml.safe_load(routes_text(None))
     del raw["lanes"]["draft"]["spill"]
@@ -92,8 +92,13 @@ def test_spill_and_assists_must_name_each_other() -> None:
     raw["lanes"]["final"]["assists"] = ["final"]
     with pytest.raises(ValidationError, match="not another lane"):
         Routes.model_validate(raw)
+    raw = yaml.safe_load(routes_text(None))
+    raw["lanes"]["final"]["backfills"] = ["draft"]
+    with pytest.raises(ValidationError, match="both assists and backfills"):
+        Routes.model_validate(raw)
     routes = load_routes(None)
-    assert routes.spill_lanes == ["draft"] and routes.lanes["final"].assists == ("draft",)
+    assert routes.spill_lanes == ["draft", "final"]
+    assert routes.lanes["final"].assists == ("draft",) and routes.lanes["draft"].backfills == ("final",)
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +146,10 @@ async def test_a_guest_batch_runs_between_the_host_renders_steps_and_both_images
         return out
 
     try:
-        host = asyncio.create_task(device.render(gpu, host_render, preemptible=True))
+        host = asyncio.create_task(device.render(gpu, host_render, priority=1, preemptible=True))
         await asyncio.to_thread(steps_done.wait, 30)
         async with device.turn(0):  # the host holds no turn here; the window decides
-            (guest_out,) = await device.render(gpu, guest_render, preempt=True)
+            (guest_out,) = await device.render(gpu, guest_render, priority=0, preempt=True)
         assert not host.done()  # the draft did not wait for the 12-step render
         (host_out,) = await host
     finally:
@@ -158,7 +163,8 @@ async def test_without_a_preemptible_render_the_guest_runs_on_its_own() -> None:
     device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
     try:
         seen: list[object] = []
-        result = await device.render(gpu, lambda between: seen.append(between) or "ran", preempt=True)
+        result = await device.render(gpu, lambda between: seen.append(between) or "ran", priority=0,
+                                     preempt=True)
     finally:
         gpu.shutdown()
     assert result == "ran" and seen == [None]
@@ -176,7 +182,7 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     host = LaneWorker(settings, "final", routes, LaneModels(settings, "final", routes),
                       CollectorRegistry(), instance="gpu-0-final")
     guest = LaneWorker(settings, "draft", routes, LaneModels(settings, "draft", routes),
-                       host.registry, host=host)
+                       host.registry, host=host, priority=0)
     assert host.guests == [guest] and guest.device is host.device and guest.gpu is host.gpu
     assert (guest.instance, guest.source, guest.serves) == (
         "gpu-0-final+draft-spill", "lanes.lane.draft.spill", "spill")
@@ -187,6 +193,15 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     host.slot_freed.clear()
     guest._hold(-1)
     assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
+    # A backfilled lane's guest is the other way round: it yields to the host.
+    backfill = LaneWorker(settings, "upscale", routes, LaneModels(settings, "upscale", routes),
+                          host.registry, host=host, priority=2)
+    assert set(map(id, backfill.peers)) == {id(host), id(guest)}
+    assert backfill.cap == routes.lanes["upscale"].max_concurrency
+    host._hold(+1)
+    assert backfill.cap == 0 and guest.cap == routes.lanes["draft"].max_concurrency
+    backfill._hold(+1)
+    assert host.cap == routes.lanes["final"].max_concurrency  # a less urgent peer never holds it back
 
 
 async def test_a_guest_waiting_for_a_turn_is_let_in_when_the_host_render_starts() -> None:
@@ -207,10 +222,45 @@ async def test_a_guest_waiting_for_a_turn_is_let_in_when_the_host_render_starts(
         guest_turn = asyncio.create_task(device.acquire(0))
         await asyncio.sleep(0.01)
         assert not guest_turn.done()  # no render to preempt yet: it waits
-        host = asyncio.create_task(device.render(gpu, host_render, preemptible=True))
+        host = asyncio.create_task(device.render(gpu, host_render, priority=1, preemptible=True))
         assert await asyncio.wait_for(guest_turn, 5) is False  # in, without the turn
-        ran = await device.render(gpu, lambda between: steps_left.set() or "guest", preempt=True)
+        ran = await device.render(gpu, lambda between: steps_left.set() or "guest", priority=0,
+                                  preempt=True)
         assert ran == "guest" and await host == "host"
         device.release()
+    finally:
+        gpu.shutdown()
+
+
+async def test_only_a_more_urgent_batch_runs_between_a_renders_steps() -> None:
+    device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
+    log: list[str] = []
+    release = threading.Event()
+
+    def backfill_render(between: BetweenSteps | None) -> str:  # a final borrowed at priority 2
+        assert between is not None
+        for _ in range(400):
+            time.sleep(0.005)
+            between()
+            if release.is_set():
+                break
+        log.append("backfill done")
+        return "backfill"
+
+    try:
+        backfill = asyncio.create_task(device.render(gpu, backfill_render, priority=2, preemptible=True))
+        await asyncio.sleep(0.05)
+        # Another backfill batch (same priority) does not get in between: it runs after.
+        later = asyncio.create_task(device.render(
+            gpu, lambda between: log.append("backfill 2") or "b2", priority=2, preempt=True))
+        await asyncio.sleep(0.05)
+        assert log == []
+        # The host's own draft (priority 1) does.
+        assert await device.render(gpu, lambda between: log.append("host") or "h", priority=1,
+                                   preempt=True) == "h"
+        assert log == ["host"] and not backfill.done()
+        release.set()
+        assert (await backfill, await later) == ("backfill", "b2")
+        assert log == ["host", "backfill done", "backfill 2"]
     finally:
         gpu.shutdown()
