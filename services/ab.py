@@ -65,7 +65,7 @@ def _routes_for(settings: Settings, engine: str, intent: str, workdir: Path) -> 
         raise ValueError(f"unknown engine {engine!r}; the routes file has {sorted(base.models)}")
     template = base.lanes[base.intents[intent]]
     lane = template.model_dump(mode="json", exclude={"cascade", "fallback_lane", "refine_strength",
-                                                    "spill", "assists"})
+                                                    "spill", "assists", "backfills"})
     lane.update(model=engine, typography={"repair": False})
     doc = {"models": {name: m.model_dump(mode="json", exclude_none=True) for name, m in base.models.items()},
            "lanes": {"ab": lane}, "intents": {"draft": "ab", "final": "ab"}}
