@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,36 @@ from schemas.control import WorkerStatus
 from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
 from schemas.spec import GenerationSpec
 from services.settings import Settings
-from tests.stack import read_to_end, read_topic, running_stack, wait_until, write_routes
+from tests.stack import Stack, read_to_end, read_topic, running_stack, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 SMALL = {"sample_steps": 2, "width": 128, "height": 128, "max_wait_ms": 5}
+
+
+async def guest_reported_ready(stack: Stack, instance: str) -> None:
+    """Until the guest's ready heartbeat is on lanes.workers, which the router places by."""
+    async def ready() -> bool:
+        beats = [WorkerStatus.model_validate_json(r.value)
+                 for r in await read_to_end(stack.settings, stack.topics.workers)]
+        return any(b.instance == instance and b.health == "ready" for b in beats)
+
+    await wait_until(ready, timeout=30, what=f"{instance}'s ready heartbeat")
+    await asyncio.sleep(1.0)  # the router follows the same topic; let it read the beat
+
+
+async def submit_all_and_wait(stack: Stack, *, finals: int,
+                              drafts: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Submit the finals, then the drafts, back to back; wait until every job succeeded."""
+    async with GenerationClient(stack.settings) as client:
+        final_ids = [await client.submit(GenerationSpec(prompt=f"final {i}", intent="final"))
+                     for i in range(finals)]
+        draft_ids = [await client.submit(GenerationSpec(prompt=f"draft {i}", intent="draft"))
+                     for i in range(drafts)]
+    done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
+            for j in final_ids + draft_ids]
+    assert {d["status"] for d in done} == {"succeeded"}
+    return final_ids, draft_ids, done
 
 
 async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_renders_once(
@@ -33,21 +59,8 @@ async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_render
         (guest,) = host.guests
         assert (guest.lane, guest.serves, guest.source) == ("draft", "spill", stack.topics.spill("draft"))
 
-        async def guest_reported_ready() -> bool:  # the router places by heartbeats
-            beats = [WorkerStatus.model_validate_json(r.value)
-                     for r in await read_to_end(stack.settings, stack.topics.workers)]
-            return any(b.instance == guest.instance and b.health == "ready" for b in beats)
-
-        await wait_until(guest_reported_ready, timeout=30, what="the guest's ready heartbeat")
-        await asyncio.sleep(1.0)  # the router follows the same topic; let it read the beat
-        async with GenerationClient(stack.settings) as client:
-            finals = [await client.submit(GenerationSpec(prompt=f"final {i}", intent="final"))
-                      for i in range(2)]
-            drafts = [await client.submit(GenerationSpec(prompt=f"draft {i}", intent="draft"))
-                      for i in range(16)]
-        done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
-                for j in finals + drafts]
-        assert {d["status"] for d in done} == {"succeeded"}
+        await guest_reported_ready(stack, guest.instance)
+        finals, drafts, done = await submit_all_and_wait(stack, finals=2, drafts=16)
         assert all(d["lane"] == "draft" for d in done[2:])
 
         on_lane = [r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("draft"))]
@@ -87,21 +100,8 @@ async def test_final_burst_backfills_the_idle_draft_worker_and_drafts_still_come
         (guest,) = draft_host.guests
         assert (guest.lane, guest.priority, draft_host.priority) == ("final", 2, 1)
 
-        async def guest_reported_ready() -> bool:
-            beats = [WorkerStatus.model_validate_json(r.value)
-                     for r in await read_to_end(stack.settings, stack.topics.workers)]
-            return any(b.instance == guest.instance and b.health == "ready" for b in beats)
-
-        await wait_until(guest_reported_ready, timeout=30, what="the guest's ready heartbeat")
-        await asyncio.sleep(1.0)
-        async with GenerationClient(stack.settings) as client:
-            finals = [await client.submit(GenerationSpec(prompt=f"final {i}", intent="final"))
-                      for i in range(10)]
-            drafts = [await client.submit(GenerationSpec(prompt=f"draft {i}", intent="draft"))
-                      for i in range(3)]
-        done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
-                for j in finals + drafts]
-        assert {d["status"] for d in done} == {"succeeded"}
+        await guest_reported_ready(stack, guest.instance)
+        finals, drafts, done = await submit_all_and_wait(stack, finals=10, drafts=3)
 
         spilled = [r.key.decode() for r in await read_topic(stack.settings, stack.topics.spill("final"))]
         on_lane = [r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))]
