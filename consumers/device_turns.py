@@ -36,7 +36,6 @@ BetweenSteps = Callable[[], float]  # runs queued work at a step boundary; secon
 class DeviceTurns:
     def __init__(self) -> None:
         self._busy = False
-        self._holder = 0  # the priority of the turn being served
         # (priority, arrival, future): True when the turn is handed over, False when the
         # waiter may run between the steps of a preemptible render that started since.
         self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
@@ -48,15 +47,11 @@ class DeviceTurns:
 
     # ---- turns (event loop) -------------------------------------------------------------
 
-    @property
-    def waiting(self) -> int:
-        return sum(1 for *_, fut in self._waiters if not fut.done())
-
     async def acquire(self, priority: int) -> bool:
         """Wait for a turn. False: no turn was needed, because a lower-priority render is
         running preemptibly and this caller's work will run between its steps."""
         if not self._busy:
-            self._busy, self._holder = True, priority
+            self._busy = True
             return True
         if self._window and priority < self._window_priority:
             return False
@@ -68,8 +63,6 @@ class DeviceTurns:
             if fut.done() and not fut.cancelled() and fut.result():  # the turn came as we
                 self.release()  # were cancelled
             raise
-        if owned:
-            self._holder = priority
         return owned
 
     def release(self) -> None:

@@ -18,6 +18,9 @@
   ``lanes.workers`` every ``heartbeat_s``. A rolling restart goes one instance at a time:
   an instance restarts (drain, leave the group, reload, rejoin) once every instance before
   it, in instance order, is back and ready.
+- Spill: a worker of a lane that ``assists`` or ``backfills`` another also serves that
+  lane's spill queue through a guest worker on the same GPU thread (``LaneWorker`` below,
+  ``consumers.device_turns``).
 """
 
 from __future__ import annotations
