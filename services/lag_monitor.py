@@ -24,7 +24,8 @@ def spill_key(lane: str) -> str:
 
 
 def spill_group(settings: Settings, lane: str) -> str:
-    """The consumer group of a lane's spill queue: every worker that assists the lane."""
+    """The consumer group of a lane's spill queue: the guests of every lane that assists or
+    backfills it."""
     return settings.group(f"lanes-lane-{lane}-spill")
 
 

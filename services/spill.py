@@ -2,8 +2,8 @@
 
 A lane with a ``spill`` policy overflows into ``lanes.lane.<lane>.spill`` while more than
 ``after_lag`` of its jobs wait and the spill queue is the shorter wait: jobs waiting per
-server, counting the lane's own live workers for its queue and the live guests (workers of
-the lanes that ``assists`` it) for the spill queue. With no live guest nothing spills, so a
+server, counting the lane's own live workers for its queue and the live guests (in the
+workers of the lanes that ``assists`` or ``backfills`` it) for the spill queue. With no live guest nothing spills, so a
 spilled job always has a worker that serves it.
 """
 

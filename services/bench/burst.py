@@ -76,8 +76,8 @@ class JobResult:
     store_ms: float = 0.0  # writing the PNG (both architectures write it)
     completed_at: float | None = None  # when the worker created the render event
     started_at: float | None = None  # when its batch was handed to the GPU thread
-    spilled: bool = False  # Lanes: served from the draft lane's spill queue by a guest
-    preempted_ms: float = 0.0  # Lanes: its render paused while spilled drafts ran
+    spilled: bool = False  # Lanes: served from its lane's spill queue by another lane's guest
+    preempted_ms: float = 0.0  # Lanes: its render paused while more urgent drafts ran
 
     @property
     def e2e_s(self) -> float | None:
@@ -94,8 +94,8 @@ class JobResult:
 
     def segments_ms(self) -> dict[str, float] | None:
         """Where the overhead goes (Lanes): the router hop (submitted until routed), the
-        in-worker handoff (batch started until the outcome event was built, less inference
-        and the PNG write) and the read-back (outcome event built until read from Kafka)."""
+        in-worker handoff (batch started until the outcome event was built, less inference,
+        the PNG write and any pause between its steps) and the read-back (outcome event built until read from Kafka)."""
         route, started, built, done = self.route_s, self.started_at, self.completed_at, self.done
         if route is None or started is None or built is None or done is None or self.inference_ms is None:
             return None
