@@ -12,7 +12,7 @@ automatic rollback of bad versions, and the autoscaling signal.
   current revision is rolled back the same way (a canary is dropped, a fresh deploy returns
   to the previous version).
 - Every few seconds, each lane's desired replica count from its consumer lag and measured
-  throughput (``services.autoscale``), exported on /metrics.
+  throughput (``services.domain.autoscale``), exported on /metrics.
 
 State is rebuilt from ``lanes.control`` on every assignment, so a restart loses nothing.
 """
@@ -26,10 +26,11 @@ from typing import Sequence
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from consumers.loop import MessageContext, Output
-from consumers.restoring import RestoringListener
-from consumers.runtime import run_consumer
-from producers.ops import ForgedCommand, SignedCommand, verify_command
+from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.restoring import RestoringListener
+from consumers.machinery.runtime import run_consumer
+from producers.exceptions import ForgedCommand
+from producers.ops import verify_command
 from schemas.control import LaneDesired, ModelRef, OpsResult, WorkerStatus, live_workers
 from schemas.events import (
     RenderCompleted,
@@ -38,14 +39,15 @@ from schemas.events import (
     VerificationCompleted,
     parse_job_event,
 )
+from schemas.ops import SignedCommand
 from schemas.topics import Topics
-from services.autoscale import LaneSample, ThroughputMeter, desired_replicas
-from services.canary import CanaryJudge
-from services.compacted_view import CompactedView
-from services.control_state import Rejected, apply_command, auto_rollback, initial_state
-from services.lag_monitor import LagMonitor, spill_key
-from services.routes import Routes, load_routes
-from services.settings import Settings
+from services.config.routes import Routes, load_routes
+from services.config.settings import Settings
+from services.domain.autoscale import LaneSample, ThroughputMeter, desired_replicas
+from services.domain.canary import CanaryJudge
+from services.domain.control_state import Rejected, apply_command, auto_rollback, initial_state
+from services.kafka.compacted_view import CompactedView
+from services.kafka.lag_monitor import LagMonitor, spill_key
 
 __all__ = ["run", "ControlPlane"]
 

@@ -1,6 +1,6 @@
 """Re-admission [group lanes-deferred]: jobs parked on ``lanes.deferred`` during a burst.
 
-Each job is held until its ``not_before`` (``consumers.delayed``: paused partitions, no
+Each job is held until its ``not_before`` (``consumers.machinery.delayed``: paused partitions, no
 sleeping). Then, if its lane's lag has fallen to the threshold, it is routed to the lane;
 otherwise it is parked again for another ``defer_s``. Nothing is dropped either way.
 """
@@ -15,13 +15,13 @@ from typing import Sequence
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.delayed import run_delayed
-from consumers.loop import Output
+from consumers.machinery.delayed import run_delayed
+from consumers.machinery.loop import Output
 from consumers.router import defer_reason, routed_event, stop_watching, watch
 from schemas.events import GenerationDeferred, utcnow
 from schemas.topics import Topics
-from services.routes import load_routes
-from services.settings import Settings
+from services.config.routes import load_routes
+from services.config.settings import Settings
 
 __all__ = ["run"]
 

@@ -14,16 +14,16 @@ from typing import Sequence
 import structlog
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from consumers.loop import MessageContext, Output
-from consumers.restoring import RestoringListener
-from consumers.runtime import run_consumer
+from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.restoring import RestoringListener
+from consumers.machinery.runtime import run_consumer
 from schemas.events import parse_job_event
 from schemas.records import JobState
 from schemas.topics import Topics
-from services.compacted_view import CompactedView
-from services.job_fold import fold
-from services.routes import load_routes
-from services.settings import Settings
+from services.config.routes import load_routes
+from services.config.settings import Settings
+from services.domain.job_fold import fold
+from services.kafka.compacted_view import CompactedView
 
 __all__ = ["run", "JobStateFolder"]
 

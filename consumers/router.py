@@ -2,7 +2,7 @@
 admission: during a burst (the lane's lag above its ``admission.defer_lag``) a job of a
 deferrable priority is parked on ``lanes.deferred`` instead (``consumers.deferred``
 re-admits it). Critical jobs are never deferred. A lane with a spill policy overflows into
-its spill queue, which workers of other lanes serve first (``services.spill``)."""
+its spill queue, which workers of other lanes serve first (``services.domain.spill``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from typing import Sequence
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from consumers.exceptions import PoisonEvent
-from consumers.loop import MessageContext, Output
-from consumers.runtime import run_consumer
+from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.runtime import run_consumer
 from schemas.events import (
     CancelRequested,
     GenerationDeferred,
@@ -26,12 +25,13 @@ from schemas.events import (
     parse_job_event,
     utcnow,
 )
+from schemas.exceptions import PoisonEvent
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
-from services.lag_monitor import LagMonitor
-from services.routes import LaneSpec, Routes, load_routes
-from services.settings import Settings
-from services.spill import Placement
+from services.config.routes import LaneSpec, Routes, load_routes
+from services.config.settings import Settings
+from services.domain.spill import Placement
+from services.kafka.lag_monitor import LagMonitor
 
 __all__ = ["run", "Router", "seed_for", "routed_event", "defer_reason", "watch", "stop_watching"]
 

@@ -2,7 +2,7 @@
 
 For each deliverable render whose job expects text: OCR it and score it against the
 expected text. On a failing score, when the route allows it, composite the exact text onto
-the image (``services.typography.composite_text``) and check again. A final-intent job
+the image (``services.typography.text.composite_text``) and check again. A final-intent job
 that still fails is re-rendered on the route's typography fallback lane, up to
 ``max_attempts`` renders in all; the job state then delivers the best-scoring image, flagged.
 Runs after the render event is published, so it never delays a draft or its webhook.
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import structlog
 
-from consumers.loop import MessageContext, Output
-from consumers.runtime import run_consumer
+from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.runtime import run_consumer
 from schemas.events import (
     GenerationRouted,
     RenderCompleted,
@@ -28,10 +28,10 @@ from schemas.events import (
     parse_job_event,
 )
 from schemas.topics import Topics
-from services.artifacts import ArtifactError, LocalArtifactStore
-from services.routes import Routes, TypographySpec, load_routes
-from services.settings import Settings
-from services.typography import OcrReader, RepairError, composite_text, text_similarity
+from services.config.routes import Routes, TypographySpec, load_routes
+from services.config.settings import Settings
+from services.storage.artifacts import ArtifactError, LocalArtifactStore
+from services.typography.text import OcrReader, RepairError, composite_text, text_similarity
 
 __all__ = ["run", "Verifier"]
 

@@ -1,6 +1,6 @@
 """Webhook retries [group lanes-webhooks-retry]: the delay topic ``lanes.webhooks.retry``.
 
-Each record is a webhook message due at ``due_at`` (``consumers.delayed`` holds it until
+Each record is a webhook message due at ``due_at`` (``consumers.machinery.delayed`` holds it until
 then without sleeping). An attempt's outcome (delivery record, next attempt or DLQ) is
 acknowledged before the offset is committed.
 """
@@ -12,12 +12,12 @@ from typing import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from consumers.delayed import run_delayed
-from consumers.loop import Output
+from consumers.machinery.delayed import run_delayed
+from consumers.machinery.loop import Output
 from consumers.webhooks import WebhookMetrics, after_attempt, make_sender
 from schemas.records import WebhookMessage
 from schemas.topics import Topics
-from services.settings import Settings
+from services.config.settings import Settings
 
 __all__ = ["run"]
 

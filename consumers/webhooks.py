@@ -21,15 +21,15 @@ from typing import Sequence
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.loop import MessageContext, Output
-from consumers.restoring import RestoringListener
-from consumers.runtime import run_consumer
+from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.restoring import RestoringListener
+from consumers.machinery.runtime import run_consumer
 from schemas.events import utcnow
 from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
-from services.compacted_view import CompactedView
-from services.settings import Settings
-from services.webhooks import AttemptResult, WebhookSender, backoff_delay, webhook_id
+from services.config.settings import Settings
+from services.kafka.compacted_view import CompactedView
+from services.webhooks.delivery import AttemptResult, WebhookSender, backoff_delay, webhook_id
 
 __all__ = ["run", "WebhookDispatcher", "make_sender", "after_attempt", "WebhookMetrics"]
 

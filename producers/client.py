@@ -1,6 +1,6 @@
 """GenerationClient: how the marketplace backend publishes generation requests.
 
-    async with GenerationClient(Settings()) as client:
+    async with GenerationClient(ClientSettings()) as client:
         job_id = await client.submit(GenerationSpec(prompt='a poster "SUMMER SALE"'))
 
 ``submit`` returns once the broker has acknowledged the request (acks=all, idempotent
@@ -15,11 +15,11 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
+from producers.kafka import make_producer
+from producers.settings import ClientSettings
 from schemas.events import CancelRequested, GenerationRequested
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
-from services.kafka_clients import make_producer
-from services.settings import Settings
 
 __all__ = ["GenerationClient", "fingerprint", "job_id_for"]
 
@@ -37,7 +37,7 @@ def job_id_for(idempotency_key: str | None, tenant: str | None = None) -> str:
 
 
 class GenerationClient:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None,
+    def __init__(self, settings: ClientSettings, producer: AIOKafkaProducer | None = None,
                  *, producer_name: str = "lanes-sdk") -> None:
         self.topics = Topics(settings.topic_prefix)
         self._own = producer is None

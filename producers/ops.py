@@ -9,30 +9,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
+from producers.exceptions import ForgedCommand
+from producers.kafka import make_producer
+from producers.settings import ClientSettings
 from schemas.control import OpsCommand
+from schemas.ops import SignedCommand
 from schemas.topics import Topics
-from services.kafka_clients import make_producer
-from services.settings import Settings
 
 __all__ = ["SignedCommand", "sign_command", "verify_command", "publish_command", "ForgedCommand"]
-
-
-class ForgedCommand(Exception):
-    """Signature missing or wrong, or timestamp outside the tolerance."""
-
-
-class SignedCommand(BaseModel):
-    id: str
-    timestamp: str
-    signature: str
-    payload: str  # the OpsCommand JSON exactly as signed
-
-    def headers(self) -> dict[str, str]:
-        return {"webhook-id": self.id, "webhook-timestamp": self.timestamp,
-                "webhook-signature": self.signature}
 
 
 def sign_command(command: OpsCommand, key: str, at: datetime | None = None) -> SignedCommand:
@@ -55,8 +41,9 @@ def verify_command(signed: SignedCommand, key: str) -> OpsCommand:
     return command
 
 
-async def publish_command(settings: Settings, command: OpsCommand) -> SignedCommand:
-    signed = sign_command(command, settings.ops_key.get_secret_value())
+async def publish_command(settings: ClientSettings, command: OpsCommand, key: str) -> SignedCommand:
+    """Sign ``command`` with the ops key ``key`` and publish it on ``lanes.ops``."""
+    signed = sign_command(command, key)
     producer = make_producer(settings, client_id="lanes-ops")
     await producer.start()
     try:

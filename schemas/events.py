@@ -1,7 +1,7 @@
 """Kafka event payloads: a common envelope plus one model per event type.
 
 Transport metadata (topic, partition, offset) never goes into a payload; see
-``consumers.loop.MessageContext``.
+``consumers.machinery.loop.MessageContext``.
 """
 
 from __future__ import annotations

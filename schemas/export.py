@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from producers.ops import SignedCommand
 from schemas import control, events, records
+from schemas.ops import SignedCommand
 from schemas.spec import GenerationSpec
 
 __all__ = ["SCHEMA_MODELS", "export_schemas"]

@@ -15,9 +15,9 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from services.kafka_local import KafkaProcess, free_port
-from services.logs import configure_logging
-from services.settings import Settings
+from services.config.settings import Settings
+from services.kafka.local_broker import KafkaProcess, free_port
+from services.process.logs import configure_logging
 from tests.stack import Stack, WebhookReceiver
 
 

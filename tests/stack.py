@@ -15,10 +15,10 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI, Request, Response
 
-from services.gateway import create_app
-from services.local_stack import LocalStack
-from services.observability import EmbeddedServer
-from services.settings import Settings
+from services.apps.gateway import create_app
+from services.apps.in_process import LocalStack
+from services.config.settings import Settings
+from services.process.ops_server import EmbeddedServer
 
 __all__ = ["Stack", "WebhookReceiver", "read_topic", "read_to_end", "produce_raw", "write_routes", "wait_until", "running_stack"]
 

@@ -22,6 +22,7 @@ from services.engines.memory import (
     is_out_of_memory,
     model_footprint_bytes,
 )
+from services.exceptions import Interrupted
 
 __all__ = ["DiffusionEngine", "RenderRequest", "RenderOutput", "Interrupted", "check_inputs",
            "batch_key"]
@@ -182,9 +183,3 @@ class DiffusionEngine:
         return [RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began) for img in result.images]
 
 
-class Interrupted(Exception):
-    """The render was stopped at a step boundary (every job of the batch was canceled)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"stopped at step {step}")
-        self.step = step

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from services.exceptions import ModelTooLarge, OutOfMemory
+
 __all__ = [
     "OutOfMemory",
     "ModelTooLarge",
@@ -27,14 +29,6 @@ GB = 1024**3
 # Activation bytes per latent pixel per channel of the widest UNet block (resnets,
 # attention, skip connections kept for the decoder), measured high on SD-class UNets.
 ACTIVATION_FACTOR = 48
-
-
-class OutOfMemory(Exception):
-    """A batch did not fit: a CUDA OOM, or the budget check refused it before it ran."""
-
-
-class ModelTooLarge(Exception):
-    """The model's weights alone exceed the worker's memory budget."""
 
 
 def model_footprint_bytes(pipeline: Any) -> int:

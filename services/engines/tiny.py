@@ -144,7 +144,12 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     cfg = config or TinyConfig()
     directory = Path(directory)

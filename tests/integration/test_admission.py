@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import parse_job_event
-from services.admission import Quota
-from services.settings import Settings
+from services.config.settings import Quota, Settings
 from tests.stack import WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka]

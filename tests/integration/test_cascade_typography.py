@@ -14,8 +14,8 @@ from PIL import Image
 from producers.client import GenerationClient
 from schemas.events import RenderCompleted, VerificationCompleted, parse_job_event
 from schemas.spec import GenerationSpec
-from services.settings import Settings
-from services.typography import OcrReader
+from services.config.settings import Settings
+from services.typography.text import OcrReader
 from tests.stack import Stack, WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -131,7 +131,7 @@ async def test_unreadable_artifact_fails_the_job_with_a_clear_reason(stack: Stac
 
 
 async def test_ab_report_compares_engines_with_images(settings: Settings, tmp_path: Path) -> None:
-    from services.ab import run_ab
+    from services.apps.ab import run_ab
 
     prompts = ['a poster with the text "SUMMER SALE"', "a sneaker"]
     out = await run_ab(settings, ["tiny-sd", "tiny-sd-b"], prompts, tmp_path / "ab.html")

@@ -11,11 +11,11 @@ from consumers import control
 from producers.ops import sign_command
 from schemas.control import LaneDesired, OpsCommand, OpsResult
 from schemas.topics import Topics
-from services.kafka_clients import ensure_topics
-from services.local_stack import LocalStack
-from services.ops_client import lane_states, send_and_wait
-from services.routes import load_routes
-from services.settings import Settings
+from services.apps.in_process import LocalStack
+from services.apps.ops_client import lane_states, send_and_wait
+from services.config.routes import load_routes
+from services.config.settings import Settings
+from services.kafka.clients import ensure_topics
 from tests.stack import produce_raw, read_topic, wait_until
 
 pytestmark = [pytest.mark.kafka]

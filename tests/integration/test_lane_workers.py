@@ -18,8 +18,8 @@ from producers.client import GenerationClient
 from schemas.events import GenerationRequested, RenderCompleted, RenderStarted, parse_job_event
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
+from services.config.settings import Settings
 from services.engines.batching import choose_batch_cap
-from services.settings import Settings
 from tests.stack import (
     Stack,
     WebhookReceiver,
@@ -170,7 +170,7 @@ def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[b
                LANES_GROUP_PREFIX=settings.group_prefix, LANES_STATE_DIR=str(settings.state_dir),
                LANES_ARTIFACT_DIR=str(settings.artifacts_path), LANES_ROUTES_FILE=str(settings.routes_file),
                LANES_KAFKA_SESSION_TIMEOUT_MS="6000", LANES_DRAIN_TIMEOUT_S="60")
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", "worker", "--lane", lane],
+    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "run", "worker", "--lane", lane],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

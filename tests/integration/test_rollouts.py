@@ -12,12 +12,12 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from consumers.lane_models import canary_bucket
+from consumers.lane_worker.models import canary_bucket
 from schemas.control import LaneDesired, OpsCommand, WorkerStatus
-from services.ops_client import send_and_wait
-from services.rollout import RolloutView
-from services.routes import checkpoint_dir, load_routes
-from services.settings import Settings
+from services.apps.ops_client import send_and_wait
+from services.config.routes import checkpoint_dir, load_routes
+from services.config.settings import Settings
+from services.domain.rollout import RolloutView
 from tests.stack import Stack, WebhookReceiver, read_to_end, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -14,7 +14,7 @@ from producers.client import GenerationClient
 from schemas.control import WorkerStatus
 from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
 from schemas.spec import GenerationSpec
-from services.settings import Settings
+from services.config.settings import Settings
 from tests.stack import Stack, read_to_end, read_topic, running_stack, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

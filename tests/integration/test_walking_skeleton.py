@@ -14,7 +14,7 @@ from PIL import Image
 
 from schemas.events import GenerationRequested
 from schemas.records import DeadLetter, JobState
-from services.settings import PLACEHOLDER_WEBHOOK_SECRET
+from services.config.settings import PLACEHOLDER_WEBHOOK_SECRET
 from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -175,7 +175,7 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
     import httpx
 
     from consumers import router
-    from services.kafka_local import free_port
+    from services.kafka.local_broker import free_port
 
     metrics = await stack.http.get("/metrics")
     assert "lanes_gateway_requests_total" in metrics.text

@@ -12,9 +12,9 @@ from producers.client import GenerationClient
 from producers.webhook_receiver import verify_delivery
 from schemas.records import WebhookDelivery, WebhookMessage
 from schemas.spec import GenerationSpec
-from services.kafka_local import free_port
-from services.settings import Settings
-from services.webhook_replay import replay
+from services.apps.webhook_replay import replay
+from services.config.settings import Settings
+from services.kafka.local_broker import free_port
 from tests.stack import Stack, WebhookReceiver, read_topic, running_stack, wait_until
 
 pytestmark = [pytest.mark.kafka]

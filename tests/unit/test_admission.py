@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from services.admission import Quota, TokenBuckets
+from services.config.settings import Quota
+from services.domain.admission import TokenBuckets
 
 
 def test_token_bucket_allows_the_burst_then_refills_at_the_rate() -> None:

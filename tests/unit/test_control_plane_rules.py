@@ -9,13 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from consumers.lane_models import canary_bucket
+from consumers.lane_worker.models import canary_bucket
 from schemas.control import Canary, LaneDesired, ModelRef, WorkerStatus
-from services.autoscale import LaneSample, ThroughputMeter, desired_replicas
-from services.canary import CanaryJudge
-from services.control_state import auto_rollback
-from services.k8s_manifests import render
-from services.routes import load_routes, routes_text
+from services.apps.k8s_manifests import render
+from services.config.routes import load_routes, routes_text
+from services.domain.autoscale import LaneSample, ThroughputMeter, desired_replicas
+from services.domain.canary import CanaryJudge
+from services.domain.control_state import auto_rollback
 
 V1 = ModelRef(model="sd", version="v1")
 V2 = ModelRef(model="sd", version="v2")

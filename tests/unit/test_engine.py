@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.config.routes import checkpoint_dir, load_routes
 from services.engines.diffusion import DiffusionEngine, RenderRequest, check_inputs
-from services.routes import checkpoint_dir, load_routes
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from schemas.events import (
     VerificationCompleted,
 )
 from schemas.spec import GenerationSpec
-from services.job_fold import fold
+from services.domain.job_fold import fold
 
 JOB = "job_1"
 SPEC = GenerationSpec(prompt='poster "SUMMER SALE"', webhook_url="https://example.com/h")

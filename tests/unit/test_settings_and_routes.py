@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.export import SCHEMA_MODELS, export_schemas
-from services.routes import load_routes
-from services.settings import Settings
+from services.config.routes import load_routes
+from services.config.settings import Settings
 
 
 def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatch) -> None:

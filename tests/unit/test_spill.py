@@ -13,11 +13,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from consumers.device_turns import BetweenSteps, DeviceTurns
+from consumers.lane_worker.device_turns import BetweenSteps, DeviceTurns
+from services.config.routes import Routes, SpillSpec, checkpoint_dir, load_routes, routes_text
+from services.domain.spill import should_spill
 from services.engines.diffusion import DiffusionEngine, RenderOutput, RenderRequest
 from services.engines.memory import MemoryBudget, ModelTooLarge, OutOfMemory
-from services.routes import Routes, SpillSpec, checkpoint_dir, load_routes, routes_text
-from services.spill import should_spill
 
 GB = 1024**3
 
@@ -173,9 +173,9 @@ async def test_without_a_preemptible_render_the_guest_runs_on_its_own() -> None:
 def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from consumers.lane_models import LaneModels
-    from consumers.lane_worker import LaneWorker
-    from services.settings import Settings
+    from consumers.lane_worker.models import LaneModels
+    from consumers.lane_worker.worker import LaneWorker
+    from services.config.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
     routes = load_routes(None)

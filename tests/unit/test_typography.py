@@ -4,7 +4,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas.spec import GenerationSpec, quoted_text
-from services.typography import OcrReader, normalize_text, text_similarity
+from services.typography.text import OcrReader, normalize_text, text_similarity
 
 
 def test_quoted_text_is_the_default_expected_text() -> None:
@@ -36,14 +36,14 @@ def test_ocr_reads_rendered_text_offline() -> None:
 def test_repair_composites_exactly_the_text_legibly(text: str, size: int) -> None:
     import numpy as np
 
-    from services.typography import composite_text
+    from services.typography.text import composite_text
 
     noise = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype("uint8"))
     assert text_similarity(text, OcrReader().read(composite_text(noise, text))) == 1.0
 
 
 def test_repair_picks_contrasting_ink() -> None:
-    from services.typography import composite_text
+    from services.typography.text import composite_text
 
     for background, ink in (("white", (255, 255, 255)), ("black", (0, 0, 0))):
         out = composite_text(Image.new("RGB", (256, 256), background), "SALE")
@@ -52,7 +52,7 @@ def test_repair_picks_contrasting_ink() -> None:
 
 
 def test_repair_errors_are_clear() -> None:
-    from services.typography import RepairError, composite_text
+    from services.typography.text import RepairError, composite_text
 
     with pytest.raises(RepairError, match="cannot be loaded"):
         composite_text(Image.new("RGB", (256, 256)), "SALE", font_path="/nonexistent/font.ttf")

@@ -10,8 +10,8 @@ from consumers.verifier import Verifier
 from schemas.events import RenderCompleted, Timings
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
-from services.artifacts import LocalArtifactStore
-from services.routes import TypographySpec, load_routes
+from services.config.routes import TypographySpec, load_routes
+from services.storage.artifacts import LocalArtifactStore
 
 
 def _render(store: LocalArtifactStore) -> RenderCompleted:

@@ -10,8 +10,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from producers.webhook_receiver import WebhookVerificationError, verify_delivery
-from services.settings import PLACEHOLDER_WEBHOOK_SECRET, Settings
-from services.webhooks import (
+from services.config.settings import PLACEHOLDER_WEBHOOK_SECRET, Settings
+from services.webhooks.delivery import (
     RefusedTarget,
     backoff_delay,
     resolve_target,
@@ -107,7 +107,7 @@ def test_retry_after_and_backoff_schedule() -> None:
 
 
 async def test_oversized_payload_is_never_sent() -> None:
-    from services.webhooks import SigningKeys, WebhookSender
+    from services.webhooks.delivery import SigningKeys, WebhookSender
 
     sender = WebhookSender(SigningKeys(NEW), ["127.0.0.1"], max_body_bytes=1024)
     try:

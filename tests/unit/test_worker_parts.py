@@ -6,11 +6,11 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from consumers.batcher import MicroBatcher
-from consumers.offsets import OffsetTracker
+from consumers.lane_worker.batcher import MicroBatcher
+from consumers.machinery.offsets import OffsetTracker
+from services.config.routes import checkpoint_dir, load_routes
 from services.engines.diffusion import DiffusionEngine
 from services.engines.memory import MemoryBudget, ModelTooLarge
-from services.routes import checkpoint_dir, load_routes
 
 TP = TopicPartition("t", 0)
 
@@ -57,7 +57,7 @@ def test_model_over_budget_is_refused_at_load(tmp_path_factory: pytest.TempPathF
 
 
 def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() -> None:
-    from services.bench.burst import BurstConfig, plan_arrivals
+    from services.apps.bench.burst import BurstConfig, plan_arrivals
 
     cfg = BurstConfig(jobs=72, steady_jobs=24, draft_share=0.75, burst_factor=10.0)
     plan = plan_arrivals(cfg, steady_rate=2.0)

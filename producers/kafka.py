@@ -1,0 +1,20 @@
+"""The one producer configuration every Lanes process and client uses (acks=all, idempotent)."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from producers.settings import ClientSettings
+
+__all__ = ["make_producer"]
+
+
+def make_producer(settings: ClientSettings, client_id: str = "lanes") -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,  # latency first; batches still form while a request is in flight
+        request_timeout_ms=30000,
+    )

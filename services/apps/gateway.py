@@ -1,0 +1,227 @@
+"""HTTP gateway (FastAPI): accept generation requests, serve job status and images.
+
+Status comes from the compacted ``lanes.jobs`` topic, read into memory at start, so a
+restarted gateway still knows every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from typing import Annotated, Any, AsyncIterator
+
+import structlog
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from producers.client import GenerationClient, fingerprint, job_id_for
+from schemas.records import JobState
+from schemas.spec import GenerationSpec
+from schemas.topics import Topics
+from services.config.routes import load_routes
+from services.config.settings import Settings
+from services.domain.admission import TokenBuckets
+from services.domain.rollout import LaneRollout, RolloutView
+from services.kafka.compacted_view import CompactedView
+from services.process.ops_server import ops_routes
+from services.storage.artifacts import ArtifactError, LocalArtifactStore
+from services.webhooks.delivery import RefusedTarget, Unresolvable, resolve_target
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("lanes.gateway")
+
+
+class GatewayState:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.client: GenerationClient | None = None  # made in start(): needs a running loop
+        self.view: CompactedView[JobState] = CompactedView(
+            settings, Topics(settings.topic_prefix).jobs, JobState.model_validate_json
+        )
+        self.rollout = RolloutView(settings, load_routes(settings.routes_file))
+        self.quotas = TokenBuckets(settings.tenant_quotas, settings.default_quota)
+        self._followers: list[asyncio.Task[None]] = []
+        self.store = LocalArtifactStore(settings.artifacts_path)
+        # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
+        self.accepted: dict[str, str] = {}
+        self.started = False
+        self.requests = Counter("lanes_gateway_requests_total", "Generation requests",
+                                ["outcome"], registry=registry)
+        self.publish_seconds = Histogram("lanes_gateway_publish_seconds",
+                                         "Time until the broker acknowledged a request",
+                                         registry=registry)
+
+    async def start(self) -> None:
+        self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
+        await self.client.start()
+        self._followers = [asyncio.create_task(self.view.follow()),
+                           asyncio.create_task(self.rollout.follow())]
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+        if self.client is not None:
+            await self.client.stop()
+
+    def ready(self) -> bool:
+        return self.started and self.view.caught_up.is_set()
+
+    def queue_position(self, job: JobState) -> int:
+        """1 + the deferred jobs of the same intent parked before this one."""
+        intent = job.spec.intent if job.spec else None
+        key = (job.deferred_at, job.job_id)
+        return 1 + sum(1 for other in self.view.items.values()
+                       if other.status == "deferred" and other.spec is not None
+                       and other.spec.intent == intent and (other.deferred_at, other.job_id) < key)
+
+    def known_fingerprint(self, job_id: str) -> str | None:
+        job = self.view.items.get(job_id)
+        if job is not None and job.fingerprint:
+            return job.fingerprint
+        return self.accepted.get(job_id)
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    state = GatewayState(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="Lanes gateway", version="0.1.0", lifespan=lifespan)
+    app.state.lanes = state
+    ops_routes(app, registry, state.ready)
+
+    @app.post("/v1/generations", status_code=202)
+    async def create_generation(
+        spec: GenerationSpec,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        fp = fingerprint(spec)
+        job_id = job_id_for(idempotency_key, spec.tenant)
+        if idempotency_key is not None:
+            previous = state.known_fingerprint(job_id)
+            if previous is not None:
+                if previous != fp:
+                    state.requests.labels("idempotency_conflict").inc()
+                    raise HTTPException(
+                        422, "Idempotency-Key was already used with a different request body"
+                    )
+                state.requests.labels("replayed").inc()
+                response.headers["Idempotent-Replayed"] = "true"
+                return _accepted(job_id)
+        if spec.webhook_url is not None:  # refuse a private target now, not at delivery
+            try:
+                await resolve_target(str(spec.webhook_url), settings.webhook_allowed_hosts)
+            except Unresolvable:
+                pass  # DNS may recover before the job ends; delivery checks again
+            except RefusedTarget as exc:
+                state.requests.labels("invalid").inc()
+                raise HTTPException(422, f"webhook_url refused: {exc}") from exc
+        wait_s = state.quotas.take(spec.tenant or "")
+        if wait_s is not None:
+            state.requests.labels("over_quota").inc()
+            raise HTTPException(429, f"tenant {spec.tenant or '(none)'} is over its request quota",
+                                headers={"Retry-After": TokenBuckets.retry_after_header(wait_s)})
+        with state.publish_seconds.time():
+            try:
+                assert state.client is not None
+                await state.client.submit(spec, job_id=job_id)
+            except Exception as exc:
+                state.requests.labels("publish_failed").inc()
+                log.error("publish_failed", job_id=job_id, error=str(exc))
+                raise HTTPException(503, "could not enqueue the request; retry later") from exc
+        state.accepted[job_id] = fp
+        state.requests.labels("accepted").inc()
+        log.info("generation_accepted", job_id=job_id, intent=spec.intent)
+        return _accepted(job_id)
+
+    @app.get("/v1/generations/{job_id}")
+    async def get_generation(job_id: str) -> dict[str, Any]:
+        job = state.view.items.get(job_id)
+        if job is not None:
+            body = job.public()
+            if job.status == "deferred":
+                body["queue_position"] = state.queue_position(job)
+            return body
+        if job_id in state.accepted:
+            return {"job_id": job_id, "status": "queued"}
+        raise HTTPException(404, f"no generation {job_id!r}")
+
+    @app.delete("/v1/generations/{job_id}", status_code=202)
+    async def cancel_generation(job_id: str) -> dict[str, Any]:
+        """Cancel: a queued or deferred job at once, a rendering one at its next step."""
+        job = state.view.items.get(job_id)
+        if job is None and job_id not in state.accepted:
+            raise HTTPException(404, f"no generation {job_id!r}")
+        if job is not None and job.terminal:
+            raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
+        try:
+            assert state.client is not None
+            await state.client.cancel(job_id)
+        except Exception as exc:
+            log.error("publish_failed", job_id=job_id, error=str(exc))
+            raise HTTPException(503, "could not publish the cancel; retry") from exc
+        log.info("generation_cancel_requested", job_id=job_id)
+        running = job is not None and job.status == "running"
+        return {"job_id": job_id, "status": "canceling" if running else "canceled",
+                "links": {"self": f"/v1/generations/{job_id}"}}
+
+    @app.get("/v1/generations/{job_id}/image", response_model=None)
+    async def get_image(job_id: str) -> FileResponse | JSONResponse:
+        job = state.view.items.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no generation {job_id!r}")
+        if not job.artifacts:
+            raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
+        artifact = job.delivered or job.artifacts[-1]
+        try:
+            path = state.store.path(artifact.uri)
+        except ArtifactError as exc:
+            raise HTTPException(410, str(exc)) from exc
+        return FileResponse(path, media_type="image/png")
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        """Admin reads need ``Authorization: Bearer <LANES_ADMIN_TOKEN>`` when one is set."""
+        token = settings.admin_token
+        if token is not None and not secrets.compare_digest(
+                authorization or "", f"Bearer {token.get_secret_value()}"):
+            raise HTTPException(401, "admin endpoints need Authorization: Bearer <admin token>")
+
+    @app.get("/v1/admin/lanes", dependencies=[Depends(admin)])
+    async def admin_lanes() -> list[LaneRollout]:
+        """Every lane: desired model versions, canary, caps, and each worker instance."""
+        return state.rollout.lanes()
+
+    @app.get("/v1/admin/lanes/{lane}", dependencies=[Depends(admin)])
+    async def admin_lane(lane: str) -> LaneRollout:
+        for item in state.rollout.lanes():
+            if item.lane == lane:
+                return item
+        raise HTTPException(404, f"no lane {lane!r}")
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    return app
+
+
+def _accepted(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "status": "queued",
+        "links": {"self": f"/v1/generations/{job_id}", "image": f"/v1/generations/{job_id}/image"},
+    }

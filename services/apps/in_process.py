@@ -1,0 +1,111 @@
+"""Every consumer group as asyncio tasks in one process: for the A/B harness and tests.
+
+Production runs one process per component (`lanes up`, `lanes run ...`); this runs the
+same ``run(settings, stop)`` coroutines side by side on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Coroutine, Iterable
+
+from prometheus_client import CollectorRegistry
+
+from consumers import (
+    control,
+    deferred,
+    jobs,
+    lane_worker,
+    router,
+    verifier,
+    webhook_retries,
+    webhooks,
+)
+from schemas.topics import Topics
+from services.config.routes import load_routes
+from services.config.settings import Settings
+from services.kafka.clients import ensure_topics
+
+__all__ = ["LocalStack"]
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None,
+                 with_webhooks: bool = True) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.worker_lanes = worker_lanes  # None: a worker for every lane in the routes file
+        self.with_webhooks = with_webhooks
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.workers: dict[str, Any] = {}
+        self.registries: dict[str, CollectorRegistry] = {}
+
+    def component_registry(self, name: str) -> CollectorRegistry:
+        """The metrics registry of a component (its /metrics in production)."""
+        return self.registries.setdefault(name, CollectorRegistry())
+
+    async def start(self) -> None:
+        routes = load_routes(self.settings.routes_file)
+        await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
+        self.start_component("router", lambda stop: router.run(
+            self.settings, stop, registry=self.component_registry("router")))
+        self.start_component("deferred", lambda stop: deferred.run(self.settings, stop))
+        self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
+        self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
+        self.start_component("control", lambda stop: control.run(
+            self.settings, stop, registry=self.component_registry("control")))
+        if self.with_webhooks:
+            self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
+            self.start_component("webhook-retries",
+                                 lambda stop: webhook_retries.run(self.settings, stop))
+        for lane in (routes.lanes if self.worker_lanes is None else self.worker_lanes):
+            self.start_worker(lane)
+
+    def start_component(self, name: str, make: Any) -> None:
+        stop = self.stops[name] = asyncio.Event()
+        coro: Coroutine[Any, Any, None] = make(stop)
+        self.tasks[name] = asyncio.create_task(coro, name=name)
+
+    def start_worker(self, lane: str, settings: Settings | None = None,
+                     instance: str | None = None) -> str:
+        """One worker instance (a GPU's process in production); its name keys ``workers``."""
+        name = instance or lane
+        self.start_component(f"worker-{name}", lambda stop: lane_worker.run(
+            settings or self.settings, lane, stop, instance=instance,
+            on_ready=lambda w: self.workers.__setitem__(name, w)))
+        return name
+
+    async def wait_workers_ready(self, timeout: float = 120,
+                                 names: Iterable[str] | None = None) -> None:
+        """Until every worker (by default one per lane this stack started) is ready."""
+        if names is not None:
+            lanes = set(names)
+        elif self.worker_lanes is None:
+            lanes = set(load_routes(self.settings.routes_file).lanes)
+        else:
+            lanes = set(self.worker_lanes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (lanes <= set(self.workers) and all(self.workers[x].all_ready for x in lanes)):
+            self.check_alive()
+            if loop.time() > deadline:
+                raise TimeoutError(f"workers {sorted(lanes)} not ready in {timeout}s")
+            await asyncio.sleep(0.1)
+
+    async def stop_component(self, name: str) -> None:
+        self.stops[name].set()
+        await asyncio.wait_for(self.tasks.pop(name), 60)
+
+    def check_alive(self) -> None:
+        for name, task in self.tasks.items():
+            if task.done():
+                raise RuntimeError(f"component {name} died: {task.exception()!r}")
+
+    async def stop(self) -> None:
+        for event in self.stops.values():
+            event.set()
+        results = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]

@@ -1,0 +1,135 @@
+"""`lanes up`: Kafka, topics and every Lanes process on one machine, logs in the terminal.
+
+Each component runs as its own process (as in production), each with its own /metrics
+port. Ctrl-C or SIGTERM stops the components (they drain), then the local broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import structlog
+
+from schemas.topics import Topics
+from services.config.routes import checkpoint_dir, load_routes
+from services.config.settings import Settings
+from services.kafka.clients import ensure_topics, wait_for_kafka
+from services.kafka.local_broker import KafkaProcess, port_open
+
+__all__ = ["Component", "components", "run_stack", "prepare_cluster"]
+
+log = structlog.get_logger("lanes.stack")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    args: tuple[str, ...]
+    metrics_port: int
+
+
+def components(settings: Settings) -> list[Component]:
+    routes = load_routes(settings.routes_file)
+    base = 9101
+    items = [Component("gateway", ("gateway",), 0), Component("router", ("router",), base),
+             Component("jobs", ("jobs",), base + 1), Component("verifier", ("verifier",), base + 2),
+             Component("webhooks", ("webhooks",), base + 3),
+             Component("control", ("control",), base + 4),
+             Component("webhook-retries", ("webhook-retries",), base + 5),
+             Component("deferred", ("deferred",), base + 6)]
+    for i, lane in enumerate(sorted(routes.lanes)):
+        items.append(Component(f"worker-{lane}", ("worker", "--lane", lane), base + 10 + i))
+    return items
+
+
+async def prepare_cluster(settings: Settings) -> None:
+    routes = load_routes(settings.routes_file)
+    await wait_for_kafka(settings)
+    created = await ensure_topics(settings, Topics(settings.topic_prefix).specs(
+        routes.lanes, routes.spill_lanes))
+    log.info("topics_ready", created=created)
+    for name, spec in routes.models.items():
+        path = await asyncio.to_thread(checkpoint_dir, name, spec, settings.models_path)
+        log.info("model_ready", model=name, version=spec.version, path=str(path))
+
+
+def _maybe_start_kafka(settings: Settings) -> KafkaProcess | None:
+    host, _, port = settings.kafka_bootstrap.rpartition(":")
+    if port_open(host, int(port)):
+        log.info("kafka_found", bootstrap=settings.kafka_bootstrap)
+        return None
+    if "LANES_KAFKA_BOOTSTRAP" in os.environ or host not in ("127.0.0.1", "localhost"):
+        raise SystemExit(f"Kafka at {settings.kafka_bootstrap} does not answer")
+    kafka = KafkaProcess(settings.state_dir.resolve() / "kafka", port=int(port), controller_port=int(port) + 1)
+    log.info("kafka_starting", bootstrap=kafka.bootstrap, log=str(kafka.log_path))
+    kafka.start()
+    return kafka
+
+
+async def _pump(name: str, stream: asyncio.StreamReader) -> None:
+    prefix = f"{name:>14} | ".encode()
+    while line := await stream.readline():
+        sys.stderr.buffer.write(prefix + line)
+        sys.stderr.buffer.flush()
+
+
+async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) -> None:
+    restarts = 0
+    while not stop.is_set():
+        child_env = dict(env, LANES_METRICS_PORT=str(comp.metrics_port))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.apps.cli", "run", *comp.args, env=child_env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        pump = asyncio.create_task(_pump(comp.name, proc.stdout))
+        waiter = asyncio.create_task(proc.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set() and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(waiter, 45)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await waiter
+        stopper.cancel()
+        await pump
+        if stop.is_set():
+            log.info("component_stopped", component=comp.name, code=proc.returncode)
+            return
+        restarts += 1
+        delay = min(30, 2**restarts)
+        log.error("component_exited", component=comp.name, code=proc.returncode, restart_in_s=delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def run_stack(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    kafka = await asyncio.to_thread(_maybe_start_kafka, settings)
+    try:
+        await prepare_cluster(settings)
+        env = dict(os.environ)
+        env.setdefault("LANES_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+        env.setdefault("LANES_STATE_DIR", str(settings.state_dir.resolve()))
+        if settings.profile == "local":
+            env.setdefault("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
+        comps = components(settings)
+        log.info("stack_starting", components=[c.name for c in comps],
+                 gateway=f"http://{settings.gateway_host}:{settings.gateway_port}")
+        await asyncio.gather(*(_supervise(c, env, stop) for c in comps))
+    finally:
+        if kafka is not None:
+            log.info("kafka_stopping")
+            await asyncio.to_thread(kafka.stop)
+        log.info("stack_stopped")

@@ -1,0 +1,159 @@
+"""One frozen settings object per process, read from ``LANES_*`` environment variables.
+
+Built once in ``main()`` (or a test fixture) and passed down. Besides this class, only the
+launchers read the environment: ``lanes up`` and the bench hand it on to the processes they
+start, and the test session takes ``LANES_KAFKA_BOOTSTRAP`` from it. The SDK's
+``producers.settings.ClientSettings`` (which this class extends) reads the same variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from producers.settings import ClientSettings
+from services.webhooks.delivery import SigningKeys
+
+__all__ = ["Settings", "Quota", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
+
+# Dev-only secrets: accepted in the local profile, refused anywhere else.
+PLACEHOLDER_WEBHOOK_SECRET = "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
+PLACEHOLDER_OPS_KEY = "whsec_bGFuZXMtbG9jYWwtb3BzLWtleS1kZXYtb25seQ=="  # "lanes-local-ops-key-dev-only"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Quota(BaseModel):
+    rate_per_s: float = Field(gt=0)  # sustained requests per second
+    burst: int = Field(ge=1)  # requests allowed at once
+
+
+class Settings(ClientSettings):
+    model_config = SettingsConfigDict(env_prefix="LANES_", frozen=True, extra="ignore")
+
+    profile: Literal["local", "production"] = "local"
+    # Consumer group ids are prefixed with this as well.
+    group_prefix: str = ""
+
+    state_dir: Path = Path(".lanes")
+    artifact_dir: Path | None = None
+    # Where model checkpoints (and tiny random-weight builds, cached by config) live.
+    models_dir: Path | None = None
+    routes_file: Path | None = None
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # Each consumer process serves /metrics, /healthz, /readyz on its own port; 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+    device: str = "cpu"
+    # GB of (GPU) memory one worker may use: models over it are refused at load, batches
+    # estimated over it are split. None: no budget.
+    memory_budget_gb: float | None = Field(None, gt=0)
+    compile_unet: bool = False  # torch.compile the UNet on CUDA (opt-in: slow first batch)
+    # At each model load, time a batch of 1, 2, 4 ... max_batch and cap the version's batches
+    # where a bigger one stops paying (a CPU, or a GPU one image already fills).
+    batch_calibration: bool = True
+    # A worker whose lane 'assists' other lanes (routes file) also serves their burst
+    # overflow (spill queues) on its GPU, ahead of its own jobs. False: this worker does not.
+    assist: bool = True
+    # A worker's render and image-codec threads run this much nicer than its event loop
+    # (Linux), so on a saturated CPU the scheduler serves Kafka I/O, commits and
+    # heartbeats (and the broker, router) first; bulk work takes every cycle left.
+    compute_thread_nice: int = Field(10, ge=0, le=19)
+    # A worker renders on a thread beside its event loop; CPython hands the GIL over every
+    # this many ms, so it bounds how long a Python-heavy render step can hold back the
+    # loop's publishes, commits and heartbeats (CPython's default is 5 ms).
+    gil_switch_interval_ms: float = Field(0.5, gt=0, le=100)
+    # SIGTERM: how long a worker keeps finishing in-flight jobs before it exits.
+    drain_timeout_s: float = 30.0
+    kafka_session_timeout_ms: int = 30000
+    verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    # TrueType font for typography repair; None: Pillow's bundled scalable font.
+    font_path: str | None = None
+
+    webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
+    # Key rotation: these sign too (one more signature per delivery) until retired.
+    webhook_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Per-endpoint secrets, JSON {"https://hooks.example.com": "whsec_..."} keyed by origin
+    # (scheme://host[:port]); an endpoint's own secret replaces the global one.
+    webhook_endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
+    ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
+    # Bearer token for the gateway's read-only admin endpoints; None: open (local use).
+    admin_token: SecretStr | None = None
+    # Canary judgement: after this many canary outcomes, roll back when the canary's render
+    # failure rate or verification failure rate exceeds the stable version's by the margin.
+    canary_min_jobs: int = Field(10, ge=1)
+    canary_margin: float = Field(0.2, ge=0.0, le=1.0)
+    heartbeat_s: float = Field(2.0, gt=0)  # lane workers' status on lanes.workers
+    worker_stale_s: float = Field(10.0, gt=0)  # a worker silent this long is not counted
+    # Autoscaling signal: replicas a lane needs to drain its lag within this many seconds.
+    autoscale_drain_s: float = Field(60.0, gt=0)
+    autoscale_max_replicas: int = Field(16, ge=1)
+    admission_poll_s: float = Field(1.0, gt=0)  # how often lane lag is read for admission
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = 15.0
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_s: float = Field(5.0, gt=0)  # first retry after ~this, doubling
+    webhook_max_delay_s: float = Field(3600.0, gt=0)  # longest wait, Retry-After included
+    webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # Admission: JSON {"tenant": {"rate_per_s": 2, "burst": 10}}; tenants not named (and
+    # requests without a tenant) get default_quota each; None: unlimited.
+    tenant_quotas: dict[str, Quota] = Field(default_factory=dict)
+    default_quota: Quota | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("webhook_allowed_hosts", "webhook_previous_secrets", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.profile != "local":
+            if self.webhook_secret.get_secret_value() == PLACEHOLDER_WEBHOOK_SECRET:
+                raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
+            if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
+                raise ValueError("LANES_OPS_KEY must be set outside the local profile")
+        for name, secret in [("LANES_WEBHOOK_SECRET", self.webhook_secret),
+                             *(("LANES_WEBHOOK_PREVIOUS_SECRETS", s)
+                               for s in self.webhook_previous_secrets),
+                             *((f"LANES_WEBHOOK_ENDPOINT_SECRETS[{k}]", s)
+                               for k, s in self.webhook_endpoint_secrets.items())]:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError(f"{name} must be in whsec_<base64> form")
+        if not self.ops_key.get_secret_value().startswith("whsec_"):
+            raise ValueError("LANES_OPS_KEY must be in whsec_<base64> form")
+        return self
+
+    def signing_keys(self) -> SigningKeys:
+        return SigningKeys(
+            current=self.webhook_secret.get_secret_value(),
+            previous=tuple(s.get_secret_value() for s in self.webhook_previous_secrets),
+            endpoints={k.lower().rstrip("/"): v.get_secret_value()
+                       for k, v in self.webhook_endpoint_secrets.items()},
+        )
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifact_dir or self.state_dir / "artifacts").resolve()
+
+    @property
+    def models_path(self) -> Path:
+        return (self.models_dir or self.state_dir / "models").resolve()
+
+    def group(self, name: str) -> str:
+        return f"{self.group_prefix}{name}"

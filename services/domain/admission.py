@@ -1,0 +1,53 @@
+"""Admission: per-tenant quotas (token buckets) at the gateway.
+
+Written here rather than taken from a library: the gateway must answer at once with a
+Retry-After, and the rate-limit libraries on PyPI either wait for capacity (aiolimiter) or
+count fixed windows (limits), neither of which gives a token bucket's burst plus refill.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from services.config.settings import Quota
+
+__all__ = ["Quota", "TokenBuckets"]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class TokenBuckets:
+    """One bucket per tenant; tenants without a quota of their own share ``default``'s
+    rate each (None: unlimited)."""
+
+    def __init__(self, quotas: dict[str, Quota], default: Quota | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.quotas = quotas
+        self.default = default
+        self.clock = clock
+        self.buckets: dict[str, _Bucket] = {}
+
+    def take(self, tenant: str) -> float | None:
+        """None when admitted (a token is spent); else seconds until one is available."""
+        quota = self.quotas.get(tenant, self.default)
+        if quota is None:
+            return None
+        now = self.clock()
+        bucket = self.buckets.setdefault(tenant, _Bucket(float(quota.burst), now))
+        bucket.tokens = min(quota.burst, bucket.tokens + (now - bucket.at) * quota.rate_per_s)
+        bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        return (1 - bucket.tokens) / quota.rate_per_s
+
+    @staticmethod
+    def retry_after_header(seconds: float) -> str:
+        return str(max(1, math.ceil(seconds)))

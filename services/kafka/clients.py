@@ -1,0 +1,115 @@
+"""Producer, consumer and admin factories: the delivery rules live here, once.
+
+Producers: acks=all, idempotence on. Consumers: auto-commit off (the consume loop commits
+after the output is acknowledged), bounded fetches so a burst waits in Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from producers.kafka import make_producer
+from schemas.topics import TopicSpec
+from services.config.settings import Settings
+
+__all__ = ["make_producer", "make_consumer", "ensure_topics", "wait_for_kafka", "partition_ids"]
+
+
+def make_consumer(
+    settings: Settings,
+    *topics: str,
+    group: str | None,
+    client_id: str = "lanes",
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    options: dict[str, Any] = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1 << 20,
+        fetch_max_bytes=4 << 20,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 10),
+        max_poll_interval_ms=300000,
+        metadata_max_age_ms=5000,
+    )
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Return once the cluster answers a metadata request; raise TimeoutError otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, OSError, asyncio.TimeoutError) as exc:
+            last = exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer in {timeout_s}s: {last}")
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create missing topics (idempotent). Returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in wanted:
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config())]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            await _wait_for_leaders(admin, created)
+        return created
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        described = await admin.describe_topics(names)
+        ready = all(
+            t.get("error_code", 0) == 0
+            and t.get("partitions")
+            and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+            for t in described
+        )
+        if ready:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"topics {names} got no leaders in {timeout_s}s")
+
+
+async def partition_ids(settings: Settings, topic: str) -> list[int]:
+    """The topic's partition numbers; raises LookupError if the topic does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code", 0) != 0 or not described.get("partitions"):
+        raise LookupError(f"topic {topic!r} does not exist")
+    return sorted(p["partition"] for p in described["partitions"])

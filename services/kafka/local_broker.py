@@ -1,0 +1,168 @@
+"""Run a real Apache Kafka broker (KRaft, one node, loopback) as a local Java process.
+
+The jars come from Maven Central through ``infra/kafka/pom.xml``; no Docker, no tarball.
+Used by ``lanes up`` / ``lanes kafka start`` and by the test suite's session fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["INFRA_KAFKA", "jar_cache", "ensure_jars", "KafkaProcess", "free_port", "port_open", "local_kafka"]
+
+INFRA_KAFKA = Path(__file__).resolve().parents[2] / "infra" / "kafka"
+
+
+def jar_cache(infra: Path = INFRA_KAFKA) -> Path:
+    """Where the jars live: outside the clone, keyed by the pom's content (Kafka version and
+    dependencies) under ``~/.cache/lanes``, so a fresh clone reuses them and a version bump
+    fetches anew."""
+    digest = hashlib.sha256((infra / "pom.xml").read_bytes()).hexdigest()[:12]
+    return Path.home() / ".cache" / "lanes" / f"kafka-jars-{digest}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_jars(infra: Path = INFRA_KAFKA) -> Path:
+    """Copy Kafka's jars into the cache (``jar_cache``) with Maven unless they are there."""
+    libs = jar_cache(infra)
+    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch Apache Kafka's jars from Maven Central")
+    tmp = libs.with_name(libs.name + ".partial")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(
+        [mvn, "-q", "-B", "-f", str(infra / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={tmp}"],
+        check=True,
+    )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+@dataclass
+class KafkaProcess:
+    """One broker+controller node. ``start()`` returns once it answers on ``port``."""
+
+    state_dir: Path
+    port: int = 9092
+    controller_port: int = 0
+    heap: str = "512m"
+    infra: Path = INFRA_KAFKA
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "kafka.log"
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise RuntimeError("Java 17+ is needed to run the local Kafka broker")
+        return java
+
+    def _config(self) -> Path:
+        if not self.controller_port:
+            self.controller_port = free_port()
+        data = self.state_dir / "data"
+        text = (self.infra / "server.properties").read_text().format(
+            port=self.port, controller_port=self.controller_port, log_dir=data
+        )
+        cfg = self.state_dir / "server.properties"
+        cfg.write_text(text)
+        return cfg
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        libs = ensure_jars(self.infra)
+        java = self._java()
+        cfg = self._config()
+        classpath = f"{libs}/*"
+        log = self.log_path.open("ab")
+        if not (self.state_dir / "data" / "meta.properties").exists():
+            subprocess.run(
+                [java, "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", classpath,
+                 "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(cfg),
+                 "--ignore-formatted"],
+                check=True, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.proc = subprocess.Popen(
+            [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+             "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+             "-cp", classpath, "kafka.Kafka", str(cfg)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Kafka exited with {self.proc.returncode}:\n{self.tail()}")
+            if port_open("127.0.0.1", self.port):
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"Kafka did not open port {self.port} in {timeout_s}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def local_kafka(settings: Any, workdir: Path) -> Iterator[str]:
+    """The configured cluster if it answers (or LANES_KAFKA_BOOTSTRAP is set), else a
+    throwaway local broker in ``workdir`` for the duration of the block."""
+    host, _, port = settings.kafka_bootstrap.rpartition(":")
+    if os.environ.get("LANES_KAFKA_BOOTSTRAP") or port_open(host, int(port)):
+        yield settings.kafka_bootstrap
+        return
+    kafka = KafkaProcess(workdir / "kafka", port=free_port())
+    kafka.start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
