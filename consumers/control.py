@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
@@ -64,29 +64,52 @@ class ControlPlane(RestoringListener):
         self.topics = Topics(settings.topic_prefix)
         self.key = settings.ops_key.get_secret_value()
         self.view: CompactedView[LaneDesired] = CompactedView(
-            settings, self.topics.control, LaneDesired.model_validate_json)
+            settings, self.topics.control, LaneDesired.model_validate_json
+        )
         self.judge = CanaryJudge(settings.canary_min_jobs, settings.canary_margin)
         self.workers: dict[str, WorkerStatus] = {}
         self.meter = ThroughputMeter()
-        self.desired_replicas = Gauge("lanes_autoscale_desired_replicas",
-                                      "Replicas the lane needs (lag and throughput)", ["lane"],
-                                      registry=registry)
-        self.replicas = Gauge("lanes_lane_replicas", "Live worker instances", ["lane"],
-                              registry=registry)
-        self.lag = Gauge("lanes_lane_consumer_lag", "Jobs waiting in the lane's topic", ["lane"],
-                         registry=registry)
-        self.throughput = Gauge("lanes_lane_jobs_per_second", "Jobs the lane finishes per second",
-                                ["lane"], registry=registry)
-        self.revision = Gauge("lanes_control_revision", "The lane's desired-state revision",
-                              ["lane"], registry=registry)
-        self.rollbacks = Gauge("lanes_control_auto_rollbacks", "Automatic rollbacks since start",
-                               ["lane"], registry=registry)
+        self.desired_replicas = Gauge(
+            "lanes_autoscale_desired_replicas",
+            "Replicas the lane needs (lag and throughput)",
+            ["lane"],
+            registry=registry,
+        )
+        self.replicas = Gauge(
+            "lanes_lane_replicas", "Live worker instances", ["lane"], registry=registry
+        )
+        self.lag = Gauge(
+            "lanes_lane_consumer_lag",
+            "Jobs waiting in the lane's topic",
+            ["lane"],
+            registry=registry,
+        )
+        self.throughput = Gauge(
+            "lanes_lane_jobs_per_second",
+            "Jobs the lane finishes per second",
+            ["lane"],
+            registry=registry,
+        )
+        self.revision = Gauge(
+            "lanes_control_revision",
+            "The lane's desired-state revision",
+            ["lane"],
+            registry=registry,
+        )
+        self.rollbacks = Gauge(
+            "lanes_control_auto_rollbacks",
+            "Automatic rollbacks since start",
+            ["lane"],
+            registry=registry,
+        )
 
     async def restore(self, partitions: list[int]) -> None:
         await self.view.load()
         for lane, state in self.view.items.items():
             self.revision.labels(lane).set(state.revision)
-        log.info("control_state_restored", lanes={k: v.revision for k, v in self.view.items.items()})
+        log.info(
+            "control_state_restored", lanes={k: v.revision for k, v in self.view.items.items()}
+        )
 
     def state(self, lane: str) -> LaneDesired:
         return self.view.items.get(lane) or initial_state(self.routes, lane)
@@ -114,13 +137,27 @@ class ControlPlane(RestoringListener):
             return self._reject(cmd.command_id, cmd.lane, cmd.action, str(exc))
         if new.canary is not None and cmd.action == "canary":
             self.judge.reset(cmd.lane, new.canary.target)
-        log.info("ops_applied", command_id=cmd.command_id, lane=cmd.lane, action=cmd.action,
-                 issuer=cmd.issuer, revision=new.revision, stable=new.stable.version,
-                 canary=new.canary.target.version if new.canary else None)
-        result = OpsResult(command_id=cmd.command_id, lane=cmd.lane, action=cmd.action,
-                           outcome="applied", revision=new.revision)
-        return [self._publish(new),
-                Output(self.topics.ops_results, cmd.command_id, result.model_dump_json().encode())]
+        log.info(
+            "ops_applied",
+            command_id=cmd.command_id,
+            lane=cmd.lane,
+            action=cmd.action,
+            issuer=cmd.issuer,
+            revision=new.revision,
+            stable=new.stable.version,
+            canary=new.canary.target.version if new.canary else None,
+        )
+        result = OpsResult(
+            command_id=cmd.command_id,
+            lane=cmd.lane,
+            action=cmd.action,
+            outcome="applied",
+            revision=new.revision,
+        )
+        return [
+            self._publish(new),
+            Output(self.topics.ops_results, cmd.command_id, result.model_dump_json().encode()),
+        ]
 
     def _publish(self, new: LaneDesired) -> Output:
         self.view.items[new.lane] = new
@@ -129,8 +166,9 @@ class ControlPlane(RestoringListener):
 
     def _reject(self, command_id: str, lane: str, action: str, reason: str) -> list[Output]:
         log.warning("ops_rejected", command_id=command_id, lane=lane, action=action, reason=reason)
-        result = OpsResult(command_id=command_id, lane=lane, action=action, outcome="rejected",
-                           reason=reason)
+        result = OpsResult(
+            command_id=command_id, lane=lane, action=action, outcome="rejected", reason=reason
+        )
         return [Output(self.topics.ops_results, command_id, result.model_dump_json().encode())]
 
     # ---- automatic rollback ------------------------------------------------------------
@@ -142,7 +180,12 @@ class ControlPlane(RestoringListener):
         elif isinstance(event, (RenderFailed, RenderRerouted)) and event.model and event.version:
             self.judge.render(event.lane, event.model, event.version, ok=False)
             lane = event.lane
-        elif isinstance(event, VerificationCompleted) and event.lane and event.model and event.version:
+        elif (
+            isinstance(event, VerificationCompleted)
+            and event.lane
+            and event.model
+            and event.version
+        ):
             self.judge.verification(event.lane, event.model, event.version, passed=event.passed)
             lane = event.lane
         else:
@@ -166,8 +209,9 @@ class ControlPlane(RestoringListener):
         for ref in ([state.canary.target] if state.canary else []) + [state.stable]:
             error = status.load_errors.get(ref.label)
             if error:
-                return self._roll_back(state, ref, f"{ref.label} failed to load on "
-                                                   f"{status.instance}: {error}")
+                return self._roll_back(
+                    state, ref, f"{ref.label} failed to load on {status.instance}: {error}"
+                )
         return []
 
     def _roll_back(self, state: LaneDesired, bad: ModelRef, reason: str) -> list[Output]:
@@ -176,16 +220,25 @@ class ControlPlane(RestoringListener):
             log.error("rollback_impossible", lane=state.lane, version=bad.label, reason=reason)
             return []
         self.rollbacks.labels(state.lane).inc()
-        log.warning("automatic_rollback", lane=state.lane, version=bad.label, reason=reason,
-                    revision=new.revision)
+        log.warning(
+            "automatic_rollback",
+            lane=state.lane,
+            version=bad.label,
+            reason=reason,
+            revision=new.revision,
+        )
         return [self._publish(new)]
 
     # ---- autoscaling signal ------------------------------------------------------------
 
     async def autoscale_loop(self) -> None:
         previous: dict[str, tuple[float, int]] = {}
-        monitor = LagMonitor(self.settings, sorted(self.routes.lanes), AUTOSCALE_EVERY_S,
-                             spill=self.routes.spill_lanes)
+        monitor = LagMonitor(
+            self.settings,
+            sorted(self.routes.lanes),
+            AUTOSCALE_EVERY_S,
+            spill=self.routes.spill_lanes,
+        )
         try:
             while True:
                 await asyncio.sleep(AUTOSCALE_EVERY_S)
@@ -210,30 +263,51 @@ class ControlPlane(RestoringListener):
             last = previous.get(lane)
             growth = (lag - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
             previous[lane] = (now, lag)
-            sample = LaneSample(lag=lag, lag_growth_per_s=growth, replicas=len(live),
-                                jobs_per_s=self.meter.rate(live))
+            sample = LaneSample(
+                lag=lag,
+                lag_growth_per_s=growth,
+                replicas=len(live),
+                jobs_per_s=self.meter.rate(live),
+            )
             self.lag.labels(lane).set(lag)
             self.replicas.labels(lane).set(len(live))
             self.throughput.labels(lane).set(sample.jobs_per_s)
-            self.desired_replicas.labels(lane).set(desired_replicas(
-                sample, drain_s=self.settings.autoscale_drain_s,
-                max_replicas=self.settings.autoscale_max_replicas))
+            self.desired_replicas.labels(lane).set(
+                desired_replicas(
+                    sample,
+                    drain_s=self.settings.autoscale_drain_s,
+                    max_replicas=self.settings.autoscale_max_replicas,
+                )
+            )
 
     def live_instances(self, lane: str, serves: str | None = None) -> list[str]:
         return live_workers(self.workers.values(), lane, self.settings.worker_stale_s, serves)
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None, *,
-              registry: CollectorRegistry | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
     registry = registry or CollectorRegistry()
     plane = ControlPlane(settings, load_routes(settings.routes_file), registry)
     scaler = asyncio.create_task(plane.autoscale_loop(), name="autoscale")
     try:
         await run_consumer(
-            settings, name="control", registry=registry,
-            topics=[plane.topics.ops, plane.topics.renders, plane.topics.verifications,
-                    plane.topics.workers],
-            parse=lambda raw: raw, handler=plane.handle, stop=stop, listener=plane,
+            settings,
+            name="control",
+            registry=registry,
+            topics=[
+                plane.topics.ops,
+                plane.topics.renders,
+                plane.topics.verifications,
+                plane.topics.workers,
+            ],
+            parse=lambda raw: raw,
+            handler=plane.handle,
+            stop=stop,
+            listener=plane,
         )
     finally:
         scaler.cancel()

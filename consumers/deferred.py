@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
@@ -32,8 +32,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     registry = CollectorRegistry()
-    decisions = Counter("lanes_deferred_jobs_total", "Deferred jobs when due, by decision",
-                        ["lane", "decision"], registry=registry)
+    decisions = Counter(
+        "lanes_deferred_jobs_total",
+        "Deferred jobs when due, by decision",
+        ["lane", "decision"],
+        registry=registry,
+    )
     placement, watchers = watch(settings, routes)
     lags = placement.lags
 
@@ -42,22 +46,35 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         lane = routes.lanes[job.lane]
         reason = defer_reason(job.lane, lane, job.spec, lags.lag(job.lane))
         if reason is not None and lane.admission is not None:
-            again = job.model_copy(update={
-                "not_before": utcnow() + timedelta(seconds=lane.admission.defer_s),
-                "deferrals": job.deferrals + 1, "reason": reason, "occurred_at": utcnow(),
-                "event_id": uuid.uuid4()})
+            again = job.model_copy(
+                update={
+                    "not_before": utcnow() + timedelta(seconds=lane.admission.defer_s),
+                    "deferrals": job.deferrals + 1,
+                    "reason": reason,
+                    "occurred_at": utcnow(),
+                    "event_id": uuid.uuid4(),
+                }
+            )
             decisions.labels(job.lane, "deferred_again").inc()
             return [Output(topics.deferred, job.job_id, again.to_bytes())]
         decisions.labels(job.lane, "admitted").inc()
         log.info("job_readmitted", job_id=job.job_id, lane=job.lane, deferrals=job.deferrals)
-        routed = routed_event(routes, job.job_id, job.spec, job.attempt, job.requested_at,
-                              "lanes-deferred")
+        routed = routed_event(
+            routes, job.job_id, job.spec, job.attempt, job.requested_at, "lanes-deferred"
+        )
         topic, _ = placement.topic_for(job.lane)
         return [Output(topic, job.job_id, routed.to_bytes())]
 
     try:
-        await run_delayed(settings, name="deferred", topic=topics.deferred,
-                          parse=GenerationDeferred.model_validate_json, due=lambda j: j.not_before,
-                          handle=when_due, stop=stop, registry=registry)
+        await run_delayed(
+            settings,
+            name="deferred",
+            topic=topics.deferred,
+            parse=GenerationDeferred.model_validate_json,
+            due=lambda j: j.not_before,
+            handle=when_due,
+            stop=stop,
+            registry=registry,
+        )
     finally:
         await stop_watching(watchers)

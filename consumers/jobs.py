@@ -9,7 +9,7 @@ rebalance continues from the last published state.
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 import structlog
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -62,7 +62,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     inputs += [topics.spill(name) for name in routes.spill_lanes]
     folder = JobStateFolder(settings, topics)
     await run_consumer(
-        settings, name="jobs", topics=inputs, parse=parse_job_event, handler=folder.handle,
-        stop=stop, listener=folder, max_records=64,
+        settings,
+        name="jobs",
+        topics=inputs,
+        parse=parse_job_event,
+        handler=folder.handle,
+        stop=stop,
+        listener=folder,
+        max_records=64,
         consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)},
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -43,15 +43,29 @@ def seed_for(job_id: str) -> int:
     return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
 
 
-def routed_event(routes: Routes, job_id: str, spec: GenerationSpec, attempt: int,
-                 requested_at: datetime, producer: str) -> GenerationRouted:
+def routed_event(
+    routes: Routes,
+    job_id: str,
+    spec: GenerationSpec,
+    attempt: int,
+    requested_at: datetime,
+    producer: str,
+) -> GenerationRouted:
     lane_name, lane = routes.lane_for(spec.intent)
     return GenerationRouted(
-        job_id=job_id, producer=producer, spec=spec, attempt=attempt, lane=lane_name,
-        model=lane.model, version=routes.models[lane.model].version,
-        sample_steps=lane.sample_steps, guidance_scale=lane.guidance_scale,
-        width=spec.width or lane.width, height=spec.height or lane.height,
-        seed=spec.seed if spec.seed is not None else seed_for(job_id), requested_at=requested_at,
+        job_id=job_id,
+        producer=producer,
+        spec=spec,
+        attempt=attempt,
+        lane=lane_name,
+        model=lane.model,
+        version=routes.models[lane.model].version,
+        sample_steps=lane.sample_steps,
+        guidance_scale=lane.guidance_scale,
+        width=spec.width or lane.width,
+        height=spec.height or lane.height,
+        seed=spec.seed if spec.seed is not None else seed_for(job_id),
+        requested_at=requested_at,
     )
 
 
@@ -64,22 +78,33 @@ def defer_reason(lane_name: str, lane: LaneSpec, spec: GenerationSpec, lag: int)
 
 
 class Router:
-    def __init__(self, routes: Routes, topics: Topics, placement: Placement,
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, routes: Routes, topics: Topics, placement: Placement, registry: CollectorRegistry
+    ) -> None:
         self.routes = routes
         self.topics = topics
         self.placement = placement
         self.lags = placement.lags
-        self.routed = Counter("lanes_router_jobs_total", "Jobs by admission decision",
-                              ["lane", "decision"], registry=registry)
-        self.lag = Gauge("lanes_admission_lane_lag", "The lane's lag as admission last saw it",
-                         ["lane"], registry=registry)
+        self.routed = Counter(
+            "lanes_router_jobs_total",
+            "Jobs by admission decision",
+            ["lane", "decision"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "lanes_admission_lane_lag",
+            "The lane's lag as admission last saw it",
+            ["lane"],
+            registry=registry,
+        )
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
         if isinstance(event, CancelRequested):
             return []  # job state applies it; workers skip or stop the job
         if not isinstance(event, GenerationRequested):
-            raise PoisonEvent(f"router expects generation.requested, got {getattr(event, 'type', '?')}")
+            raise PoisonEvent(
+                f"router expects generation.requested, got {getattr(event, 'type', '?')}"
+            )
         lane_name, lane = self.routes.lane_for(event.spec.intent)
         lag = self.lags.lag(lane_name)
         self.lag.labels(lane_name).set(lag)
@@ -87,26 +112,39 @@ class Router:
         if reason is not None:
             assert lane.admission is not None
             deferred = GenerationDeferred(
-                job_id=event.job_id, producer="lanes-router", spec=event.spec, lane=lane_name,
-                attempt=event.attempt, requested_at=event.occurred_at, reason=reason,
-                not_before=utcnow() + timedelta(seconds=lane.admission.defer_s))
+                job_id=event.job_id,
+                producer="lanes-router",
+                spec=event.spec,
+                lane=lane_name,
+                attempt=event.attempt,
+                requested_at=event.occurred_at,
+                reason=reason,
+                not_before=utcnow() + timedelta(seconds=lane.admission.defer_s),
+            )
             self.routed.labels(lane_name, "deferred").inc()
             log.info("job_deferred", reason=reason, not_before=deferred.not_before.isoformat())
             return [Output(self.topics.deferred, event.job_id, deferred.to_bytes())]
         topic, spilled = self.placement.topic_for(lane_name)
         self.routed.labels(lane_name, "spilled" if spilled else "routed").inc()
-        routed = routed_event(self.routes, event.job_id, event.spec, event.attempt,
-                              event.occurred_at, "lanes-router")
+        routed = routed_event(
+            self.routes, event.job_id, event.spec, event.attempt, event.occurred_at, "lanes-router"
+        )
         return [Output(topic, event.job_id, routed.to_bytes())]
 
 
 def watch(settings: Settings, routes: Routes) -> tuple[Placement, list[asyncio.Task[None]]]:
     """Lag and worker heartbeats for admission and placement, followed in the background."""
-    lags = LagMonitor(settings, Placement.watched_lanes(routes), settings.admission_poll_s,
-                      spill=routes.spill_lanes)
+    lags = LagMonitor(
+        settings,
+        Placement.watched_lanes(routes),
+        settings.admission_poll_s,
+        spill=routes.spill_lanes,
+    )
     placement = Placement(settings, routes, lags)
-    return placement, [asyncio.create_task(lags.run(), name="lag-monitor"),
-                       asyncio.create_task(placement.follow(), name="workers-view")]
+    return placement, [
+        asyncio.create_task(lags.run(), name="lag-monitor"),
+        asyncio.create_task(placement.follow(), name="workers-view"),
+    ]
 
 
 async def stop_watching(tasks: list[asyncio.Task[None]]) -> None:
@@ -117,8 +155,12 @@ async def stop_watching(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None, *,
-              registry: CollectorRegistry | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     registry = registry or CollectorRegistry()
@@ -126,8 +168,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     router = Router(routes, topics, placement, registry)
     try:
         await run_consumer(
-            settings, name="router", topics=[topics.requests], parse=parse_job_event,
-            handler=router.handle, stop=stop, registry=registry,
+            settings,
+            name="router",
+            topics=[topics.requests],
+            parse=parse_job_event,
+            handler=router.handle,
+            stop=stop,
+            registry=registry,
         )
     finally:
         await stop_watching(watchers)

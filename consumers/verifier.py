@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import structlog
 
@@ -39,8 +39,14 @@ log = structlog.get_logger("lanes.verifier")
 
 
 class Verifier:
-    def __init__(self, store: LocalArtifactStore, topics: Topics, routes: Routes,
-                 threshold: float, font_path: str | None = None) -> None:
+    def __init__(
+        self,
+        store: LocalArtifactStore,
+        topics: Topics,
+        routes: Routes,
+        threshold: float,
+        font_path: str | None = None,
+    ) -> None:
         self.store = store
         self.topics = topics
         self.routes = routes
@@ -71,20 +77,37 @@ class Verifier:
                 fixed = composite_text(image, expected, self.font_path)
                 uri = self.store.put_png(event.job_id, f"repaired-a{event.attempt}", fixed)
                 fixed_read = self.ocr.read(fixed)
-                repaired = {"repaired_uri": uri, "repaired_read": fixed_read,
-                            "repaired_score": round(text_similarity(expected, fixed_read), 4)}
+                repaired = {
+                    "repaired_uri": uri,
+                    "repaired_read": fixed_read,
+                    "repaired_score": round(text_similarity(expected, fixed_read), 4),
+                }
             except RepairError as exc:
                 repaired = {"repair_error": f"repair failed: {exc}"}
         return VerificationCompleted(
-            job_id=event.job_id, producer="lanes-verifier", attempt=event.attempt,
-            artifact_uri=event.artifact_uri, lane=event.lane, model=event.model,
-            version=event.version, expected=expected, read=read, score=round(score, 4), passed=score >= self.threshold, threshold=self.threshold,
-            ocr_ms=(time.perf_counter() - started) * 1000, **repaired,  # type: ignore[arg-type]
+            job_id=event.job_id,
+            producer="lanes-verifier",
+            attempt=event.attempt,
+            artifact_uri=event.artifact_uri,
+            lane=event.lane,
+            model=event.model,
+            version=event.version,
+            expected=expected,
+            read=read,
+            score=round(score, 4),
+            passed=score >= self.threshold,
+            threshold=self.threshold,
+            ocr_ms=(time.perf_counter() - started) * 1000,
+            **repaired,  # type: ignore[arg-type]
         )
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
         # lanes.renders also carries progress events and cascade drafts: nothing to check.
-        if not isinstance(event, RenderCompleted) or not event.deliverable or not event.expected_text:
+        if (
+            not isinstance(event, RenderCompleted)
+            or not event.deliverable
+            or not event.expected_text
+        ):
             return []
         policy = self.policy(event)
         loop = asyncio.get_running_loop()
@@ -92,47 +115,93 @@ class Verifier:
             result = await loop.run_in_executor(self.executor, self._check, event, policy)
         except ArtifactError as exc:
             log.warning("artifact_unreadable", error=str(exc))
-            failed = RenderFailed(job_id=event.job_id, producer="lanes-verifier", lane=event.lane,
-                                  model=event.model, version=event.version, attempt=event.attempt, error=f"cannot verify: {exc}")
+            failed = RenderFailed(
+                job_id=event.job_id,
+                producer="lanes-verifier",
+                lane=event.lane,
+                model=event.model,
+                version=event.version,
+                attempt=event.attempt,
+                error=f"cannot verify: {exc}",
+            )
             return [Output(self.topics.renders, event.job_id, failed.to_bytes())]
         outputs = []
-        if (not result.final_passed and event.spec is not None and event.spec.intent == "final"
-                and policy.fallback_lane and event.attempt < policy.max_attempts):
+        if (
+            not result.final_passed
+            and event.spec is not None
+            and event.spec.intent == "final"
+            and policy.fallback_lane
+            and event.attempt < policy.max_attempts
+        ):
             result = result.model_copy(update={"rerouted_to": policy.fallback_lane})
             outputs += self._reroute(event, result, policy.fallback_lane)
-        log.info("verified", score=result.score, passed=result.passed, read=result.read,
-                 repaired_score=result.repaired_score, rerouted_to=result.rerouted_to)
+        log.info(
+            "verified",
+            score=result.score,
+            passed=result.passed,
+            read=result.read,
+            repaired_score=result.repaired_score,
+            rerouted_to=result.rerouted_to,
+        )
         return [Output(self.topics.verifications, event.job_id, result.to_bytes()), *outputs]
 
-    def _reroute(self, event: RenderCompleted, result: VerificationCompleted, lane: str) -> list[Output]:
+    def _reroute(
+        self, event: RenderCompleted, result: VerificationCompleted, lane: str
+    ) -> list[Output]:
         assert event.spec is not None and event.requested_at is not None
         spec = self.routes.lanes[lane]
         best = max(result.score, result.repaired_score or 0.0)
-        reason = f"typography: best score {best:.2f} < {self.threshold:.2f} on attempt {event.attempt}"
+        reason = (
+            f"typography: best score {best:.2f} < {self.threshold:.2f} on attempt {event.attempt}"
+        )
         routed = GenerationRouted(
-            job_id=event.job_id, producer="lanes-verifier", spec=event.spec,
-            attempt=event.attempt + 1, lane=lane, model=spec.model,
-            version=self.routes.models[spec.model].version, sample_steps=spec.sample_steps,
-            guidance_scale=spec.guidance_scale, width=event.width, height=event.height,
-            seed=(event.seed + event.attempt) % 2**32, requested_at=event.requested_at,
+            job_id=event.job_id,
+            producer="lanes-verifier",
+            spec=event.spec,
+            attempt=event.attempt + 1,
+            lane=lane,
+            model=spec.model,
+            version=self.routes.models[spec.model].version,
+            sample_steps=spec.sample_steps,
+            guidance_scale=spec.guidance_scale,
+            width=event.width,
+            height=event.height,
+            seed=(event.seed + event.attempt) % 2**32,
+            requested_at=event.requested_at,
             reason=reason,
         )
-        rerouted = RenderRerouted(job_id=event.job_id, producer="lanes-verifier", lane=event.lane,
-                                  to_lane=lane, reason=reason, attempt=event.attempt + 1)
-        return [Output(self.topics.renders, event.job_id, rerouted.to_bytes()),
-                Output(self.topics.lane(lane), event.job_id, routed.to_bytes())]
+        rerouted = RenderRerouted(
+            job_id=event.job_id,
+            producer="lanes-verifier",
+            lane=event.lane,
+            to_lane=lane,
+            reason=reason,
+            attempt=event.attempt + 1,
+        )
+        return [
+            Output(self.topics.renders, event.job_id, rerouted.to_bytes()),
+            Output(self.topics.lane(lane), event.job_id, routed.to_bytes()),
+        ]
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     topics = Topics(settings.topic_prefix)
-    verifier = Verifier(LocalArtifactStore(settings.artifacts_path), topics,
-                        load_routes(settings.routes_file), settings.verify_threshold,
-                        settings.font_path)
+    verifier = Verifier(
+        LocalArtifactStore(settings.artifacts_path),
+        topics,
+        load_routes(settings.routes_file),
+        settings.verify_threshold,
+        settings.font_path,
+    )
     await asyncio.get_running_loop().run_in_executor(verifier.executor, verifier.ocr.load)
     try:
         await run_consumer(
-            settings, name="verify", topics=[topics.renders], parse=parse_job_event,
-            handler=verifier.handle, stop=stop,
+            settings,
+            name="verify",
+            topics=[topics.renders],
+            parse=parse_job_event,
+            handler=verifier.handle,
+            stop=stop,
         )
     finally:
         verifier.close()

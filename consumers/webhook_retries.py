@@ -8,7 +8,7 @@ acknowledged before the offset is committed.
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -32,9 +32,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         return after_attempt(settings, msg, result, metrics)
 
     try:
-        await run_delayed(settings, name="webhooks-retry",
-                          topic=Topics(settings.topic_prefix).webhooks_retry,
-                          parse=WebhookMessage.model_validate_json, due=lambda m: m.due_at,
-                          handle=attempt, stop=stop, registry=registry)
+        await run_delayed(
+            settings,
+            name="webhooks-retry",
+            topic=Topics(settings.topic_prefix).webhooks_retry,
+            parse=WebhookMessage.model_validate_json,
+            due=lambda m: m.due_at,
+            handle=attempt,
+            stop=stop,
+            registry=registry,
+        )
     finally:
         await sender.aclose()

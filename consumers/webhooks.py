@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
@@ -38,49 +38,75 @@ log = structlog.get_logger("lanes.webhooks")
 
 class WebhookMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.attempts = Counter("lanes_webhook_attempts_total", "Webhook POSTs by result",
-                                ["result"], registry=registry)
+        self.attempts = Counter(
+            "lanes_webhook_attempts_total", "Webhook POSTs by result", ["result"], registry=registry
+        )
 
 
 def make_sender(settings: Settings) -> WebhookSender:
-    return WebhookSender(settings.signing_keys(), settings.webhook_allowed_hosts,
-                         timeout_s=settings.webhook_timeout_s,
-                         max_body_bytes=settings.webhook_max_body_bytes)
+    return WebhookSender(
+        settings.signing_keys(),
+        settings.webhook_allowed_hosts,
+        timeout_s=settings.webhook_timeout_s,
+        max_body_bytes=settings.webhook_max_body_bytes,
+    )
 
 
-def after_attempt(settings: Settings, msg: WebhookMessage, result: AttemptResult,
-                  metrics: WebhookMetrics) -> list[Output]:
+def after_attempt(
+    settings: Settings, msg: WebhookMessage, result: AttemptResult, metrics: WebhookMetrics
+) -> list[Output]:
     """The delivery record, plus the next attempt on the delay topic or the DLQ record."""
     topics = Topics(settings.topic_prefix)
     metrics.attempts.labels(result.outcome).inc()
-    record = WebhookDelivery(job_id=msg.job_id, event=msg.event, webhook_id=msg.webhook_id,
-                             url=msg.url, outcome="delivered", status_code=result.status_code,
-                             attempts=msg.attempt, error=result.error)
+    record = WebhookDelivery(
+        job_id=msg.job_id,
+        event=msg.event,
+        webhook_id=msg.webhook_id,
+        url=msg.url,
+        outcome="delivered",
+        status_code=result.status_code,
+        attempts=msg.attempt,
+        error=result.error,
+    )
     outputs: list[Output] = []
     if result.outcome == "retry" and msg.attempt < settings.webhook_max_attempts:
-        delay = backoff_delay(msg.attempt, settings.webhook_backoff_s,
-                              settings.webhook_max_delay_s, result.retry_after_s)
-        nxt = msg.model_copy(update={"attempt": msg.attempt + 1,
-                                     "due_at": utcnow() + timedelta(seconds=delay),
-                                     "last_status": result.status_code,
-                                     "last_error": result.error})
+        delay = backoff_delay(
+            msg.attempt,
+            settings.webhook_backoff_s,
+            settings.webhook_max_delay_s,
+            result.retry_after_s,
+        )
+        nxt = msg.model_copy(
+            update={
+                "attempt": msg.attempt + 1,
+                "due_at": utcnow() + timedelta(seconds=delay),
+                "last_status": result.status_code,
+                "last_error": result.error,
+            }
+        )
         record = record.model_copy(update={"outcome": "retrying", "next_attempt_at": nxt.due_at})
         outputs.append(Output(topics.webhooks_retry, msg.key, nxt.model_dump_json().encode()))
     elif result.outcome != "delivered":
         record = record.model_copy(update={"outcome": "failed"})
-        dead = msg.model_copy(update={"last_status": result.status_code,
-                                      "last_error": result.error})
+        dead = msg.model_copy(
+            update={"last_status": result.status_code, "last_error": result.error}
+        )
         outputs.append(Output(topics.webhooks_dlq, msg.key, dead.model_dump_json().encode()))
-    log.info(f"webhook_{record.outcome}", webhook_event=msg.event, attempt=msg.attempt,
-             status_code=result.status_code, error=result.error,
-             next_attempt_at=record.next_attempt_at.isoformat() if record.next_attempt_at else None)
-    return [Output(topics.webhook_deliveries, msg.key, record.model_dump_json().encode()),
-            *outputs]
+    log.info(
+        f"webhook_{record.outcome}",
+        webhook_event=msg.event,
+        attempt=msg.attempt,
+        status_code=result.status_code,
+        error=result.error,
+        next_attempt_at=record.next_attempt_at.isoformat() if record.next_attempt_at else None,
+    )
+    return [Output(topics.webhook_deliveries, msg.key, record.model_dump_json().encode()), *outputs]
 
 
 class WebhookDispatcher(RestoringListener):
-    def __init__(self, settings: Settings, sender: WebhookSender,
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: Settings, sender: WebhookSender, registry: CollectorRegistry
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
@@ -113,12 +139,19 @@ class WebhookDispatcher(RestoringListener):
         key = f"{job.job_id}:{milestone}"
         if key in self.deliveries.items:
             return []
-        payload = {"type": f"generation.{milestone}", "timestamp": utcnow().isoformat(),
-                   "data": job.public()}
-        msg = WebhookMessage(job_id=job.job_id, event=milestone,
-                             webhook_id=webhook_id(job.job_id, milestone),
-                             url=str(job.spec.webhook_url), attempt=1,
-                             body=json.dumps(payload, separators=(",", ":")))
+        payload = {
+            "type": f"generation.{milestone}",
+            "timestamp": utcnow().isoformat(),
+            "data": job.public(),
+        }
+        msg = WebhookMessage(
+            job_id=job.job_id,
+            event=milestone,
+            webhook_id=webhook_id(job.job_id, milestone),
+            url=str(job.spec.webhook_url),
+            attempt=1,
+            body=json.dumps(payload, separators=(",", ":")),
+        )
         result = await self.sender.attempt(msg.url, msg.webhook_id, msg.body)
         outputs = after_attempt(self.settings, msg, result, self.metrics)
         self.deliveries.items[key] = WebhookDelivery.model_validate_json(outputs[0].value or b"")
@@ -131,9 +164,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     dispatcher = WebhookDispatcher(settings, sender, registry)
     try:
         await run_consumer(
-            settings, name="webhooks", topics=[dispatcher.topics.jobs],
-            parse=JobState.model_validate_json, handler=dispatcher.handle,
-            registry=registry, stop=stop, listener=dispatcher,
+            settings,
+            name="webhooks",
+            topics=[dispatcher.topics.jobs],
+            parse=JobState.model_validate_json,
+            handler=dispatcher.handle,
+            registry=registry,
+            stop=stop,
+            listener=dispatcher,
         )
     finally:
         await sender.aclose()

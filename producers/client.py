@@ -37,8 +37,13 @@ def job_id_for(idempotency_key: str | None, tenant: str | None = None) -> str:
 
 
 class GenerationClient:
-    def __init__(self, settings: ClientSettings, producer: AIOKafkaProducer | None = None,
-                 *, producer_name: str = "lanes-sdk") -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        producer: AIOKafkaProducer | None = None,
+        *,
+        producer_name: str = "lanes-sdk",
+    ) -> None:
         self.topics = Topics(settings.topic_prefix)
         self._own = producer is None
         self.producer = producer or make_producer(settings, client_id=producer_name)
@@ -56,21 +61,27 @@ class GenerationClient:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
-    async def submit(self, spec: GenerationSpec, *, idempotency_key: str | None = None,
-                     job_id: str | None = None) -> str:
+    async def submit(
+        self, spec: GenerationSpec, *, idempotency_key: str | None = None, job_id: str | None = None
+    ) -> str:
         job_id = job_id or job_id_for(idempotency_key, spec.tenant)
         event = GenerationRequested(
             job_id=job_id, producer=self.producer_name, spec=spec, fingerprint=fingerprint(spec)
         )
-        await self.producer.send_and_wait(self.topics.requests, event.to_bytes(), key=job_id.encode())
+        await self.producer.send_and_wait(
+            self.topics.requests, event.to_bytes(), key=job_id.encode()
+        )
         return job_id
 
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
         """Ask for the job to be canceled (queued or deferred: at once; rendering: at the
         next step). The job ends ``canceled`` unless it finished first."""
         event = CancelRequested(job_id=job_id, producer=self.producer_name, reason=reason)
-        await self.producer.send_and_wait(self.topics.requests, event.to_bytes(), key=job_id.encode())
+        await self.producer.send_and_wait(
+            self.topics.requests, event.to_bytes(), key=job_id.encode()
+        )

@@ -1,8 +1,8 @@
 """Errors of the client helpers.
 
-    schemas.exceptions.LanesError
-    └── PoisonEvent
-        └── ForgedCommand          ops command signature missing, wrong or stale
+schemas.exceptions.LanesError
+└── PoisonEvent
+    └── ForgedCommand          ops command signature missing, wrong or stale
 """
 
 from __future__ import annotations

@@ -24,9 +24,12 @@ __all__ = ["SignedCommand", "sign_command", "verify_command", "publish_command",
 def sign_command(command: OpsCommand, key: str, at: datetime | None = None) -> SignedCommand:
     at = at or datetime.now(UTC)
     payload = command.model_dump_json()
-    return SignedCommand(id=command.command_id, timestamp=str(int(at.timestamp())),
-                         signature=Webhook(key).sign(command.command_id, at, payload),
-                         payload=payload)
+    return SignedCommand(
+        id=command.command_id,
+        timestamp=str(int(at.timestamp())),
+        signature=Webhook(key).sign(command.command_id, at, payload),
+        payload=payload,
+    )
 
 
 def verify_command(signed: SignedCommand, key: str) -> OpsCommand:
@@ -47,8 +50,11 @@ async def publish_command(settings: ClientSettings, command: OpsCommand, key: st
     producer = make_producer(settings, client_id="lanes-ops")
     await producer.start()
     try:
-        await producer.send_and_wait(Topics(settings.topic_prefix).ops,
-                                     signed.model_dump_json().encode(), key=command.lane.encode())
+        await producer.send_and_wait(
+            Topics(settings.topic_prefix).ops,
+            signed.model_dump_json().encode(),
+            key=command.lane.encode(),
+        )
     finally:
         await producer.stop()
     return signed

@@ -11,15 +11,17 @@ than five minutes away from now is refused (replay protection). Deduplicate on t
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 __all__ = ["verify_delivery", "WebhookVerificationError"]
 
 
-def verify_delivery(body: bytes | str, headers: Mapping[str, str],
-                    secrets: str | Sequence[str]) -> Any:
+def verify_delivery(
+    body: bytes | str, headers: Mapping[str, str], secrets: str | Sequence[str]
+) -> Any:
     """The parsed event if some secret verifies it; raises WebhookVerificationError."""
     candidates = [secrets] if isinstance(secrets, str) else list(secrets)
     if not candidates:

@@ -4,15 +4,25 @@ state (``lanes.control``, compacted, key = lane) and command outcomes."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import utcnow
 
-__all__ = ["OpsAction", "OpsCommand", "ModelRef", "Canary", "LaneDesired", "OpsResult",
-           "WorkerStatus", "WorkerHealth", "live_workers"]
+__all__ = [
+    "OpsAction",
+    "OpsCommand",
+    "ModelRef",
+    "Canary",
+    "LaneDesired",
+    "OpsResult",
+    "WorkerStatus",
+    "WorkerHealth",
+    "live_workers",
+]
 
 OpsAction = Literal["deploy", "canary", "promote", "rollback", "set", "pause", "resume", "restart"]
 
@@ -114,11 +124,17 @@ class WorkerStatus(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
-def live_workers(statuses: Iterable[WorkerStatus], lane: str, stale_s: float,
-                 serves: str | None = None) -> list[str]:
+def live_workers(
+    statuses: Iterable[WorkerStatus], lane: str, stale_s: float, serves: str | None = None
+) -> list[str]:
     """Instances of ``lane`` that are not stopped and reported within ``stale_s`` (only
     those that serve ``serves``, "lane" or "spill", when given)."""
     now = utcnow()
-    return [s.instance for s in statuses
-            if s.lane == lane and s.health != "stopped" and (serves is None or s.serves == serves)
-            and (now - s.at).total_seconds() < stale_s]
+    return [
+        s.instance
+        for s in statuses
+        if s.lane == lane
+        and s.health != "stopped"
+        and (serves is None or s.serves == serves)
+        and (now - s.at).total_seconds() < stale_s
+    ]

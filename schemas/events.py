@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -189,7 +189,9 @@ class VerificationCompleted(Envelope):
 
     @property
     def final_passed(self) -> bool:
-        return self.passed or (self.repaired_score is not None and self.repaired_score >= self.threshold)
+        return self.passed or (
+            self.repaired_score is not None and self.repaired_score >= self.threshold
+        )
 
 
 class GenerationDeferred(Envelope):
@@ -224,18 +226,16 @@ class RenderCanceled(Envelope):
 
 
 JobEvent = Annotated[
-    Union[
-        GenerationRequested,
-        GenerationRouted,
-        RenderStarted,
-        RenderCompleted,
-        RenderFailed,
-        RenderRerouted,
-        VerificationCompleted,
-        CancelRequested,
-        RenderCanceled,
-        GenerationDeferred,
-    ],
+    GenerationRequested
+    | GenerationRouted
+    | RenderStarted
+    | RenderCompleted
+    | RenderFailed
+    | RenderRerouted
+    | VerificationCompleted
+    | CancelRequested
+    | RenderCanceled
+    | GenerationDeferred,
     Field(discriminator="type"),
 ]
 JOB_EVENT: TypeAdapter[Any] = TypeAdapter(JobEvent)

@@ -18,5 +18,8 @@ class SignedCommand(BaseModel):
     payload: str  # the OpsCommand JSON exactly as signed
 
     def headers(self) -> dict[str, str]:
-        return {"webhook-id": self.id, "webhook-timestamp": self.timestamp,
-                "webhook-signature": self.signature}
+        return {
+            "webhook-id": self.id,
+            "webhook-timestamp": self.timestamp,
+            "webhook-signature": self.signature,
+        }

@@ -23,8 +23,16 @@ __all__ = [
 ]
 
 JobStatus = Literal[
-    "queued", "deferred", "routed", "running", "draft_ready", "upscaling", "verifying",
-    "succeeded", "failed", "canceled",
+    "queued",
+    "deferred",
+    "routed",
+    "running",
+    "draft_ready",
+    "upscaling",
+    "verifying",
+    "succeeded",
+    "failed",
+    "canceled",
 ]
 # Moments a client can subscribe to with webhook_events (each delivered once).
 Milestone = Literal["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
@@ -166,5 +174,3 @@ class WebhookMessage(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.job_id}:{self.event}"
-
-

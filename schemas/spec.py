@@ -51,7 +51,9 @@ class GenerationSpec(BaseModel):
     @classmethod
     def _text_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("text must not be blank; omit it to take the quoted text of the prompt")
+            raise ValueError(
+                "text must not be blank; omit it to take the quoted text of the prompt"
+            )
         return value
 
     @property

@@ -6,8 +6,8 @@ repo: rename them only with a migration note.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 __all__ = ["TopicSpec", "Topics"]
 
@@ -116,9 +116,16 @@ class Topics:
             TopicSpec(self.control, partitions=1, compacted=True),
             # Heartbeats, key = instance: compacted to each instance's latest, then deleted
             # a day after an instance goes quiet.
-            TopicSpec(self.workers, partitions=1, compacted=True,
-                      extra={"cleanup.policy": "compact,delete", "retention.ms": str(DAY_MS),
-                             "segment.ms": str(3600 * 1000)}),
+            TopicSpec(
+                self.workers,
+                partitions=1,
+                compacted=True,
+                extra={
+                    "cleanup.policy": "compact,delete",
+                    "retention.ms": str(DAY_MS),
+                    "segment.ms": str(3600 * 1000),
+                },
+            ),
         ]
         specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
         specs += [TopicSpec(self.spill(lane), partitions=6) for lane in sorted(set(spill))]

@@ -1,24 +1,32 @@
 """Errors of the library the processes are built from, all under ``schemas.exceptions``.
 
-    LanesError
-    ├── PoisonEvent
-    │   ├── ArtifactError          an artifact is missing or is not an image: the job fails
-    │   ├── ModelTooLarge          a model's weights exceed the worker's memory budget
-    │   ├── Rejected               an ops command invalid for the lane's state
-    │   ├── RefusedTarget          a webhook URL that points at a private or loopback host
-    │   └── RepairError            typography repair could not draw the text (font)
-    ├── TransientError
-    │   └── ArtifactUnavailable    the artifact store failed for now (I/O error): retried
-    ├── OutOfMemory                a batch does not fit the device: split, else fallback lane
-    └── Interrupted                every job of a batch was canceled between two steps
+LanesError
+├── PoisonEvent
+│   ├── ArtifactError          an artifact is missing or is not an image: the job fails
+│   ├── ModelTooLarge          a model's weights exceed the worker's memory budget
+│   ├── Rejected               an ops command invalid for the lane's state
+│   ├── RefusedTarget          a webhook URL that points at a private or loopback host
+│   └── RepairError            typography repair could not draw the text (font)
+├── TransientError
+│   └── ArtifactUnavailable    the artifact store failed for now (I/O error): retried
+├── OutOfMemory                a batch does not fit the device: split, else fallback lane
+└── Interrupted                every job of a batch was canceled between two steps
 """
 
 from __future__ import annotations
 
 from schemas.exceptions import LanesError, PoisonEvent, TransientError
 
-__all__ = ["ArtifactError", "ArtifactUnavailable", "ModelTooLarge", "Rejected",
-           "RefusedTarget", "RepairError", "OutOfMemory", "Interrupted"]
+__all__ = [
+    "ArtifactError",
+    "ArtifactUnavailable",
+    "ModelTooLarge",
+    "Rejected",
+    "RefusedTarget",
+    "RepairError",
+    "OutOfMemory",
+    "Interrupted",
+]
 
 
 class ArtifactError(PoisonEvent):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 

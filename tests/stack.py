@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import inspect
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import uvicorn
@@ -20,7 +21,16 @@ from services.apps.in_process import LocalStack
 from services.config.settings import Settings
 from services.process.ops_server import EmbeddedServer
 
-__all__ = ["Stack", "WebhookReceiver", "read_topic", "read_to_end", "produce_raw", "write_routes", "wait_until", "running_stack"]
+__all__ = [
+    "Stack",
+    "WebhookReceiver",
+    "read_topic",
+    "read_to_end",
+    "produce_raw",
+    "write_routes",
+    "wait_until",
+    "running_stack",
+]
 
 
 class Stack(LocalStack):
@@ -30,7 +40,9 @@ class Stack(LocalStack):
         super().__init__(settings, worker_lanes=worker_lanes)
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30)
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30
+        )
 
     async def start(self) -> None:
         await super().start()
@@ -43,9 +55,14 @@ class Stack(LocalStack):
 
     async def start_gateway(self) -> None:
         app = create_app(self.settings)
-        self.gateway = EmbeddedServer(uvicorn.Config(
-            app, host="127.0.0.1", port=self.settings.gateway_port, log_level="warning",
-        ))
+        self.gateway = EmbeddedServer(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.settings.gateway_port,
+                log_level="warning",
+            )
+        )
         self.gateway_task = asyncio.create_task(self.gateway.serve())
         await wait_until(self._gateway_ready, timeout=60, what="gateway ready")
 
@@ -74,7 +91,9 @@ class Stack(LocalStack):
         assert resp.status_code == 202, resp.text
         return str(resp.json()["job_id"])
 
-    async def wait_for_status(self, job_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+    async def wait_for_status(
+        self, job_id: str, statuses: set[str], timeout: float = 90
+    ) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
         async def check() -> bool:
@@ -89,7 +108,9 @@ class Stack(LocalStack):
         return found
 
 
-async def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> None:
+async def wait_until(
+    check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -128,13 +149,16 @@ class WebhookReceiver:
 
         @app.post("/hooks")
         async def hook(request: Request) -> Response:
-            self.deliveries.append(Delivery(dict(request.headers), await request.body(), time.time()))
+            self.deliveries.append(
+                Delivery(dict(request.headers), await request.body(), time.time())
+            )
             answer = self.statuses.pop(0) if self.statuses else 204
             status, headers = answer if isinstance(answer, tuple) else (answer, {})
             return Response(status_code=status, headers=headers)
 
-        self.server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = EmbeddedServer(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.task = asyncio.create_task(self.server.serve())
         while not self.server.started:
             await asyncio.sleep(0.05)
@@ -145,15 +169,23 @@ class WebhookReceiver:
         await self.task
 
     async def wait_for(self, count: int, timeout: float = 60) -> list[Delivery]:
-        await wait_until(lambda: len(self.deliveries) >= count, timeout=timeout,
-                         what=f"{count} webhook deliveries")
+        await wait_until(
+            lambda: len(self.deliveries) >= count,
+            timeout=timeout,
+            what=f"{count} webhook deliveries",
+        )
         return self.deliveries
 
 
 async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> list[Any]:
     """Every record on a topic right now (reads until nothing new arrives for idle_s)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -170,8 +202,13 @@ async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> 
 
 async def read_to_end(settings: Settings, topic: str) -> list[Any]:
     """Every record on a busy topic up to its end offsets as of now."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -183,14 +220,18 @@ async def read_to_end(settings: Settings, topic: str) -> list[Any]:
         remaining = {tp for tp, end in ends.items() if end > 0}
         while remaining:
             for recs in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)])
+                records.extend(
+                    r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                )
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
     return records
 
 
-async def produce_raw(settings: Settings, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+async def produce_raw(
+    settings: Settings, topic: str, value: bytes | None, key: bytes | None = None
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -213,8 +254,9 @@ def write_routes(path: Any, **lanes: dict[str, Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(settings: Settings, *, worker_lanes: list[str] | None = None,
-                        **updates: Any) -> AsyncIterator[Stack]:
+async def running_stack(
+    settings: Settings, *, worker_lanes: list[str] | None = None, **updates: Any
+) -> AsyncIterator[Stack]:
     """A started Stack on settings with ``updates`` (a routes file, a memory budget...)."""
     stack = Stack(settings.model_copy(update=updates), worker_lanes=worker_lanes)
     await stack.start()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 __all__ = ["MicroBatcher"]
 
@@ -14,8 +15,9 @@ T = TypeVar("T")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, max_batch: int, max_wait_s: float,
-                 limit: Callable[[Hashable], int] | None = None) -> None:
+    def __init__(
+        self, max_batch: int, max_wait_s: float, limit: Callable[[Hashable], int] | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
@@ -27,7 +29,9 @@ class MicroBatcher(Generic[T]):
         self._changed = asyncio.Event()
 
     def cap(self, key: Hashable) -> int:
-        return self.max_batch if self.limit is None else max(1, min(self.max_batch, self.limit(key)))
+        return (
+            self.max_batch if self.limit is None else max(1, min(self.max_batch, self.limit(key)))
+        )
 
     def __len__(self) -> int:
         return sum(len(items) for _, items in self._groups.values())
@@ -69,5 +73,5 @@ class MicroBatcher(Generic[T]):
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -24,8 +24,9 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import AsyncIterator, Callable, TypeVar
+from typing import TypeVar
 
 __all__ = ["BetweenSteps", "DeviceTurns"]
 
@@ -43,7 +44,9 @@ class DeviceTurns:
         self._lock = threading.Lock()  # with the GPU thread
         self._window = False  # a preemptible render is running on the GPU thread
         self._window_priority = 0  # ... at this priority
-        self._between: deque[tuple[Callable[[], object], concurrent.futures.Future[object]]] = deque()
+        self._between: deque[tuple[Callable[[], object], concurrent.futures.Future[object]]] = (
+            deque()
+        )
 
     # ---- turns (event loop) -------------------------------------------------------------
 
@@ -97,8 +100,15 @@ class DeviceTurns:
 
     # ---- renders (event loop -> GPU thread) --------------------------------------------
 
-    async def render(self, executor: Executor, fn: Callable[[BetweenSteps | None], T], *,
-                     priority: int, preempt: bool = False, preemptible: bool = False) -> T:
+    async def render(
+        self,
+        executor: Executor,
+        fn: Callable[[BetweenSteps | None], T],
+        *,
+        priority: int,
+        preempt: bool = False,
+        preemptible: bool = False,
+    ) -> T:
         """Run ``fn`` on the GPU thread. ``preempt``: between the steps of the render in
         progress, if one runs preemptibly at a less urgent priority. ``preemptible``: more
         urgent ``preempt`` work runs between this render's steps (``fn`` gets the hook to
@@ -108,12 +118,14 @@ class DeviceTurns:
             if queued is not None:
                 return await asyncio.wrap_future(queued)  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        call: Callable[[], T] = ((lambda: self._preemptible(fn, loop, priority)) if preemptible
-                                 else (lambda: fn(None)))
+        call: Callable[[], T] = (
+            (lambda: self._preemptible(fn, loop, priority)) if preemptible else (lambda: fn(None))
+        )
         return await loop.run_in_executor(executor, call)
 
-    def _queue_between(self, fn: Callable[[], object],
-                       priority: int) -> concurrent.futures.Future[object] | None:
+    def _queue_between(
+        self, fn: Callable[[], object], priority: int
+    ) -> concurrent.futures.Future[object] | None:
         with self._lock:
             if not self._window or priority >= self._window_priority:
                 return None
@@ -121,8 +133,9 @@ class DeviceTurns:
             self._between.append((fn, fut))
             return fut
 
-    def _preemptible(self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop,
-                     priority: int) -> T:
+    def _preemptible(
+        self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop, priority: int
+    ) -> T:
         with self._lock:
             self._window, self._window_priority = True, priority
         loop.call_soon_threadsafe(self._window_opened)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -52,15 +52,23 @@ def model_spec(routes: Routes, ref: ModelRef) -> ModelSpec:
     return spec
 
 
-def load_model(settings: Settings, lane: str, routes: Routes, ref: ModelRef,
-               reserved: Callable[[], int] | None = None) -> DiffusionEngine:
+def load_model(
+    settings: Settings,
+    lane: str,
+    routes: Routes,
+    ref: ModelRef,
+    reserved: Callable[[], int] | None = None,
+) -> DiffusionEngine:
     """Load one version for ``lane`` (blocking: call from a thread). ``reserved``: bytes the
     worker's other models hold, counted against the same budget."""
     spec = model_spec(routes, ref)
     with _LOAD_LOCK:
         path = checkpoint_dir(ref.model, spec, settings.models_path)
         return DiffusionEngine.load(
-            path, name=ref.model, version=ref.version, device=settings.device,
+            path,
+            name=ref.model,
+            version=ref.version,
+            device=settings.device,
             budget=MemoryBudget.from_gb(settings.memory_budget_gb, reserved or (lambda: 0)),
             compile_unet=settings.compile_unet,
             refine=routes.lanes[lane].refine_strength is not None,
@@ -121,15 +129,31 @@ class LaneModels:
             if self.calibrate and s.max_batch > 1:
                 profile = profile_batching(engine, s.max_batch, *shape)
                 self.batch_profiles[(ref.model, ref.version)] = profile
-                log.info("batching_profiled", lane=self.lane, model=ref.model, version=ref.version,
-                         ms_per_image={b: round(t * 1000, 1) for b, t in profile.per_image_s.items()},
-                         batch_cap=profile.cap, max_batch=s.max_batch)
+                log.info(
+                    "batching_profiled",
+                    lane=self.lane,
+                    model=ref.model,
+                    version=ref.version,
+                    ms_per_image={b: round(t * 1000, 1) for b, t in profile.per_image_s.items()},
+                    batch_cap=profile.cap,
+                    max_batch=s.max_batch,
+                )
             else:
-                log.info("model_warmed", lane=self.lane, model=ref.model, version=ref.version,
-                         seconds=round(warm_up(engine, *shape), 3))
+                log.info(
+                    "model_warmed",
+                    lane=self.lane,
+                    model=ref.model,
+                    version=ref.version,
+                    seconds=round(warm_up(engine, *shape), 3),
+                )
         except Exception as exc:  # noqa: BLE001 - warming is not the gate; jobs and the judge are
-            log.warning("warm_up_failed", lane=self.lane, model=ref.model, version=ref.version,
-                        error=str(exc)[:300])
+            log.warning(
+                "warm_up_failed",
+                lane=self.lane,
+                model=ref.model,
+                version=ref.version,
+                error=str(exc)[:300],
+            )
         return engine
 
     @property
@@ -159,8 +183,11 @@ class LaneModels:
         return self.desired.sample_steps or routed_steps
 
     def engine_for(self, job_id: str, stable_only: bool = False) -> DiffusionEngine:
-        if (not stable_only and self.canary is not None
-                and canary_bucket(job_id) < self.canary_percent):
+        if (
+            not stable_only
+            and self.canary is not None
+            and canary_bucket(job_id) < self.canary_percent
+        ):
             return self.engines[self.canary]
         return self.engines[self.stable]
 
@@ -178,8 +205,13 @@ class LaneModels:
                 self.load_errors.pop(ref.label, None)
             except Exception as exc:  # noqa: BLE001 - a bad version must not stop the worker
                 self.load_errors[ref.label] = f"{type(exc).__name__}: {exc}"[:500]
-                log.error("model_load_failed", lane=self.lane, model=ref.model,
-                          version=ref.version, error=str(exc)[:300])
+                log.error(
+                    "model_load_failed",
+                    lane=self.lane,
+                    model=ref.model,
+                    version=ref.version,
+                    error=str(exc)[:300],
+                )
         if desired.stable in self.engines:
             self.stable = desired.stable
         target = desired.canary.target if desired.canary else None
@@ -188,12 +220,19 @@ class LaneModels:
         keep = {self.stable, self.canary, desired.previous}
         for ref in [r for r in self.engines if r not in keep]:
             del self.engines[ref]  # the GPU thread frees it once no batch holds it
-        self.load_errors = {k: v for k, v in self.load_errors.items()
-                            if k in {r.label for r in wanted}}
+        self.load_errors = {
+            k: v for k, v in self.load_errors.items() if k in {r.label for r in wanted}
+        }
         self.applied_revision = desired.revision
-        log.info("revision_applied", lane=self.lane, revision=desired.revision,
-                 stable=self.stable.label, canary=self.canary.label if self.canary else None,
-                 percent=self.canary_percent, load_errors=self.load_errors)
+        log.info(
+            "revision_applied",
+            lane=self.lane,
+            revision=desired.revision,
+            stable=self.stable.label,
+            canary=self.canary.label if self.canary else None,
+            percent=self.canary_percent,
+            load_errors=self.load_errors,
+        )
 
     async def reload(self) -> None:
         """A restart: load every served version afresh from its checkpoint."""

@@ -152,17 +152,24 @@ class LaneWorker(ConsumerRebalanceListener):
         self.tracker = OffsetTracker()
         # Batch keys start (model, version, ...): each version's batches stop at its cap.
         self.batcher: MicroBatcher[RenderTask] = MicroBatcher(
-            self.spec.max_batch, self.spec.max_wait_ms / 1000,
+            self.spec.max_batch,
+            self.spec.max_wait_ms / 1000,
             limit=lambda key: models.batch_cap(key[0], key[1]),
         )
-        self.jobs_view: CompactedView[JobState] = host.jobs_view if host else CompactedView(
-            settings, self.topics.jobs, JobState.model_validate_json
+        self.jobs_view: CompactedView[JobState] = (
+            host.jobs_view
+            if host
+            else CompactedView(settings, self.topics.jobs, JobState.model_validate_json)
         )
-        self.control_view: CompactedView[LaneDesired] = host.control_view if host else CompactedView(
-            settings, self.topics.control, LaneDesired.model_validate_json
+        self.control_view: CompactedView[LaneDesired] = (
+            host.control_view
+            if host
+            else CompactedView(settings, self.topics.control, LaneDesired.model_validate_json)
         )
-        self.workers_view: CompactedView[WorkerStatus] = host.workers_view if host else CompactedView(
-            settings, self.topics.workers, WorkerStatus.model_validate_json
+        self.workers_view: CompactedView[WorkerStatus] = (
+            host.workers_view
+            if host
+            else CompactedView(settings, self.topics.workers, WorkerStatus.model_validate_json)
         )
         self.health: WorkerHealth = "starting"
         self.generation = 0  # the rolling-restart generation this instance has done
@@ -182,12 +189,26 @@ class LaneWorker(ConsumerRebalanceListener):
         # One inference thread: one GPU runs one batch at a time. It and the image codec
         # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.
         nicer = (settings.compute_thread_nice,)
-        self.gpu = host.gpu if host else ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"gpu-{lane}", initializer=lower_thread_priority,
-            initargs=nicer)
-        self.codec = host.codec if host else ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix=f"png-{lane}", initializer=lower_thread_priority,
-            initargs=nicer)
+        self.gpu = (
+            host.gpu
+            if host
+            else ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"gpu-{lane}",
+                initializer=lower_thread_priority,
+                initargs=nicer,
+            )
+        )
+        self.codec = (
+            host.codec
+            if host
+            else ThreadPoolExecutor(
+                max_workers=2,
+                thread_name_prefix=f"png-{lane}",
+                initializer=lower_thread_priority,
+                initargs=nicer,
+            )
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -232,16 +253,24 @@ class LaneWorker(ConsumerRebalanceListener):
                     asyncio.create_task(self.jobs_view.follow(), name="jobs-view"),
                     asyncio.create_task(self.control_view.follow(), name="control-view"),
                     asyncio.create_task(self.workers_view.follow(), name="workers-view"),
-                    asyncio.create_task(serve_ops(self.settings.metrics_host, self.settings.metrics_port,
-                                                  self.registry, lambda: self.all_ready)),
+                    asyncio.create_task(
+                        serve_ops(
+                            self.settings.metrics_host,
+                            self.settings.metrics_port,
+                            self.registry,
+                            lambda: self.all_ready,
+                        )
+                    ),
                 ]
             await self.control_view.caught_up.wait()
             desired = self.control_view.items.get(self.lane)
             if desired is not None:  # join at the lane's current revision and generation
                 await self.models.apply(desired)
                 self.generation = desired.restart_generation
-            tasks += [asyncio.create_task(self._control_loop(), name=f"control-loop-{self.lane}"),
-                      asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.lane}")]
+            tasks += [
+                asyncio.create_task(self._control_loop(), name=f"control-loop-{self.lane}"),
+                asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.lane}"),
+            ]
             guests = [asyncio.create_task(g.run(stop), name=f"guest-{g.lane}") for g in self.guests]
             while True:
                 await self._consume(stop, tasks + guests)
@@ -267,7 +296,9 @@ class LaneWorker(ConsumerRebalanceListener):
     async def _consume(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         """One group membership: join, fetch until stop or a restart, drain, leave."""
         self.consumer = make_consumer(
-            self.settings, group=self.group, client_id=f"lanes-worker-{self.lane}",
+            self.settings,
+            group=self.group,
+            client_id=f"lanes-worker-{self.lane}",
             max_partition_fetch_bytes=256 * 1024,
         )
         self.consumer.subscribe([self.source], listener=self)
@@ -275,10 +306,17 @@ class LaneWorker(ConsumerRebalanceListener):
         self.joined = False
         try:
             await self.consumer.start()
-            log.info("worker_started", lane=self.lane, serves=self.serves, topic=self.source,
-                     cap=self.cap, max_batch=self.spec.max_batch,
-                     instance=self.instance, device=self.settings.device,
-                     generation=self.generation)
+            log.info(
+                "worker_started",
+                lane=self.lane,
+                serves=self.serves,
+                topic=self.source,
+                cap=self.cap,
+                max_batch=self.spec.max_batch,
+                instance=self.instance,
+                device=self.settings.device,
+                generation=self.generation,
+            )
             await self._fetch_loop(stop, tasks)
             self.health = "draining"
             await self._heartbeat()
@@ -305,8 +343,12 @@ class LaneWorker(ConsumerRebalanceListener):
                 await self.models.apply(desired)
                 self.slot_freed.set()  # a new cap or pause takes effect now
                 await self._heartbeat()
-            if (self.models.desired.restart_generation > self.generation and self.ready
-                    and not self.restart.is_set() and self._my_restart_turn()):
+            if (
+                self.models.desired.restart_generation > self.generation
+                and self.ready
+                and not self.restart.is_set()
+                and self._my_restart_turn()
+            ):
                 self.restart.set()
             await asyncio.sleep(0.1)
 
@@ -315,34 +357,48 @@ class LaneWorker(ConsumerRebalanceListener):
         target = self.models.desired.restart_generation
         now = datetime.now(UTC)
         for peer in self.workers_view.items.values():
-            if (peer.lane == self.lane and peer.instance < self.instance
-                    and (now - peer.at).total_seconds() < self.settings.worker_stale_s
-                    and peer.health != "stopped"
-                    and (peer.restart_generation < target or peer.health != "ready")):
+            if (
+                peer.lane == self.lane
+                and peer.instance < self.instance
+                and (now - peer.at).total_seconds() < self.settings.worker_stale_s
+                and peer.health != "stopped"
+                and (peer.restart_generation < target or peer.health != "ready")
+            ):
                 return False
         return True
 
     def status(self) -> WorkerStatus:
         m = self.models
         return WorkerStatus(
-            instance=self.instance, lane=self.lane, serves=self.serves, health=self.health,
+            instance=self.instance,
+            lane=self.lane,
+            serves=self.serves,
+            health=self.health,
             stable=m.stable,
-            canary=m.canary, canary_percent=m.canary_percent, applied_revision=m.applied_revision,
-            restart_generation=self.generation, load_errors=m.load_errors,
-            in_flight=self.in_flight, jobs_done=self.jobs_done, device=self.settings.device,
+            canary=m.canary,
+            canary_percent=m.canary_percent,
+            applied_revision=m.applied_revision,
+            restart_generation=self.generation,
+            load_errors=m.load_errors,
+            in_flight=self.in_flight,
+            jobs_done=self.jobs_done,
+            device=self.settings.device,
         )
 
     async def _heartbeat(self) -> None:
         self._export_batching()
-        await self._send([Output(self.topics.workers, self.instance,
-                                 self.status().model_dump_json().encode())])
+        await self._send(
+            [Output(self.topics.workers, self.instance, self.status().model_dump_json().encode())]
+        )
 
     def _export_batching(self) -> None:
         for engine in self.models.engines.values():
             labels = _labels(self.lane, engine)
-            self.metrics.batch_cap.labels(*labels).set(self.models.batch_cap(engine.name, engine.version))
+            self.metrics.batch_cap.labels(*labels).set(
+                self.models.batch_cap(engine.name, engine.version)
+            )
             profile = self.models.batch_profiles.get((engine.name, engine.version))
-            for size, seconds in (profile.per_image_s.items() if profile else ()):
+            for size, seconds in profile.per_image_s.items() if profile else ():
                 self.metrics.batch_seconds_per_image.labels(*labels, str(size)).set(seconds)
 
     async def _heartbeat_loop(self) -> None:
@@ -355,7 +411,9 @@ class LaneWorker(ConsumerRebalanceListener):
         last_lag = 0.0
         while not stop.is_set() and not self.restart.is_set():
             if self.fatal is not None:
-                raise RuntimeError("worker stopped: an outcome could not be published") from self.fatal
+                raise RuntimeError(
+                    "worker stopped: an outcome could not be published"
+                ) from self.fatal
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception():
                     raise task.exception()  # type: ignore[misc]
@@ -369,7 +427,7 @@ class LaneWorker(ConsumerRebalanceListener):
                 self.slot_freed.clear()
                 try:
                     await asyncio.wait_for(self.slot_freed.wait(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             self._resume()
@@ -385,12 +443,14 @@ class LaneWorker(ConsumerRebalanceListener):
         """Stop fetching; finish what is held within the deadline; commit."""
         self._pause()
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        log.info("worker_draining", in_flight=self.in_flight, deadline_s=self.settings.drain_timeout_s)
+        log.info(
+            "worker_draining", in_flight=self.in_flight, deadline_s=self.settings.drain_timeout_s
+        )
         while self.in_flight > 0 and time.monotonic() < deadline:
             self.slot_freed.clear()
             try:
                 await asyncio.wait_for(self.slot_freed.wait(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=max(0.1, deadline - time.monotonic()))
@@ -453,8 +513,13 @@ class LaneWorker(ConsumerRebalanceListener):
         job = self.jobs_view.items.get(event.job_id)
         if job is None:
             return False
-        return job.terminal or job.attempt > event.attempt or any(
-            a.attempt == event.attempt and a.stage == self.stage_of(event) for a in job.artifacts
+        return (
+            job.terminal
+            or job.attempt > event.attempt
+            or any(
+                a.attempt == event.attempt and a.stage == self.stage_of(event)
+                for a in job.artifacts
+            )
         )
 
     async def _admit(self, tp: TopicPartition, record: Any) -> None:
@@ -486,26 +551,46 @@ class LaneWorker(ConsumerRebalanceListener):
         if event.init_artifact_uri is not None:
             try:
                 init_image = await asyncio.get_running_loop().run_in_executor(
-                    self.codec, self.store.open_image, event.init_artifact_uri)
+                    self.codec, self.store.open_image, event.init_artifact_uri
+                )
             except ArtifactError as exc:  # the job fails with the reason; never stuck
                 log.warning("init_artifact_unreadable", error=str(exc))
                 self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
-                await self._send([Output(self.topics.renders, event.job_id, RenderFailed(
-                    job_id=event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
-                    attempt=event.attempt, error=f"cannot refine: {exc}").to_bytes())])
+                await self._send(
+                    [
+                        Output(
+                            self.topics.renders,
+                            event.job_id,
+                            RenderFailed(
+                                job_id=event.job_id,
+                                producer=f"lanes-worker-{self.lane}",
+                                lane=self.lane,
+                                attempt=event.attempt,
+                                error=f"cannot refine: {exc}",
+                            ).to_bytes(),
+                        )
+                    ]
+                )
                 self.tracker.done(tp, record.offset)
                 await self._commit()
                 return
         request = RenderRequest(
-            prompt=event.spec.prompt, width=event.width, height=event.height,
-            steps=self.models.steps(event.sample_steps), guidance_scale=event.guidance_scale,
-            seed=event.seed, init_image=init_image, strength=event.strength,
+            prompt=event.spec.prompt,
+            width=event.width,
+            height=event.height,
+            steps=self.models.steps(event.sample_steps),
+            guidance_scale=event.guidance_scale,
+            seed=event.seed,
+            init_image=init_image,
+            strength=event.strength,
         )
         engine = self.models.engine_for(event.job_id, event.stable_only)
         self.holding.add(_task_key(event))
         self._hold(+1)
-        self.batcher.put((engine.name, engine.version, batch_key(request)),
-                         RenderTask(tp, record.offset, event, request, datetime.now(UTC), engine))
+        self.batcher.put(
+            (engine.name, engine.version, batch_key(request)),
+            RenderTask(tp, record.offset, event, request, datetime.now(UTC), engine),
+        )
 
     # ---- rendering ---------------------------------------------------------------------
 
@@ -516,10 +601,24 @@ class LaneWorker(ConsumerRebalanceListener):
                 started_at = datetime.now(UTC)
                 # Progress events are not waited for here (the render starts at once);
                 # _finish awaits their acks before it publishes the outcome.
-                started = await self._enqueue([Output(self.topics.renders, t.event.job_id, RenderStarted(
-                    job_id=t.event.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
-                    model=t.engine.name, version=t.engine.version, instance=self.instance,
-                    attempt=t.event.attempt).to_bytes()) for t in batch])
+                started = await self._enqueue(
+                    [
+                        Output(
+                            self.topics.renders,
+                            t.event.job_id,
+                            RenderStarted(
+                                job_id=t.event.job_id,
+                                producer=f"lanes-worker-{self.lane}",
+                                lane=self.lane,
+                                model=t.engine.name,
+                                version=t.engine.version,
+                                instance=self.instance,
+                                attempt=t.event.attempt,
+                            ).to_bytes(),
+                        )
+                        for t in batch
+                    ]
+                )
                 results = await self._render_fitting(batch)
             task = asyncio.create_task(self._finish(results, started_at, started))
             self.finishing.add(task)
@@ -542,13 +641,15 @@ class LaneWorker(ConsumerRebalanceListener):
             # A batch runs between the steps of a less urgent peer's render in progress; a
             # render lets more urgent peers' batches in between its steps.
             outputs = await self.device.render(
-                self.gpu, lambda between: engine.render_batch(reqs, canceled, between),
+                self.gpu,
+                lambda between: engine.render_batch(reqs, canceled, between),
                 priority=self.priority,
                 preempt=any(p.priority > self.priority for p in self.peers),
-                preemptible=any(p.priority < self.priority for p in self.peers))
+                preemptible=any(p.priority < self.priority for p in self.peers),
+            )
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
-            return list(zip(batch, outputs))
+            return list(zip(batch, outputs, strict=True))
         except Interrupted as exc:  # every job of the batch was canceled
             log.info("render_interrupted", batch=len(batch), step=exc.step)
             return [(t, exc) for t in batch]
@@ -559,18 +660,29 @@ class LaneWorker(ConsumerRebalanceListener):
             if len(batch) == 1:
                 return [(batch[0], exc)]
             half = len(batch) // 2
-            return await self._render_fitting(batch[:half]) + await self._render_fitting(batch[half:])
+            return await self._render_fitting(batch[:half]) + await self._render_fitting(
+                batch[half:]
+            )
         except Exception as exc:  # noqa: BLE001 - check_inputs, or a broken model version:
-            log.warning("render_error", batch=len(batch), model=engine.name,  # fail these jobs,
-                        version=engine.version, error=str(exc)[:300])  # keep the worker
+            log.warning(
+                "render_error",
+                batch=len(batch),
+                model=engine.name,  # fail these jobs,
+                version=engine.version,
+                error=str(exc)[:300],
+            )  # keep the worker
             return [(t, exc) for t in batch]
         finally:
             self.metrics.peak_memory.labels(*labels, engine.device).set(
                 peak_memory_bytes(engine.device)
             )
 
-    async def _finish(self, results: list[tuple[RenderTask, RenderOutput | Exception]],
-                      started_at: datetime, pending: list[asyncio.Future[Any]]) -> None:
+    async def _finish(
+        self,
+        results: list[tuple[RenderTask, RenderOutput | Exception]],
+        started_at: datetime,
+        pending: list[asyncio.Future[Any]],
+    ) -> None:
         """Store and publish each job's outcome as soon as it is ready, then commit.
 
         A publish that fails after the producer's own retries is fatal: the worker stops
@@ -589,8 +701,9 @@ class LaneWorker(ConsumerRebalanceListener):
             self._release(task, rendered=True)
         await self._commit()
 
-    async def _publish_outcome(self, task: RenderTask, result: RenderOutput | Exception,
-                               started_at: datetime) -> None:
+    async def _publish_outcome(
+        self, task: RenderTask, result: RenderOutput | Exception, started_at: datetime
+    ) -> None:
         if self._canceled(task.event.job_id):  # canceled while queued here or rendering
             step = result.step if isinstance(result, Interrupted) else task.request.steps
             await self._send([self._canceled_output(task.event, step)])
@@ -600,8 +713,11 @@ class LaneWorker(ConsumerRebalanceListener):
             return
         stored = time.perf_counter()
         uri = await asyncio.get_running_loop().run_in_executor(
-            self.codec, self.store.put_png, task.event.job_id,
-            f"{self.stage_of(task.event)}-a{task.event.attempt}", result.image,
+            self.codec,
+            self.store.put_png,
+            task.event.job_id,
+            f"{self.stage_of(task.event)}-a{task.event.attempt}",
+            result.image,
         )
         store_ms = (time.perf_counter() - stored) * 1000
         outputs = [self._completed(task, result, uri, started_at, store_ms)]
@@ -614,12 +730,21 @@ class LaneWorker(ConsumerRebalanceListener):
         assert self.spec.cascade is not None
         target = self.routes.lanes[self.spec.cascade.lane]
         routed = GenerationRouted(
-            job_id=e.job_id, producer=f"lanes-worker-{self.lane}", spec=e.spec, attempt=e.attempt,
-            lane=self.spec.cascade.lane, model=target.model,
-            version=self.routes.models[target.model].version, sample_steps=target.sample_steps,
-            guidance_scale=target.guidance_scale, width=self.spec.cascade.width,
-            height=self.spec.cascade.height, seed=e.seed, requested_at=e.requested_at,
-            init_artifact_uri=draft_uri, strength=target.refine_strength,
+            job_id=e.job_id,
+            producer=f"lanes-worker-{self.lane}",
+            spec=e.spec,
+            attempt=e.attempt,
+            lane=self.spec.cascade.lane,
+            model=target.model,
+            version=self.routes.models[target.model].version,
+            sample_steps=target.sample_steps,
+            guidance_scale=target.guidance_scale,
+            width=self.spec.cascade.width,
+            height=self.spec.cascade.height,
+            seed=e.seed,
+            requested_at=e.requested_at,
+            init_artifact_uri=draft_uri,
+            strength=target.refine_strength,
         )
         return Output(self.topics.lane(self.spec.cascade.lane), e.job_id, routed.to_bytes())
 
@@ -633,8 +758,14 @@ class LaneWorker(ConsumerRebalanceListener):
                 self.recent.popitem(last=False)
         self._hold(-1)
 
-    def _completed(self, task: RenderTask, result: RenderOutput, uri: str,
-                   started_at: datetime, store_ms: float) -> Output:
+    def _completed(
+        self,
+        task: RenderTask,
+        result: RenderOutput,
+        uri: str,
+        started_at: datetime,
+        store_ms: float,
+    ) -> Output:
         e = task.event
         now = datetime.now(UTC)
         # Until the batch began on the GPU thread (later than its turn when it waited for a
@@ -647,22 +778,39 @@ class LaneWorker(ConsumerRebalanceListener):
         self.metrics.queue_wait.labels(*labels).observe(queue_wait)
         self.metrics.end_to_end.labels(*labels).observe(total)
         done = RenderCompleted(
-            job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane, attempt=e.attempt,
-            stage=self.stage_of(e), model=task.engine.name, spec=e.spec,
+            job_id=e.job_id,
+            producer=f"lanes-worker-{self.lane}",
+            lane=self.lane,
+            attempt=e.attempt,
+            stage=self.stage_of(e),
+            model=task.engine.name,
+            spec=e.spec,
             requested_at=e.requested_at,
             next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
-            version=task.engine.version, instance=self.instance, artifact_uri=uri,
-            width=result.image.width, height=result.image.height, seed=e.seed,
-            sample_steps=task.request.steps, expected_text=e.spec.expected_text,
+            version=task.engine.version,
+            instance=self.instance,
+            artifact_uri=uri,
+            width=result.image.width,
+            height=result.image.height,
+            seed=e.seed,
+            sample_steps=task.request.steps,
+            expected_text=e.spec.expected_text,
             timings=Timings(
-                queue_wait_ms=queue_wait * 1000, inference_ms=result.inference_ms,
-                total_ms=total * 1000, batch_size=result.batch_size, store_ms=store_ms,
+                queue_wait_ms=queue_wait * 1000,
+                inference_ms=result.inference_ms,
+                total_ms=total * 1000,
+                batch_size=result.batch_size,
+                store_ms=store_ms,
                 preempted_ms=result.preempted_ms or None,
                 kafka_wait_ms=max(0.0, (task.fetched_at - e.requested_at).total_seconds() * 1000),
             ),
         )
-        log.info("render_completed", job_id=e.job_id, batch=result.batch_size,
-                 inference_ms=round(result.inference_ms, 1))
+        log.info(
+            "render_completed",
+            job_id=e.job_id,
+            batch=result.batch_size,
+            inference_ms=round(result.inference_ms, 1),
+        )
         return Output(self.topics.renders, e.job_id, done.to_bytes())
 
     def _unrendered(self, task: RenderTask, exc: Exception) -> list[Output]:
@@ -677,26 +825,54 @@ class LaneWorker(ConsumerRebalanceListener):
             self.metrics.failures.labels(*labels, "oom_rerouted").inc()
             log.warning("job_rerouted", job_id=e.job_id, to_lane=fallback, reason=reason)
             routed = GenerationRouted(
-                job_id=e.job_id, producer=producer, spec=e.spec, attempt=e.attempt + 1,
-                lane=fallback, model=target.model, version=self.routes.models[target.model].version,
-                sample_steps=target.sample_steps, guidance_scale=target.guidance_scale,
-                width=target.width, height=target.height, seed=e.seed,
-                requested_at=e.requested_at, reason=reason,
+                job_id=e.job_id,
+                producer=producer,
+                spec=e.spec,
+                attempt=e.attempt + 1,
+                lane=fallback,
+                model=target.model,
+                version=self.routes.models[target.model].version,
+                sample_steps=target.sample_steps,
+                guidance_scale=target.guidance_scale,
+                width=target.width,
+                height=target.height,
+                seed=e.seed,
+                requested_at=e.requested_at,
+                reason=reason,
             )
-            rerouted = RenderRerouted(job_id=e.job_id, producer=producer, lane=self.lane,
-                                      to_lane=fallback, reason=reason, attempt=e.attempt + 1)
+            rerouted = RenderRerouted(
+                job_id=e.job_id,
+                producer=producer,
+                lane=self.lane,
+                to_lane=fallback,
+                reason=reason,
+                attempt=e.attempt + 1,
+            )
             # The reroute record first: the job view must know the new attempt is coming.
-            return [Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
-                    Output(self.topics.lane(fallback), e.job_id, routed.to_bytes())]
+            return [
+                Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
+                Output(self.topics.lane(fallback), e.job_id, routed.to_bytes()),
+            ]
         if not e.stable_only and not self.models.is_stable(task.engine):
             return self._retry_on_stable(task, exc)
-        reason = ("oom" if isinstance(exc, OutOfMemory)
-                  else "invalid" if isinstance(exc, ValueError) else "error")
+        reason = (
+            "oom"
+            if isinstance(exc, OutOfMemory)
+            else "invalid"
+            if isinstance(exc, ValueError)
+            else "error"
+        )
         self.metrics.jobs.labels(*labels, "failed").inc()
         self.metrics.failures.labels(*labels, reason).inc()
-        failed = RenderFailed(job_id=e.job_id, producer=producer, lane=self.lane,
-                              model=task.engine.name, version=task.engine.version,
-                              attempt=e.attempt, error=str(exc)[:1000])
+        failed = RenderFailed(
+            job_id=e.job_id,
+            producer=producer,
+            lane=self.lane,
+            model=task.engine.name,
+            version=task.engine.version,
+            attempt=e.attempt,
+            error=str(exc)[:1000],
+        )
         return [Output(self.topics.renders, e.job_id, failed.to_bytes())]
 
     def _canceled(self, job_id: str) -> bool:
@@ -706,9 +882,17 @@ class LaneWorker(ConsumerRebalanceListener):
     def _canceled_output(self, e: GenerationRouted, step: int | None) -> Output:
         self.metrics.jobs.labels(*self.labels, "canceled").inc()
         log.info("job_canceled", job_id=e.job_id, at_step=step)
-        return Output(self.topics.renders, e.job_id, RenderCanceled(
-            job_id=e.job_id, producer=f"lanes-worker-{self.lane}", lane=self.lane,
-            attempt=e.attempt, at_step=step).to_bytes())
+        return Output(
+            self.topics.renders,
+            e.job_id,
+            RenderCanceled(
+                job_id=e.job_id,
+                producer=f"lanes-worker-{self.lane}",
+                lane=self.lane,
+                attempt=e.attempt,
+                at_step=step,
+            ).to_bytes(),
+        )
 
     def _retry_on_stable(self, task: RenderTask, exc: Exception) -> list[Output]:
         """A job the canary (or a version being replaced) failed gets one more attempt on the
@@ -718,14 +902,30 @@ class LaneWorker(ConsumerRebalanceListener):
         reason = f"{engine.name} {engine.version} failed: {exc}"[:500]
         self.metrics.jobs.labels(*_labels(self.lane, engine), "retried_on_stable").inc()
         log.warning("job_retried_on_stable", job_id=e.job_id, version=engine.version, reason=reason)
-        rerouted = RenderRerouted(job_id=e.job_id, producer=producer, lane=self.lane,
-                                  to_lane=self.lane, reason=reason, attempt=e.attempt + 1,
-                                  model=engine.name, version=engine.version)
-        routed = e.model_copy(update={"attempt": e.attempt + 1, "stable_only": True,
-                                      "reason": reason, "producer": producer,
-                                      "event_id": uuid.uuid4(), "occurred_at": datetime.now(UTC)})
-        return [Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
-                Output(self.topics.lane(self.lane), e.job_id, routed.to_bytes())]
+        rerouted = RenderRerouted(
+            job_id=e.job_id,
+            producer=producer,
+            lane=self.lane,
+            to_lane=self.lane,
+            reason=reason,
+            attempt=e.attempt + 1,
+            model=engine.name,
+            version=engine.version,
+        )
+        routed = e.model_copy(
+            update={
+                "attempt": e.attempt + 1,
+                "stable_only": True,
+                "reason": reason,
+                "producer": producer,
+                "event_id": uuid.uuid4(),
+                "occurred_at": datetime.now(UTC),
+            }
+        )
+        return [
+            Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
+            Output(self.topics.lane(self.lane), e.job_id, routed.to_bytes()),
+        ]
 
     # ---- Kafka I/O ---------------------------------------------------------------------
 
@@ -733,8 +933,9 @@ class LaneWorker(ConsumerRebalanceListener):
         """Hand outputs to the producer; the returned futures resolve on the broker's ack."""
         assert self.producer is not None
         return [
-            await self.producer.send(o.topic, value=o.value,
-                                     key=o.key.encode() if isinstance(o.key, str) else o.key)
+            await self.producer.send(
+                o.topic, value=o.value, key=o.key.encode() if isinstance(o.key, str) else o.key
+            )
             for o in outputs
         ]
 
@@ -777,8 +978,13 @@ def _labels(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
     return (lane, engine.name, engine.version)
 
 
-async def load_guests(settings: Settings, routes: Routes, lane: str, models: LaneModels,
-                      control: dict[str, LaneDesired]) -> dict[str, LaneModels]:
+async def load_guests(
+    settings: Settings,
+    routes: Routes,
+    lane: str,
+    models: LaneModels,
+    control: dict[str, LaneDesired],
+) -> dict[str, LaneModels]:
     """The models of each lane this worker assists or backfills, within the one memory
     budget it shares with its own lane's models. A lane whose model does not fit is not
     helped (logged); the worker still serves its own lane."""
@@ -793,8 +999,14 @@ async def load_guests(settings: Settings, routes: Routes, lane: str, models: Lan
         except Exception as exc:  # noqa: BLE001 - assisting is optional; serving the lane is not
             log.error("assist_refused", lane=lane, helps=helped, error=str(exc)[:300])
             continue
-        log.info("assist_loaded", lane=lane, helps=helped, model=engine.name,
-                 version=engine.version, footprint_mb=round(engine.footprint_bytes / 2**20, 1))
+        log.info(
+            "assist_loaded",
+            lane=lane,
+            helps=helped,
+            model=engine.name,
+            version=engine.version,
+            footprint_mb=round(engine.footprint_bytes / 2**20, 1),
+        )
         for other in (models, *loaded.values()):
             other.neighbours.append(guest)
         loaded[helped] = guest
@@ -817,20 +1029,35 @@ async def run(
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
     # Start on the lane's current version, not the routes file's only to switch at once.
-    control = await CompactedView(settings, Topics(settings.topic_prefix).control,
-                                  LaneDesired.model_validate_json).load()
+    control = await CompactedView(
+        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
+    ).load()
     engine = await models.start(control.get(lane))
-    log.info("engine_loaded", lane=lane, model=engine.name, version=engine.version,
-             device=engine.device, load_s=round(time.perf_counter() - started, 2),
-             footprint_mb=round(engine.footprint_bytes / 2**20, 1))
+    log.info(
+        "engine_loaded",
+        lane=lane,
+        model=engine.name,
+        version=engine.version,
+        device=engine.device,
+        load_s=round(time.perf_counter() - started, 2),
+        footprint_mb=round(engine.footprint_bytes / 2**20, 1),
+    )
     guest_models = await load_guests(settings, routes, lane, models, control)
     freeze_startup_heap()  # torch, diffusers and the models: ~500k objects no collection scans
-    worker = LaneWorker(settings, lane, routes, models, registry or CollectorRegistry(),
-                        instance=instance)
+    worker = LaneWorker(
+        settings, lane, routes, models, registry or CollectorRegistry(), instance=instance
+    )
     for helped, helped_models in guest_models.items():
         urgent = helped in routes.lanes[lane].assists  # else a lane it backfills
-        LaneWorker(settings, helped, routes, helped_models, worker.registry, host=worker,
-                   priority=0 if urgent else 2)
+        LaneWorker(
+            settings,
+            helped,
+            routes,
+            helped_models,
+            worker.registry,
+            host=worker,
+            priority=0 if urgent else 2,
+        )
     if on_ready is not None:
         on_ready(worker)
     await worker.run(stop)

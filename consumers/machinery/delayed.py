@@ -10,8 +10,9 @@ goes to ``lanes.dlq``. Used by webhook retries and by deferred (admission) jobs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -30,9 +31,17 @@ DueHandler = Callable[[Any], Awaitable[Sequence[Output]]]
 
 
 class DelayedLoop:
-    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, *, group: str,
-                 dlq_topic: str, parse: Callable[[bytes], Any], due: Callable[[Any], datetime],
-                 handle: DueHandler) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        *,
+        group: str,
+        dlq_topic: str,
+        parse: Callable[[bytes], Any],
+        due: Callable[[Any], datetime],
+        handle: DueHandler,
+    ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.group = group
@@ -81,13 +90,25 @@ class DelayedLoop:
         return True
 
 
-async def run_delayed(settings: Settings, *, name: str, topic: str, parse: Callable[[bytes], Any],
-                      due: Callable[[Any], datetime], handle: DueHandler,
-                      stop: asyncio.Event | None = None,
-                      registry: CollectorRegistry | None = None) -> None:
+async def run_delayed(
+    settings: Settings,
+    *,
+    name: str,
+    topic: str,
+    parse: Callable[[bytes], Any],
+    due: Callable[[Any], datetime],
+    handle: DueHandler,
+    stop: asyncio.Event | None = None,
+    registry: CollectorRegistry | None = None,
+) -> None:
     """Run group ``lanes-<name>`` over the delay topic until ``stop`` (or SIGTERM/SIGINT)."""
     await run_member(
-        settings, name=name, topics=[topic], registry=registry, stop=stop,
+        settings,
+        name=name,
+        topics=[topic],
+        registry=registry,
+        stop=stop,
         make_loop=lambda consumer, producer, group, dlq: DelayedLoop(
-            consumer, producer, group=group, dlq_topic=dlq, parse=parse, due=due, handle=handle),
+            consumer, producer, group=group, dlq_topic=dlq, parse=parse, due=due, handle=handle
+        ),
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -22,8 +23,17 @@ from pydantic import ValidationError
 
 from schemas.records import DeadLetter
 
-__all__ = ["MessageContext", "Output", "ConsumeLoop", "LoopMetrics", "Handler", "dead_letter",
-           "bind_record", "publish_all", "commit_or_skip"]
+__all__ = [
+    "MessageContext",
+    "Output",
+    "ConsumeLoop",
+    "LoopMetrics",
+    "Handler",
+    "dead_letter",
+    "bind_record",
+    "publish_all",
+    "commit_or_skip",
+]
 
 log = structlog.get_logger("lanes.loop")
 
@@ -58,12 +68,16 @@ Parser = Callable[[bytes], Any]
 class LoopMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
-            "lanes_consumer_events_total", "Events handled by a consumer group",
-            ["group", "outcome"], registry=registry,
+            "lanes_consumer_events_total",
+            "Events handled by a consumer group",
+            ["group", "outcome"],
+            registry=registry,
         )
         self.handle_seconds = Histogram(
-            "lanes_consumer_handle_seconds", "Time to handle one event and publish its outputs",
-            ["group"], registry=registry,
+            "lanes_consumer_handle_seconds",
+            "Time to handle one event and publish its outputs",
+            ["group"],
+            registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
@@ -113,7 +127,11 @@ class ConsumeLoop:
 
     async def _handle(self, record: ConsumerRecord) -> Sequence[Output]:
         ctx = MessageContext(
-            record.topic, record.partition, record.offset, record.key, record.timestamp,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.timestamp,
             self._publish_now,
         )
         bind_record(record, self.group)
@@ -166,8 +184,11 @@ async def commit_or_skip(consumer: AIOKafkaConsumer, offsets: dict[TopicPartitio
         await consumer.commit(offsets)
         return True
     except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-        log.warning("commit_skipped", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
-                    error=str(exc)[:300])
+        log.warning(
+            "commit_skipped",
+            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
+            error=str(exc)[:300],
+        )
         return False
 
 
@@ -190,7 +211,10 @@ def bind_record(record: ConsumerRecord, group: str) -> None:
     """Per message: clear the log context, then bind job id, topic, partition and offset."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
-        group=group, topic=record.topic, partition=record.partition, offset=record.offset,
+        group=group,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
         job_id=record.key.decode(errors="replace") if record.key else None,
     )
 

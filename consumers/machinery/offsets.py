@@ -6,7 +6,7 @@ done), or one past the highest offset seen when nothing is in flight.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiokafka import TopicPartition
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -109,9 +110,21 @@ async def run_consumer(
     registry = registry or CollectorRegistry()
     metrics = LoopMetrics(registry)
     await run_member(
-        settings, name=name, topics=topics, registry=registry, stop=stop,
-        consumer_options=consumer_options, listener=listener,
+        settings,
+        name=name,
+        topics=topics,
+        registry=registry,
+        stop=stop,
+        consumer_options=consumer_options,
+        listener=listener,
         make_loop=lambda consumer, producer, group, dlq: ConsumeLoop(
-            consumer, producer, group=group, parse=parse, handler=handler, dlq_topic=dlq,
-            metrics=metrics, max_records=max_records),
+            consumer,
+            producer,
+            group=group,
+            parse=parse,
+            handler=handler,
+            dlq_topic=dlq,
+            metrics=metrics,
+            max_records=max_records,
+        ),
     )

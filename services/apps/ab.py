@@ -43,8 +43,11 @@ class EngineRun:
     peak_memory_bytes: float = 0.0
 
     def latencies(self) -> list[float]:
-        return [(j.finished_at - j.created_at).total_seconds() for j in self.jobs
-                if j.finished_at and j.created_at]
+        return [
+            (j.finished_at - j.created_at).total_seconds()
+            for j in self.jobs
+            if j.finished_at and j.created_at
+        ]
 
     def pass_rate(self) -> float | None:
         checked = [j for j in self.jobs if j.verification is not None]
@@ -64,21 +67,36 @@ def _routes_for(settings: Settings, engine: str, intent: str, workdir: Path) -> 
     if engine not in base.models:
         raise ValueError(f"unknown engine {engine!r}; the routes file has {sorted(base.models)}")
     template = base.lanes[base.intents[intent]]
-    lane = template.model_dump(mode="json", exclude={"cascade", "fallback_lane", "refine_strength",
-                                                    "spill", "assists", "backfills"})
+    lane = template.model_dump(
+        mode="json",
+        exclude={"cascade", "fallback_lane", "refine_strength", "spill", "assists", "backfills"},
+    )
     lane.update(model=engine, typography={"repair": False})
-    doc = {"models": {name: m.model_dump(mode="json", exclude_none=True) for name, m in base.models.items()},
-           "lanes": {"ab": lane}, "intents": {"draft": "ab", "final": "ab"}}
+    doc = {
+        "models": {
+            name: m.model_dump(mode="json", exclude_none=True) for name, m in base.models.items()
+        },
+        "lanes": {"ab": lane},
+        "intents": {"draft": "ab", "final": "ab"},
+    }
     path = workdir / f"routes-{engine}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-async def _run_engine(settings: Settings, engine: str, prompts: list[str], intent: str,
-                      workdir: Path, timeout_s: float) -> EngineRun:
+async def _run_engine(
+    settings: Settings,
+    engine: str,
+    prompts: list[str],
+    intent: str,
+    workdir: Path,
+    timeout_s: float,
+) -> EngineRun:
     ns = f"ab{uuid.uuid4().hex[:8]}."
     routes_file = _routes_for(settings, engine, intent, workdir)
-    s = settings.model_copy(update={"topic_prefix": ns, "group_prefix": ns, "routes_file": routes_file})
+    s = settings.model_copy(
+        update={"topic_prefix": ns, "group_prefix": ns, "routes_file": routes_file}
+    )
     stack = LocalStack(s, with_webhooks=False)
     await stack.start()
     view: CompactedView[JobState] = CompactedView(s, Topics(ns).jobs, JobState.model_validate_json)
@@ -97,19 +115,36 @@ async def _run_engine(settings: Settings, engine: str, prompts: list[str], inten
         worker = stack.workers["ab"]
         peak = worker.registry.get_sample_value(
             "lanes_worker_peak_memory_bytes",
-            {"lane": "ab", "model": engine, "version": worker.models.stable.version, "device": s.device})
-        return EngineRun(engine, worker.models.stable.version, [view.items[i] for i in ids], peak or 0.0)
+            {
+                "lane": "ab",
+                "model": engine,
+                "version": worker.models.stable.version,
+                "device": s.device,
+            },
+        )
+        return EngineRun(
+            engine, worker.models.stable.version, [view.items[i] for i in ids], peak or 0.0
+        )
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
         await stack.stop()
 
 
-async def run_ab(settings: Settings, engines: list[str], prompts: list[str], out: Path,
-                 intent: str = "draft", timeout_s: float = 600) -> Path:
+async def run_ab(
+    settings: Settings,
+    engines: list[str],
+    prompts: list[str],
+    out: Path,
+    intent: str = "draft",
+    timeout_s: float = 600,
+) -> Path:
     from services.kafka.local_broker import local_kafka
 
-    with tempfile.TemporaryDirectory(prefix="lanes-ab-") as tmp, local_kafka(settings, Path(tmp)) as bootstrap:
+    with (
+        tempfile.TemporaryDirectory(prefix="lanes-ab-") as tmp,
+        local_kafka(settings, Path(tmp)) as bootstrap,
+    ):
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         runs = [await _run_engine(s, e, prompts, intent, Path(tmp), timeout_s) for e in engines]
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +160,10 @@ def _img(store: LocalArtifactStore, job: JobState) -> str:
     caption = ""
     if job.verification is not None:
         v = job.verification
-        caption = (f"<br><small>read {html.escape(repr(v.read))} · score {v.score:.2f} · "
-                   f"{'pass' if v.passed else 'fail'}</small>")
+        caption = (
+            f"<br><small>read {html.escape(repr(v.read))} · score {v.score:.2f} · "
+            f"{'pass' if v.passed else 'fail'}</small>"
+        )
     return f'<img src="data:image/png;base64,{data}" width="{min(artifact.width, 256)}">{caption}'
 
 
@@ -139,17 +176,24 @@ def render_report(runs: list[EngineRun], prompts: list[str], store: LocalArtifac
         f"<td>{sum(j.status == 'succeeded' for j in r.jobs)}</td>"
         f"<td>{cell(None if r.pass_rate() is None else f'{r.pass_rate():.0%}')}</td>"
         f"<td>{cell(pct(r.latencies(), 50))}</td><td>{cell(pct(r.latencies(), 95))}</td>"
-        f"<td>{r.peak_memory_bytes / 2**20:.0f}</td></tr>" for r in runs)
+        f"<td>{r.peak_memory_bytes / 2**20:.0f}</td></tr>"
+        for r in runs
+    )
     heads = "".join(f"<th>{html.escape(r.engine)}</th>" for r in runs)
     grid = "".join(
-        f"<tr><td class=p>{html.escape(p)}</td>" + "".join(f"<td>{_img(store, r.jobs[i])}</td>" for r in runs) + "</tr>"
-        for i, p in enumerate(prompts))
+        f"<tr><td class=p>{html.escape(p)}</td>"
+        + "".join(f"<td>{_img(store, r.jobs[i])}</td>" for r in runs)
+        + "</tr>"
+        for i, p in enumerate(prompts)
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lanes A/B report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:center}}td.p{{text-align:left;max-width:18em}}</style>
+td,th{{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:center}}
+td.p{{text-align:left;max-width:18em}}</style>
 </head><body><h1>Lanes A/B report</h1>
 <p>The same {len(prompts)} prompts through the real pipeline (Kafka, router, lane worker, verifier)
-on each engine, one engine at a time; typography repair off. Latency: request accepted until the job ended.
+on each engine, one engine at a time; typography repair off.
+Latency: request accepted until the job ended.
 Peak memory: GPU on CUDA, resident on CPU.</p>
 <table><tr><th>engine</th><th>jobs</th><th>succeeded</th><th>typography pass rate</th>
 <th>latency p50 s</th><th>latency p95 s</th><th>peak memory MB</th></tr>{summary}</table>

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Lanes: image generation on Kafka")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Lanes: image generation on Kafka",
+)
 run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreground")
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas")
 kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
@@ -56,14 +60,24 @@ def run_gateway() -> None:
     from services.apps.gateway import create_app
 
     settings = _settings()
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level="warning",
+    )
 
 
 # Consumer groups whose module's ``run(settings)`` is all a process needs.
-CONSUMER_GROUPS = {"router": "router", "deferred": "deferred", "jobs": "jobs",
-                   "verifier": "verifier", "webhooks": "webhooks",
-                   "webhook-retries": "webhook_retries", "control": "control"}
+CONSUMER_GROUPS = {
+    "router": "router",
+    "deferred": "deferred",
+    "jobs": "jobs",
+    "verifier": "verifier",
+    "webhooks": "webhooks",
+    "webhook-retries": "webhook_retries",
+    "control": "control",
+}
 
 
 def _group_command(module: str) -> Callable[[], None]:
@@ -81,10 +95,11 @@ for _name, _module in CONSUMER_GROUPS.items():
 
 
 @run_app.command("worker")
-def run_worker(lane: str = typer.Option(..., help="the lane this worker serves"),
-               device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
-               instance: Optional[str] = typer.Option(
-                   None, help="this instance's name (default: host-pid-lane)")) -> None:
+def run_worker(
+    lane: str = typer.Option(..., help="the lane this worker serves"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    instance: str | None = typer.Option(None, help="this instance's name (default: host-pid-lane)"),
+) -> None:
     from consumers import lane_worker
     from services.process.tuning import tune_worker_process
 
@@ -99,9 +114,9 @@ def run_worker(lane: str = typer.Option(..., help="the lane this worker serves")
 def submit(
     prompt: str,
     intent: str = typer.Option("draft", help="draft or final"),
-    text: Optional[str] = typer.Option(None, help="exact text the image must show"),
-    webhook_url: Optional[str] = typer.Option(None),
-    idempotency_key: Optional[str] = typer.Option(None),
+    text: str | None = typer.Option(None, help="exact text the image must show"),
+    webhook_url: str | None = typer.Option(None),
+    idempotency_key: str | None = typer.Option(None),
     wait: bool = typer.Option(False, help="follow the job until it ends"),
     timeout: float = typer.Option(300.0, help="seconds to wait with --wait"),
     gateway: str = typer.Option("http://127.0.0.1:8000", envvar="LANES_GATEWAY_URL"),
@@ -148,8 +163,10 @@ def submit(
         typer.echo(f"image: {urlparse(delivered['uri']).path}")
     if job.get("verification"):
         v = job["verification"]
-        typer.echo(f"verification: expected {v['expected']!r}, read {v['read']!r}, "
-                   f"score {v['score']}, passed {v['passed']}")
+        typer.echo(
+            f"verification: expected {v['expected']!r}, read {v['read']!r}, "
+            f"score {v['score']}, passed {v['passed']}"
+        )
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
 
 
@@ -170,7 +187,9 @@ def kafka_start(port: int = 9092) -> None:
     from services.kafka.local_broker import KafkaProcess
 
     settings = _settings()
-    kafka = KafkaProcess(settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1)
+    kafka = KafkaProcess(
+        settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1
+    )
     kafka.start()
     typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
     try:
@@ -189,7 +208,7 @@ def kafka_topics() -> None:
 
 @webhooks_app.command("replay")
 def webhooks_replay(
-    key: Optional[list[str]] = typer.Option(None, help="JOB_ID:EVENT to replay (repeatable)"),
+    key: list[str] | None = typer.Option(None, help="JOB_ID:EVENT to replay (repeatable)"),
     all_: bool = typer.Option(False, "--all", help="replay every dead-lettered webhook"),
 ) -> None:
     """Send dead-lettered webhooks again (same webhook-id, fresh signature, attempts anew)."""
@@ -206,7 +225,9 @@ def webhooks_replay(
 
 
 @k8s_app.command("manifests")
-def k8s_manifests(out: Optional[Path] = typer.Option(None, help="write here (default: stdout)")) -> None:
+def k8s_manifests(
+    out: Path | None = typer.Option(None, help="write here (default: stdout)"),
+) -> None:
     """Deployments per lane (nvidia.com/gpu), KEDA ScaledObjects on lag, CPU components."""
     from services.apps.k8s_manifests import render
     from services.config.routes import load_routes, routes_text
@@ -252,8 +273,12 @@ def _ops(action: str, lane: str, **fields: object) -> None:
     from schemas.control import OpsCommand
     from services.apps.ops_client import send_and_wait
 
-    command = OpsCommand(action=action, lane=lane, issuer=getpass.getuser(),  # type: ignore[arg-type]
-                         **{k: v for k, v in fields.items() if v is not None})
+    command = OpsCommand(
+        action=action,
+        lane=lane,
+        issuer=getpass.getuser(),  # type: ignore[arg-type]
+        **{k: v for k, v in fields.items() if v is not None},
+    )
     result = asyncio.run(send_and_wait(_settings(), command))
     if result.outcome == "applied":
         typer.echo(f"{action} {lane}: applied (revision {result.revision})")
@@ -272,43 +297,63 @@ TINY_SEED = typer.Option(None, help="a tiny random-weight build with this seed")
 
 
 @ops_app.command("deploy")
-def ops_deploy(lane: str = LANE, model: str = MODEL, version: Optional[str] = VERSION,
-               path: Optional[str] = PATH, tiny_seed: Optional[int] = TINY_SEED,
-               reason: Optional[str] = None) -> None:
+def ops_deploy(
+    lane: str = LANE,
+    model: str = MODEL,
+    version: str | None = VERSION,
+    path: str | None = PATH,
+    tiny_seed: int | None = TINY_SEED,
+    reason: str | None = None,
+) -> None:
     """Make MODEL the lane's stable version (the current one is kept for rollback)."""
-    _ops("deploy", lane, model=model, version=version, path=path, tiny_seed=tiny_seed,
-         reason=reason)
+    _ops(
+        "deploy", lane, model=model, version=version, path=path, tiny_seed=tiny_seed, reason=reason
+    )
 
 
 @ops_app.command("canary")
-def ops_canary(lane: str = LANE, model: str = MODEL, version: Optional[str] = VERSION,
-               path: Optional[str] = PATH, tiny_seed: Optional[int] = TINY_SEED,
-               percent: int = typer.Option(..., min=1, max=99), reason: Optional[str] = None) -> None:
+def ops_canary(
+    lane: str = LANE,
+    model: str = MODEL,
+    version: str | None = VERSION,
+    path: str | None = PATH,
+    tiny_seed: int | None = TINY_SEED,
+    percent: int = typer.Option(..., min=1, max=99),
+    reason: str | None = None,
+) -> None:
     """Send PERCENT of the lane's jobs (chosen by job id) to MODEL."""
-    _ops("canary", lane, model=model, version=version, path=path, tiny_seed=tiny_seed,
-         percent=percent, reason=reason)
+    _ops(
+        "canary",
+        lane,
+        model=model,
+        version=version,
+        path=path,
+        tiny_seed=tiny_seed,
+        percent=percent,
+        reason=reason,
+    )
 
 
 @ops_app.command("promote")
-def ops_promote(lane: str = LANE, reason: Optional[str] = None) -> None:
+def ops_promote(lane: str = LANE, reason: str | None = None) -> None:
     """Make the canary the stable version."""
     _ops("promote", lane, reason=reason)
 
 
 @ops_app.command("rollback")
-def ops_rollback(lane: str = LANE, reason: Optional[str] = None) -> None:
+def ops_rollback(lane: str = LANE, reason: str | None = None) -> None:
     """Drop the canary, or return to the previous stable version."""
     _ops("rollback", lane, reason=reason)
 
 
 @ops_app.command("set")
-def ops_set(lane: str = LANE, max_concurrency: Optional[int] = None, steps: Optional[int] = None) -> None:
+def ops_set(lane: str = LANE, max_concurrency: int | None = None, steps: int | None = None) -> None:
     """Change the lane's per-GPU concurrency cap and/or sample steps."""
     _ops("set", lane, max_concurrency=max_concurrency, sample_steps=steps)
 
 
 @ops_app.command("pause")
-def ops_pause(lane: str = LANE, reason: Optional[str] = None) -> None:
+def ops_pause(lane: str = LANE, reason: str | None = None) -> None:
     _ops("pause", lane, reason=reason)
 
 
@@ -335,12 +380,14 @@ def ops_status() -> None:
     for item in view.lanes():
         d = item.desired
         canary = f"{d.canary.target.label} @ {d.canary.percent}%" if d.canary else "-"
-        typer.echo(f"{item.lane}: rev {d.revision} stable {d.stable.label} canary {canary} "
-                   f"previous {d.previous.label if d.previous else '-'}"
-                   f"{' PAUSED' if d.paused else ''} cap {d.max_concurrency or 'routes'} "
-                   f"steps {d.sample_steps or 'routes'} restart-gen {d.restart_generation} "
-                   f"{'converged' if item.converged else 'rolling out'}"
-                   f"{f' ({d.actor}: {d.reason})' if d.revision else ''}")
+        typer.echo(
+            f"{item.lane}: rev {d.revision} stable {d.stable.label} canary {canary} "
+            f"previous {d.previous.label if d.previous else '-'}"
+            f"{' PAUSED' if d.paused else ''} cap {d.max_concurrency or 'routes'} "
+            f"steps {d.sample_steps or 'routes'} restart-gen {d.restart_generation} "
+            f"{'converged' if item.converged else 'rolling out'}"
+            f"{f' ({d.actor}: {d.reason})' if d.revision else ''}"
+        )
         for inst in item.instances:
             s = inst.status
             flags = [] if inst.live else ["gone"]
@@ -350,9 +397,11 @@ def ops_status() -> None:
                 flags.append(f"at rev {s.applied_revision}")
             flags += [f"failed to load {k}: {v}" for k, v in s.load_errors.items()]
             canary_part = f" + {s.canary.label} @ {s.canary_percent}%" if s.canary else ""
-            typer.echo(f"  {s.instance:32} {s.health:10} {s.stable.label if s.stable else '-'}"
-                       f"{canary_part} in-flight {s.in_flight} done {s.jobs_done} gen "
-                       f"{s.restart_generation} {' '.join(flags)}")
+            typer.echo(
+                f"  {s.instance:32} {s.health:10} {s.stable.label if s.stable else '-'}"
+                f"{canary_part} in-flight {s.in_flight} done {s.jobs_done} gen "
+                f"{s.restart_generation} {' '.join(flags)}"
+            )
         if not item.instances:
             typer.echo("  (no worker has reported)")
 
@@ -370,25 +419,41 @@ def bench_burst(
     height: int = 256,
     workers: int = typer.Option(2, help="workers in both architectures"),
     draft_workers: int = typer.Option(1, help="Lanes: workers on the draft lane (rest: final)"),
-    preset: str = typer.Option("tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"),
+    preset: str = typer.Option(
+        "tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"
+    ),
     device: str = "cpu",
-    spill_after_lag: int = typer.Option(4, help="Lanes: drafts waiting before new ones may spill "
-                                           "to the final lane's workers"),
-    final_spill_after_lag: int = typer.Option(2, help="Lanes: finals waiting before new ones "
-                                                 "may spill to the draft lane's idle workers"),
-    no_spill: bool = typer.Option(False, "--no-spill", help="Lanes: no spill; each lane's "
-                                  "workers serve only their own lane"),
+    spill_after_lag: int = typer.Option(
+        4, help="Lanes: drafts waiting before new ones may spill to the final lane's workers"
+    ),
+    final_spill_after_lag: int = typer.Option(
+        2, help="Lanes: finals waiting before new ones may spill to the draft lane's idle workers"
+    ),
+    no_spill: bool = typer.Option(
+        False, "--no-spill", help="Lanes: no spill; each lane's workers serve only their own lane"
+    ),
 ) -> None:
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
     if not 1 <= draft_workers < workers:
         raise typer.BadParameter("each lane needs a worker: 1 <= --draft-workers < --workers")
     from services.apps.bench.burst import BurstConfig, run_burst
 
-    cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, draft_share=draft_share, burst_factor=burst_factor,
-                      draft_steps=draft_steps, final_steps=final_steps, width=width, height=height,
-                      workers=workers, draft_workers=draft_workers, preset=preset, device=device,
-                      spill_after_lag=None if no_spill else spill_after_lag,
-                      final_spill_after_lag=None if no_spill else final_spill_after_lag)
+    cfg = BurstConfig(
+        jobs=jobs,
+        steady_jobs=steady_jobs,
+        draft_share=draft_share,
+        burst_factor=burst_factor,
+        draft_steps=draft_steps,
+        final_steps=final_steps,
+        width=width,
+        height=height,
+        workers=workers,
+        draft_workers=draft_workers,
+        preset=preset,
+        device=device,
+        spill_after_lag=None if no_spill else spill_after_lag,
+        final_spill_after_lag=None if no_spill else final_spill_after_lag,
+    )
     path = run_burst(cfg, out)
     typer.echo(path.read_text())
 
@@ -396,7 +461,9 @@ def bench_burst(
 @bench_app.command("cascade")
 def bench_cascade(
     out: Path = typer.Option(Path("results"), help="results folder"),
-    preset: str = typer.Option("tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"),
+    preset: str = typer.Option(
+        "tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"
+    ),
     device: str = "cpu",
     draft: int = typer.Option(256, help="draft size (px)"),
     target: int = typer.Option(512, help="delivered size (px)"),
@@ -405,8 +472,9 @@ def bench_cascade(
     """Compute per delivered image: few-step draft + batched refine vs one full render."""
     from services.apps.bench.cascade import CascadeConfig, run_cascade
 
-    cfg = CascadeConfig(preset=preset, device=device, draft_size=draft, target_size=target,
-                        full_steps=full_steps)
+    cfg = CascadeConfig(
+        preset=preset, device=device, draft_size=draft, target_size=target, full_steps=full_steps
+    )
     typer.echo(run_cascade(cfg, out).read_text())
 
 

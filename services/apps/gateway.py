@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from typing import Annotated, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
@@ -48,17 +49,22 @@ class GatewayState:
         # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
         self.accepted: dict[str, str] = {}
         self.started = False
-        self.requests = Counter("lanes_gateway_requests_total", "Generation requests",
-                                ["outcome"], registry=registry)
-        self.publish_seconds = Histogram("lanes_gateway_publish_seconds",
-                                         "Time until the broker acknowledged a request",
-                                         registry=registry)
+        self.requests = Counter(
+            "lanes_gateway_requests_total", "Generation requests", ["outcome"], registry=registry
+        )
+        self.publish_seconds = Histogram(
+            "lanes_gateway_publish_seconds",
+            "Time until the broker acknowledged a request",
+            registry=registry,
+        )
 
     async def start(self) -> None:
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
-        self._followers = [asyncio.create_task(self.view.follow()),
-                           asyncio.create_task(self.rollout.follow())]
+        self._followers = [
+            asyncio.create_task(self.view.follow()),
+            asyncio.create_task(self.rollout.follow()),
+        ]
         self.started = True
 
     async def stop(self) -> None:
@@ -76,9 +82,14 @@ class GatewayState:
         """1 + the deferred jobs of the same intent parked before this one."""
         intent = job.spec.intent if job.spec else None
         key = (job.deferred_at, job.job_id)
-        return 1 + sum(1 for other in self.view.items.values()
-                       if other.status == "deferred" and other.spec is not None
-                       and other.spec.intent == intent and (other.deferred_at, other.job_id) < key)
+        return 1 + sum(
+            1
+            for other in self.view.items.values()
+            if other.status == "deferred"
+            and other.spec is not None
+            and other.spec.intent == intent
+            and (other.deferred_at, other.job_id) < key
+        )
 
     def known_fingerprint(self, job_id: str) -> str | None:
         job = self.view.items.get(job_id)
@@ -133,8 +144,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         wait_s = state.quotas.take(spec.tenant or "")
         if wait_s is not None:
             state.requests.labels("over_quota").inc()
-            raise HTTPException(429, f"tenant {spec.tenant or '(none)'} is over its request quota",
-                                headers={"Retry-After": TokenBuckets.retry_after_header(wait_s)})
+            raise HTTPException(
+                429,
+                f"tenant {spec.tenant or '(none)'} is over its request quota",
+                headers={"Retry-After": TokenBuckets.retry_after_header(wait_s)},
+            )
         with state.publish_seconds.time():
             try:
                 assert state.client is not None
@@ -176,8 +190,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             raise HTTPException(503, "could not publish the cancel; retry") from exc
         log.info("generation_cancel_requested", job_id=job_id)
         running = job is not None and job.status == "running"
-        return {"job_id": job_id, "status": "canceling" if running else "canceled",
-                "links": {"self": f"/v1/generations/{job_id}"}}
+        return {
+            "job_id": job_id,
+            "status": "canceling" if running else "canceled",
+            "links": {"self": f"/v1/generations/{job_id}"},
+        }
 
     @app.get("/v1/generations/{job_id}/image", response_model=None)
     async def get_image(job_id: str) -> FileResponse | JSONResponse:
@@ -197,7 +214,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         """Admin reads need ``Authorization: Bearer <LANES_ADMIN_TOKEN>`` when one is set."""
         token = settings.admin_token
         if token is not None and not secrets.compare_digest(
-                authorization or "", f"Bearer {token.get_secret_value()}"):
+            authorization or "", f"Bearer {token.get_secret_value()}"
+        ):
             raise HTTPException(401, "admin endpoints need Authorization: Bearer <admin token>")
 
     @app.get("/v1/admin/lanes", dependencies=[Depends(admin)])

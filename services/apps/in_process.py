@@ -7,7 +7,8 @@ same ``run(settings, stop)`` coroutines side by side on one event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -30,8 +31,13 @@ __all__ = ["LocalStack"]
 
 
 class LocalStack:
-    def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None,
-                 with_webhooks: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_lanes: list[str] | None = None,
+        with_webhooks: bool = True,
+    ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.worker_lanes = worker_lanes  # None: a worker for every lane in the routes file
@@ -48,18 +54,27 @@ class LocalStack:
     async def start(self) -> None:
         routes = load_routes(self.settings.routes_file)
         await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
-        self.start_component("router", lambda stop: router.run(
-            self.settings, stop, registry=self.component_registry("router")))
+        self.start_component(
+            "router",
+            lambda stop: router.run(
+                self.settings, stop, registry=self.component_registry("router")
+            ),
+        )
         self.start_component("deferred", lambda stop: deferred.run(self.settings, stop))
         self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
         self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
-        self.start_component("control", lambda stop: control.run(
-            self.settings, stop, registry=self.component_registry("control")))
+        self.start_component(
+            "control",
+            lambda stop: control.run(
+                self.settings, stop, registry=self.component_registry("control")
+            ),
+        )
         if self.with_webhooks:
             self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
-            self.start_component("webhook-retries",
-                                 lambda stop: webhook_retries.run(self.settings, stop))
-        for lane in (routes.lanes if self.worker_lanes is None else self.worker_lanes):
+            self.start_component(
+                "webhook-retries", lambda stop: webhook_retries.run(self.settings, stop)
+            )
+        for lane in routes.lanes if self.worker_lanes is None else self.worker_lanes:
             self.start_worker(lane)
 
     def start_component(self, name: str, make: Any) -> None:
@@ -67,17 +82,26 @@ class LocalStack:
         coro: Coroutine[Any, Any, None] = make(stop)
         self.tasks[name] = asyncio.create_task(coro, name=name)
 
-    def start_worker(self, lane: str, settings: Settings | None = None,
-                     instance: str | None = None) -> str:
+    def start_worker(
+        self, lane: str, settings: Settings | None = None, instance: str | None = None
+    ) -> str:
         """One worker instance (a GPU's process in production); its name keys ``workers``."""
         name = instance or lane
-        self.start_component(f"worker-{name}", lambda stop: lane_worker.run(
-            settings or self.settings, lane, stop, instance=instance,
-            on_ready=lambda w: self.workers.__setitem__(name, w)))
+        self.start_component(
+            f"worker-{name}",
+            lambda stop: lane_worker.run(
+                settings or self.settings,
+                lane,
+                stop,
+                instance=instance,
+                on_ready=lambda w: self.workers.__setitem__(name, w),
+            ),
+        )
         return name
 
-    async def wait_workers_ready(self, timeout: float = 120,
-                                 names: Iterable[str] | None = None) -> None:
+    async def wait_workers_ready(
+        self, timeout: float = 120, names: Iterable[str] | None = None
+    ) -> None:
         """Until every worker (by default one per lane this stack started) is ready."""
         if names is not None:
             lanes = set(names)

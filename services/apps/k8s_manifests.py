@@ -15,8 +15,15 @@ __all__ = ["manifests", "render"]
 
 IMAGE = "ghcr.io/example/lanes:0.1.0"
 METRICS_PORT = 9100
-CPU_COMPONENTS = ("router", "deferred", "jobs", "verifier", "webhooks", "webhook-retries",
-                  "control")
+CPU_COMPONENTS = (
+    "router",
+    "deferred",
+    "jobs",
+    "verifier",
+    "webhooks",
+    "webhook-retries",
+    "control",
+)
 
 
 def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -28,93 +35,175 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
         {"name": "LANES_METRICS_PORT", "value": str(METRICS_PORT)},
     ]
     env += [{"name": k, "value": v} for k, v in (extra or {}).items()]
-    env += [{"name": name, "valueFrom": {"secretKeyRef": {
-        "name": "lanes-secrets", "key": key, "optional": key == "admin-token"}}}
-            for name, key in (("LANES_WEBHOOK_SECRET", "webhook-secret"),
-                              ("LANES_OPS_KEY", "ops-key"), ("LANES_ADMIN_TOKEN", "admin-token"))]
+    env += [
+        {
+            "name": name,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": "lanes-secrets",
+                    "key": key,
+                    "optional": key == "admin-token",
+                }
+            },
+        }
+        for name, key in (
+            ("LANES_WEBHOOK_SECRET", "webhook-secret"),
+            ("LANES_OPS_KEY", "ops-key"),
+            ("LANES_ADMIN_TOKEN", "admin-token"),
+        )
+    ]
     return env
 
 
-def _deployment(name: str, args: list[str], *, replicas: int, resources: dict[str, Any],
-                env: dict[str, str] | None = None, grace_s: int = 30,
-                port: int = METRICS_PORT) -> dict[str, Any]:
+def _deployment(
+    name: str,
+    args: list[str],
+    *,
+    replicas: int,
+    resources: dict[str, Any],
+    env: dict[str, str] | None = None,
+    grace_s: int = 30,
+    port: int = METRICS_PORT,
+) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": port}, "periodSeconds": 5}
     container: dict[str, Any] = {
-        "name": name, "image": IMAGE, "args": args, "env": _env(env),
-        "resources": resources, "readinessProbe": probe,
+        "name": name,
+        "image": IMAGE,
+        "args": args,
+        "env": _env(env),
+        "resources": resources,
+        "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
         "ports": [{"name": "http", "containerPort": port}],
         "volumeMounts": [{"name": "routes", "mountPath": "/etc/lanes"}],
     }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": f"lanes-{name}", "labels": {"app.kubernetes.io/part-of": "lanes"}},
         "spec": {
             "replicas": replicas,
             # Rolling restarts one pod at a time: the lane never stops serving.
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
             "selector": {"matchLabels": {"app": f"lanes-{name}"}},
             "template": {
-                "metadata": {"labels": {"app": f"lanes-{name}"},
-                             "annotations": {"prometheus.io/scrape": "true",
-                                             "prometheus.io/port": str(port)}},
-                "spec": {"terminationGracePeriodSeconds": grace_s, "containers": [container],
-                         "volumes": [{"name": "routes",
-                                      "configMap": {"name": "lanes-routes"}}]},
+                "metadata": {
+                    "labels": {"app": f"lanes-{name}"},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": grace_s,
+                    "containers": [container],
+                    "volumes": [{"name": "routes", "configMap": {"name": "lanes-routes"}}],
+                },
             },
         },
     }
 
 
-def manifests(routes: Routes, routes_yaml: str, *, memory_gb: float = 8.0,
-              max_replicas: int = 16, lag_threshold: int = 20) -> list[dict[str, Any]]:
+def manifests(
+    routes: Routes,
+    routes_yaml: str,
+    *,
+    memory_gb: float = 8.0,
+    max_replicas: int = 16,
+    lag_threshold: int = 20,
+) -> list[dict[str, Any]]:
     topics = Topics()
-    docs: list[dict[str, Any]] = [{
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "lanes-routes"},
-        "data": {"routes.yaml": routes_yaml},
-    }]
-    docs.append(_deployment(
-        "gateway", ["run", "gateway"], replicas=2, port=8000,
-        env={"LANES_GATEWAY_HOST": "0.0.0.0"},
-        resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}))
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "lanes-routes"},
+            "data": {"routes.yaml": routes_yaml},
+        }
+    ]
+    docs.append(
+        _deployment(
+            "gateway",
+            ["run", "gateway"],
+            replicas=2,
+            port=8000,
+            env={"LANES_GATEWAY_HOST": "0.0.0.0"},
+            resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        )
+    )
     for comp in CPU_COMPONENTS:
-        docs.append(_deployment(
-            comp, ["run", comp], replicas=1,
-            resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}))
+        docs.append(
+            _deployment(
+                comp,
+                ["run", comp],
+                replicas=1,
+                resources={
+                    "requests": {"cpu": "500m", "memory": "1Gi"},
+                    "limits": {"memory": "2Gi"},
+                },
+            )
+        )
     budget = f"{memory_gb * 0.9:.1f}"  # headroom under the card for the CUDA context
     for lane in sorted(routes.lanes):
-        docs.append(_deployment(
-            f"worker-{lane}", ["run", "worker", "--lane", lane, "--device", "cuda"], replicas=1,
-            grace_s=60,  # > LANES_DRAIN_TIMEOUT_S: SIGTERM drains in-flight jobs first
-            env={"LANES_DEVICE": "cuda", "LANES_MEMORY_BUDGET_GB": budget,
-                 "LANES_DRAIN_TIMEOUT_S": "45"},
-            resources={"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
-                       "limits": {"memory": "12Gi", "nvidia.com/gpu": 1}}))
-        docs.append({
-            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": f"lanes-worker-{lane}"},
-            "spec": {
-                "scaleTargetRef": {"name": f"lanes-worker-{lane}"},
-                "minReplicaCount": 1, "maxReplicaCount": max_replicas,
-                "cooldownPeriod": 120,
-                # A spilling lane's burst overflow is its backlog too (KEDA takes the max).
-                "triggers": [{
-                    "type": "kafka",
-                    "metadata": {"bootstrapServers": "kafka.lanes.svc:9092",
-                                 "consumerGroup": group, "topic": topic,
-                                 "lagThreshold": str(lag_threshold),
-                                 "offsetResetPolicy": "earliest"},
-                } for group, topic in [(f"lanes-lane-{lane}", topics.lane(lane))] + (
-                    [(f"lanes-lane-{lane}-spill", topics.spill(lane))]
-                    if routes.lanes[lane].spill else [])],
-            },
-        })
+        docs.append(
+            _deployment(
+                f"worker-{lane}",
+                ["run", "worker", "--lane", lane, "--device", "cuda"],
+                replicas=1,
+                grace_s=60,  # > LANES_DRAIN_TIMEOUT_S: SIGTERM drains in-flight jobs first
+                env={
+                    "LANES_DEVICE": "cuda",
+                    "LANES_MEMORY_BUDGET_GB": budget,
+                    "LANES_DRAIN_TIMEOUT_S": "45",
+                },
+                resources={
+                    "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
+                    "limits": {"memory": "12Gi", "nvidia.com/gpu": 1},
+                },
+            )
+        )
+        docs.append(
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": {"name": f"lanes-worker-{lane}"},
+                "spec": {
+                    "scaleTargetRef": {"name": f"lanes-worker-{lane}"},
+                    "minReplicaCount": 1,
+                    "maxReplicaCount": max_replicas,
+                    "cooldownPeriod": 120,
+                    # A spilling lane's burst overflow is its backlog too (KEDA takes the max).
+                    "triggers": [
+                        {
+                            "type": "kafka",
+                            "metadata": {
+                                "bootstrapServers": "kafka.lanes.svc:9092",
+                                "consumerGroup": group,
+                                "topic": topic,
+                                "lagThreshold": str(lag_threshold),
+                                "offsetResetPolicy": "earliest",
+                            },
+                        }
+                        for group, topic in [(f"lanes-lane-{lane}", topics.lane(lane))]
+                        + (
+                            [(f"lanes-lane-{lane}-spill", topics.spill(lane))]
+                            if routes.lanes[lane].spill
+                            else []
+                        )
+                    ],
+                },
+            }
+        )
     return docs
 
 
 def render(routes: Routes, routes_yaml: str) -> str:
-    header = ("# Generated by `lanes k8s manifests` from the routes file; edit the routes file\n"
-              "# and regenerate. Secrets: create `lanes-secrets` (webhook-secret, ops-key,\n"
-              "# admin-token). Needs the NVIDIA device plugin and KEDA in the cluster.\n")
+    header = (
+        "# Generated by `lanes k8s manifests` from the routes file; edit the routes file\n"
+        "# and regenerate. Secrets: create `lanes-secrets` (webhook-secret, ops-key,\n"
+        "# admin-token). Needs the NVIDIA device plugin and KEDA in the cluster.\n"
+    )
     return header + yaml.safe_dump_all(manifests(routes, routes_yaml), sort_keys=False)

@@ -16,14 +16,19 @@ from services.kafka.compacted_view import CompactedView
 __all__ = ["send_and_wait", "lane_states"]
 
 
-async def send_and_wait(settings: Settings, command: OpsCommand, timeout_s: float = 30) -> OpsResult:
+async def send_and_wait(
+    settings: Settings, command: OpsCommand, timeout_s: float = 30
+) -> OpsResult:
     topics = Topics(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        tps = [TopicPartition(topics.ops_results, p)
-               for p in await partition_ids(settings, topics.ops_results)]
+        tps = [
+            TopicPartition(topics.ops_results, p)
+            for p in await partition_ids(settings, topics.ops_results)
+        ]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -44,5 +49,6 @@ async def send_and_wait(settings: Settings, command: OpsCommand, timeout_s: floa
 
 async def lane_states(settings: Settings) -> dict[str, LaneDesired]:
     view: CompactedView[LaneDesired] = CompactedView(
-        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json)
+        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
+    )
     return await view.load()

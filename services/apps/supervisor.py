@@ -35,12 +35,16 @@ class Component:
 def components(settings: Settings) -> list[Component]:
     routes = load_routes(settings.routes_file)
     base = 9101
-    items = [Component("gateway", ("gateway",), 0), Component("router", ("router",), base),
-             Component("jobs", ("jobs",), base + 1), Component("verifier", ("verifier",), base + 2),
-             Component("webhooks", ("webhooks",), base + 3),
-             Component("control", ("control",), base + 4),
-             Component("webhook-retries", ("webhook-retries",), base + 5),
-             Component("deferred", ("deferred",), base + 6)]
+    items = [
+        Component("gateway", ("gateway",), 0),
+        Component("router", ("router",), base),
+        Component("jobs", ("jobs",), base + 1),
+        Component("verifier", ("verifier",), base + 2),
+        Component("webhooks", ("webhooks",), base + 3),
+        Component("control", ("control",), base + 4),
+        Component("webhook-retries", ("webhook-retries",), base + 5),
+        Component("deferred", ("deferred",), base + 6),
+    ]
     for i, lane in enumerate(sorted(routes.lanes)):
         items.append(Component(f"worker-{lane}", ("worker", "--lane", lane), base + 10 + i))
     return items
@@ -49,8 +53,9 @@ def components(settings: Settings) -> list[Component]:
 async def prepare_cluster(settings: Settings) -> None:
     routes = load_routes(settings.routes_file)
     await wait_for_kafka(settings)
-    created = await ensure_topics(settings, Topics(settings.topic_prefix).specs(
-        routes.lanes, routes.spill_lanes))
+    created = await ensure_topics(
+        settings, Topics(settings.topic_prefix).specs(routes.lanes, routes.spill_lanes)
+    )
     log.info("topics_ready", created=created)
     for name, spec in routes.models.items():
         path = await asyncio.to_thread(checkpoint_dir, name, spec, settings.models_path)
@@ -64,7 +69,9 @@ def _maybe_start_kafka(settings: Settings) -> KafkaProcess | None:
         return None
     if "LANES_KAFKA_BOOTSTRAP" in os.environ or host not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"Kafka at {settings.kafka_bootstrap} does not answer")
-    kafka = KafkaProcess(settings.state_dir.resolve() / "kafka", port=int(port), controller_port=int(port) + 1)
+    kafka = KafkaProcess(
+        settings.state_dir.resolve() / "kafka", port=int(port), controller_port=int(port) + 1
+    )
     log.info("kafka_starting", bootstrap=kafka.bootstrap, log=str(kafka.log_path))
     kafka.start()
     return kafka
@@ -82,8 +89,14 @@ async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) 
     while not stop.is_set():
         child_env = dict(env, LANES_METRICS_PORT=str(comp.metrics_port))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.apps.cli", "run", *comp.args, env=child_env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "services.apps.cli",
+            "run",
+            *comp.args,
+            env=child_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         assert proc.stdout is not None
         pump = asyncio.create_task(_pump(comp.name, proc.stdout))
@@ -94,7 +107,7 @@ async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) 
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(waiter, 45)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await waiter
         stopper.cancel()
@@ -107,7 +120,7 @@ async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) 
         log.error("component_exited", component=comp.name, code=proc.returncode, restart_in_s=delay)
         try:
             await asyncio.wait_for(stop.wait(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -125,8 +138,11 @@ async def run_stack(settings: Settings) -> None:
         if settings.profile == "local":
             env.setdefault("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
         comps = components(settings)
-        log.info("stack_starting", components=[c.name for c in comps],
-                 gateway=f"http://{settings.gateway_host}:{settings.gateway_port}")
+        log.info(
+            "stack_starting",
+            components=[c.name for c in comps],
+            gateway=f"http://{settings.gateway_host}:{settings.gateway_port}",
+        )
         await asyncio.gather(*(_supervise(c, env, stop) for c in comps))
     finally:
         if kafka is not None:

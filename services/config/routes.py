@@ -14,8 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.spec import Priority
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
-__all__ = ["ModelSpec", "AdmissionSpec", "SpillSpec", "LaneSpec", "CascadeSpec", "TypographySpec", "Routes", "load_routes", "routes_text",
-           "checkpoint_dir"]
+__all__ = [
+    "ModelSpec",
+    "AdmissionSpec",
+    "SpillSpec",
+    "LaneSpec",
+    "CascadeSpec",
+    "TypographySpec",
+    "Routes",
+    "load_routes",
+    "routes_text",
+    "checkpoint_dir",
+]
 
 
 class ModelSpec(BaseModel):
@@ -110,7 +120,8 @@ class LaneSpec(BaseModel):
     def _batch_within_cap(self) -> LaneSpec:
         if self.max_batch > self.max_concurrency:
             raise ValueError(
-                f"max_batch ({self.max_batch}) cannot exceed max_concurrency ({self.max_concurrency})"
+                f"max_batch ({self.max_batch}) cannot exceed "
+                f"max_concurrency ({self.max_concurrency})"
             )
         return self
 
@@ -127,27 +138,39 @@ class Routes(BaseModel):
         for name, lane in self.lanes.items():
             if lane.model not in self.models:
                 raise ValueError(f"lane {name!r} names unknown model {lane.model!r}")
-            for what, target in (("falls back to", lane.fallback_lane),
-                                 ("cascades to", lane.cascade.lane if lane.cascade else None),
-                                 ("re-renders text failures on", lane.typography.fallback_lane)):
+            for what, target in (
+                ("falls back to", lane.fallback_lane),
+                ("cascades to", lane.cascade.lane if lane.cascade else None),
+                ("re-renders text failures on", lane.typography.fallback_lane),
+            ):
                 if target is not None and target not in self.lanes:
                     raise ValueError(f"lane {name!r} {what} unknown lane {target!r}")
             if lane.cascade and self.lanes[lane.cascade.lane].refine_strength is None:
-                raise ValueError(f"lane {name!r} cascades to {lane.cascade.lane!r}, which is not a "
-                                 "refine lane (set its refine_strength)")
+                raise ValueError(
+                    f"lane {name!r} cascades to {lane.cascade.lane!r}, which is not a "
+                    "refine lane (set its refine_strength)"
+                )
             for how, helped_lanes in (("assists", lane.assists), ("backfills", lane.backfills)):
                 for helped in helped_lanes:
                     if helped == name or helped not in self.lanes:
-                        raise ValueError(f"lane {name!r} {how} {helped!r}, which is not another lane")
+                        raise ValueError(
+                            f"lane {name!r} {how} {helped!r}, which is not another lane"
+                        )
                     if self.lanes[helped].spill is None:
-                        raise ValueError(f"lane {name!r} {how} {helped!r}, which has no spill policy")
+                        raise ValueError(
+                            f"lane {name!r} {how} {helped!r}, which has no spill policy"
+                        )
             if set(lane.assists) & set(lane.backfills):
-                raise ValueError(f"lane {name!r} both assists and backfills "
-                                 f"{sorted(set(lane.assists) & set(lane.backfills))}")
+                raise ValueError(
+                    f"lane {name!r} both assists and backfills "
+                    f"{sorted(set(lane.assists) & set(lane.backfills))}"
+                )
         for name in self.spill_lanes:
             if not any(name in lane.assists + lane.backfills for lane in self.lanes.values()):
-                raise ValueError(f"lane {name!r} spills, but no lane assists or backfills it (add "
-                                 "it to another lane's 'assists' or 'backfills')")
+                raise ValueError(
+                    f"lane {name!r} spills, but no lane assists or backfills it (add "
+                    "it to another lane's 'assists' or 'backfills')"
+                )
         for intent, lane in self.intents.items():
             if lane not in self.lanes:
                 raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")

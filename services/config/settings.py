@@ -9,11 +9,10 @@ start, and the test session takes ``LANES_KAFKA_BOOTSTRAP`` from it. The SDK's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from producers.settings import ClientSettings
 from services.webhooks.delivery import SigningKeys
@@ -21,8 +20,12 @@ from services.webhooks.delivery import SigningKeys
 __all__ = ["Settings", "Quota", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
 
 # Dev-only secrets: accepted in the local profile, refused anywhere else.
-PLACEHOLDER_WEBHOOK_SECRET = "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
-PLACEHOLDER_OPS_KEY = "whsec_bGFuZXMtbG9jYWwtb3BzLWtleS1kZXYtb25seQ=="  # "lanes-local-ops-key-dev-only"
+PLACEHOLDER_WEBHOOK_SECRET = (
+    "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
+)
+PLACEHOLDER_OPS_KEY = (
+    "whsec_bGFuZXMtbG9jYWwtb3BzLWtleS1kZXYtb25seQ=="  # "lanes-local-ops-key-dev-only"
+)
 
 
 def _split_csv(value: object) -> object:
@@ -128,11 +131,14 @@ class Settings(ClientSettings):
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
             if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
                 raise ValueError("LANES_OPS_KEY must be set outside the local profile")
-        for name, secret in [("LANES_WEBHOOK_SECRET", self.webhook_secret),
-                             *(("LANES_WEBHOOK_PREVIOUS_SECRETS", s)
-                               for s in self.webhook_previous_secrets),
-                             *((f"LANES_WEBHOOK_ENDPOINT_SECRETS[{k}]", s)
-                               for k, s in self.webhook_endpoint_secrets.items())]:
+        for name, secret in [
+            ("LANES_WEBHOOK_SECRET", self.webhook_secret),
+            *(("LANES_WEBHOOK_PREVIOUS_SECRETS", s) for s in self.webhook_previous_secrets),
+            *(
+                (f"LANES_WEBHOOK_ENDPOINT_SECRETS[{k}]", s)
+                for k, s in self.webhook_endpoint_secrets.items()
+            ),
+        ]:
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError(f"{name} must be in whsec_<base64> form")
         if not self.ops_key.get_secret_value().startswith("whsec_"):
@@ -143,8 +149,10 @@ class Settings(ClientSettings):
         return SigningKeys(
             current=self.webhook_secret.get_secret_value(),
             previous=tuple(s.get_secret_value() for s in self.webhook_previous_secrets),
-            endpoints={k.lower().rstrip("/"): v.get_secret_value()
-                       for k, v in self.webhook_endpoint_secrets.items()},
+            endpoints={
+                k.lower().rstrip("/"): v.get_secret_value()
+                for k, v in self.webhook_endpoint_secrets.items()
+            },
         )
 
     @property

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from services.config.settings import Quota
 
@@ -27,8 +27,12 @@ class TokenBuckets:
     """One bucket per tenant; tenants without a quota of their own share ``default``'s
     rate each (None: unlimited)."""
 
-    def __init__(self, quotas: dict[str, Quota], default: Quota | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        quotas: dict[str, Quota],
+        default: Quota | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.quotas = quotas
         self.default = default
         self.clock = clock

@@ -55,11 +55,17 @@ class CanaryJudge:
         c = self.outcomes[(state.lane, target.model, target.version)]
         s = self.outcomes[(state.lane, stable.model, stable.version)]
         if c.renders >= self.min_jobs and c.failure_rate - s.failure_rate > self.margin:
-            return (f"canary {target.label} failed {c.render_failures}/{c.renders} renders "
-                    f"({c.failure_rate:.0%}) vs stable {stable.label} {s.failure_rate:.0%}")
-        if (c.verifications >= self.min_jobs
-                and c.verification_failure_rate - s.verification_failure_rate > self.margin):
-            return (f"canary {target.label} failed verification {c.verification_failures}/"
-                    f"{c.verifications} ({c.verification_failure_rate:.0%}) vs stable "
-                    f"{stable.label} {s.verification_failure_rate:.0%}")
+            return (
+                f"canary {target.label} failed {c.render_failures}/{c.renders} renders "
+                f"({c.failure_rate:.0%}) vs stable {stable.label} {s.failure_rate:.0%}"
+            )
+        if (
+            c.verifications >= self.min_jobs
+            and c.verification_failure_rate - s.verification_failure_rate > self.margin
+        ):
+            return (
+                f"canary {target.label} failed verification {c.verification_failures}/"
+                f"{c.verifications} ({c.verification_failure_rate:.0%}) vs stable "
+                f"{stable.label} {s.verification_failure_rate:.0%}"
+            )
         return None

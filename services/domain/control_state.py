@@ -14,8 +14,9 @@ RECENT = 100
 
 def initial_state(routes: Routes, lane: str) -> LaneDesired:
     spec = routes.lanes[lane]
-    return LaneDesired(lane=lane, stable=ModelRef(model=spec.model,
-                                                  version=routes.models[spec.model].version))
+    return LaneDesired(
+        lane=lane, stable=ModelRef(model=spec.model, version=routes.models[spec.model].version)
+    )
 
 
 def _ref(routes: Routes, cmd: OpsCommand) -> ModelRef:
@@ -27,14 +28,19 @@ def _ref(routes: Routes, cmd: OpsCommand) -> ModelRef:
             raise Rejected("a new model version needs --version")
         if cmd.path is not None and cmd.tiny_seed is not None:
             raise Rejected("give either --path or --tiny-seed, not both")
-        return ModelRef(model=cmd.model, version=cmd.version, path=cmd.path,
-                        tiny_seed=cmd.tiny_seed)
+        return ModelRef(
+            model=cmd.model, version=cmd.version, path=cmd.path, tiny_seed=cmd.tiny_seed
+        )
     if cmd.model not in routes.models:
-        raise Rejected(f"unknown model {cmd.model!r}; the routes file has {sorted(routes.models)} "
-                       "(or give --version with --path or --tiny-seed)")
+        raise Rejected(
+            f"unknown model {cmd.model!r}; the routes file has {sorted(routes.models)} "
+            "(or give --version with --path or --tiny-seed)"
+        )
     ref = ModelRef(model=cmd.model, version=routes.models[cmd.model].version)
     if cmd.version is not None and cmd.version != ref.version:
-        raise Rejected(f"{cmd.model} is version {ref.version} in the routes file, not {cmd.version}")
+        raise Rejected(
+            f"{cmd.model} is version {ref.version} in the routes file, not {cmd.version}"
+        )
     return ref
 
 
@@ -69,8 +75,14 @@ def apply_command(state: LaneDesired, cmd: OpsCommand, routes: Routes) -> LaneDe
     elif cmd.action == "set":
         if cmd.max_concurrency is None and cmd.sample_steps is None:
             raise Rejected("set needs --max-concurrency and/or --steps")
-        update = {k: v for k, v in (("max_concurrency", cmd.max_concurrency),
-                                    ("sample_steps", cmd.sample_steps)) if v is not None}
+        update = {
+            k: v
+            for k, v in (
+                ("max_concurrency", cmd.max_concurrency),
+                ("sample_steps", cmd.sample_steps),
+            )
+            if v is not None
+        }
     elif cmd.action in ("pause", "resume"):
         paused = cmd.action == "pause"
         if state.paused == paused:
@@ -78,11 +90,16 @@ def apply_command(state: LaneDesired, cmd: OpsCommand, routes: Routes) -> LaneDe
         update = {"paused": paused}
     elif cmd.action == "restart":
         update = {"restart_generation": state.restart_generation + 1}
-    return state.model_copy(update={
-        **update, "revision": state.revision + 1, "reason": cmd.reason or cmd.action,
-        "actor": f"ops:{cmd.issuer}", "updated_at": utcnow(),
-        "recent_commands": [*state.recent_commands[-(RECENT - 1):], cmd.command_id],
-    })
+    return state.model_copy(
+        update={
+            **update,
+            "revision": state.revision + 1,
+            "reason": cmd.reason or cmd.action,
+            "actor": f"ops:{cmd.issuer}",
+            "updated_at": utcnow(),
+            "recent_commands": [*state.recent_commands[-(RECENT - 1) :], cmd.command_id],
+        }
+    )
 
 
 def auto_rollback(state: LaneDesired, bad: ModelRef, reason: str) -> LaneDesired | None:
@@ -94,7 +111,12 @@ def auto_rollback(state: LaneDesired, bad: ModelRef, reason: str) -> LaneDesired
         update = {"stable": state.previous, "previous": None}
     else:
         return None
-    return state.model_copy(update={
-        **update, "revision": state.revision + 1, "reason": f"automatic rollback: {reason}"[:500],
-        "actor": "control-plane", "updated_at": utcnow(),
-    })
+    return state.model_copy(
+        update={
+            **update,
+            "revision": state.revision + 1,
+            "reason": f"automatic rollback: {reason}"[:500],
+            "actor": "control-plane",
+            "updated_at": utcnow(),
+        }
+    )

@@ -69,18 +69,24 @@ def _deliver(state: JobState) -> dict[str, Any]:
     passing = [v for v in state.verifications if v.passed]
     chosen = passing[-1] if passing else max(state.verifications, key=lambda v: v.score)
     by_uri = {a.uri: a for a in state.artifacts}
-    return {"delivered": by_uri.get(chosen.artifact_uri), "verification": chosen,
-            "flagged": not passing}
+    return {
+        "delivered": by_uri.get(chosen.artifact_uri),
+        "verification": chosen,
+        "flagged": not passing,
+    }
 
 
 def _milestones(state: JobState, now: datetime) -> dict[str, datetime]:
     reached = dict(state.milestones)
     stages = {a.stage for a in state.artifacts}
-    for name, hit in (("draft_ready", "draft" in stages), ("upscaled", "upscaled" in stages),
-                      ("verified", bool(state.verifications) and _concluded(state)),
-                      ("succeeded", state.status == "succeeded"),
-                      ("failed", state.status == "failed"),
-                      ("canceled", state.status == "canceled")):
+    for name, hit in (
+        ("draft_ready", "draft" in stages),
+        ("upscaled", "upscaled" in stages),
+        ("verified", bool(state.verifications) and _concluded(state)),
+        ("succeeded", state.status == "succeeded"),
+        ("failed", state.status == "failed"),
+        ("canceled", state.status == "canceled"),
+    ):
         if hit:
             reached.setdefault(name, now)
     return reached
@@ -96,7 +102,10 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
         return None
     update: dict[str, Any] = {}
     attempt = getattr(event, "attempt", state.attempt)
-    if isinstance(event, (RenderStarted, RenderCompleted, RenderFailed)) and attempt < state.attempt:
+    if (
+        isinstance(event, (RenderStarted, RenderCompleted, RenderFailed))
+        and attempt < state.attempt
+    ):
         return None  # a superseded attempt (the job was rerouted) changes nothing
     if isinstance(event, (GenerationRequested, GenerationRouted)):
         if state.spec is None:
@@ -105,8 +114,13 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update.update(created_at=event.occurred_at, fingerprint=event.fingerprint)
         elif event.attempt >= state.attempt and event.init_artifact_uri is None:
             # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
-            update.update(lane=event.lane, model=event.model, version=event.version,
-                          attempt=event.attempt, deferred_until=None)
+            update.update(
+                lane=event.lane,
+                model=event.model,
+                version=event.version,
+                attempt=event.attempt,
+                deferred_until=None,
+            )
             if event.attempt > state.attempt:
                 update["started"] = False
         if state.created_at is None:
@@ -118,10 +132,17 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
         if not _current(state):  # not the refine pass of a cascade
             update.update(lane=event.lane, model=event.model, version=event.version)
     elif isinstance(event, RenderCompleted):
-        artifact = Artifact(stage=event.stage, attempt=event.attempt, uri=event.artifact_uri,
-                            width=event.width, height=event.height, model=event.model,
-                            version=event.version, deliverable=event.deliverable,
-                            instance=event.instance)
+        artifact = Artifact(
+            stage=event.stage,
+            attempt=event.attempt,
+            uri=event.artifact_uri,
+            width=event.width,
+            height=event.height,
+            model=event.model,
+            version=event.version,
+            deliverable=event.deliverable,
+            instance=event.instance,
+        )
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
         update.update(started=True, timings=event.timings)
@@ -131,8 +152,11 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             update["expected_text"] = event.expected_text
     elif isinstance(event, GenerationDeferred):
         if state.lane is None or state.deferred_until is not None:  # not re-admitted yet
-            update.update(deferred_at=state.deferred_at or event.occurred_at,
-                          deferred_until=event.not_before, spec=state.spec or event.spec)
+            update.update(
+                deferred_at=state.deferred_at or event.occurred_at,
+                deferred_until=event.not_before,
+                spec=state.spec or event.spec,
+            )
     elif isinstance(event, RenderFailed):
         update["error"] = event.error
     elif isinstance(event, CancelRequested):
@@ -146,25 +170,38 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     elif isinstance(event, VerificationCompleted):
         repaired = event.repaired_uri is not None
         record = Verification(
-            expected=event.expected, attempt=event.attempt, threshold=event.threshold,
+            expected=event.expected,
+            attempt=event.attempt,
+            threshold=event.threshold,
             read=event.repaired_read or "" if repaired else event.read,
             score=event.repaired_score or 0.0 if repaired else event.score,
-            passed=event.final_passed, artifact_uri=event.repaired_uri or event.artifact_uri,
+            passed=event.final_passed,
+            artifact_uri=event.repaired_uri or event.artifact_uri,
             error="; ".join(e for e in (event.error, event.repair_error) if e) or None,
-            rendered_uri=event.artifact_uri, rendered_read=event.read,
-            rendered_score=event.score, repaired=repaired, rerouted_to=event.rerouted_to,
+            rendered_uri=event.artifact_uri,
+            rendered_read=event.read,
+            rendered_score=event.score,
+            repaired=repaired,
+            rerouted_to=event.rerouted_to,
         )
         update["verifications"] = [*state.verifications, record]
         if repaired:
             source = next((a for a in state.artifacts if a.uri == event.artifact_uri), None)
-            update["artifacts"] = [*state.artifacts, Artifact(
-                stage="repaired", attempt=event.attempt, uri=event.repaired_uri or "",
-                width=source.width if source else 0, height=source.height if source else 0,
-                model=source.model if source else "", version=source.version if source else "",
-            )]
+            update["artifacts"] = [
+                *state.artifacts,
+                Artifact(
+                    stage="repaired",
+                    attempt=event.attempt,
+                    uri=event.repaired_uri or "",
+                    width=source.width if source else 0,
+                    height=source.height if source else 0,
+                    model=source.model if source else "",
+                    version=source.version if source else "",
+                ),
+            ]
     else:
         return None
-    update["seen_events"] = [*state.seen_events[-(SEEN_LIMIT - 1):], event_id]
+    update["seen_events"] = [*state.seen_events[-(SEEN_LIMIT - 1) :], event_id]
     now = utcnow()
     update["updated_at"] = now
     new = state.model_copy(update=update)

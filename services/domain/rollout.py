@@ -42,9 +42,11 @@ class RolloutView:
         self.settings = settings
         self.routes = routes
         self.control: CompactedView[LaneDesired] = CompactedView(
-            settings, topics.control, LaneDesired.model_validate_json)
+            settings, topics.control, LaneDesired.model_validate_json
+        )
         self.workers: CompactedView[WorkerStatus] = CompactedView(
-            settings, topics.workers, WorkerStatus.model_validate_json)
+            settings, topics.workers, WorkerStatus.model_validate_json
+        )
 
     async def load(self) -> None:
         await asyncio.gather(self.control.load(), self.workers.load())
@@ -59,7 +61,8 @@ class RolloutView:
             desired = self.control.items.get(lane) or initial_state(self.routes, lane)
             instances = [
                 InstanceRollout(
-                    status=s, live=s.health != "stopped"
+                    status=s,
+                    live=s.health != "stopped"
                     and (now - s.at).total_seconds() < self.settings.worker_stale_s,
                     current=s.applied_revision == desired.revision,
                 )

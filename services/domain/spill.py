@@ -3,8 +3,8 @@
 A lane with a ``spill`` policy overflows into ``lanes.lane.<lane>.spill`` while more than
 ``after_lag`` of its jobs wait and the spill queue is the shorter wait: jobs waiting per
 server, counting the lane's own live workers for its queue and the live guests (in the
-workers of the lanes that ``assists`` or ``backfills`` it) for the spill queue. With no live guest nothing spills, so a
-spilled job always has a worker that serves it.
+workers of the lanes that ``assists`` or ``backfills`` it) for the spill queue. With no live
+guest nothing spills, so a spilled job always has a worker that serves it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ __all__ = ["Placement", "should_spill"]
 log = structlog.get_logger("lanes.spill")
 
 
-def should_spill(policy: SpillSpec | None, lag: int, spill_lag: int, lane_workers: int,
-                 guests: int) -> bool:
+def should_spill(
+    policy: SpillSpec | None, lag: int, spill_lag: int, lane_workers: int, guests: int
+) -> bool:
     if policy is None or guests == 0 or lag <= policy.after_lag:
         return False
     return spill_lag / guests < lag / max(1, lane_workers)
@@ -40,7 +41,8 @@ class Placement:
         self.topics = Topics(settings.topic_prefix)
         self.lags = lags
         self.workers: CompactedView[WorkerStatus] = CompactedView(
-            settings, self.topics.workers, WorkerStatus.model_validate_json)
+            settings, self.topics.workers, WorkerStatus.model_validate_json
+        )
 
     @staticmethod
     def watched_lanes(routes: Routes) -> list[str]:
@@ -59,9 +61,12 @@ class Placement:
             stale = self.settings.worker_stale_s
             statuses = [w for w in self.workers.items.values() if w.health == "ready"]
             spilled = should_spill(
-                lane.spill, self.lags.lag(lane_name), self.lags.spill_lag(lane_name),
+                lane.spill,
+                self.lags.lag(lane_name),
+                self.lags.spill_lag(lane_name),
                 len(live_workers(statuses, lane_name, stale, "lane")),
-                len(live_workers(statuses, lane_name, stale, "spill")))
+                len(live_workers(statuses, lane_name, stale, "spill")),
+            )
         if spilled:
             self.lags.note(spill_key(lane_name))
             return self.topics.spill(lane_name), True

@@ -36,27 +36,58 @@ def choose_batch_cap(per_image_s: dict[int, float], tolerance: float = 0.1) -> i
     return min(b for b, t in per_image_s.items() if t <= best * (1 + tolerance))
 
 
-def _requests(engine: DiffusionEngine, n: int, width: int, height: int, steps: int,
-              guidance_scale: float, strength: float | None) -> list[RenderRequest]:
+def _requests(
+    engine: DiffusionEngine,
+    n: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    strength: float | None,
+) -> list[RenderRequest]:
     init = Image.new("RGB", (width, height), (128, 128, 128)) if engine.refine else None
-    return [RenderRequest("warm up", width, height, steps, guidance_scale, seed,
-                          init_image=init, strength=strength if engine.refine else None)
-            for seed in range(n)]
+    return [
+        RenderRequest(
+            "warm up",
+            width,
+            height,
+            steps,
+            guidance_scale,
+            seed,
+            init_image=init,
+            strength=strength if engine.refine else None,
+        )
+        for seed in range(n)
+    ]
 
 
-def warm_up(engine: DiffusionEngine, width: int, height: int, steps: int,
-            guidance_scale: float, strength: float | None = None) -> float:
+def warm_up(
+    engine: DiffusionEngine,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    strength: float | None = None,
+) -> float:
     """One render at the lane's size (kernel selection, allocator, lazy set-up happen here,
     not in the first job); returns its seconds."""
     started = time.perf_counter()
-    engine.render_batch(_requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS),
-                                  guidance_scale, strength))
+    engine.render_batch(
+        _requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS), guidance_scale, strength)
+    )
     return time.perf_counter() - started
 
 
-def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height: int,
-                     steps: int, guidance_scale: float, strength: float | None = None,
-                     tolerance: float = 0.1) -> BatchProfile:
+def profile_batching(
+    engine: DiffusionEngine,
+    max_batch: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    strength: float | None = None,
+    tolerance: float = 0.1,
+) -> BatchProfile:
     """Time per image at batch 1, 2, 4 ... ``max_batch`` (after a warm-up render).
 
     Sizes are timed smallest first, then largest first, keeping each size's better time:
@@ -65,14 +96,17 @@ def profile_batching(engine: DiffusionEngine, max_batch: int, width: int, height
     render. A size that does not fit the memory budget (or the GPU) is not tried again,
     nor any larger one.
     """
-    sizes = sorted({1, max_batch} | {2**i for i in range(1, max_batch.bit_length()) if 2**i < max_batch})
+    sizes = sorted(
+        {1, max_batch} | {2**i for i in range(1, max_batch.bit_length()) if 2**i < max_batch}
+    )
     warm_up(engine, width, height, steps, guidance_scale, strength)
     per_image: dict[int, float] = {}
     too_big = max_batch + 1  # the smallest size that did not fit
     for order in (sizes, sizes[::-1]):
         for size in (b for b in order if b < too_big):
-            reqs = _requests(engine, size, width, height, min(steps, CALIBRATION_STEPS),
-                             guidance_scale, strength)
+            reqs = _requests(
+                engine, size, width, height, min(steps, CALIBRATION_STEPS), guidance_scale, strength
+            )
             started = time.perf_counter()
             try:
                 engine.render_batch(reqs)

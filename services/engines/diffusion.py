@@ -9,9 +9,10 @@ channels-last UNet, and an opt-in ``torch.compile`` of the UNet.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -24,8 +25,14 @@ from services.engines.memory import (
 )
 from services.exceptions import Interrupted
 
-__all__ = ["DiffusionEngine", "RenderRequest", "RenderOutput", "Interrupted", "check_inputs",
-           "batch_key"]
+__all__ = [
+    "DiffusionEngine",
+    "RenderRequest",
+    "RenderOutput",
+    "Interrupted",
+    "check_inputs",
+    "batch_key",
+]
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,16 @@ def check_inputs(req: RenderRequest) -> None:
 class DiffusionEngine:
     """One loaded pipeline. ``render_batch`` is blocking: call it from the GPU thread."""
 
-    def __init__(self, pipeline: Any, *, name: str, version: str, device: str,
-                 budget: MemoryBudget | None = None, refine: bool = False) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        name: str,
+        version: str,
+        device: str,
+        budget: MemoryBudget | None = None,
+        refine: bool = False,
+    ) -> None:
         self.pipeline = pipeline
         self.refine = refine
         self.name = name
@@ -87,9 +102,17 @@ class DiffusionEngine:
         self.budget.check_model(name, self.footprint_bytes)
 
     @classmethod
-    def load(cls, path: Path, *, name: str, version: str, device: str = "cpu",
-             budget: MemoryBudget | None = None, compile_unet: bool = False,
-             refine: bool = False) -> DiffusionEngine:
+    def load(
+        cls,
+        path: Path,
+        *,
+        name: str,
+        version: str,
+        device: str = "cpu",
+        budget: MemoryBudget | None = None,
+        compile_unet: bool = False,
+        refine: bool = False,
+    ) -> DiffusionEngine:
         """Load a checkpoint directory; ``refine`` loads it as an img2img (refine) pipeline."""
         import torch
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
@@ -114,16 +137,20 @@ class DiffusionEngine:
 
     def check_batch(self, reqs: Sequence[RenderRequest]) -> None:
         first = reqs[0]
-        needed = activation_bytes(self.pipeline, len(reqs), first.width, first.height,
-                                  first.guidance_scale)
+        needed = activation_bytes(
+            self.pipeline, len(reqs), first.width, first.height, first.guidance_scale
+        )
         self.budget.check_batch(self.footprint_bytes, needed, len(reqs))
 
     def render(self, req: RenderRequest) -> RenderOutput:
         return self.render_batch([req])[0]
 
-    def render_batch(self, reqs: Sequence[RenderRequest],
-                     should_stop: Callable[[], bool] | None = None,
-                     between_steps: Callable[[], float] | None = None) -> list[RenderOutput]:
+    def render_batch(
+        self,
+        reqs: Sequence[RenderRequest],
+        should_stop: Callable[[], bool] | None = None,
+        between_steps: Callable[[], float] | None = None,
+    ) -> list[RenderOutput]:
         """Render requests that share a batch key in one pipeline call.
 
         Each image has its own seeded generator, so a job draws the same image whatever
@@ -148,12 +175,18 @@ class DiffusionEngine:
         first = reqs[0]
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in reqs]
         started, began = time.perf_counter(), time.time()
-        kwargs: dict[str, Any] = dict(num_inference_steps=first.steps,
-                                      guidance_scale=first.guidance_scale, generator=generators)
+        kwargs: dict[str, Any] = dict(
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=generators,
+        )
         stopped_at: list[int] = []
         lent_s = [0.0]  # time the GPU thread spent on others' work between steps
         if should_stop is not None or between_steps is not None:
-            def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+
+            def on_step_end(
+                pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]
+            ) -> dict[str, Any]:
                 if should_stop is not None and not stopped_at and should_stop():
                     stopped_at.append(step + 1)
                     pipe._interrupt = True  # diffusers' documented way to stop a pipeline
@@ -164,8 +197,11 @@ class DiffusionEngine:
             kwargs["callback_on_step_end"] = on_step_end
         if self.refine:
             kwargs.update(
-                image=[r.init_image.convert("RGB").resize((r.width, r.height), Image.BICUBIC)
-                       for r in reqs if r.init_image is not None],
+                image=[
+                    r.init_image.convert("RGB").resize((r.width, r.height), Image.BICUBIC)
+                    for r in reqs
+                    if r.init_image is not None
+                ],
                 strength=first.strength,
             )
         else:
@@ -180,6 +216,6 @@ class DiffusionEngine:
         if stopped_at:
             raise Interrupted(stopped_at[0])
         elapsed = (time.perf_counter() - started - lent_s[0]) * 1000
-        return [RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began) for img in result.images]
-
-
+        return [
+            RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began) for img in result.images
+        ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from services.exceptions import ModelTooLarge, OutOfMemory
 
@@ -41,7 +42,9 @@ def model_footprint_bytes(pipeline: Any) -> int:
     return total
 
 
-def activation_bytes(pipeline: Any, batch: int, width: int, height: int, guidance_scale: float) -> int:
+def activation_bytes(
+    pipeline: Any, batch: int, width: int, height: int, guidance_scale: float
+) -> int:
     scale = getattr(pipeline, "vae_scale_factor", 8)
     latent_area = (width // scale) * (height // scale)
     unet = getattr(pipeline, "unet", None)
@@ -67,7 +70,9 @@ class MemoryBudget:
     reserved: Callable[[], int] = field(default=_nothing_reserved, compare=False)
 
     @classmethod
-    def from_gb(cls, gb: float | None, reserved: Callable[[], int] = _nothing_reserved) -> MemoryBudget:
+    def from_gb(
+        cls, gb: float | None, reserved: Callable[[], int] = _nothing_reserved
+    ) -> MemoryBudget:
         return cls(None if gb is None else int(gb * GB), reserved)
 
     def _others(self) -> str:
@@ -82,7 +87,10 @@ class MemoryBudget:
             )
 
     def check_batch(self, footprint: int, needed: int, batch: int) -> None:
-        if self.budget_bytes is not None and footprint + needed + self.reserved() > self.budget_bytes:
+        if (
+            self.budget_bytes is not None
+            and footprint + needed + self.reserved() > self.budget_bytes
+        ):
             raise OutOfMemory(
                 f"batch of {batch} needs ~{(footprint + needed) / GB:.2f} GB, over the "
                 f"budget of {self.budget_bytes / GB:.2f} GB{self._others()}"

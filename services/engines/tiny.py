@@ -120,7 +120,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def write_byte_level_tokenizer(directory: Path) -> int:
@@ -156,19 +156,25 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
     tok_dir = directory / ".tokenizer-src"
     vocab_size = write_byte_level_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer(
-        vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
+        vocab_file=str(tok_dir / "vocab.json"),
+        merges_file=str(tok_dir / "merges.txt"),
         model_max_length=77,
     )
 
     xl = cfg.architecture == "sdxl"
     text1_hidden = cfg.cross_attention_dim - cfg.text2_hidden if xl else cfg.cross_attention_dim
-    xl_unet: dict[str, Any] = dict(
-        addition_embed_type="text_time",
-        addition_time_embed_dim=cfg.addition_time_embed_dim,
-        # pooled text (the second encoder's projection) + 6 size/crop numbers
-        projection_class_embeddings_input_dim=6 * cfg.addition_time_embed_dim + cfg.text2_hidden,
-        transformer_layers_per_block=cfg.transformer_layers_per_block,
-    ) if xl else {}
+    xl_unet: dict[str, Any] = (
+        dict(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=cfg.addition_time_embed_dim,
+            # pooled text (the second encoder's projection) + 6 size/crop numbers
+            projection_class_embeddings_input_dim=6 * cfg.addition_time_embed_dim
+            + cfg.text2_hidden,
+            transformer_layers_per_block=cfg.transformer_layers_per_block,
+        )
+        if xl
+        else {}
+    )
     torch.manual_seed(cfg.seed)
     n = len(cfg.unet_channels)
     unet = UNet2DConditionModel(
@@ -199,34 +205,59 @@ def build_tiny_checkpoint(directory: Path, config: TinyConfig | None = None) -> 
         norm_num_groups=min(32, cfg.vae_channels[0]),
         sample_size=cfg.sample_size * 2 ** (m - 1),
     )
-    def text_config(hidden: int, intermediate: int | None, heads: int, layers: int) -> CLIPTextConfig:
+
+    def text_config(
+        hidden: int, intermediate: int | None, heads: int, layers: int
+    ) -> CLIPTextConfig:
         return CLIPTextConfig(
-            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-            hidden_size=hidden, intermediate_size=intermediate or hidden * 2, layer_norm_eps=1e-05,
-            num_attention_heads=heads, num_hidden_layers=layers, vocab_size=vocab_size,
-            max_position_embeddings=77, projection_dim=hidden,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            hidden_size=hidden,
+            intermediate_size=intermediate or hidden * 2,
+            layer_norm_eps=1e-05,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+            projection_dim=hidden,
         )
 
     torch.manual_seed(cfg.seed)
     text_encoder = CLIPTextModel(
-        text_config(text1_hidden, cfg.text_intermediate, cfg.text_heads, cfg.text_layers))
+        text_config(text1_hidden, cfg.text_intermediate, cfg.text_heads, cfg.text_layers)
+    )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        timestep_spacing="trailing", steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        steps_offset=1,
     )
     pipe: Any
     if xl:
         torch.manual_seed(cfg.seed)
         text_encoder_2 = CLIPTextModelWithProjection(
-            text_config(cfg.text2_hidden, cfg.text2_intermediate, cfg.text2_heads, cfg.text2_layers))
+            text_config(cfg.text2_hidden, cfg.text2_intermediate, cfg.text2_heads, cfg.text2_layers)
+        )
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
         )
     else:
         pipe = StableDiffusionPipeline(
-            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
         )
     directory.mkdir(parents=True, exist_ok=True)

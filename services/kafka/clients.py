@@ -7,7 +7,8 @@ after the output is acknowledged), bounded fetches so a burst waits in Kafka.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -49,22 +50,28 @@ async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000
+        )
         try:
             await admin.start()
             await admin.list_topics()
             return
-        except (KafkaConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaConnectionError, OSError) as exc:
             last = exc
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
-    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer in {timeout_s}s: {last}")
+    raise TimeoutError(
+        f"Kafka at {settings.kafka_bootstrap} did not answer in {timeout_s}s: {last}"
+    )
 
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create missing topics (idempotent). Returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -85,7 +92,9 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
         await admin.close()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
@@ -104,7 +113,9 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeou
 
 async def partition_ids(settings: Settings, topic: str) -> list[int]:
     """The topic's partition numbers; raises LookupError if the topic does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000
+    )
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,8 +30,10 @@ class CompactedView(Generic[T]):
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -45,7 +48,9 @@ class CompactedView(Generic[T]):
         except Exception as exc:  # noqa: BLE001 - a bad record must not stop the view
             log.warning("view_record_skipped", topic=self.topic, key=k, error=str(exc)[:300])
 
-    async def _assign(self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None) -> dict[TopicPartition, int]:
+    async def _assign(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
+    ) -> dict[TopicPartition, int]:
         if partitions is None:
             partitions = await partition_ids(self.settings, self.topic)
         tps = [TopicPartition(self.topic, p) for p in partitions]
@@ -64,7 +69,9 @@ class CompactedView(Generic[T]):
             await consumer.stop()
         return self.items
 
-    async def _read_until(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
+    async def _read_until(
+        self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
+    ) -> None:
         remaining = {tp for tp, end in ends.items() if end > 0}
         while remaining:
             batches = await consumer.getmany(timeout_ms=200)

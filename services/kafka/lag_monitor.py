@@ -5,7 +5,7 @@ polls; a partition the group never committed counts from its beginning."""
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,17 +30,20 @@ def spill_group(settings: Settings, lane: str) -> str:
 
 
 class LagMonitor:
-    def __init__(self, settings: Settings, lanes: Sequence[str], every_s: float,
-                 spill: Sequence[str] = ()) -> None:
+    def __init__(
+        self, settings: Settings, lanes: Sequence[str], every_s: float, spill: Sequence[str] = ()
+    ) -> None:
         topics = Topics(settings.topic_prefix)
         self.settings = settings
         self.every_s = every_s
         # key -> (group, topic): a lane's own queue under its name, its spill queue under
         # spill_key(lane).
-        self.wanted = {lane: (settings.group(f"lanes-lane-{lane}"), topics.lane(lane))
-                       for lane in lanes}
-        self.wanted.update({spill_key(lane): (spill_group(settings, lane), topics.spill(lane))
-                            for lane in spill})
+        self.wanted = {
+            lane: (settings.group(f"lanes-lane-{lane}"), topics.lane(lane)) for lane in lanes
+        }
+        self.wanted.update(
+            {spill_key(lane): (spill_group(settings, lane), topics.spill(lane)) for lane in spill}
+        )
         self.lags: dict[str, int] = {}
         # Jobs this process sent to a queue since the last measurement began: what the
         # broker's numbers do not show yet (a burst moves faster than the poll).
@@ -64,10 +67,14 @@ class LagMonitor:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
-                                              request_timeout_ms=10000)
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                              group_id=None, enable_auto_commit=False)
+            self._admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10000
+            )
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+            )
             await self._admin.start()
             await self._consumer.start()
         return self._admin, self._consumer
@@ -77,8 +84,9 @@ class LagMonitor:
             (described,) = await admin.describe_topics([topic])
             if described.get("error_code", 0) != 0 or not described.get("partitions"):
                 raise LookupError(f"topic {topic!r} does not exist")
-            self._parts[topic] = [TopicPartition(topic, p["partition"])
-                                  for p in described["partitions"]]
+            self._parts[topic] = [
+                TopicPartition(topic, p["partition"]) for p in described["partitions"]
+            ]
         return self._parts[topic]
 
     async def poll(self) -> dict[str, int]:
@@ -97,8 +105,11 @@ class LagMonitor:
                 lag += max(0, ends[tp] - start)
             lags[lane] = lag
         self.lags = lags
-        self.noted = {k: n - noted_before.get(k, 0) for k, n in self.noted.items()
-                      if n > noted_before.get(k, 0)}
+        self.noted = {
+            k: n - noted_before.get(k, 0)
+            for k, n in self.noted.items()
+            if n > noted_before.get(k, 0)
+        }
         self.measured.set()
         return lags
 

@@ -15,11 +15,20 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-__all__ = ["INFRA_KAFKA", "jar_cache", "ensure_jars", "KafkaProcess", "free_port", "port_open", "local_kafka"]
+__all__ = [
+    "INFRA_KAFKA",
+    "jar_cache",
+    "ensure_jars",
+    "KafkaProcess",
+    "free_port",
+    "port_open",
+    "local_kafka",
+]
 
 INFRA_KAFKA = Path(__file__).resolve().parents[2] / "infra" / "kafka"
 
@@ -58,8 +67,15 @@ def ensure_jars(infra: Path = INFRA_KAFKA) -> Path:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(
-        [mvn, "-q", "-B", "-f", str(infra / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={tmp}"],
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(infra / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ],
         check=True,
     )
     shutil.rmtree(libs, ignore_errors=True)
@@ -96,8 +112,10 @@ class KafkaProcess:
         if not self.controller_port:
             self.controller_port = free_port()
         data = self.state_dir / "data"
-        text = (self.infra / "server.properties").read_text().format(
-            port=self.port, controller_port=self.controller_port, log_dir=data
+        text = (
+            (self.infra / "server.properties")
+            .read_text()
+            .format(port=self.port, controller_port=self.controller_port, log_dir=data)
         )
         cfg = self.state_dir / "server.properties"
         cfg.write_text(text)
@@ -112,17 +130,40 @@ class KafkaProcess:
         log = self.log_path.open("ab")
         if not (self.state_dir / "data" / "meta.properties").exists():
             subprocess.run(
-                [java, "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", classpath,
-                 "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(cfg),
-                 "--ignore-formatted"],
-                check=True, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    java,
+                    "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    uuid.uuid4().hex[:22],
+                    "-c",
+                    str(cfg),
+                    "--ignore-formatted",
+                ],
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.proc = subprocess.Popen(
-            [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-             "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
-             "-cp", classpath, "kafka.Kafka", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                java,
+                f"-Xmx{self.heap}",
+                "-Xms128m",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(cfg),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

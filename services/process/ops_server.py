@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Callable, Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 from fastapi import FastAPI, Response

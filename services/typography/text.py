@@ -12,7 +12,14 @@ from rapidfuzz.distance import Levenshtein
 
 from services.exceptions import RepairError
 
-__all__ = ["normalize_text", "text_similarity", "OcrReader", "RepairError", "load_font", "composite_text"]
+__all__ = [
+    "normalize_text",
+    "text_similarity",
+    "OcrReader",
+    "RepairError",
+    "load_font",
+    "composite_text",
+]
 
 _NON_WORD = re.compile(r"[^0-9A-Z]+")
 
@@ -51,7 +58,9 @@ class OcrReader:
         result, _ = engine(np.asarray(image.convert("RGB")))
         if not result:
             return ""
-        boxes = sorted(result, key=lambda r: (round(min(p[1] for p in r[0]) / 16), min(p[0] for p in r[0])))
+        boxes = sorted(
+            result, key=lambda r: (round(min(p[1] for p in r[0]) / 16), min(p[0] for p in r[0]))
+        )
         return " ".join(str(r[1]) for r in boxes).strip()
 
 
@@ -79,8 +88,9 @@ def _lines(words: list[str], n: int) -> list[list[str]]:
     return lines
 
 
-def composite_text(image: Image.Image, text: str, font_path: str | None = None,
-                   *, safe_margin: float = 0.08) -> Image.Image:
+def composite_text(
+    image: Image.Image, text: str, font_path: str | None = None, *, safe_margin: float = 0.08
+) -> Image.Image:
     """Draw ``text`` exactly, centred in the image's safe area, on a contrasting plate.
 
     Picks the line breaking (1 to 3 lines) and the font size that set the text largest
@@ -103,8 +113,10 @@ def composite_text(image: Image.Image, text: str, font_path: str | None = None,
         size = int(max_h / n)
         while size >= 10:
             font = load_font(size, font_path)
-            widths = [sum(draw.textlength(x, font=font) for x in line) + size * 0.5 * (len(line) - 1)
-                      for line in lines]
+            widths = [
+                sum(draw.textlength(x, font=font) for x in line) + size * 0.5 * (len(line) - 1)
+                for line in lines
+            ]
             if max(widths) <= max_w and size * 1.25 * n <= max_h:
                 break
             size = int(size * 0.92)
@@ -114,16 +126,22 @@ def composite_text(image: Image.Image, text: str, font_path: str | None = None,
         raise RepairError(f"{text!r} does not fit a {w}x{h} image at a legible size")
     size, font, lines = best
     line_h = size * 1.25
-    widths = [sum(draw.textlength(x, font=font) for x in line) + size * 0.5 * (len(line) - 1)
-              for line in lines]
+    widths = [
+        sum(draw.textlength(x, font=font) for x in line) + size * 0.5 * (len(line) - 1)
+        for line in lines
+    ]
     y0 = (h - line_h * len(lines)) / 2
     pad = max(4, size // 4)
-    plate = (int((w - max(widths)) / 2 - pad), int(y0 - pad),
-             int((w + max(widths)) / 2 + pad), int(y0 + line_h * len(lines) + pad))
+    plate = (
+        int((w - max(widths)) / 2 - pad),
+        int(y0 - pad),
+        int((w + max(widths)) / 2 + pad),
+        int(y0 + line_h * len(lines) + pad),
+    )
     behind = ImageStat.Stat(out.convert("L").crop(plate)).mean[0]
     ink, paper = ((0, 0, 0), (255, 255, 255)) if behind >= 128 else ((255, 255, 255), (0, 0, 0))
     draw.rectangle(plate, fill=paper)
-    for i, (line, width) in enumerate(zip(lines, widths)):
+    for i, (line, width) in enumerate(zip(lines, widths, strict=True)):
         x, y = (w - width) / 2, y0 + i * line_h
         for word in line:
             draw.text((x, y), word, font=font, fill=ink)

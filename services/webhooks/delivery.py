@@ -42,8 +42,14 @@ def webhook_id(job_id: str, event: str) -> str:
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return _forbidden(ip.ipv4_mapped)
-    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved",
-                 "is_unspecified"):
+    for attr in (
+        "is_loopback",
+        "is_private",
+        "is_link_local",
+        "is_multicast",
+        "is_reserved",
+        "is_unspecified",
+    ):
         if getattr(ip, attr):
             return attr[3:].replace("_", "-")
     if not ip.is_global:
@@ -71,8 +77,9 @@ async def resolve_target(url: str, allowed_hosts: list[str]) -> str:
     return str(addresses[0])
 
 
-def sign_headers(secrets: list[str], msg_id: str, body: str,
-                 at: datetime | None = None) -> dict[str, str]:
+def sign_headers(
+    secrets: list[str], msg_id: str, body: str, at: datetime | None = None
+) -> dict[str, str]:
     """Standard Webhooks headers; one ``v1,`` signature per secret (key rotation)."""
     at = at or datetime.now(UTC)
     return {
@@ -121,8 +128,13 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    retry_after_s: float | None,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds before the next attempt: exponential with equal jitter, never sooner than
     the receiver's Retry-After, at most ``cap_s``."""
     exp = min(cap_s, base_s * 2 ** (attempt - 1))
@@ -135,8 +147,14 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: floa
 class WebhookSender:
     """One signed POST per call; the caller schedules retries (through a delay topic)."""
 
-    def __init__(self, keys: SigningKeys, allowed_hosts: list[str], *, timeout_s: float = 15.0,
-                 max_body_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        keys: SigningKeys,
+        allowed_hosts: list[str],
+        *,
+        timeout_s: float = 15.0,
+        max_body_bytes: int = 256 * 1024,
+    ) -> None:
         self._keys = keys
         self.allowed_hosts = allowed_hosts
         self.max_body_bytes = max_body_bytes
@@ -154,14 +172,20 @@ class WebhookSender:
         headers = sign_headers(self._keys.for_url(url), msg_id, body)
         headers["host"] = parts.netloc.rsplit("@", 1)[-1]
         return await self.client.post(
-            pinned, content=body.encode(), headers=headers,
+            pinned,
+            content=body.encode(),
+            headers=headers,
             extensions={"sni_hostname": parts.hostname},
         )
 
     async def attempt(self, url: str, msg_id: str, body: str) -> AttemptResult:
         if len(body.encode()) > self.max_body_bytes:
-            return AttemptResult("failed", None, f"payload of {len(body.encode())} bytes is over "
-                                                 f"the {self.max_body_bytes}-byte limit")
+            return AttemptResult(
+                "failed",
+                None,
+                f"payload of {len(body.encode())} bytes is over "
+                f"the {self.max_body_bytes}-byte limit",
+            )
         try:
             response = await self._post_once(url, msg_id, body)
         except RefusedTarget as exc:
@@ -176,5 +200,6 @@ class WebhookSender:
         error = f"HTTP {status}"
         if 300 <= status < 400:
             error += f" redirect to {response.headers.get('location', '?')} (not followed)"
-        return AttemptResult("retry", status, error,
-                             retry_after_seconds(response.headers.get("retry-after")))
+        return AttemptResult(
+            "retry", status, error, retry_after_seconds(response.headers.get("retry-after"))
+        )

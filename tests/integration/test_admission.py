@@ -16,23 +16,30 @@ pytestmark = [pytest.mark.kafka]
 
 
 async def test_over_quota_tenant_gets_429_with_retry_after_and_nothing_published(
-        settings: Settings) -> None:
-    async with running_stack(settings, worker_lanes=[],
-                             tenant_quotas={"acme": Quota(rate_per_s=0.1, burst=2)}) as stack:
+    settings: Settings,
+) -> None:
+    async with running_stack(
+        settings, worker_lanes=[], tenant_quotas={"acme": Quota(rate_per_s=0.1, burst=2)}
+    ) as stack:
         for i in range(2):
             await stack.submit({"prompt": f"acme {i}", "tenant": "acme"})
         resp = await stack.http.post("/v1/generations", json={"prompt": "acme 3", "tenant": "acme"})
         assert resp.status_code == 429 and "over its request quota" in resp.json()["detail"]
         assert 1 <= int(resp.headers["Retry-After"]) <= 10
         await stack.submit({"prompt": "another tenant", "tenant": "globex"})  # unaffected
-        published = [parse_job_event(r.value) for r in await read_topic(settings, stack.topics.requests)]
+        published = [
+            parse_job_event(r.value) for r in await read_topic(settings, stack.topics.requests)
+        ]
         assert sorted(e.spec.prompt for e in published) == ["acme 0", "acme 1", "another tenant"]
 
 
 async def test_cancel_a_queued_job_at_once_and_it_never_renders(
-        settings: Settings, receiver: WebhookReceiver) -> None:
+    settings: Settings, receiver: WebhookReceiver
+) -> None:
     async with running_stack(settings, worker_lanes=[]) as stack:
-        job_id = await stack.submit({"prompt": "a boat", "intent": "draft", "webhook_url": receiver.url})
+        job_id = await stack.submit(
+            {"prompt": "a boat", "intent": "draft", "webhook_url": receiver.url}
+        )
         await stack.wait_for_status(job_id, {"routed"})  # waiting in its lane: no worker yet
         resp = await stack.http.delete(f"/v1/generations/{job_id}")
         assert resp.status_code == 202 and resp.json()["status"] == "canceled"
@@ -47,19 +54,25 @@ async def test_cancel_a_queued_job_at_once_and_it_never_renders(
         assert json.loads(delivery.body)["type"] == "generation.canceled"
         assert (await stack.http.delete(f"/v1/generations/{job_id}")).status_code == 409
         assert (await stack.http.delete("/v1/generations/job_nope")).status_code == 404
-        renders = [parse_job_event(r.value) for r in await read_topic(settings, stack.topics.renders)]
+        renders = [
+            parse_job_event(r.value) for r in await read_topic(settings, stack.topics.renders)
+        ]
         assert not any(e.job_id == job_id and e.type == "render.completed" for e in renders)
     assert len(receiver.deliveries) == 1
 
 
 async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
-        settings: Settings, receiver: WebhookReceiver, tmp_path: Path) -> None:
-    routes = write_routes(tmp_path / "routes.yaml", draft={
-        "sample_steps": 150, "width": 256, "height": 256, "typography": {"repair": False}})
+    settings: Settings, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={"sample_steps": 150, "width": 256, "height": 256, "typography": {"repair": False}},
+    )
     async with running_stack(settings, worker_lanes=["draft"], routes_file=routes) as stack:
         await stack.wait_workers_ready()
-        job_id = await stack.submit({"prompt": "a long render", "intent": "draft",
-                                     "webhook_url": receiver.url})
+        job_id = await stack.submit(
+            {"prompt": "a long render", "intent": "draft", "webhook_url": receiver.url}
+        )
         await stack.wait_for_status(job_id, {"running"})
         resp = await stack.http.delete(f"/v1/generations/{job_id}")
         assert resp.status_code == 202 and resp.json()["status"] == "canceling"
@@ -67,9 +80,14 @@ async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
         assert job["status"] == "canceled" and not job["artifacts"]
 
         async def canceled_event() -> list[object]:
-            return [e for e in (parse_job_event(r.value) for r in
-                                await read_topic(settings, stack.topics.renders, idle_s=0.5))
-                    if e.type == "render.canceled"]
+            return [
+                e
+                for e in (
+                    parse_job_event(r.value)
+                    for r in await read_topic(settings, stack.topics.renders, idle_s=0.5)
+                )
+                if e.type == "render.canceled"
+            ]
 
         (event,) = await canceled_event()
         assert event.at_step is not None and event.at_step < 150  # stopped mid-render
@@ -81,18 +99,32 @@ async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
 
 
 async def test_burst_defers_low_priority_jobs_and_readmits_them_with_nothing_lost(
-        settings: Settings, tmp_path: Path, receiver: WebhookReceiver) -> None:
-    routes = write_routes(tmp_path / "routes.yaml", draft={
-        "sample_steps": 1, "width": 64, "height": 64, "max_concurrency": 4, "max_batch": 4,
-        "typography": {"repair": False},
-        "admission": {"defer_lag": 2, "defer_s": 1.0, "defer_priorities": ["low", "normal"]}})
-    async with running_stack(settings, worker_lanes=[], routes_file=routes,
-                             admission_poll_s=0.2) as stack:
+    settings: Settings, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "sample_steps": 1,
+            "width": 64,
+            "height": 64,
+            "max_concurrency": 4,
+            "max_batch": 4,
+            "typography": {"repair": False},
+            "admission": {"defer_lag": 2, "defer_s": 1.0, "defer_priorities": ["low", "normal"]},
+        },
+    )
+    async with running_stack(
+        settings, worker_lanes=[], routes_file=routes, admission_poll_s=0.2
+    ) as stack:
         # The burst: the lane has no worker yet, so its lag builds up.
         burst = [await stack.submit({"prompt": f"burst {i}", "priority": "high"}) for i in range(4)]
         await asyncio.sleep(1.0)  # admission polls the lag every 0.2 s
-        low = [await stack.submit({"prompt": f"low {i}", "priority": "low",
-                                   "webhook_url": receiver.url}) for i in range(3)]
+        low = [
+            await stack.submit(
+                {"prompt": f"low {i}", "priority": "low", "webhook_url": receiver.url}
+            )
+            for i in range(3)
+        ]
         critical = await stack.submit({"prompt": "critical", "priority": "critical"})
         jobs = [await stack.wait_for_status(j, {"deferred"}) for j in low]
         assert [j["queue_position"] for j in jobs] == [1, 2, 3]
@@ -102,14 +134,20 @@ async def test_burst_defers_low_priority_jobs_and_readmits_them_with_nothing_los
         await stack.wait_for_status(low[2], {"canceled"})
         # Still busy: the rest are parked again rather than admitted.
         await asyncio.sleep(2.5)
-        assert {(await stack.http.get(f"/v1/generations/{j}")).json()["status"] for j in low[:2]} \
-            == {"deferred"}
+        assert {
+            (await stack.http.get(f"/v1/generations/{j}")).json()["status"] for j in low[:2]
+        } == {"deferred"}
         # The burst drains once a worker serves the lane; the deferred jobs follow.
         stack.start_worker("draft")
-        done = [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
-                for j in burst + low[:2] + [critical]]
+        done = [
+            await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=120)
+            for j in burst + low[:2] + [critical]
+        ]
         assert {j["status"] for j in done} == {"succeeded"}
         assert (await stack.http.get(f"/v1/generations/{low[2]}")).json()["status"] == "canceled"
         deliveries = await receiver.wait_for(3)
-        assert sorted(json.loads(d.body)["type"] for d in deliveries) == \
-            ["generation.canceled", "generation.succeeded", "generation.succeeded"]
+        assert sorted(json.loads(d.body)["type"] for d in deliveries) == [
+            "generation.canceled",
+            "generation.succeeded",
+            "generation.succeeded",
+        ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from PIL import Image
@@ -38,11 +38,19 @@ async def test_cascade_delivers_the_upscaled_png_at_target_size(stack: Stack) ->
 
 async def test_upscaler_forms_batches_under_a_burst(stack: Stack) -> None:
     async with GenerationClient(stack.settings) as client:
-        jobs = [await client.submit(GenerationSpec(prompt=f"shoe {i}", intent="final")) for i in range(8)]
+        jobs = [
+            await client.submit(GenerationSpec(prompt=f"shoe {i}", intent="final"))
+            for i in range(8)
+        ]
     for job in jobs:
-        assert (await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=180))["status"] == "succeeded"
-    upscaled = [e for e in await _events(stack.settings, stack.topics.renders)
-                if isinstance(e, RenderCompleted) and e.stage == "upscaled"]
+        assert (await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=180))[
+            "status"
+        ] == "succeeded"
+    upscaled = [
+        e
+        for e in await _events(stack.settings, stack.topics.renders)
+        if isinstance(e, RenderCompleted) and e.stage == "upscaled"
+    ]
     assert len(upscaled) == 8
     assert max(e.timings.batch_size for e in upscaled) > 1
     assert stack.metric("upscale", "lanes_worker_batch_size_count") < 8
@@ -66,8 +74,12 @@ async def no_repair_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[S
     routes = write_routes(
         tmp_path / "routes.yaml",
         draft={"sample_steps": 1, "width": 128, "height": 128},
-        final={"sample_steps": 2, "width": 128, "height": 128,
-               "typography": {"repair": False, "fallback_lane": "rerender", "max_attempts": 3}},
+        final={
+            "sample_steps": 2,
+            "width": 128,
+            "height": 128,
+            "typography": {"repair": False, "fallback_lane": "rerender", "max_attempts": 3},
+        },
         rerender={"sample_steps": 2, "width": 128, "height": 128},
     )
     async with running_stack(settings, routes_file=routes) as stack:
@@ -93,20 +105,32 @@ async def test_without_repair_final_job_goes_to_fallback_and_best_artifact_is_fl
 
 
 async def test_subscribed_events_arrive_once_each_draft_before_verification(
-    stack: Stack, receiver: WebhookReceiver,
+    stack: Stack,
+    receiver: WebhookReceiver,
 ) -> None:
     events = ["draft_ready", "upscaled", "verified", "succeeded"]
-    job = await stack.submit({"prompt": 'banner "BIG DEAL"', "intent": "final",
-                              "webhook_url": receiver.url, "webhook_events": events})
+    job = await stack.submit(
+        {
+            "prompt": 'banner "BIG DEAL"',
+            "intent": "final",
+            "webhook_url": receiver.url,
+            "webhook_events": events,
+        }
+    )
     await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=120)
     await receiver.wait_for(4)
     await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)  # let any duplicate arrive
     types = [json.loads(d.body)["type"] for d in receiver.deliveries]
     assert types == [f"generation.{e}" for e in events]
     assert len({d.headers["webhook-id"] for d in receiver.deliveries}) == 4
-    (verification,) = [e for e in await _events(stack.settings, stack.topics.verifications)
-                       if isinstance(e, VerificationCompleted)]
-    draft_delivered_at = datetime.fromtimestamp(receiver.deliveries[0].at, tz=verification.occurred_at.tzinfo)
+    (verification,) = [
+        e
+        for e in await _events(stack.settings, stack.topics.verifications)
+        if isinstance(e, VerificationCompleted)
+    ]
+    draft_delivered_at = datetime.fromtimestamp(
+        receiver.deliveries[0].at, tz=verification.occurred_at.tzinfo
+    )
     assert draft_delivered_at < verification.occurred_at
 
 
@@ -115,19 +139,40 @@ async def test_unreadable_artifact_fails_the_job_with_a_clear_reason(stack: Stac
     from tests.stack import produce_raw
 
     spec = GenerationSpec(prompt='sign "OPEN"', intent="draft")
-    await produce_raw(stack.settings, stack.topics.requests,
-                      GenerationRequested(job_id="job_broken", spec=spec).to_bytes(), b"job_broken")
+    await produce_raw(
+        stack.settings,
+        stack.topics.requests,
+        GenerationRequested(job_id="job_broken", spec=spec).to_bytes(),
+        b"job_broken",
+    )
     broken = stack.settings.artifacts_path / "job_broken" / "x.png"
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"not a png")
     # A render event pointing at a corrupt file (as a broken disk or a bad writer would leave).
-    event = RenderCompleted(job_id="job_broken", stage="draft", lane="draft", model="m", version="v",
-                            instance="i", artifact_uri=broken.as_uri(), width=64, height=64, seed=1,
-                            sample_steps=1, expected_text="OPEN", spec=spec,
-                            timings=Timings(queue_wait_ms=0, inference_ms=0, total_ms=0), attempt=5)
+    event = RenderCompleted(
+        job_id="job_broken",
+        stage="draft",
+        lane="draft",
+        model="m",
+        version="v",
+        instance="i",
+        artifact_uri=broken.as_uri(),
+        width=64,
+        height=64,
+        seed=1,
+        sample_steps=1,
+        expected_text="OPEN",
+        spec=spec,
+        timings=Timings(queue_wait_ms=0, inference_ms=0, total_ms=0),
+        attempt=5,
+    )
     await produce_raw(stack.settings, stack.topics.renders, event.to_bytes(), b"job_broken")
     done = await stack.wait_for_status("job_broken", {"failed", "succeeded"})
-    assert done["status"] == "failed" and "cannot verify" in done["error"] and "not a readable image" in done["error"]
+    assert (
+        done["status"] == "failed"
+        and "cannot verify" in done["error"]
+        and "not a readable image" in done["error"]
+    )
 
 
 async def test_ab_report_compares_engines_with_images(settings: Settings, tmp_path: Path) -> None:

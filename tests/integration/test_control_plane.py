@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import AsyncIterator
 
 import pytest
 
@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.kafka]
 async def plane(settings: Settings) -> AsyncIterator[LocalStack]:
     stack = LocalStack(settings, worker_lanes=[], with_webhooks=False)
     routes = load_routes(None)
-    await ensure_topics(settings, Topics(settings.topic_prefix).specs(routes.lanes, routes.spill_lanes))
+    await ensure_topics(
+        settings, Topics(settings.topic_prefix).specs(routes.lanes, routes.spill_lanes)
+    )
     stack.start_component("control", lambda stop: control.run(settings, stop))
     try:
         yield stack
@@ -37,16 +39,25 @@ async def _ops(settings: Settings, action: str, **kw: object) -> OpsResult:
     return await send_and_wait(settings, OpsCommand(action=action, lane="draft", **kw))  # type: ignore[arg-type]
 
 
-async def test_deploy_canary_promote_rollback_with_revisions(settings: Settings, plane: LocalStack) -> None:
+async def test_deploy_canary_promote_rollback_with_revisions(
+    settings: Settings, plane: LocalStack
+) -> None:
     r = await _ops(settings, "deploy", model="tiny-sd-b")
     assert (r.outcome, r.revision) == ("applied", 1)
     r = await _ops(settings, "canary", model="tiny-sd", percent=50)
     assert (r.outcome, r.revision) == ("applied", 2)
     state = (await lane_states(settings))["draft"]
-    assert state.stable.model == "tiny-sd-b" and state.canary is not None and state.canary.percent == 50
+    assert (
+        state.stable.model == "tiny-sd-b"
+        and state.canary is not None
+        and state.canary.percent == 50
+    )
     assert (await _ops(settings, "promote")).revision == 3
     state = (await lane_states(settings))["draft"]
-    assert (state.stable.model, state.previous.model if state.previous else None) == ("tiny-sd", "tiny-sd-b")
+    assert (state.stable.model, state.previous.model if state.previous else None) == (
+        "tiny-sd",
+        "tiny-sd-b",
+    )
     assert (await _ops(settings, "rollback", reason="bad outputs")).revision == 4
     state = (await lane_states(settings))["draft"]
     assert state.stable.model == "tiny-sd-b" and state.reason == "bad outputs"
@@ -58,20 +69,30 @@ async def test_deploy_canary_promote_rollback_with_revisions(settings: Settings,
     assert (await lane_states(settings))["draft"].revision == 4
 
 
-async def test_forged_replayed_and_stale_commands_are_never_applied(settings: Settings, plane: LocalStack) -> None:
+async def test_forged_replayed_and_stale_commands_are_never_applied(
+    settings: Settings, plane: LocalStack
+) -> None:
     topics = Topics(settings.topic_prefix)
     cmd = OpsCommand(action="pause", lane="draft")
     forged = sign_command(cmd, "whsec_" + "d3Jvbmcta2V5LXdyb25nLWtleQ==")
     stale_cmd = OpsCommand(action="pause", lane="draft")
-    stale = sign_command(stale_cmd, settings.ops_key.get_secret_value(),
-                         at=datetime.now(UTC) - timedelta(hours=1))
+    stale = sign_command(
+        stale_cmd, settings.ops_key.get_secret_value(), at=datetime.now(UTC) - timedelta(hours=1)
+    )
     for signed in (forged, stale):
         await produce_raw(settings, topics.ops, signed.model_dump_json().encode(), b"draft")
-    unsigned = {"id": cmd.command_id, "timestamp": "0", "signature": "", "payload": cmd.model_dump_json()}
+    unsigned = {
+        "id": cmd.command_id,
+        "timestamp": "0",
+        "signature": "",
+        "payload": cmd.model_dump_json(),
+    }
     import json
 
     await produce_raw(settings, topics.ops, json.dumps(unsigned).encode(), b"draft")
-    good = sign_command(OpsCommand(action="pause", lane="draft"), settings.ops_key.get_secret_value())
+    good = sign_command(
+        OpsCommand(action="pause", lane="draft"), settings.ops_key.get_secret_value()
+    )
     await produce_raw(settings, topics.ops, good.model_dump_json().encode(), b"draft")
     await produce_raw(settings, topics.ops, good.model_dump_json().encode(), b"draft")  # replay
 
@@ -79,16 +100,23 @@ async def test_forged_replayed_and_stale_commands_are_never_applied(settings: Se
         return len(await read_topic(settings, topics.ops_results, idle_s=0.5)) >= 5
 
     await wait_until(five_results, timeout=30, what="5 ops results")
-    results = [OpsResult.model_validate_json(r.value) for r in await read_topic(settings, topics.ops_results)]
+    results = [
+        OpsResult.model_validate_json(r.value)
+        for r in await read_topic(settings, topics.ops_results)
+    ]
     outcomes = [(r.outcome, (r.reason or "")[:20]) for r in results]
     assert [o for o, _ in outcomes] == ["rejected", "rejected", "rejected", "applied", "rejected"]
     assert all(reason.startswith("not authentic") for _, reason in outcomes[:3])
     assert "replay" in (results[4].reason or "")
-    states = [LaneDesired.model_validate_json(r.value) for r in await read_topic(settings, topics.control)]
+    states = [
+        LaneDesired.model_validate_json(r.value) for r in await read_topic(settings, topics.control)
+    ]
     assert [(s.revision, s.paused) for s in states] == [(1, True)]
 
 
-async def test_restarted_control_plane_reports_the_same_state(settings: Settings, plane: LocalStack) -> None:
+async def test_restarted_control_plane_reports_the_same_state(
+    settings: Settings, plane: LocalStack
+) -> None:
     await _ops(settings, "deploy", model="tiny-sd-b")
     await _ops(settings, "set", max_concurrency=8, sample_steps=3)
     before = (await lane_states(settings))["draft"]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -39,18 +39,31 @@ async def _events(settings: Settings, topic: str) -> list:
 
 async def _submit_many(settings: Settings, n: int, **spec: object) -> list[str]:
     async with GenerationClient(settings) as client:
-        return [await client.submit(GenerationSpec(prompt=f"product shot {i}", **spec)) for i in range(n)]
+        return [
+            await client.submit(GenerationSpec(prompt=f"product shot {i}", **spec))
+            for i in range(n)
+        ]
 
 
 async def _wait_all(stack: Stack, job_ids: list[str], timeout: float = 120) -> list[dict]:
-    return [await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=timeout) for j in job_ids]
+    return [
+        await stack.wait_for_status(j, {"succeeded", "failed"}, timeout=timeout) for j in job_ids
+    ]
 
 
 @pytest.fixture
 async def flood_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
-    routes = write_routes(tmp_path / "routes.yaml",
-                          draft={"max_concurrency": 3, "max_batch": 3, "max_wait_ms": 50,
-                                 "sample_steps": 2, "width": 128, "height": 128})
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "max_concurrency": 3,
+            "max_batch": 3,
+            "max_wait_ms": 50,
+            "sample_steps": 2,
+            "width": 128,
+            "height": 128,
+        },
+    )
     async with running_stack(settings, routes_file=routes) as stack:
         yield stack
 
@@ -66,7 +79,11 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
     assert stack.metric("draft", "lanes_worker_in_flight_max") == 3
     assert stack.metric("draft", "lanes_worker_partition_pauses_total") >= 1
     assert stack.metric("draft", "lanes_worker_partition_resumes_total") >= 1
-    completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+    completed = [
+        e
+        for e in await _events(stack.settings, stack.topics.renders)
+        if isinstance(e, RenderCompleted)
+    ]
     assert len(completed) == 30
     assert max(e.timings.batch_size for e in completed) > 1
     assert all(e.timings.batch_size <= 3 for e in completed)
@@ -90,64 +107,114 @@ def _thread_nice() -> int:
 
 
 async def test_start_up_profile_caps_batches_where_batching_does_not_pay(
-        settings: Settings, tmp_path: Path) -> None:
-    routes = write_routes(tmp_path / "routes.yaml",
-                          draft={"max_concurrency": 4, "max_batch": 4, "max_wait_ms": 200,
-                                 "sample_steps": 2, "width": 128, "height": 128})
+    settings: Settings, tmp_path: Path
+) -> None:
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "max_concurrency": 4,
+            "max_batch": 4,
+            "max_wait_ms": 200,
+            "sample_steps": 2,
+            "width": 128,
+            "height": 128,
+        },
+    )
     async with running_stack(settings, routes_file=routes, batch_calibration=True) as stack:
         await stack.wait_workers_ready()
-        await wait_until(lambda: stack.metric("draft", "lanes_worker_batch_cap") > 0,
-                         timeout=30, what="batch cap exported")
+        await wait_until(
+            lambda: stack.metric("draft", "lanes_worker_batch_cap") > 0,
+            timeout=30,
+            what="batch cap exported",
+        )
         # The profile the worker measured at start-up, and the cap it chose from it.
-        per_image = {b: stack.metric("draft", "lanes_worker_batch_seconds_per_image", batch=str(b))
-                     for b in (1, 2, 4)}
+        per_image = {
+            b: stack.metric("draft", "lanes_worker_batch_seconds_per_image", batch=str(b))
+            for b in (1, 2, 4)
+        }
         assert all(t > 0 for t in per_image.values())
         cap = int(stack.metric("draft", "lanes_worker_batch_cap"))
         assert cap == choose_batch_cap(per_image)
         jobs = await _submit_many(stack.settings, 12)
         assert {d["status"] for d in await _wait_all(stack, jobs)} == {"succeeded"}
-        completed = [e for e in await _events(stack.settings, stack.topics.renders)
-                     if isinstance(e, RenderCompleted)]
+        completed = [
+            e
+            for e in await _events(stack.settings, stack.topics.renders)
+            if isinstance(e, RenderCompleted)
+        ]
         assert len(completed) == 12 and max(e.timings.batch_size for e in completed) <= cap
 
 
-async def test_redelivered_request_yields_one_terminal_result(stack: Stack, receiver: WebhookReceiver) -> None:
+async def test_redelivered_request_yields_one_terminal_result(
+    stack: Stack, receiver: WebhookReceiver
+) -> None:
     spec = GenerationSpec(prompt="a lamp", webhook_url=receiver.url)
     event = GenerationRequested(job_id="job_redelivered", spec=spec)
     for _ in range(3):  # the same event, as a redelivery would bring it
-        await produce_raw(stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode())
+        await produce_raw(
+            stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode()
+        )
     await stack.wait_for_status(event.job_id, {"succeeded"})
     await receiver.wait_for(1)
     # Once more after the job ended.
-    await produce_raw(stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode())
-    await wait_until(lambda: stack.metric("draft", "lanes_worker_duplicates_skipped_total") >= 3,
-                     timeout=30, what="duplicates skipped")
+    await produce_raw(
+        stack.settings, stack.topics.requests, event.to_bytes(), event.job_id.encode()
+    )
+    await wait_until(
+        lambda: stack.metric("draft", "lanes_worker_duplicates_skipped_total") >= 3,
+        timeout=30,
+        what="duplicates skipped",
+    )
     renders = await _events(stack.settings, stack.topics.renders)
     assert sum(isinstance(e, RenderCompleted) for e in renders) == 1
-    states = [JobState.model_validate_json(r.value) for r in await read_topic(stack.settings, stack.topics.jobs)]
+    states = [
+        JobState.model_validate_json(r.value)
+        for r in await read_topic(stack.settings, stack.topics.jobs)
+    ]
     assert sum(s.status == "succeeded" for s in states) == 1
     assert len(receiver.deliveries) == 1
 
 
 async def test_batch_over_memory_budget_is_split(settings: Settings, tmp_path: Path) -> None:
-    routes = write_routes(tmp_path / "routes.yaml",
-                          draft={"max_concurrency": 2, "max_batch": 2, "max_wait_ms": 1500,
-                                 "sample_steps": 1, "width": 256, "height": 256})
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "max_concurrency": 2,
+            "max_batch": 2,
+            "max_wait_ms": 1500,
+            "sample_steps": 1,
+            "width": 256,
+            "height": 256,
+        },
+    )
     # Weights ~8 MB; one 256x256 image ~100 MB of activations, two ~200 MB.
     async with running_stack(settings, routes_file=routes, memory_budget_gb=0.15) as stack:
         jobs = await _submit_many(stack.settings, 2)
         done = await _wait_all(stack, jobs)
         assert [(d["status"], d["lane"]) for d in done] == [("succeeded", "draft")] * 2
         assert stack.metric("draft", "lanes_worker_oom_total") >= 1
-        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        completed = [
+            e
+            for e in await _events(stack.settings, stack.topics.renders)
+            if isinstance(e, RenderCompleted)
+        ]
         assert [e.timings.batch_size for e in completed] == [1, 1]
 
 
-async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(settings: Settings, tmp_path: Path) -> None:
-    routes = write_routes(tmp_path / "routes.yaml",
-                          draft={"max_concurrency": 2, "sample_steps": 2, "width": 256, "height": 256,
-                                 "fallback_lane": "fallback"},
-                          fallback={"max_concurrency": 1, "sample_steps": 1, "width": 128, "height": 128})
+async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "max_concurrency": 2,
+            "sample_steps": 2,
+            "width": 256,
+            "height": 256,
+            "fallback_lane": "fallback",
+        },
+        fallback={"max_concurrency": 1, "sample_steps": 1, "width": 128, "height": 128},
+    )
     async with running_stack(settings, routes_file=routes, memory_budget_gb=0.06) as stack:
         (job,) = await _submit_many(stack.settings, 1)
         done = await stack.wait_for_status(job, {"succeeded", "failed"})
@@ -165,13 +232,23 @@ SLOW_DRAFT = {"max_concurrency": 2, "max_batch": 1, "sample_steps": 40, "width":
 
 
 def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[bytes]:
-    env = dict(os.environ,
-               LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, LANES_TOPIC_PREFIX=settings.topic_prefix,
-               LANES_GROUP_PREFIX=settings.group_prefix, LANES_STATE_DIR=str(settings.state_dir),
-               LANES_ARTIFACT_DIR=str(settings.artifacts_path), LANES_ROUTES_FILE=str(settings.routes_file),
-               LANES_KAFKA_SESSION_TIMEOUT_MS="6000", LANES_DRAIN_TIMEOUT_S="60")
-    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "run", "worker", "--lane", lane],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        LANES_TOPIC_PREFIX=settings.topic_prefix,
+        LANES_GROUP_PREFIX=settings.group_prefix,
+        LANES_STATE_DIR=str(settings.state_dir),
+        LANES_ARTIFACT_DIR=str(settings.artifacts_path),
+        LANES_ROUTES_FILE=str(settings.routes_file),
+        LANES_KAFKA_SESSION_TIMEOUT_MS="6000",
+        LANES_DRAIN_TIMEOUT_S="60",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.apps.cli", "run", "worker", "--lane", lane],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -187,7 +264,11 @@ async def process_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Sta
 
 
 async def _started_events(stack: Stack) -> list[RenderStarted]:
-    return [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderStarted)]
+    return [
+        e
+        for e in await _events(stack.settings, stack.topics.renders)
+        if isinstance(e, RenderStarted)
+    ]
 
 
 async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
@@ -211,7 +292,11 @@ async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
 
         done = await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=120)
         assert done["status"] == "succeeded"
-        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        completed = [
+            e
+            for e in await _events(stack.settings, stack.topics.renders)
+            if isinstance(e, RenderCompleted)
+        ]
         assert [e.instance.split("-")[-2] for e in completed] != [str(victim_pid)]
         await receiver.wait_for(1)
         await asyncio.sleep(3)
@@ -234,7 +319,11 @@ async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack
         assert code == 0, worker.stderr.read().decode()[-3000:] if worker.stderr else ""
         stderr = worker.stderr.read().decode() if worker.stderr else ""
         assert "worker_draining" in stderr
-        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        completed = [
+            e
+            for e in await _events(stack.settings, stack.topics.renders)
+            if isinstance(e, RenderCompleted)
+        ]
         assert {e.job_id for e in completed} == set(jobs)  # both held jobs finished before exit
     finally:
         if worker.poll() is None:
@@ -246,7 +335,11 @@ async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack
         done = await _wait_all(stack, jobs)
         assert {d["status"] for d in done} == {"succeeded"}
         await asyncio.sleep(8)
-        completed = [e for e in await _events(stack.settings, stack.topics.renders) if isinstance(e, RenderCompleted)]
+        completed = [
+            e
+            for e in await _events(stack.settings, stack.topics.renders)
+            if isinstance(e, RenderCompleted)
+        ]
         assert Counter(e.job_id for e in completed) == Counter(jobs)
     finally:
         successor.send_signal(signal.SIGTERM)

@@ -7,8 +7,9 @@ import asyncio
 import json
 import shutil
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,27 @@ INSTANCES = ("draft-a", "draft-b")
 @pytest.fixture
 async def fleet(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     """The whole stack with two worker instances on the draft lane."""
-    routes = write_routes(tmp_path / "routes.yaml",
-                          draft={"max_concurrency": 2, "max_batch": 2, "sample_steps": 1,
-                                 "width": 64, "height": 64, "typography": {"repair": False}})
-    s = settings.model_copy(update={
-        "routes_file": routes, "heartbeat_s": 0.3, "canary_min_jobs": 3, "worker_stale_s": 5.0,
-        "kafka_session_timeout_ms": 6000, "drain_timeout_s": 10.0,
-    })
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={
+            "max_concurrency": 2,
+            "max_batch": 2,
+            "sample_steps": 1,
+            "width": 64,
+            "height": 64,
+            "typography": {"repair": False},
+        },
+    )
+    s = settings.model_copy(
+        update={
+            "routes_file": routes,
+            "heartbeat_s": 0.3,
+            "canary_min_jobs": 3,
+            "worker_stale_s": 5.0,
+            "kafka_session_timeout_ms": 6000,
+            "drain_timeout_s": 10.0,
+        }
+    )
     stack = Stack(s, worker_lanes=[])
     await stack.start()
     for name in INSTANCES:
@@ -70,8 +85,10 @@ async def converged(stack: Stack, revision: int, timeout: float = 90) -> LaneDes
 
 
 async def submit_all(stack: Stack, receiver: WebhookReceiver, n: int, tag: str) -> list[str]:
-    return [await stack.submit({"prompt": f"{tag} {i}", "intent": "draft",
-                                "webhook_url": receiver.url}) for i in range(n)]
+    return [
+        await stack.submit({"prompt": f"{tag} {i}", "intent": "draft", "webhook_url": receiver.url})
+        for i in range(n)
+    ]
 
 
 async def finished(stack: Stack, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -83,7 +100,8 @@ def terminal_webhooks(receiver: WebhookReceiver) -> Counter[str]:
 
 
 async def test_deploy_canary_promote_serves_every_job_once_on_the_right_version(
-        fleet: Stack, receiver: WebhookReceiver) -> None:
+    fleet: Stack, receiver: WebhookReceiver
+) -> None:
     before = await submit_all(fleet, receiver, 4, "before")
     await ops(fleet, "deploy", model="tiny-sd", version="tiny-v2", tiny_seed=2)
     on_v2 = await submit_all(fleet, receiver, 4, "deployed")
@@ -92,8 +110,10 @@ async def test_deploy_canary_promote_serves_every_job_once_on_the_right_version(
     canaried = await submit_all(fleet, receiver, 12, "canary")
     await finished(fleet, canaried)  # a job still queued at the promote renders on the new stable
     state = await ops(fleet, "promote")
-    assert (state.stable.version, state.previous.version if state.previous else None) == \
-        ("tiny-v3", "tiny-v2")
+    assert (state.stable.version, state.previous.version if state.previous else None) == (
+        "tiny-v3",
+        "tiny-v2",
+    )
     promoted = await submit_all(fleet, receiver, 4, "promoted")
 
     jobs = await finished(fleet, before + on_v2 + canaried + promoted)
@@ -111,11 +131,16 @@ async def test_deploy_canary_promote_serves_every_job_once_on_the_right_version(
 
 
 async def test_version_that_fails_to_load_is_rolled_back_automatically(
-        fleet: Stack, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    fleet: Stack, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
     await ops(fleet, "deploy", model="tiny-sd", version="tiny-v2", tiny_seed=2)
     missing = tmp_path / "no-such-checkpoint"
-    result = await send_and_wait(fleet.settings, OpsCommand(
-        action="deploy", lane="draft", model="sd-broken", version="2026-11", path=str(missing)))
+    result = await send_and_wait(
+        fleet.settings,
+        OpsCommand(
+            action="deploy", lane="draft", model="sd-broken", version="2026-11", path=str(missing)
+        ),
+    )
     assert result.outcome == "applied"
     during = await submit_all(fleet, receiver, 6, "during")
     state = await converged(fleet, (result.revision or 0) + 1)
@@ -129,7 +154,8 @@ async def test_version_that_fails_to_load_is_rolled_back_automatically(
 
 
 async def test_canary_whose_renders_fail_is_rolled_back_and_its_jobs_rerendered_on_stable(
-        fleet: Stack, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    fleet: Stack, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
     # A checkpoint that loads but cannot render: its scheduler config is broken.
     routes = load_routes(fleet.settings.routes_file)
     good = checkpoint_dir("tiny-sd", routes.models["tiny-sd"], fleet.settings.models_path)
@@ -138,9 +164,17 @@ async def test_canary_whose_renders_fail_is_rolled_back_and_its_jobs_rerendered_
     sched = broken / "scheduler" / "scheduler_config.json"
     sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "bogus"}))
 
-    result = await send_and_wait(fleet.settings, OpsCommand(
-        action="canary", lane="draft", model="tiny-sd", version="tiny-broken", path=str(broken),
-        percent=60))
+    result = await send_and_wait(
+        fleet.settings,
+        OpsCommand(
+            action="canary",
+            lane="draft",
+            model="tiny-sd",
+            version="tiny-broken",
+            path=str(broken),
+            percent=60,
+        ),
+    )
     assert result.outcome == "applied"
     await converged(fleet, result.revision or 0)
     jobs_ids = await submit_all(fleet, receiver, 12, "canary")
@@ -158,7 +192,9 @@ async def test_canary_whose_renders_fail_is_rolled_back_and_its_jobs_rerendered_
     assert terminal_webhooks(receiver) == Counter({j: 1 for j in jobs_ids})
 
 
-async def test_rolling_restart_keeps_the_lane_serving(fleet: Stack, receiver: WebhookReceiver) -> None:
+async def test_rolling_restart_keeps_the_lane_serving(
+    fleet: Stack, receiver: WebhookReceiver
+) -> None:
     result = await send_and_wait(fleet.settings, OpsCommand(action="restart", lane="draft"))
     assert result.outcome == "applied"
     submitted: list[str] = []
@@ -170,9 +206,12 @@ async def test_rolling_restart_keeps_the_lane_serving(fleet: Stack, receiver: We
 
     feeder = asyncio.create_task(trickle())
     try:
+
         async def restarted() -> bool:
             fleet.check_alive()
-            return all(fleet.workers[n].generation == 1 and fleet.workers[n].ready for n in INSTANCES)
+            return all(
+                fleet.workers[n].generation == 1 and fleet.workers[n].ready for n in INSTANCES
+            )
 
         await wait_until(restarted, timeout=120, what="both instances restarted")
         await asyncio.sleep(1.0)
@@ -201,9 +240,11 @@ async def test_autoscaling_signal_and_admin_endpoints(fleet: Stack) -> None:
     def desired() -> float:
         return registry.get_sample_value("lanes_autoscale_desired_replicas", {"lane": "draft"}) or 0
 
-    await wait_until(lambda: (registry.get_sample_value("lanes_lane_consumer_lag",
-                                                        {"lane": "draft"}) or 0) >= 6,
-                     timeout=30, what="lag of 6 on the control plane's metrics")
+    await wait_until(
+        lambda: (registry.get_sample_value("lanes_lane_consumer_lag", {"lane": "draft"}) or 0) >= 6,
+        timeout=30,
+        what="lag of 6 on the control plane's metrics",
+    )
     assert desired() >= 1
     assert registry.get_sample_value("lanes_lane_replicas", {"lane": "draft"}) == 2
 

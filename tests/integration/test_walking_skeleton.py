@@ -20,8 +20,9 @@ from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
-                            tolerance_s: int = 300) -> None:
+def verify_standard_webhook(
+    secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300
+) -> None:
     """An independent implementation of the Standard Webhooks verification steps."""
     msg_id = headers["webhook-id"]
     timestamp = headers["webhook-timestamp"]
@@ -29,15 +30,23 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    candidates = [s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s.startswith("v1,")]
+    candidates = [
+        s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s.startswith("v1,")
+    ]
     assert any(hmac.compare_digest(expected, c) for c in candidates), "signature mismatch"
 
 
-async def test_post_to_signed_webhook_with_png_and_verification(stack: Stack, receiver: WebhookReceiver) -> None:
-    job_id = await stack.submit({
-        "prompt": 'a poster with the text "SUMMER SALE"', "intent": "draft",
-        "webhook_url": receiver.url, "metadata": {"sku": "A-1"},
-    })
+async def test_post_to_signed_webhook_with_png_and_verification(
+    stack: Stack, receiver: WebhookReceiver
+) -> None:
+    job_id = await stack.submit(
+        {
+            "prompt": 'a poster with the text "SUMMER SALE"',
+            "intent": "draft",
+            "webhook_url": receiver.url,
+            "metadata": {"sku": "A-1"},
+        }
+    )
     (delivery,) = await receiver.wait_for(1)
     verify_standard_webhook(PLACEHOLDER_WEBHOOK_SECRET, delivery.headers, delivery.body)
 
@@ -73,27 +82,41 @@ async def test_draft_and_final_intents_use_different_lanes(stack: Stack) -> None
     # No expected text: verification is skipped.
     assert d["verification"] is None and d["expected_text"] is None
 
-    on_draft = {r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("draft"))}
-    on_final = {r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))}
+    on_draft = {
+        r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("draft"))
+    }
+    on_final = {
+        r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))
+    }
     assert on_draft == {draft} and on_final == {final}
 
 
 async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -> None:
     await produce_raw(stack.settings, stack.topics.requests, b"{not json", key=b"bad-1")
     # Well-formed JSON of an unknown type, too.
-    await produce_raw(stack.settings, stack.topics.requests,
-                      json.dumps({"type": "generation.exploded", "job_id": "x"}).encode(), key=b"bad-2")
+    await produce_raw(
+        stack.settings,
+        stack.topics.requests,
+        json.dumps({"type": "generation.exploded", "job_id": "x"}).encode(),
+        key=b"bad-2",
+    )
     # And on every other topic a consumer group reads.
-    for topic in (stack.topics.lane("draft"), stack.topics.renders, stack.topics.verifications,
-                  stack.topics.jobs):
+    for topic in (
+        stack.topics.lane("draft"),
+        stack.topics.renders,
+        stack.topics.verifications,
+        stack.topics.jobs,
+    ):
         await produce_raw(stack.settings, topic, b"\x00garbage", key=b"bad-3")
     job_id = await stack.submit({"prompt": "a blue mug", "intent": "draft"})
     done = await stack.wait_for_status(job_id, {"succeeded", "failed"})
     assert done["status"] == "succeeded"
     stack.check_alive()
 
-    letters = [DeadLetter.model_validate_json(r.value)
-               for r in await read_topic(stack.settings, stack.topics.dlq)]
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(stack.settings, stack.topics.dlq)
+    ]
     by_group: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         by_group.setdefault(letter.consumer_group, []).append(letter)
@@ -135,7 +158,9 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
         resp = await stack.http.post("/v1/generations", json=body)
         assert resp.status_code == 422, (body, resp.text)
         assert any(field in ".".join(map(str, d["loc"])) for d in resp.json()["detail"]), resp.text
-    resp = await stack.http.post("/v1/generations", content=b"{oops", headers={"content-type": "application/json"})
+    resp = await stack.http.post(
+        "/v1/generations", content=b"{oops", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422
     assert await read_topic(stack.settings, stack.topics.requests, idle_s=1.0) == []
 
@@ -147,26 +172,38 @@ async def test_idempotency_key_returns_same_job_and_publishes_once(stack: Stack)
     assert first.status_code == second.status_code == 202
     assert first.json()["job_id"] == second.json()["job_id"]
     assert second.headers.get("Idempotent-Replayed") == "true"
-    clash = await stack.http.post("/v1/generations", json={**body, "prompt": "a red lamp"},
-                                  headers={"Idempotency-Key": "k-1"})
+    clash = await stack.http.post(
+        "/v1/generations", json={**body, "prompt": "a red lamp"}, headers={"Idempotency-Key": "k-1"}
+    )
     assert clash.status_code == 422 and "Idempotency-Key" in clash.text
     requests = await read_topic(stack.settings, stack.topics.requests)
-    assert [GenerationRequested.model_validate_json(r.value).job_id for r in requests] == [first.json()["job_id"]]
+    assert [GenerationRequested.model_validate_json(r.value).job_id for r in requests] == [
+        first.json()["job_id"]
+    ]
 
 
-async def test_redelivered_terminal_state_sends_one_webhook(stack: Stack, receiver: WebhookReceiver) -> None:
+async def test_redelivered_terminal_state_sends_one_webhook(
+    stack: Stack, receiver: WebhookReceiver
+) -> None:
     job_id = await stack.submit({"prompt": "a chair", "webhook_url": receiver.url})
     await receiver.wait_for(1)
-    final = [JobState.model_validate_json(r.value)
-             for r in await read_topic(stack.settings, stack.topics.jobs) if r.key.decode() == job_id][-1]
+    final = [
+        JobState.model_validate_json(r.value)
+        for r in await read_topic(stack.settings, stack.topics.jobs)
+        if r.key.decode() == job_id
+    ][-1]
     assert final.status == "succeeded"
     # Redeliver the terminal state, then again after the dispatcher restarts (state from Kafka).
-    await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
+    await produce_raw(
+        stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode()
+    )
     await stack.stop_component("webhooks")
     from consumers import webhooks
 
     stack.start_component("webhooks", lambda stop: webhooks.run(stack.settings, stop))
-    await produce_raw(stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode())
+    await produce_raw(
+        stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode()
+    )
     await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)
     assert len(receiver.deliveries) == 1
 
@@ -182,7 +219,9 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
     assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
     # A consumer process serves the same endpoints on its metrics port.
     port = free_port()
-    own = settings.model_copy(update={"metrics_port": port, "group_prefix": settings.group_prefix + "m."})
+    own = settings.model_copy(
+        update={"metrics_port": port, "group_prefix": settings.group_prefix + "m."}
+    )
     stack.start_component("router-m", lambda stop: router.run(own, stop))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         from tests.stack import wait_until

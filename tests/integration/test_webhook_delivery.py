@@ -4,7 +4,7 @@ the DLQ and replay, SSRF refusals and redirects that are never followed."""
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,24 +22,31 @@ pytestmark = [pytest.mark.kafka]
 
 @pytest.fixture
 async def hooks(settings: Settings) -> AsyncIterator[Stack]:
-    async with running_stack(settings, worker_lanes=["draft"], webhook_backoff_s=0.4,
-                             webhook_max_attempts=3) as stack:
+    async with running_stack(
+        settings, worker_lanes=["draft"], webhook_backoff_s=0.4, webhook_max_attempts=3
+    ) as stack:
         yield stack
 
 
 async def dead_letters(stack: Stack) -> list[WebhookMessage]:
-    return [WebhookMessage.model_validate_json(r.value)
-            for r in await read_topic(stack.settings, stack.topics.webhooks_dlq, idle_s=0.5)]
+    return [
+        WebhookMessage.model_validate_json(r.value)
+        for r in await read_topic(stack.settings, stack.topics.webhooks_dlq, idle_s=0.5)
+    ]
 
 
 async def delivery(stack: Stack, job_id: str) -> WebhookDelivery:
     records = await read_topic(stack.settings, stack.topics.webhook_deliveries, idle_s=0.5)
-    return [WebhookDelivery.model_validate_json(r.value) for r in records
-            if r.key.decode() == f"{job_id}:succeeded"][-1]
+    return [
+        WebhookDelivery.model_validate_json(r.value)
+        for r in records
+        if r.key.decode() == f"{job_id}:succeeded"
+    ][-1]
 
 
 async def test_failing_receiver_gets_retries_on_schedule_then_one_success(
-        hooks: Stack, receiver: WebhookReceiver) -> None:
+    hooks: Stack, receiver: WebhookReceiver
+) -> None:
     receiver.statuses = [(429, {"Retry-After": "2"}), 503]
     job_id = await hooks.submit({"prompt": "a lamp", "webhook_url": receiver.url})
     first, second, third = await receiver.wait_for(3, timeout=60)
@@ -60,7 +67,8 @@ async def test_failing_receiver_gets_retries_on_schedule_then_one_success(
 
 
 async def test_gone_endpoint_stops_at_once_and_dead_letters_then_replay_delivers(
-        hooks: Stack, receiver: WebhookReceiver) -> None:
+    hooks: Stack, receiver: WebhookReceiver
+) -> None:
     receiver.statuses = [410]
     job_id = await hooks.submit({"prompt": "a vase", "webhook_url": receiver.url})
     await receiver.wait_for(1)
@@ -84,7 +92,9 @@ async def test_gone_endpoint_stops_at_once_and_dead_letters_then_replay_delivers
     await wait_until(delivered, timeout=20, what="delivered after replay")
 
 
-async def test_exhausted_retries_land_in_the_webhook_dlq(hooks: Stack, receiver: WebhookReceiver) -> None:
+async def test_exhausted_retries_land_in_the_webhook_dlq(
+    hooks: Stack, receiver: WebhookReceiver
+) -> None:
     receiver.statuses = [500, 500, 500]
     job_id = await hooks.submit({"prompt": "a rug", "webhook_url": receiver.url})
     await receiver.wait_for(3, timeout=60)
@@ -99,29 +109,40 @@ async def test_exhausted_retries_land_in_the_webhook_dlq(hooks: Stack, receiver:
 
 
 async def test_private_targets_and_redirects_to_loopback_are_refused(
-        settings: Settings, receiver: WebhookReceiver) -> None:
+    settings: Settings, receiver: WebhookReceiver
+) -> None:
     target = WebhookReceiver(port=free_port())
     await target.start()
     try:
         # Only 127.0.0.1 is allowlisted: localhost (a name resolving to loopback) is not.
         receiver.statuses = [(302, {"Location": f"http://localhost:{target.port}/hooks"})] * 3
-        async with running_stack(settings, worker_lanes=["draft"], webhook_backoff_s=0.05,
-                                 webhook_max_attempts=2) as stack:
+        async with running_stack(
+            settings, worker_lanes=["draft"], webhook_backoff_s=0.05, webhook_max_attempts=2
+        ) as stack:
             redirected = await stack.submit({"prompt": "a cup", "webhook_url": receiver.url})
-            private = [f"http://localhost:{target.port}/hooks", "http://169.254.169.254/latest",
-                       "http://10.0.0.1/hooks", f"http://[::1]:{target.port}/hooks"]
+            private = [
+                f"http://localhost:{target.port}/hooks",
+                "http://169.254.169.254/latest",
+                "http://10.0.0.1/hooks",
+                f"http://[::1]:{target.port}/hooks",
+            ]
             # The gateway refuses them up front: 422 with the reason, nothing published.
             for url in private:
-                resp = await stack.http.post("/v1/generations",
-                                             json={"prompt": "a mug", "webhook_url": url})
+                resp = await stack.http.post(
+                    "/v1/generations", json={"prompt": "a mug", "webhook_url": url}
+                )
                 assert resp.status_code == 422 and "webhook_url refused" in resp.text, url
-            published = [json.loads(r.value)["spec"]["prompt"]
-                         for r in await read_topic(stack.settings, stack.topics.requests, idle_s=0.5)]
+            published = [
+                json.loads(r.value)["spec"]["prompt"]
+                for r in await read_topic(stack.settings, stack.topics.requests, idle_s=0.5)
+            ]
             assert published == ["a cup"]
             # Publishers on Kafka skip the gateway (and DNS can change): delivery checks again.
             async with GenerationClient(stack.settings) as client:
-                refused = [await client.submit(GenerationSpec(prompt=f"a mug {i}", webhook_url=url))
-                           for i, url in enumerate(private)]
+                refused = [
+                    await client.submit(GenerationSpec(prompt=f"a mug {i}", webhook_url=url))
+                    for i, url in enumerate(private)
+                ]
 
             async def all_dead() -> bool:
                 return len(await dead_letters(stack)) == 5

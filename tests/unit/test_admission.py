@@ -6,7 +6,9 @@ from services.domain.admission import TokenBuckets
 
 def test_token_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
     now = [0.0]
-    buckets = TokenBuckets({"acme": Quota(rate_per_s=2, burst=3)}, default=None, clock=lambda: now[0])
+    buckets = TokenBuckets(
+        {"acme": Quota(rate_per_s=2, burst=3)}, default=None, clock=lambda: now[0]
+    )
     assert [buckets.take("acme") for _ in range(3)] == [None, None, None]
     wait = buckets.take("acme")
     assert wait is not None and abs(wait - 0.5) < 1e-9  # one token every 0.5 s

@@ -23,8 +23,9 @@ V0 = ModelRef(model="sd", version="v0")
 
 
 def canary_state() -> LaneDesired:
-    return LaneDesired(lane="draft", revision=3, stable=V1, previous=V0,
-                       canary=Canary(target=V2, percent=20))
+    return LaneDesired(
+        lane="draft", revision=3, stable=V1, previous=V0, canary=Canary(target=V2, percent=20)
+    )
 
 
 def test_canary_is_judged_only_after_min_jobs_and_beyond_the_margin() -> None:
@@ -57,7 +58,11 @@ def test_verification_failures_within_the_margin_keep_the_canary() -> None:
 def test_auto_rollback_drops_a_canary_or_returns_a_fresh_deploy_to_previous() -> None:
     dropped = auto_rollback(canary_state(), V2, "bad")
     assert dropped is not None and dropped.canary is None and dropped.stable == V1
-    assert (dropped.revision, dropped.actor, dropped.reason) == (4, "control-plane", "automatic rollback: bad")
+    assert (dropped.revision, dropped.actor, dropped.reason) == (
+        4,
+        "control-plane",
+        "automatic rollback: bad",
+    )
     deployed = LaneDesired(lane="draft", revision=5, stable=V2, previous=V1)
     back = auto_rollback(deployed, V2, "failed to load")
     assert back is not None and back.stable == V1 and back.previous is None
@@ -89,8 +94,15 @@ def test_throughput_meter_rates_from_heartbeats() -> None:
     meter = ThroughputMeter()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     for i, done in enumerate((0, 10, 20)):  # 10 jobs every 5 s
-        meter.observe(WorkerStatus(instance="a", lane="draft", health="ready", jobs_done=done,
-                                   at=t0 + timedelta(seconds=5 * i)))
+        meter.observe(
+            WorkerStatus(
+                instance="a",
+                lane="draft",
+                health="ready",
+                jobs_done=done,
+                at=t0 + timedelta(seconds=5 * i),
+            )
+        )
     assert meter.rate(["a"]) == 2.0 and meter.rate(["b"]) == 0.0
 
 
@@ -98,16 +110,27 @@ def test_k8s_manifests_give_each_lane_a_gpu_deployment_and_a_lag_scaler() -> Non
     routes = load_routes(None)
     docs = list(yaml.safe_load_all(render(routes, routes_text(None))))
     for lane in routes.lanes:
-        (dep,) = [d for d in docs if d["kind"] == "Deployment"
-                  and d["metadata"]["name"] == f"lanes-worker-{lane}"]
+        (dep,) = [
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == f"lanes-worker-{lane}"
+        ]
         container = dep["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container["resources"]["limits"]["memory"]
         assert container["args"][:4] == ["run", "worker", "--lane", lane]
-        (scaler,) = [d for d in docs if d["kind"] == "ScaledObject"
-                     and d["spec"]["scaleTargetRef"]["name"] == f"lanes-worker-{lane}"]
+        (scaler,) = [
+            d
+            for d in docs
+            if d["kind"] == "ScaledObject"
+            and d["spec"]["scaleTargetRef"]["name"] == f"lanes-worker-{lane}"
+        ]
         meta = scaler["spec"]["triggers"][0]["metadata"]
-        assert (meta["consumerGroup"], meta["topic"]) == (f"lanes-lane-{lane}", f"lanes.lane.{lane}")
+        assert (meta["consumerGroup"], meta["topic"]) == (
+            f"lanes-lane-{lane}",
+            f"lanes.lane.{lane}",
+        )
     committed = Path(__file__).parents[2] / "infra" / "k8s" / "lanes.yaml"
-    assert committed.read_text() == render(routes, routes_text(None)), \
+    assert committed.read_text() == render(routes, routes_text(None)), (
         "infra/k8s/lanes.yaml is stale: run `lanes k8s manifests --out infra/k8s/lanes.yaml`"
+    )

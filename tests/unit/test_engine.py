@@ -58,8 +58,15 @@ def test_sdxl_shaped_checkpoint_loads_through_the_same_path_and_renders(tmp_path
     outs = engine.render_batch([RenderRequest("a poster", 64, 64, 2, 5.0, seed) for seed in (1, 2)])
     assert [o.image.size for o in outs] == [(64, 64), (64, 64)] and outs[0].batch_size == 2
     alone = engine.render_batch([RenderRequest("a poster", 64, 64, 2, 5.0, 2)])[0]
-    assert np.abs(np.asarray(alone.image, dtype=int) - np.asarray(outs[1].image, dtype=int)).max() <= 2
+    assert (
+        np.abs(np.asarray(alone.image, dtype=int) - np.asarray(outs[1].image, dtype=int)).max() <= 2
+    )
     refine = DiffusionEngine.load(path, name="tiny-xl", version="v1", device="cpu", refine=True)
-    up = refine.render_batch([RenderRequest("a poster", 128, 128, 4, 5.0, 1,
-                                            init_image=Image.new("RGB", (64, 64)), strength=0.5)])
+    up = refine.render_batch(
+        [
+            RenderRequest(
+                "a poster", 128, 128, 4, 5.0, 1, init_image=Image.new("RGB", (64, 64)), strength=0.5
+            )
+        ]
+    )
     assert up[0].image.size == (128, 128)

@@ -25,16 +25,47 @@ def _events(with_text: bool = True) -> list:
     common = dict(job_id=JOB, lane="draft")
     events = [
         GenerationRequested(job_id=JOB, spec=spec),
-        GenerationRouted(spec=spec, model="m", version="v1", sample_steps=2, guidance_scale=0,
-                         width=64, height=64, seed=1, requested_at=NOW, **common),
+        GenerationRouted(
+            spec=spec,
+            model="m",
+            version="v1",
+            sample_steps=2,
+            guidance_scale=0,
+            width=64,
+            height=64,
+            seed=1,
+            requested_at=NOW,
+            **common,
+        ),
         RenderStarted(model="m", version="v1", instance="i", **common),
-        RenderCompleted(stage="draft", model="m", version="v1", instance="i", artifact_uri="file:///a.png",
-                        width=64, height=64, seed=1, sample_steps=2, expected_text=spec.expected_text,
-                        timings=Timings(queue_wait_ms=1, inference_ms=2, total_ms=3), **common),
+        RenderCompleted(
+            stage="draft",
+            model="m",
+            version="v1",
+            instance="i",
+            artifact_uri="file:///a.png",
+            width=64,
+            height=64,
+            seed=1,
+            sample_steps=2,
+            expected_text=spec.expected_text,
+            timings=Timings(queue_wait_ms=1, inference_ms=2, total_ms=3),
+            **common,
+        ),
     ]
     if with_text:
-        events.append(VerificationCompleted(job_id=JOB, artifact_uri="file:///a.png", expected="SUMMER SALE",
-                                            read="SUMMER SALE", score=1.0, passed=True, threshold=0.8, ocr_ms=1))
+        events.append(
+            VerificationCompleted(
+                job_id=JOB,
+                artifact_uri="file:///a.png",
+                expected="SUMMER SALE",
+                read="SUMMER SALE",
+                score=1.0,
+                passed=True,
+                threshold=0.8,
+                ocr_ms=1,
+            )
+        )
     return events
 
 
@@ -80,7 +111,9 @@ def test_terminal_state_is_final() -> None:
 
 
 def test_render_failure_fails_the_job_with_reason() -> None:
-    events = _events()[:3] + [RenderFailed(job_id=JOB, lane="draft", error="height must be divisible by 8")]
+    events = _events()[:3] + [
+        RenderFailed(job_id=JOB, lane="draft", error="height must be divisible by 8")
+    ]
     state = _fold_all(events)
     assert state.status == "failed" and "divisible" in state.error
 

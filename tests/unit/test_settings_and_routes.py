@@ -41,16 +41,20 @@ def test_default_routes_send_intents_to_their_lanes() -> None:
 
 def test_routes_file_errors_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "routes.yaml"
-    bad.write_text("models: {m: {version: v1, tiny: {}}}\nlanes: {draft: {model: nope, sample_steps: 2}}\n"
-                   "intents: {draft: draft, final: draft}\n")
+    bad.write_text(
+        "models: {m: {version: v1, tiny: {}}}\nlanes: {draft: {model: nope, sample_steps: 2}}\n"
+        "intents: {draft: draft, final: draft}\n"
+    )
     with pytest.raises(ValidationError, match="unknown model 'nope'"):
         load_routes(bad)
 
 
 def test_checkpoint_path_is_relative_to_routes_file(tmp_path: Path) -> None:
     f = tmp_path / "routes.yaml"
-    f.write_text("models: {sd: {version: v1, path: ckpt/sd}}\n"
-                 "lanes: {draft: {model: sd, sample_steps: 2}}\nintents: {draft: draft, final: draft}\n")
+    f.write_text(
+        "models: {sd: {version: v1, path: ckpt/sd}}\n"
+        "lanes: {draft: {model: sd, sample_steps: 2}}\nintents: {draft: draft, final: draft}\n"
+    )
     assert load_routes(f).models["sd"].path == tmp_path / "ckpt" / "sd"
 
 

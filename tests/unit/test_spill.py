@@ -98,25 +98,35 @@ def test_spill_and_assists_must_name_each_other() -> None:
         Routes.model_validate(raw)
     routes = load_routes(None)
     assert routes.spill_lanes == ["draft", "final"]
-    assert routes.lanes["final"].assists == ("draft",) and routes.lanes["draft"].backfills == ("final",)
+    assert routes.lanes["final"].assists == ("draft",) and routes.lanes["draft"].backfills == (
+        "final",
+    )
 
 
 @pytest.fixture(scope="module")
-def two_engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiffusionEngine, DiffusionEngine]:
+def two_engines(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[DiffusionEngine, DiffusionEngine]:
     """The host's and the guest's copy of one checkpoint (each lane loads its own)."""
     spec = load_routes(None).models["tiny-sd"]
     path = checkpoint_dir("tiny-sd", spec, tmp_path_factory.mktemp("models"))
-    return (DiffusionEngine.load(path, name="tiny-sd", version=spec.version),
-            DiffusionEngine.load(path, name="tiny-sd", version=spec.version))
+    return (
+        DiffusionEngine.load(path, name="tiny-sd", version=spec.version),
+        DiffusionEngine.load(path, name="tiny-sd", version=spec.version),
+    )
 
 
 @pytest.mark.slow
 async def test_a_guest_batch_runs_between_the_host_renders_steps_and_both_images_are_intact(
-        two_engines: tuple[DiffusionEngine, DiffusionEngine]) -> None:
+    two_engines: tuple[DiffusionEngine, DiffusionEngine],
+) -> None:
     host_engine, guest_engine = two_engines
-    final = RenderRequest(prompt="a final render", width=128, height=128, steps=12,
-                          guidance_scale=5.0, seed=3)
-    draft = RenderRequest(prompt="a draft", width=64, height=64, steps=1, guidance_scale=0.0, seed=4)
+    final = RenderRequest(
+        prompt="a final render", width=128, height=128, steps=12, guidance_scale=5.0, seed=3
+    )
+    draft = RenderRequest(
+        prompt="a draft", width=64, height=64, steps=1, guidance_scale=0.0, seed=4
+    )
     alone_final = np.asarray(host_engine.render(final).image)
     alone_draft = np.asarray(guest_engine.render(draft).image)
 
@@ -138,6 +148,7 @@ async def test_a_guest_batch_runs_between_the_host_renders_steps_and_both_images
         def hook() -> float:
             host_between()
             return between()
+
         return host_engine.render_batch([final], None, hook)
 
     def guest_render(between: BetweenSteps | None) -> list[RenderOutput]:
@@ -163,8 +174,9 @@ async def test_without_a_preemptible_render_the_guest_runs_on_its_own() -> None:
     device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
     try:
         seen: list[object] = []
-        result = await device.render(gpu, lambda between: seen.append(between) or "ran", priority=0,
-                                     preempt=True)
+        result = await device.render(
+            gpu, lambda between: seen.append(between) or "ran", priority=0, preempt=True
+        )
     finally:
         gpu.shutdown()
     assert result == "ran" and seen == [None]
@@ -179,14 +191,32 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
 
     settings = Settings(state_dir=tmp_path)
     routes = load_routes(None)
-    host = LaneWorker(settings, "final", routes, LaneModels(settings, "final", routes),
-                      CollectorRegistry(), instance="gpu-0-final")
-    guest = LaneWorker(settings, "draft", routes, LaneModels(settings, "draft", routes),
-                       host.registry, host=host, priority=0)
+    host = LaneWorker(
+        settings,
+        "final",
+        routes,
+        LaneModels(settings, "final", routes),
+        CollectorRegistry(),
+        instance="gpu-0-final",
+    )
+    guest = LaneWorker(
+        settings,
+        "draft",
+        routes,
+        LaneModels(settings, "draft", routes),
+        host.registry,
+        host=host,
+        priority=0,
+    )
     assert host.guests == [guest] and guest.device is host.device and guest.gpu is host.gpu
     assert (guest.instance, guest.source, guest.serves) == (
-        "gpu-0-final+draft-spill", "lanes.lane.draft.spill", "spill")
-    assert guest.group.endswith("lanes-lane-draft-spill") and host.group.endswith("lanes-lane-final")
+        "gpu-0-final+draft-spill",
+        "lanes.lane.draft.spill",
+        "spill",
+    )
+    assert guest.group.endswith("lanes-lane-draft-spill") and host.group.endswith(
+        "lanes-lane-final"
+    )
     assert host.cap == routes.lanes["final"].max_concurrency
     guest._hold(+1)
     assert host.cap == 0
@@ -194,14 +224,23 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     guest._hold(-1)
     assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
     # A backfilled lane's guest is the other way round: it yields to the host.
-    backfill = LaneWorker(settings, "upscale", routes, LaneModels(settings, "upscale", routes),
-                          host.registry, host=host, priority=2)
+    backfill = LaneWorker(
+        settings,
+        "upscale",
+        routes,
+        LaneModels(settings, "upscale", routes),
+        host.registry,
+        host=host,
+        priority=2,
+    )
     assert set(map(id, backfill.peers)) == {id(host), id(guest)}
     assert backfill.cap == routes.lanes["upscale"].max_concurrency
     host._hold(+1)
     assert backfill.cap == 0 and guest.cap == routes.lanes["draft"].max_concurrency
     backfill._hold(+1)
-    assert host.cap == routes.lanes["final"].max_concurrency  # a less urgent peer never holds it back
+    assert (
+        host.cap == routes.lanes["final"].max_concurrency
+    )  # a less urgent peer never holds it back
 
 
 async def test_a_guest_waiting_for_a_turn_is_let_in_when_the_host_render_starts() -> None:
@@ -224,8 +263,9 @@ async def test_a_guest_waiting_for_a_turn_is_let_in_when_the_host_render_starts(
         assert not guest_turn.done()  # no render to preempt yet: it waits
         host = asyncio.create_task(device.render(gpu, host_render, priority=1, preemptible=True))
         assert await asyncio.wait_for(guest_turn, 5) is False  # in, without the turn
-        ran = await device.render(gpu, lambda between: steps_left.set() or "guest", priority=0,
-                                  preempt=True)
+        ran = await device.render(
+            gpu, lambda between: steps_left.set() or "guest", priority=0, preempt=True
+        )
         assert ran == "guest" and await host == "host"
         device.release()
     finally:
@@ -248,16 +288,25 @@ async def test_only_a_more_urgent_batch_runs_between_a_renders_steps() -> None:
         return "backfill"
 
     try:
-        backfill = asyncio.create_task(device.render(gpu, backfill_render, priority=2, preemptible=True))
+        backfill = asyncio.create_task(
+            device.render(gpu, backfill_render, priority=2, preemptible=True)
+        )
         await asyncio.sleep(0.05)
         # Another backfill batch (same priority) does not get in between: it runs after.
-        later = asyncio.create_task(device.render(
-            gpu, lambda between: log.append("backfill 2") or "b2", priority=2, preempt=True))
+        later = asyncio.create_task(
+            device.render(
+                gpu, lambda between: log.append("backfill 2") or "b2", priority=2, preempt=True
+            )
+        )
         await asyncio.sleep(0.05)
         assert log == []
         # The host's own draft (priority 1) does.
-        assert await device.render(gpu, lambda between: log.append("host") or "h", priority=1,
-                                   preempt=True) == "h"
+        assert (
+            await device.render(
+                gpu, lambda between: log.append("host") or "h", priority=1, preempt=True
+            )
+            == "h"
+        )
         assert log == ["host"] and not backfill.done()
         release.set()
         assert (await backfill, await later) == ("backfill", "b2")

@@ -24,21 +24,27 @@ def test_similarity_ignores_case_punctuation_and_spacing() -> None:
 @pytest.mark.slow
 def test_ocr_reads_rendered_text_offline() -> None:
     image = Image.new("RGB", (512, 160), "white")
-    ImageDraw.Draw(image).text((20, 40), "SUMMER SALE", fill="black", font=ImageFont.load_default(size=64))
+    ImageDraw.Draw(image).text(
+        (20, 40), "SUMMER SALE", fill="black", font=ImageFont.load_default(size=64)
+    )
     read = OcrReader().read(image)
     assert text_similarity("SUMMER SALE", read) == 1.0, read
     assert OcrReader().read(Image.new("RGB", (128, 128), "white")) == ""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("text,size", [("SUMMER SALE", 256), ("50% OFF TODAY", 256),
-                                       ("Free shipping on all orders", 512)])
+@pytest.mark.parametrize(
+    "text,size",
+    [("SUMMER SALE", 256), ("50% OFF TODAY", 256), ("Free shipping on all orders", 512)],
+)
 def test_repair_composites_exactly_the_text_legibly(text: str, size: int) -> None:
     import numpy as np
 
     from services.typography.text import composite_text
 
-    noise = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype("uint8"))
+    noise = Image.fromarray(
+        (np.random.default_rng(0).random((size, size, 3)) * 255).astype("uint8")
+    )
     assert text_similarity(text, OcrReader().read(composite_text(noise, text))) == 1.0
 
 

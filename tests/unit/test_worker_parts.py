@@ -52,7 +52,9 @@ async def test_batcher_hands_out_full_batches_at_once_and_partial_after_wait() -
 def test_model_over_budget_is_refused_at_load(tmp_path_factory: pytest.TempPathFactory) -> None:
     routes = load_routes(None)
     path = checkpoint_dir("tiny-sd", routes.models["tiny-sd"], tmp_path_factory.mktemp("m"))
-    with pytest.raises(ModelTooLarge, match=r"model 'tiny-sd' needs 0\.01 GB .* budget of 0\.00 GB"):
+    with pytest.raises(
+        ModelTooLarge, match=r"model 'tiny-sd' needs 0\.01 GB .* budget of 0\.00 GB"
+    ):
         DiffusionEngine.load(path, name="tiny-sd", version="v", budget=MemoryBudget.from_gb(0.001))
 
 
@@ -70,8 +72,9 @@ def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() 
 
 
 async def test_batcher_caps_a_key_whose_batches_do_not_pay_and_does_not_wait_for_mates() -> None:
-    b: MicroBatcher[int] = MicroBatcher(max_batch=3, max_wait_s=5.0,
-                                        limit=lambda key: 1 if key == "capped" else 99)
+    b: MicroBatcher[int] = MicroBatcher(
+        max_batch=3, max_wait_s=5.0, limit=lambda key: 1 if key == "capped" else 99
+    )
     for i in range(2):
         b.put("capped", i)
     started = time.monotonic()

@@ -97,12 +97,20 @@ class JobResult:
         in-worker handoff (batch started until the outcome event was built, less inference,
         the PNG write and any pause between its steps) and the read-back (outcome event built until read from Kafka)."""
         route, started, built, done = self.route_s, self.started_at, self.completed_at, self.done
-        if route is None or started is None or built is None or done is None or self.inference_ms is None:
+        if (
+            route is None
+            or started is None
+            or built is None
+            or done is None
+            or self.inference_ms is None
+        ):
             return None
         return {
             "router hop": route * 1000,
-            "in-worker handoff": max(0.0, (built - started) * 1000 - self.inference_ms
-                                     - self.store_ms - self.preempted_ms),
+            "in-worker handoff": max(
+                0.0,
+                (built - started) * 1000 - self.inference_ms - self.store_ms - self.preempted_ms,
+            ),
             "read-back": (done - built) * 1000,
         }
 
@@ -145,21 +153,30 @@ def plan_arrivals(cfg: BurstConfig, steady_rate: float) -> list[tuple[float, str
 def spill_summary(cfg: BurstConfig, jobs: list[JobResult]) -> str:
     """What spilled where, per phase (jobs in submission order)."""
     if cfg.spill_after_lag is None and cfg.final_spill_after_lag is None:
-        return ("Spill is off (`--no-spill`): each lane's burst waits in its own queue and "
-                "each lane's workers serve only their lane.")
+        return (
+            "Spill is off (`--no-spill`): each lane's burst waits in its own queue and "
+            "each lane's workers serve only their lane."
+        )
     out = []
     for intent, after, helper, how in (
-            ("draft", cfg.spill_after_lag, "final", "ahead of finals (finals wait in Kafka meanwhile)"),
-            ("final", cfg.final_spill_after_lag, "draft",
-             "only while no draft needs the GPU (drafts run between its steps)")):
+        ("draft", cfg.spill_after_lag, "final", "ahead of finals (finals wait in Kafka meanwhile)"),
+        (
+            "final",
+            cfg.final_spill_after_lag,
+            "draft",
+            "only while no draft needs the GPU (drafts run between its steps)",
+        ),
+    ):
         if after is None:
             continue
         steady = [j for j in jobs[: cfg.steady_jobs] if j.intent == intent]
-        burst = [j for j in jobs[cfg.steady_jobs:] if j.intent == intent]
-        out.append(f"over {after} {intent}s waiting, new {intent}s went to the {intent} lane's "
-                   f"spill queue when it was the shorter wait per server, served by the {helper} "
-                   f"lane's worker {how}: {sum(j.spilled for j in steady)} of {len(steady)} in "
-                   f"the steady phase, {sum(j.spilled for j in burst)} of {len(burst)} in the burst")
+        burst = [j for j in jobs[cfg.steady_jobs :] if j.intent == intent]
+        out.append(
+            f"over {after} {intent}s waiting, new {intent}s went to the {intent} lane's "
+            f"spill queue when it was the shorter wait per server, served by the {helper} "
+            f"lane's worker {how}: {sum(j.spilled for j in steady)} of {len(steady)} in "
+            f"the steady phase, {sum(j.spilled for j in burst)} of {len(burst)} in the burst"
+        )
     return "Spill: " + "; ".join(out) + "."
 
 
@@ -169,26 +186,41 @@ def _routes_yaml(cfg: BurstConfig) -> str:
     model: dict[str, Any] = {"version": "bench-v1"}
     model["tiny"] = preset_config(cfg.preset).model_dump(mode="json")
     lane = {"model": "m", "width": cfg.width, "height": cfg.height, "max_wait_ms": cfg.max_wait_ms}
-    draft = {**lane, "sample_steps": cfg.draft_steps, "guidance_scale": 0.0,
-             "max_concurrency": cfg.draft_cap, "max_batch": cfg.draft_batch}
-    final = {**lane, "sample_steps": cfg.final_steps, "guidance_scale": cfg.final_guidance,
-             "max_concurrency": cfg.final_cap, "max_batch": cfg.final_batch}
+    draft = {
+        **lane,
+        "sample_steps": cfg.draft_steps,
+        "guidance_scale": 0.0,
+        "max_concurrency": cfg.draft_cap,
+        "max_batch": cfg.draft_batch,
+    }
+    final = {
+        **lane,
+        "sample_steps": cfg.final_steps,
+        "guidance_scale": cfg.final_guidance,
+        "max_concurrency": cfg.final_cap,
+        "max_batch": cfg.final_batch,
+    }
     if cfg.spill_after_lag is not None:
         draft["spill"] = {"after_lag": cfg.spill_after_lag}
         final["assists"] = ["draft"]
     if cfg.final_spill_after_lag is not None:
         final["spill"] = {"after_lag": cfg.final_spill_after_lag}
         draft["backfills"] = ["final"]
-    return yaml.safe_dump({
-        "models": {"m": model},
-        "lanes": {"draft": draft, "final": final},
-        "intents": {"draft": "draft", "final": "final"},
-    })
+    return yaml.safe_dump(
+        {
+            "models": {"m": model},
+            "lanes": {"draft": draft, "final": final},
+            "intents": {"draft": "draft", "final": "final"},
+        }
+    )
 
 
 # ---- one architecture, in its own process ---------------------------------------------
 
-async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+
+async def _run_lanes(
+    settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]
+) -> dict[str, Any]:
     """The router and each worker in its own process, as `make up` runs them (the fleet split
     ``draft_workers`` / the rest); this process only submits and reads the outcomes back."""
     import httpx
@@ -215,10 +247,15 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
     results: dict[str, JobResult] = {}
     routed_at: dict[str, float] = {}
     warm: set[str] = set()
-    collector = AIOKafkaConsumer(topics.renders, topics.lane("draft"), topics.lane("final"),
-                                 *[topics.spill(lane) for lane in routes.spill_lanes],
-                                 bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                 auto_offset_reset="earliest")
+    collector = AIOKafkaConsumer(
+        topics.renders,
+        topics.lane("draft"),
+        topics.lane("final"),
+        *[topics.spill(lane) for lane in routes.spill_lanes],
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await collector.start()
 
     async def collect() -> None:
@@ -258,10 +295,14 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
             # (produce ack median 1.9 ms cold, 0.9 ms after 1,000 round trips here), which a
             # long-running production broker is long past (the baseline has no broker).
             await _warm_broker(settings, cfg.broker_warmup_round_trips)
-            warm_ids = [await client.submit(GenerationSpec(prompt="warm up", intent=i))
-                        for i in ("draft", "final")]
+            warm_ids = [
+                await client.submit(GenerationSpec(prompt="warm up", intent=i))
+                for i in ("draft", "final")
+            ]
             for _ in range(cfg.broker_warmup_jobs):
-                warm_ids.append(await client.submit(GenerationSpec(prompt="warm up", intent="draft")))
+                warm_ids.append(
+                    await client.submit(GenerationSpec(prompt="warm up", intent="draft"))
+                )
                 await asyncio.sleep(0.05)
             while not set(warm_ids) <= warm:
                 await asyncio.sleep(0.1)
@@ -271,13 +312,17 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
                 await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
                 job_id = f"job_{uuid.uuid4().hex}"
                 results[job_id] = JobResult(job_id, intent, time.time())
-                await client.submit(GenerationSpec(prompt=f"a {intent} product photo", intent=intent),
-                                    job_id=job_id)
+                await client.submit(
+                    GenerationSpec(prompt=f"a {intent} product photo", intent=intent), job_id=job_id
+                )
         deadline = time.monotonic() + 900
         while any(r.done is None for r in results.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        metrics = {name: (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-                   for name, port in ports.items() if name != "router"}
+        metrics = {
+            name: (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            for name, port in ports.items()
+            if name != "router"
+        }
     crashes = 0
     for proc in procs.values():
         if proc.poll() is None:
@@ -285,13 +330,20 @@ async def _run_lanes(settings: Any, cfg: BurstConfig, plan: list[tuple[float, st
         crashes += await asyncio.to_thread(proc.wait) != 0
     collecting.cancel()
     await collector.stop()
-    return {"jobs": [asdict(r) for r in results.values()], "crashes": crashes,
-            "ooms": sum(_metric_sum(m, "lanes_worker_oom_total") for m in metrics.values()),
-            "peak_memory_bytes": max(_metric_max(m, "lanes_worker_peak_memory_bytes")
-                                     for m in metrics.values()),
-            # what each worker's start-up profile let its batches hold
-            "batch_caps": {f"{name} ({lane})": cap for name, m in metrics.items()
-                           for lane, cap in _metric_by_lane(m, "lanes_worker_batch_cap").items()}}
+    return {
+        "jobs": [asdict(r) for r in results.values()],
+        "crashes": crashes,
+        "ooms": sum(_metric_sum(m, "lanes_worker_oom_total") for m in metrics.values()),
+        "peak_memory_bytes": max(
+            _metric_max(m, "lanes_worker_peak_memory_bytes") for m in metrics.values()
+        ),
+        # what each worker's start-up profile let its batches hold
+        "batch_caps": {
+            f"{name} ({lane})": cap
+            for name, m in metrics.items()
+            for lane, cap in _metric_by_lane(m, "lanes_worker_batch_cap").items()
+        },
+    }
 
 
 async def _warm_broker(settings: Any, round_trips: int) -> None:
@@ -319,14 +371,25 @@ async def _warm_broker(settings: Any, round_trips: int) -> None:
 def _spawn(settings: Any, cfg: BurstConfig, args: list[str], port: int) -> subprocess.Popen[bytes]:
     """``lanes run <args>`` in its own process, on the benchmark's topics."""
     threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
-    env = dict(os.environ, LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-               LANES_TOPIC_PREFIX=settings.topic_prefix, LANES_GROUP_PREFIX=settings.group_prefix,
-               LANES_STATE_DIR=str(settings.state_dir), LANES_ARTIFACT_DIR=str(settings.artifacts_path),
-               LANES_MODELS_DIR=str(settings.models_path),
-               LANES_ROUTES_FILE=str(settings.routes_file), LANES_DEVICE=cfg.device,
-               LANES_METRICS_PORT=str(port), LANES_LOG_LEVEL="WARNING", OMP_NUM_THREADS=threads)
-    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "run", *args],
-                            env=env, stdout=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        LANES_TOPIC_PREFIX=settings.topic_prefix,
+        LANES_GROUP_PREFIX=settings.group_prefix,
+        LANES_STATE_DIR=str(settings.state_dir),
+        LANES_ARTIFACT_DIR=str(settings.artifacts_path),
+        LANES_MODELS_DIR=str(settings.models_path),
+        LANES_ROUTES_FILE=str(settings.routes_file),
+        LANES_DEVICE=cfg.device,
+        LANES_METRICS_PORT=str(port),
+        LANES_LOG_LEVEL="WARNING",
+        OMP_NUM_THREADS=threads,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.apps.cli", "run", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -345,7 +408,9 @@ async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> No
 def _samples(text: str, name: str) -> list[Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return [s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name]
+    return [
+        s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name
+    ]
 
 
 def _metric_sum(text: str, name: str) -> float:
@@ -364,7 +429,9 @@ def _metric_by_lane(text: str, name: str) -> dict[str, float]:
     return out
 
 
-async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]) -> dict[str, Any]:
+async def _run_fifo(
+    settings: Any, cfg: BurstConfig, plan: list[tuple[float, str]]
+) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from consumers.lane_worker.models import load_routes_model
@@ -376,14 +443,20 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
 
     routes = load_routes(settings.routes_file)
     store = LocalArtifactStore(settings.artifacts_path)
-    engines = [await asyncio.to_thread(load_routes_model, settings, "draft", routes) for _ in range(cfg.workers)]
+    engines = [
+        await asyncio.to_thread(load_routes_model, settings, "draft", routes)
+        for _ in range(cfg.workers)
+    ]
     pools = [ThreadPoolExecutor(max_workers=1) for _ in engines]
     loop = asyncio.get_running_loop()
-    for engine, pool in zip(engines, pools):
+    for engine, pool in zip(engines, pools, strict=True):
         for lane in ("draft", "final"):
             s = routes.lanes[lane]
-            await loop.run_in_executor(pool, engine.render_batch, [
-                RenderRequest("warm up", s.width, s.height, s.sample_steps, s.guidance_scale, 0)])
+            await loop.run_in_executor(
+                pool,
+                engine.render_batch,
+                [RenderRequest("warm up", s.width, s.height, s.sample_steps, s.guidance_scale, 0)],
+            )
     queue: asyncio.Queue[tuple[JobResult, float]] = asyncio.Queue()
     results: list[JobResult] = []
     counters = {"ooms": 0, "crashes": 0}
@@ -392,8 +465,14 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
         while True:
             job, enqueued = await queue.get()
             spec = routes.lanes[job.intent]
-            req = RenderRequest(f"a {job.intent} product photo", spec.width, spec.height,
-                                spec.sample_steps, spec.guidance_scale, 1)
+            req = RenderRequest(
+                f"a {job.intent} product photo",
+                spec.width,
+                spec.height,
+                spec.sample_steps,
+                spec.guidance_scale,
+                1,
+            )
             started = time.time()
             try:
                 (out,) = await loop.run_in_executor(pool, engine.render_batch, [req])
@@ -407,7 +486,7 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
             finally:
                 queue.task_done()
 
-    tasks = [asyncio.create_task(worker(e, p)) for e, p in zip(engines, pools)]
+    tasks = [asyncio.create_task(worker(e, p)) for e, p in zip(engines, pools, strict=True)]
     freeze_startup_heap()  # as the Lanes run does before its clock
     t0 = time.monotonic()
     for offset, intent in plan:
@@ -421,8 +500,9 @@ async def _run_fifo(settings: Any, cfg: BurstConfig, plan: list[tuple[float, str
     return {"jobs": [asdict(r) for r in results], **counters}
 
 
-def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap: str,
-           workdir: Path) -> dict[str, Any]:
+def _child(
+    arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap: str, workdir: Path
+) -> dict[str, Any]:
     import torch
 
     from services.config.settings import Settings
@@ -433,10 +513,17 @@ def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     routes = workdir / "routes.yaml"
     ns = f"bench{uuid.uuid4().hex[:8]}."
-    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=ns, group_prefix=ns,
-                        state_dir=workdir / "state", artifact_dir=workdir / arch, routes_file=routes,
-                        models_dir=models_cache(),
-                        device=cfg.device, log_level="WARNING")
+    settings = Settings(
+        kafka_bootstrap=bootstrap,
+        topic_prefix=ns,
+        group_prefix=ns,
+        state_dir=workdir / "state",
+        artifact_dir=workdir / arch,
+        routes_file=routes,
+        models_dir=models_cache(),
+        device=cfg.device,
+        log_level="WARNING",
+    )
     runner = _run_lanes if arch == "lanes" else _run_fifo
     out = asyncio.run(runner(settings, cfg, plan))
     out.setdefault("peak_memory_bytes", peak_memory_bytes(cfg.device))
@@ -444,6 +531,7 @@ def _child(arch: str, cfg: BurstConfig, plan: list[tuple[float, str]], bootstrap
 
 
 # ---- orchestration -------------------------------------------------------------------
+
 
 def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     """Seconds per job, per intent, one at a time on one engine (sets the steady rate)."""
@@ -455,24 +543,33 @@ def _calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     from services.engines.diffusion import RenderRequest
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    settings = Settings(state_dir=workdir / "state", routes_file=workdir / "routes.yaml",
-                        device=cfg.device, models_dir=models_cache())
+    settings = Settings(
+        state_dir=workdir / "state",
+        routes_file=workdir / "routes.yaml",
+        device=cfg.device,
+        models_dir=models_cache(),
+    )
     routes = load_routes(settings.routes_file)
     engine = load_routes_model(settings, "draft", routes)
 
     def seconds_per_image(lane: str, batch: int) -> float:
         s = routes.lanes[lane]
-        reqs = [RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, i)
-                for i in range(batch)]
+        reqs = [
+            RenderRequest("calibrate", s.width, s.height, s.sample_steps, s.guidance_scale, i)
+            for i in range(batch)
+        ]
         engine.render_batch(reqs)  # warm-up
         started = time.perf_counter()
         for _ in range(3):
             engine.render_batch(reqs)
         return (time.perf_counter() - started) / 3 / batch
 
-    return {"draft": seconds_per_image("draft", 1), "final": seconds_per_image("final", 1),
-            # what batching buys on this device
-            "draft_batched": seconds_per_image("draft", cfg.draft_batch)}
+    return {
+        "draft": seconds_per_image("draft", 1),
+        "final": seconds_per_image("final", 1),
+        # what batching buys on this device
+        "draft_batched": seconds_per_image("draft", cfg.draft_batch),
+    }
 
 
 def _summary(arch: str, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -484,16 +581,23 @@ def _summary(arch: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         sel = [j for j in done if intent in ("all", j.intent)]
         lat = [j.e2e_s for j in sel if j.e2e_s is not None]
         over = [j.overhead_ms for j in sel if j.overhead_ms is not None]
-        rows.append({
-            "arch": arch, "intent": intent, "jobs": len([j for j in jobs if intent in ("all", j.intent)]),
-            "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "p99_s": pct(lat, 99),
-            "throughput_jps": len(sel) / span if span else float("nan"),
-            "overhead_p95_ms": pct(over, 95),
-            "mean_batch": sum(j.batch_size for j in sel) / max(1, len(sel)),
-            "peak_mem_mb": data["peak_memory_bytes"] / 2**20, "ooms": data["ooms"],
-            "lost": len([j for j in jobs if j.done is None and intent in ("all", j.intent)]),
-            "crashes": data["crashes"],
-        })
+        rows.append(
+            {
+                "arch": arch,
+                "intent": intent,
+                "jobs": len([j for j in jobs if intent in ("all", j.intent)]),
+                "p50_s": pct(lat, 50),
+                "p95_s": pct(lat, 95),
+                "p99_s": pct(lat, 99),
+                "throughput_jps": len(sel) / span if span else float("nan"),
+                "overhead_p95_ms": pct(over, 95),
+                "mean_batch": sum(j.batch_size for j in sel) / max(1, len(sel)),
+                "peak_mem_mb": data["peak_memory_bytes"] / 2**20,
+                "ooms": data["ooms"],
+                "lost": len([j for j in jobs if j.done is None and intent in ("all", j.intent)]),
+                "crashes": data["crashes"],
+            }
+        )
     return rows
 
 
@@ -507,15 +611,29 @@ def _plot(all_data: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arch, data in all_data.items():
         for intent, style in (("draft", "-"), ("final", "--")):
-            lat = sorted(j["done"] - j["submitted"] for j in data["jobs"] if j["intent"] == intent and j["done"])
+            lat = sorted(
+                j["done"] - j["submitted"]
+                for j in data["jobs"]
+                if j["intent"] == intent and j["done"]
+            )
             if lat:
                 axes[0].plot(lat, np.linspace(0, 1, len(lat)), style, label=f"{arch} {intent}")
         jobs = sorted(data["jobs"], key=lambda j: j["submitted"])
         t0 = jobs[0]["submitted"]
-        axes[1].scatter([j["submitted"] - t0 for j in jobs if j["done"]],
-                        [j["done"] - j["submitted"] for j in jobs if j["done"]], s=10, label=arch)
-    axes[0].set(xlabel="end-to-end latency (s)", ylabel="fraction of jobs", title="Latency CDF under the burst")
-    axes[1].set(xlabel="submitted at (s)", ylabel="end-to-end latency (s)", title="Latency by arrival time")
+        axes[1].scatter(
+            [j["submitted"] - t0 for j in jobs if j["done"]],
+            [j["done"] - j["submitted"] for j in jobs if j["done"]],
+            s=10,
+            label=arch,
+        )
+    axes[0].set(
+        xlabel="end-to-end latency (s)",
+        ylabel="fraction of jobs",
+        title="Latency CDF under the burst",
+    )
+    axes[1].set(
+        xlabel="submitted at (s)", ylabel="end-to-end latency (s)", title="Latency by arrival time"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -538,11 +656,24 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         with local_kafka(Settings(), workdir) as bootstrap:
             all_data = {}
             for arch in ("lanes", "fifo"):
-                spec = {"arch": arch, "cfg": asdict(cfg), "plan": plan, "bootstrap": bootstrap,
-                        "workdir": str(workdir)}
+                spec = {
+                    "arch": arch,
+                    "cfg": asdict(cfg),
+                    "plan": plan,
+                    "bootstrap": bootstrap,
+                    "workdir": str(workdir),
+                }
                 (workdir / "spec.json").write_text(json.dumps(spec))
-                subprocess.run([sys.executable, "-m", "services.apps.bench.burst", str(workdir / "spec.json"),
-                                str(workdir / f"{arch}.json")], check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "services.apps.bench.burst",
+                        str(workdir / "spec.json"),
+                        str(workdir / f"{arch}.json"),
+                    ],
+                    check=True,
+                )
                 all_data[arch] = json.loads((workdir / f"{arch}.json").read_text())
     (out_dir / "burst-raw.json").write_text(json.dumps(all_data))
     rows = _summary("lanes", all_data["lanes"]) + _summary("fifo", all_data["fifo"])
@@ -550,31 +681,57 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     by = {(r["arch"], r["intent"]): r for r in rows}
     ratio = by[("lanes", "draft")]["p95_s"] / by[("fifo", "draft")]["p95_s"]
     lanes_all = by[("lanes", "all")]
-    lanes_jobs = sorted((JobResult(**j) for j in all_data["lanes"]["jobs"]), key=lambda j: j.submitted)
-    steady_over = pct([j.overhead_ms for j in lanes_jobs[: cfg.steady_jobs] if j.overhead_ms is not None], 95)
+    lanes_jobs = sorted(
+        (JobResult(**j) for j in all_data["lanes"]["jobs"]), key=lambda j: j.submitted
+    )
+    steady_over = pct(
+        [j.overhead_ms for j in lanes_jobs[: cfg.steady_jobs] if j.overhead_ms is not None], 95
+    )
     checks = [
         ("draft p95 under the burst ≤ 0.35× the FIFO baseline", f"{ratio:.2f}×", ratio <= 0.35),
-        ("orchestration overhead p95 ≤ 20 ms per job, steady phase", f"{steady_over:.1f} ms",
-         steady_over <= 20),
-        ("orchestration overhead p95 ≤ 20 ms per job, whole run (burst included)",
-         f"{lanes_all['overhead_p95_ms']:.1f} ms", lanes_all["overhead_p95_ms"] <= 20),
+        (
+            "orchestration overhead p95 ≤ 20 ms per job, steady phase",
+            f"{steady_over:.1f} ms",
+            steady_over <= 20,
+        ),
+        (
+            "orchestration overhead p95 ≤ 20 ms per job, whole run (burst included)",
+            f"{lanes_all['overhead_p95_ms']:.1f} ms",
+            lanes_all["overhead_p95_ms"] <= 20,
+        ),
         ("0 lost jobs", str(lanes_all["lost"]), lanes_all["lost"] == 0),
         ("0 worker crashes", str(lanes_all["crashes"]), lanes_all["crashes"] == 0),
     ]
     batch_gain = service["draft"] / service["draft_batched"]
-    caps = ", ".join(f"{name} {cap:g}" for name, cap in all_data["lanes"].get("batch_caps", {}).items())
+    caps = ", ".join(
+        f"{name} {cap:g}" for name, cap in all_data["lanes"].get("batch_caps", {}).items()
+    )
     draft_work = cfg.draft_share * service["draft"] / mean_service
     spill_text = spill_summary(cfg, lanes_jobs)
-    headers = ["arch", "intent", "jobs", "p50 s", "p95 s", "p99 s", "throughput jobs/s",
-               "overhead p95 ms", "mean batch", "peak mem MB", "OOMs", "lost", "crashes"]
+    headers = [
+        "arch",
+        "intent",
+        "jobs",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "throughput jobs/s",
+        "overhead p95 ms",
+        "mean batch",
+        "peak mem MB",
+        "OOMs",
+        "lost",
+        "crashes",
+    ]
     table = markdown_table(headers, [list(r.values())[:13] for r in rows])
     md = [
-        f"# Burst benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+        f"# Burst benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
         f"Engines: `{cfg.preset}` random-weight SD pipeline on `{cfg.device}`, {cfg.width}x{cfg.height}; "
         f"draft {cfg.draft_steps} steps, final {cfg.final_steps} steps with CFG {cfg.final_guidance}. "
-        f"Measured service time one at a time: draft {service['draft']*1000:.0f} ms, "
-        f"final {service['final']*1000:.0f} ms; a draft in a batch of {cfg.draft_batch}: "
-        f"{service['draft_batched']*1000:.0f} ms per image ({batch_gain:.2f}x the throughput "
+        f"Measured service time one at a time: draft {service['draft'] * 1000:.0f} ms, "
+        f"final {service['final'] * 1000:.0f} ms; a draft in a batch of {cfg.draft_batch}: "
+        f"{service['draft_batched'] * 1000:.0f} ms per image ({batch_gain:.2f}x the throughput "
         f"of one at a time).",
         f"Plan: {cfg.jobs} jobs ({cfg.draft_share:.0%} draft), {cfg.steady_jobs} at the steady rate "
         f"{steady_rate:.2f} jobs/s (half the pool's capacity), then a burst at {cfg.burst_factor:g}x. "
@@ -584,35 +741,49 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         f"(batch caps after each worker's start-up profile: {caps}), "
         f"over Kafka; the "
         f"baseline is one in-memory FIFO queue in front of {cfg.workers} workers (no broker hops at all).",
-        "", table, "",
+        "",
+        table,
+        "",
         "End-to-end: submitted until the render event was read back from Kafka (Lanes) / the "
         "render was stored (FIFO). Peak memory: the largest worker process (Lanes) / the one "
         "process holding both workers (FIFO). Overhead: end-to-end minus inference minus the time the job "
         "waited for a GPU slot (routed until its batch started, and any pause between its "
         "steps while a spilled draft ran) minus the PNG write (both "
         "architectures write it), i.e. what moving the job through Kafka adds. Memory is "
-        "resident memory on CPU, max allocated on CUDA.", "",
-        "Where the overhead goes (Lanes, ms):", "",
-        markdown_table(["phase", "segment", "jobs", "p50 ms", "p95 ms"],
-                       overhead_breakdown(lanes_jobs, cfg.steady_jobs)), "",
-        "| target | measured | met |", "| --- | --- | --- |",
-        *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks], "",
+        "resident memory on CPU, max allocated on CUDA.",
+        "",
+        "Where the overhead goes (Lanes, ms):",
+        "",
+        markdown_table(
+            ["phase", "segment", "jobs", "p50 ms", "p95 ms"],
+            overhead_breakdown(lanes_jobs, cfg.steady_jobs),
+        ),
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks],
+        "",
         "On a CPU-only machine the renders themselves occupy the cores that the broker and "
         "the workers' event loops need, so the overhead measured during the burst includes "
         "CPU starvation that a GPU host (inference on the GPU) does not have; the steady-phase "
-        "row is the orchestration cost with the cores not saturated.", "",
-        spill_text, "",
+        "row is the orchestration cost with the cores not saturated.",
+        "",
+        spill_text,
+        "",
         f"Draft ratio: the baseline's draft p95 is set by how fast all workers clear everything "
         f"in arrival order; Lanes' by how fast the draft lane ({cfg.draft_workers} of "
         f"{cfg.workers} workers) plus, with spill, the final lane's workers clear the drafts "
         f"alone. Drafts are {draft_work:.0%} of the work in this mix; batching adds "
-        f"{batch_gain:.2f}x here (a GPU is where it pays).", "",
+        f"{batch_gain:.2f}x here (a GPU is where it pays).",
+        "",
         "Finals: with a fixed fleet, Lanes gives finals their own lane and workers; under a "
         "burst with spill on they also wait for the drafts their workers take on (the "
         "deferral of non-critical work the design asks for); compare the final rows. The "
         "per-lane autoscaling signal (spill backlog included) is what gives a saturated lane "
-        "more replicas.", "",
-        "![latency](burst.png)", "",
+        "more replicas.",
+        "",
+        "![latency](burst.png)",
+        "",
     ]
     path = out_dir / "burst.md"
     path.write_text("\n".join(md))

@@ -30,5 +30,6 @@ def preset_config(preset: str) -> TinyConfig:
 def preset_checkpoint(preset: str) -> Path:
     from services.config.routes import ModelSpec, checkpoint_dir
 
-    return checkpoint_dir(f"bench-{preset}", ModelSpec(version="bench", tiny=preset_config(preset)),
-                          models_cache())
+    return checkpoint_dir(
+        f"bench-{preset}", ModelSpec(version="bench", tiny=preset_config(preset)), models_cache()
+    )
