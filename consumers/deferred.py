@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consumers.machinery.delayed import run_delayed
 from consumers.machinery.loop import Output
-from consumers.router import defer_reason, routed_event, stop_watching, watch
 from schemas.events import GenerationDeferred, utcnow
 from schemas.topics import Topics
 from services.config.routes import load_routes
 from services.config.settings import Settings
+from services.domain.admission import defer_reason
+from services.domain.lane_watch import LaneWatch
+from services.domain.routing import Job, route
 
 __all__ = ["run"]
 
@@ -38,8 +40,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ["lane", "decision"],
         registry=registry,
     )
-    placement, watchers = watch(settings, routes)
-    lags = placement.lags
+    watch = LaneWatch.start(settings, routes)
+    lags = watch.lags
 
     async def when_due(job: GenerationDeferred) -> Sequence[Output]:
         await lags.measured.wait()
@@ -59,10 +61,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             return [Output(topics.deferred, job.job_id, again.to_bytes())]
         decisions.labels(job.lane, "admitted").inc()
         log.info("job_readmitted", job_id=job.job_id, lane=job.lane, deferrals=job.deferrals)
-        routed = routed_event(
-            routes, job.job_id, job.spec, job.attempt, job.requested_at, "lanes-deferred"
+        routed = route(
+            routes,
+            watch.control.items,
+            Job(job.job_id, job.spec, job.requested_at, job.attempt),
+            job.lane,
+            producer="lanes-deferred",
         )
-        topic, _ = placement.topic_for(job.lane)
+        topic, _ = watch.placement.topic_for(job.lane)
         return [Output(topic, job.job_id, routed.to_bytes())]
 
     try:
@@ -77,4 +83,4 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             registry=registry,
         )
     finally:
-        await stop_watching(watchers)
+        await watch.stop()

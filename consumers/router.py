@@ -7,10 +7,8 @@ its spill queue, which workers of other lanes serve first (``services.domain.spi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,70 +19,31 @@ from schemas.events import (
     CancelRequested,
     GenerationDeferred,
     GenerationRequested,
-    GenerationRouted,
     parse_job_event,
     utcnow,
 )
 from schemas.exceptions import PoisonEvent
-from schemas.spec import GenerationSpec
 from schemas.topics import Topics
-from services.config.routes import LaneSpec, Routes, load_routes
+from services.config.routes import Routes, load_routes
 from services.config.settings import Settings
-from services.domain.spill import Placement
-from services.kafka.lag_monitor import LagMonitor
+from services.domain.admission import defer_reason
+from services.domain.lane_watch import LaneWatch
+from services.domain.routing import Job, route
 
-__all__ = ["run", "Router", "seed_for", "routed_event", "defer_reason", "watch", "stop_watching"]
+__all__ = ["run", "Router"]
 
 log = structlog.get_logger("lanes.router")
 
 
-def seed_for(job_id: str) -> int:
-    """A stable seed per job, so a re-render of the same job draws the same image."""
-    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
-
-
-def routed_event(
-    routes: Routes,
-    job_id: str,
-    spec: GenerationSpec,
-    attempt: int,
-    requested_at: datetime,
-    producer: str,
-) -> GenerationRouted:
-    lane_name, lane = routes.lane_for(spec.intent)
-    return GenerationRouted(
-        job_id=job_id,
-        producer=producer,
-        spec=spec,
-        attempt=attempt,
-        lane=lane_name,
-        model=lane.model,
-        version=routes.models[lane.model].version,
-        sample_steps=lane.sample_steps,
-        guidance_scale=lane.guidance_scale,
-        width=spec.width or lane.width,
-        height=spec.height or lane.height,
-        seed=spec.seed if spec.seed is not None else seed_for(job_id),
-        requested_at=requested_at,
-    )
-
-
-def defer_reason(lane_name: str, lane: LaneSpec, spec: GenerationSpec, lag: int) -> str | None:
-    """Why this job waits, or None when it may go to its lane now."""
-    policy = lane.admission
-    if policy is None or spec.priority not in policy.defer_priorities or lag <= policy.defer_lag:
-        return None
-    return f"lane {lane_name} is busy: {lag} jobs waiting (threshold {policy.defer_lag})"
-
-
 class Router:
     def __init__(
-        self, routes: Routes, topics: Topics, placement: Placement, registry: CollectorRegistry
+        self, routes: Routes, topics: Topics, watch: LaneWatch, registry: CollectorRegistry
     ) -> None:
         self.routes = routes
         self.topics = topics
-        self.placement = placement
-        self.lags = placement.lags
+        self.watch = watch
+        self.placement = watch.placement
+        self.lags = watch.lags
         self.routed = Counter(
             "lanes_router_jobs_total",
             "Jobs by admission decision",
@@ -126,33 +85,11 @@ class Router:
             return [Output(self.topics.deferred, event.job_id, deferred.to_bytes())]
         topic, spilled = self.placement.topic_for(lane_name)
         self.routed.labels(lane_name, "spilled" if spilled else "routed").inc()
-        routed = routed_event(
-            self.routes, event.job_id, event.spec, event.attempt, event.occurred_at, "lanes-router"
+        job = Job(event.job_id, event.spec, event.occurred_at, event.attempt)
+        routed = route(
+            self.routes, self.watch.control.items, job, lane_name, producer="lanes-router"
         )
         return [Output(topic, event.job_id, routed.to_bytes())]
-
-
-def watch(settings: Settings, routes: Routes) -> tuple[Placement, list[asyncio.Task[None]]]:
-    """Lag and worker heartbeats for admission and placement, followed in the background."""
-    lags = LagMonitor(
-        settings,
-        Placement.watched_lanes(routes),
-        settings.admission_poll_s,
-        spill=routes.spill_lanes,
-    )
-    placement = Placement(settings, routes, lags)
-    return placement, [
-        asyncio.create_task(lags.run(), name="lag-monitor"),
-        asyncio.create_task(placement.follow(), name="workers-view"),
-    ]
-
-
-async def stop_watching(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def run(
@@ -164,8 +101,8 @@ async def run(
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     registry = registry or CollectorRegistry()
-    placement, watchers = watch(settings, routes)
-    router = Router(routes, topics, placement, registry)
+    watch = LaneWatch.start(settings, routes)
+    router = Router(routes, topics, watch, registry)
     try:
         await run_consumer(
             settings,
@@ -177,4 +114,4 @@ async def run(
             registry=registry,
         )
     finally:
-        await stop_watching(watchers)
+        await watch.stop()

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.runtime import run_consumer
+from schemas.control import LaneDesired
 from schemas.events import (
-    GenerationRouted,
     RenderCompleted,
     RenderFailed,
     RenderRerouted,
@@ -30,6 +30,8 @@ from schemas.events import (
 from schemas.topics import Topics
 from services.config.routes import Routes, TypographySpec, load_routes
 from services.config.settings import Settings
+from services.domain.routing import Job, route
+from services.kafka.compacted_view import CompactedView
 from services.storage.artifacts import ArtifactError, LocalArtifactStore
 from services.typography.text import OcrReader, RepairError, composite_text, text_similarity
 
@@ -46,10 +48,12 @@ class Verifier:
         routes: Routes,
         threshold: float,
         font_path: str | None = None,
+        control: Mapping[str, LaneDesired] | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
         self.routes = routes
+        self.control: Mapping[str, LaneDesired] = control if control is not None else {}
         self.threshold = threshold
         self.font_path = font_path
         self.ocr = OcrReader()
@@ -149,27 +153,20 @@ class Verifier:
         self, event: RenderCompleted, result: VerificationCompleted, lane: str
     ) -> list[Output]:
         assert event.spec is not None and event.requested_at is not None
-        spec = self.routes.lanes[lane]
         best = max(result.score, result.repaired_score or 0.0)
         reason = (
             f"typography: best score {best:.2f} < {self.threshold:.2f} on attempt {event.attempt}"
         )
-        routed = GenerationRouted(
-            job_id=event.job_id,
-            producer="lanes-verifier",
-            spec=event.spec,
+        # Another seed on purpose: the same one would draw the same failing text. The size
+        # is the rerender lane's own (its cascade brings it to the delivered size).
+        job = Job(
+            event.job_id,
+            event.spec,
+            event.requested_at,
             attempt=event.attempt + 1,
-            lane=lane,
-            model=spec.model,
-            version=self.routes.models[spec.model].version,
-            sample_steps=spec.sample_steps,
-            guidance_scale=spec.guidance_scale,
-            width=event.width,
-            height=event.height,
             seed=(event.seed + event.attempt) % 2**32,
-            requested_at=event.requested_at,
-            reason=reason,
         )
+        routed = route(self.routes, self.control, job, lane, reason, producer="lanes-verifier")
         rerouted = RenderRerouted(
             job_id=event.job_id,
             producer="lanes-verifier",
@@ -186,14 +183,17 @@ class Verifier:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     topics = Topics(settings.topic_prefix)
+    control = CompactedView(settings, topics.control, LaneDesired.model_validate_json)
     verifier = Verifier(
         LocalArtifactStore(settings.artifacts_path),
         topics,
         load_routes(settings.routes_file),
         settings.verify_threshold,
         settings.font_path,
+        control=control.items,
     )
     await asyncio.get_running_loop().run_in_executor(verifier.executor, verifier.ocr.load)
+    following = asyncio.create_task(control.follow(), name="control-view")
     try:
         await run_consumer(
             settings,
@@ -204,4 +204,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stop=stop,
         )
     finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
         verifier.close()

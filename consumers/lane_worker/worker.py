@@ -30,7 +30,6 @@ import contextlib
 import os
 import socket
 import time
-import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from schemas.records import JobState
 from schemas.topics import Topics
 from services.config.routes import LaneSpec, Routes, load_routes
 from services.config.settings import Settings
+from services.domain.routing import Job, route
 from services.engines.diffusion import (
     DiffusionEngine,
     Interrupted,
@@ -728,23 +728,15 @@ class LaneWorker(ConsumerRebalanceListener):
     def _cascade(self, e: GenerationRouted, draft_uri: str) -> Output:
         """The refine/upscale pass of a cascade route, on its own lane and queue."""
         assert self.spec.cascade is not None
-        target = self.routes.lanes[self.spec.cascade.lane]
-        routed = GenerationRouted(
-            job_id=e.job_id,
+        cascade = self.spec.cascade
+        routed = route(
+            self.routes,
+            self.control_view.items,
+            Job.of(e),
+            cascade.lane,
             producer=f"lanes-worker-{self.lane}",
-            spec=e.spec,
-            attempt=e.attempt,
-            lane=self.spec.cascade.lane,
-            model=target.model,
-            version=self.routes.models[target.model].version,
-            sample_steps=target.sample_steps,
-            guidance_scale=target.guidance_scale,
-            width=self.spec.cascade.width,
-            height=self.spec.cascade.height,
-            seed=e.seed,
-            requested_at=e.requested_at,
+            size=(cascade.width, cascade.height),
             init_artifact_uri=draft_uri,
-            strength=target.refine_strength,
         )
         return Output(self.topics.lane(self.spec.cascade.lane), e.job_id, routed.to_bytes())
 
@@ -819,26 +811,17 @@ class LaneWorker(ConsumerRebalanceListener):
         fallback = self.spec.fallback_lane
         labels = _labels(self.lane, task.engine)
         if isinstance(exc, OutOfMemory) and fallback and fallback != self.lane:
-            target = self.routes.lanes[fallback]
             reason = f"out of memory on lane {self.lane}: {exc}"[:500]
             self.metrics.jobs.labels(*labels, "rerouted").inc()
             self.metrics.failures.labels(*labels, "oom_rerouted").inc()
             log.warning("job_rerouted", job_id=e.job_id, to_lane=fallback, reason=reason)
-            routed = GenerationRouted(
-                job_id=e.job_id,
+            routed = route(
+                self.routes,
+                self.control_view.items,
+                Job.of(e, attempt=e.attempt + 1),
+                fallback,
+                reason,
                 producer=producer,
-                spec=e.spec,
-                attempt=e.attempt + 1,
-                lane=fallback,
-                model=target.model,
-                version=self.routes.models[target.model].version,
-                sample_steps=target.sample_steps,
-                guidance_scale=target.guidance_scale,
-                width=target.width,
-                height=target.height,
-                seed=e.seed,
-                requested_at=e.requested_at,
-                reason=reason,
             )
             rerouted = RenderRerouted(
                 job_id=e.job_id,
@@ -912,15 +895,16 @@ class LaneWorker(ConsumerRebalanceListener):
             model=engine.name,
             version=engine.version,
         )
-        routed = e.model_copy(
-            update={
-                "attempt": e.attempt + 1,
-                "stable_only": True,
-                "reason": reason,
-                "producer": producer,
-                "event_id": uuid.uuid4(),
-                "occurred_at": datetime.now(UTC),
-            }
+        routed = route(
+            self.routes,
+            self.control_view.items,
+            Job.of(e, attempt=e.attempt + 1),
+            self.lane,
+            reason,
+            producer=producer,
+            size=(e.width, e.height),
+            init_artifact_uri=e.init_artifact_uri,
+            stable_only=True,
         )
         return [
             Output(self.topics.renders, e.job_id, rerouted.to_bytes()),

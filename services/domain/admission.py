@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.spec import GenerationSpec
+from services.config.routes import LaneSpec
 from services.config.settings import Quota
 
-__all__ = ["Quota", "TokenBuckets"]
+__all__ = ["Quota", "TokenBuckets", "defer_reason"]
 
 
 @dataclass
@@ -55,3 +57,11 @@ class TokenBuckets:
     @staticmethod
     def retry_after_header(seconds: float) -> str:
         return str(max(1, math.ceil(seconds)))
+
+
+def defer_reason(lane_name: str, lane: LaneSpec, spec: GenerationSpec, lag: int) -> str | None:
+    """Why this job waits, or None when it may go to its lane now."""
+    policy = lane.admission
+    if policy is None or spec.priority not in policy.defer_priorities or lag <= policy.defer_lag:
+        return None
+    return f"lane {lane_name} is busy: {lag} jobs waiting (threshold {policy.defer_lag})"
