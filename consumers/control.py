@@ -296,7 +296,7 @@ async def run(
     try:
         await run_consumer(
             settings,
-            name="control",
+            group=settings.groups.control,
             registry=registry,
             topics=[
                 plane.topics.ops,

@@ -74,7 +74,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         await run_delayed(
             settings,
-            name="deferred",
+            group=settings.groups.deferred,
             topic=topics.deferred,
             parse=GenerationDeferred.model_validate_json,
             due=lambda j: j.not_before,

@@ -63,7 +63,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     folder = JobStateFolder(settings, topics)
     await run_consumer(
         settings,
-        name="jobs",
+        group=settings.groups.jobs,
         topics=inputs,
         parse=parse_job_event,
         handler=folder.handle,

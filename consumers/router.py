@@ -106,7 +106,7 @@ async def run(
     try:
         await run_consumer(
             settings,
-            name="router",
+            group=settings.groups.router,
             topics=[topics.requests],
             parse=parse_job_event,
             handler=router.handle,

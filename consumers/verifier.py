@@ -197,7 +197,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         await run_consumer(
             settings,
-            name="verify",
+            group=settings.groups.verifier,
             topics=[topics.renders],
             parse=parse_job_event,
             handler=verifier.handle,

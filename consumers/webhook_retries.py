@@ -34,7 +34,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         await run_delayed(
             settings,
-            name="webhooks-retry",
+            group=settings.groups.webhook_retries,
             topic=Topics(settings.topic_prefix).webhooks_retry,
             parse=WebhookMessage.model_validate_json,
             due=lambda m: m.due_at,

@@ -165,7 +165,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         await run_consumer(
             settings,
-            name="webhooks",
+            group=settings.groups.webhooks,
             topics=[dispatcher.topics.jobs],
             parse=JobState.model_validate_json,
             handler=dispatcher.handle,

@@ -1,4 +1,4 @@
-"""Topic names and their declarations, in one place.
+"""Topic names, consumer-group ids and the topics' declarations, in one place.
 
 ``lanes.requests``, ``lanes.ops`` and ``lanes.dlq`` are contracts with systems outside this
 repo: rename them only with a migration note.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["TopicSpec", "Topics"]
+__all__ = ["TopicSpec", "Topics", "Groups"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -130,3 +130,56 @@ class Topics:
         specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
         specs += [TopicSpec(self.spill(lane), partitions=6) for lane in sorted(set(spill))]
         return specs
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Consumer-group ids under an optional prefix (tests give each test its own).
+
+    The ids are as deployed: a group's committed offsets live under its id, so renaming one
+    would make it read its topics again from the start. ``verify`` and ``webhooks-retry``
+    therefore keep their names although their components are ``verifier`` and
+    ``webhook-retries``.
+    """
+
+    prefix: str = ""
+
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}lanes-{name}"
+
+    @property
+    def router(self) -> str:
+        return self._g("router")
+
+    @property
+    def deferred(self) -> str:
+        return self._g("deferred")
+
+    @property
+    def jobs(self) -> str:
+        return self._g("jobs")
+
+    @property
+    def verifier(self) -> str:
+        return self._g("verify")
+
+    @property
+    def webhooks(self) -> str:
+        return self._g("webhooks")
+
+    @property
+    def webhook_retries(self) -> str:
+        return self._g("webhooks-retry")
+
+    @property
+    def control(self) -> str:
+        return self._g("control")
+
+    def lane(self, lane: str) -> str:
+        """The workers of a lane."""
+        return self._g(f"lane-{lane}")
+
+    def spill(self, lane: str) -> str:
+        """The guests serving a lane's spill queue (in the workers that assist or backfill it)."""
+        return self._g(f"lane-{lane}-spill")
+

@@ -5,6 +5,7 @@ built from: micro-batching, the GPU's turns between host and guests, the lane's 
 and versions, and its metrics.
 """
 
-from consumers.lane_worker.worker import LaneWorker, run
+from consumers.lane_worker.process import run
+from consumers.lane_worker.worker import LaneWorker
 
 __all__ = ["run", "LaneWorker"]

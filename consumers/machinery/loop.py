@@ -21,6 +21,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
+from schemas.exceptions import LanesError, PoisonEvent
 from schemas.records import DeadLetter
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Handler",
     "dead_letter",
     "bind_record",
+    "enqueue",
     "publish_all",
     "commit_or_skip",
 ]
@@ -111,21 +113,52 @@ class ConsumeLoop:
         self.transient_retries = transient_retries
         self.ready = False
 
+    fetch_timeout_ms = 250
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batches = await self.consumer.getmany(timeout_ms=250, max_records=self.max_records)
+            self.before_fetch()
+            batches = await self.consumer.getmany(
+                timeout_ms=self.fetch_timeout_ms, max_records=self.max_records
+            )
             self.ready = True
             for tp, records in batches.items():
                 await self._process_partition(tp, records)
 
+    # ---- the hooks a variant overrides (``consumers.machinery.delayed``) -------------------
+
+    def before_fetch(self) -> None:
+        """Called before each fetch."""
+
+    def due(self, tp: TopicPartition, record: ConsumerRecord, event: Any) -> bool:
+        """Whether ``event`` is handled now. A variant that says no has arranged for the
+        record to be fetched again; the rest of this partition's batch waits with it."""
+        return True
+
+    # ---- the loop's own steps -------------------------------------------------------------
+
     async def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         outputs: list[Output] = []
+        handled: int | None = None
         for record in records:
-            outputs += await self._handle(record)
+            bind_record(record, self.group)
+            try:
+                if record.value is None:
+                    raise PoisonEvent("empty message value")
+                event = self.parse(record.value)
+            except Exception as exc:  # noqa: BLE001 - an event that cannot be parsed: DLQ
+                outputs.append(self._dead_letter(record, exc))
+                handled = record.offset
+                continue
+            if not self.due(tp, record, event):
+                break
+            outputs += await self._handle(record, event)
+            handled = record.offset
         await publish_all(self.producer, outputs)
-        await commit_or_skip(self.consumer, {tp: records[-1].offset + 1})
+        if handled is not None:
+            await commit_or_skip(self.consumer, {tp: handled + 1})
 
-    async def _handle(self, record: ConsumerRecord) -> Sequence[Output]:
+    async def _handle(self, record: ConsumerRecord, event: Any) -> Sequence[Output]:
         ctx = MessageContext(
             record.topic,
             record.partition,
@@ -134,24 +167,23 @@ class ConsumeLoop:
             record.timestamp,
             self._publish_now,
         )
-        bind_record(record, self.group)
+        job_id = getattr(event, "job_id", None)
+        if job_id:
+            structlog.contextvars.bind_contextvars(job_id=job_id)
         started = time.perf_counter()
         try:
-            if record.value is None:
-                raise ValueError("empty message value")
-            event = self.parse(record.value)
-            job_id = getattr(event, "job_id", None)
-            if job_id:
-                structlog.contextvars.bind_contextvars(job_id=job_id)
             outputs = await self._with_retries(event, ctx)
             self.metrics.events.labels(self.group, "ok").inc()
             return outputs
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the DLQ
-            self.metrics.events.labels(self.group, "dlq").inc()
-            log.warning("event_dead_lettered", error=str(exc)[:500], error_type=type(exc).__name__)
-            return [dead_letter(record, exc, self.group, self.dlq_topic)]
+            return [self._dead_letter(record, exc)]
         finally:
             self.metrics.handle_seconds.labels(self.group).observe(time.perf_counter() - started)
+
+    def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> Output:
+        self.metrics.events.labels(self.group, "dlq").inc()
+        log.warning("event_dead_lettered", error=str(exc)[:500], error_type=type(exc).__name__)
+        return dead_letter(record, exc, self.group, self.dlq_topic)
 
     async def _publish_now(self, out: Output) -> None:
         await self.producer.send_and_wait(out.topic, value=out.value, key=_key_bytes(out.key))
@@ -161,18 +193,25 @@ class ConsumeLoop:
         while True:
             try:
                 return await self.handler(event, ctx)
-            except Exception as exc:
+            except LanesError as exc:
                 attempt += 1
-                if not getattr(exc, "retriable", False) or attempt > self.transient_retries:
+                if not exc.retriable or attempt > self.transient_retries:
                     raise
                 delay = min(5.0, 0.2 * 2**attempt)
                 log.info("transient_error_retry", attempt=attempt, delay_s=delay, error=str(exc))
                 await asyncio.sleep(delay)
 
 
+async def enqueue(
+    producer: AIOKafkaProducer, outputs: Sequence[Output]
+) -> list[asyncio.Future[Any]]:
+    """Hand outputs to the producer in order; the futures resolve on the broker's acks."""
+    return [await producer.send(o.topic, value=o.value, key=_key_bytes(o.key)) for o in outputs]
+
+
 async def publish_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
     """Send in order and wait until the broker has acknowledged every one (acks=all)."""
-    futures = [await producer.send(o.topic, value=o.value, key=_key_bytes(o.key)) for o in outputs]
+    futures = await enqueue(producer, outputs)
     if futures:
         await asyncio.gather(*futures)
 

@@ -1,4 +1,11 @@
-"""Start, run and stop one consumer group member: clients, ops endpoints, signals."""
+"""Start, run and stop one consumer-group member: clients, ops endpoints, signals.
+
+``Member`` is what every consumer process has around its loop, the lane worker's included:
+the producer (started first, stopped last), ``/metrics`` ``/healthz`` ``/readyz``, the stop
+event that SIGTERM and SIGINT set, and the start-up heap frozen once it is loaded.
+``run_member`` adds one group membership and a loop (``ConsumeLoop`` or a variant);
+``run_consumer`` is that with the plain loop and a handler.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,22 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry
 
-from consumers.machinery.loop import ConsumeLoop, Handler, LoopMetrics, Parser
+from consumers.machinery.loop import ConsumeLoop, Handler, LoopMetrics, Output, Parser, publish_all
+from consumers.machinery.loop import enqueue as enqueue_outputs
 from schemas.topics import Topics
 from services.config.settings import Settings
 from services.kafka.clients import make_consumer, make_producer
 from services.process.ops_server import serve_ops
 from services.process.tuning import freeze_startup_heap
 
-__all__ = ["stop_on_signals", "run_consumer", "run_member", "MemberLoop"]
+__all__ = ["stop_on_signals", "Member", "run_consumer", "run_member", "MemberLoop"]
 
 log = structlog.get_logger("lanes.runtime")
 
@@ -36,19 +45,70 @@ def stop_on_signals(stop: asyncio.Event | None) -> asyncio.Event:
     return stop
 
 
+class Member:
+    """The producer, ops endpoints and stop event of one consumer process.
+
+    ``async with Member(...) as member``: the producer is started on entry, the ops server
+    serves ``ready()`` until exit, and the producer is stopped last. ``publish`` waits for
+    the broker's acks; ``enqueue`` hands outputs over and returns their ack futures.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_id: str,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.registry = registry
+        self.ready = ready
+        self.stop = stop_on_signals(stop)
+        self.dlq_topic = Topics(settings.topic_prefix).dlq
+        self.producer = make_producer(settings, client_id=client_id)
+        self._ops: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Member:
+        await self.producer.start()
+        self._ops = asyncio.create_task(
+            serve_ops(
+                self.settings.metrics_host, self.settings.metrics_port, self.registry, self.ready
+            ),
+            name=f"ops-{self.client_id}",
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._ops is not None:
+            self._ops.cancel()
+            await asyncio.gather(self._ops, return_exceptions=True)
+        await self.producer.stop()
+
+    async def publish(self, outputs: Sequence[Output]) -> None:
+        await publish_all(self.producer, outputs)
+
+    async def enqueue(self, outputs: Sequence[Output]) -> list[asyncio.Future[Any]]:
+        return await enqueue_outputs(self.producer, outputs)
+
+
 class MemberLoop(Protocol):
     ready: bool
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
 
-LoopFactory = Callable[[AIOKafkaConsumer, AIOKafkaProducer, str, str], MemberLoop]
+LoopFactory = Callable[[AIOKafkaConsumer, AIOKafkaProducer, str], MemberLoop]
 
 
 async def run_member(
     settings: Settings,
     *,
-    name: str,
+    group: str,
     topics: Sequence[str],
     make_loop: LoopFactory,
     registry: CollectorRegistry | None = None,
@@ -56,47 +116,47 @@ async def run_member(
     consumer_options: dict[str, object] | None = None,
     listener: ConsumerRebalanceListener | None = None,
 ) -> None:
-    """Run one member of group ``lanes-<name>`` (clients, ops endpoints, signals) with the
-    loop ``make_loop(consumer, producer, group, dlq_topic)`` until ``stop``."""
-    stop = stop_on_signals(stop)
+    """Run one member of ``group`` with the loop ``make_loop(consumer, producer, dlq_topic)``
+    until ``stop`` (or SIGTERM/SIGINT)."""
     registry = registry or CollectorRegistry()
-    group = settings.group(f"lanes-{name}")
-    producer = make_producer(settings, client_id=f"lanes-{name}")
-    consumer = make_consumer(
-        settings, group=group, client_id=f"lanes-{name}", **(consumer_options or {})
-    )
+    client_id = group.removeprefix(settings.group_prefix)
+    consumer = make_consumer(settings, group=group, client_id=client_id, **(consumer_options or {}))
     consumer.subscribe(topics=list(topics), listener=listener)
-    loop = make_loop(consumer, producer, group, Topics(settings.topic_prefix).dlq)
-    await producer.start()
-    try:
-        await consumer.start()
-        freeze_startup_heap()  # a long-lived member: later collections skip the imports
-        ops = asyncio.create_task(
-            serve_ops(settings.metrics_host, settings.metrics_port, registry, lambda: loop.ready)
-        )
-        log.info("consumer_started", group=group, topics=list(topics))
-        runner = asyncio.create_task(loop.run(stop))
-        stopper = asyncio.create_task(stop.wait())
+    loop: MemberLoop | None = None
+    member = Member(
+        settings,
+        client_id=client_id,
+        registry=registry,
+        stop=stop,
+        ready=lambda: loop is not None and loop.ready,
+    )
+    async with member:
+        loop = make_loop(consumer, member.producer, member.dlq_topic)
         try:
-            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if runner in done:
-                runner.result()  # surface a crash
-            else:
-                await runner  # finishes the batch in hand, then returns
+            await consumer.start()
+            freeze_startup_heap()  # a long-lived member: later collections skip the imports
+            log.info("consumer_started", group=group, topics=list(topics))
+            runner = asyncio.create_task(loop.run(member.stop))
+            stopper = asyncio.create_task(member.stop.wait())
+            try:
+                done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if runner in done:
+                    runner.result()  # surface a crash
+                else:
+                    await runner  # finishes the batch in hand, then returns
+            finally:
+                for task in (stopper, runner):
+                    task.cancel()
+                await asyncio.gather(stopper, runner, return_exceptions=True)
         finally:
-            for task in (ops, stopper, runner):
-                task.cancel()
-            await asyncio.gather(ops, stopper, runner, return_exceptions=True)
-    finally:
-        await consumer.stop()
-        await producer.stop()
-        log.info("consumer_stopped", group=group)
+            await consumer.stop()
+            log.info("consumer_stopped", group=group)
 
 
 async def run_consumer(
     settings: Settings,
     *,
-    name: str,
+    group: str,
     topics: Sequence[str],
     parse: Parser,
     handler: Handler,
@@ -106,18 +166,18 @@ async def run_consumer(
     consumer_options: dict[str, object] | None = None,
     listener: ConsumerRebalanceListener | None = None,
 ) -> None:
-    """Run the consume loop for group ``name`` until ``stop`` is set (or SIGTERM/SIGINT)."""
+    """Run the consume loop for ``group`` until ``stop`` is set (or SIGTERM/SIGINT)."""
     registry = registry or CollectorRegistry()
     metrics = LoopMetrics(registry)
     await run_member(
         settings,
-        name=name,
+        group=group,
         topics=topics,
         registry=registry,
         stop=stop,
         consumer_options=consumer_options,
         listener=listener,
-        make_loop=lambda consumer, producer, group, dlq: ConsumeLoop(
+        make_loop=lambda consumer, producer, dlq: ConsumeLoop(
             consumer,
             producer,
             group=group,

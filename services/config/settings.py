@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from producers.settings import ClientSettings
+from schemas.topics import Groups
 from services.webhooks.delivery import SigningKeys
 
 __all__ = ["Settings", "Quota", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
@@ -163,5 +164,7 @@ class Settings(ClientSettings):
     def models_path(self) -> Path:
         return (self.models_dir or self.state_dir / "models").resolve()
 
-    def group(self, name: str) -> str:
-        return f"{self.group_prefix}{name}"
+    @property
+    def groups(self) -> Groups:
+        """Every consumer-group id, under ``group_prefix``."""
+        return Groups(self.group_prefix)

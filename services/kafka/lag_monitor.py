@@ -14,19 +14,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.topics import Topics
 from services.config.settings import Settings
 
-__all__ = ["LagMonitor", "spill_key", "spill_group"]
+__all__ = ["LagMonitor", "spill_key"]
 
 log = structlog.get_logger("lanes.lag")
 
 
 def spill_key(lane: str) -> str:
     return f"{lane}.spill"
-
-
-def spill_group(settings: Settings, lane: str) -> str:
-    """The consumer group of a lane's spill queue: the guests of every lane that assists or
-    backfills it."""
-    return settings.group(f"lanes-lane-{lane}-spill")
 
 
 class LagMonitor:
@@ -38,11 +32,9 @@ class LagMonitor:
         self.every_s = every_s
         # key -> (group, topic): a lane's own queue under its name, its spill queue under
         # spill_key(lane).
-        self.wanted = {
-            lane: (settings.group(f"lanes-lane-{lane}"), topics.lane(lane)) for lane in lanes
-        }
+        self.wanted = {lane: (settings.groups.lane(lane), topics.lane(lane)) for lane in lanes}
         self.wanted.update(
-            {spill_key(lane): (spill_group(settings, lane), topics.spill(lane)) for lane in spill}
+            {spill_key(lane): (settings.groups.spill(lane), topics.spill(lane)) for lane in spill}
         )
         self.lags: dict[str, int] = {}
         # Jobs this process sent to a queue since the last measurement began: what the

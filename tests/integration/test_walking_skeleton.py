@@ -120,14 +120,15 @@ async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -
     by_group: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         by_group.setdefault(letter.consumer_group, []).append(letter)
-    router_letters = by_group[stack.settings.group("lanes-router")]
+    router_letters = by_group[stack.settings.groups.router]
     assert {base64.b64decode(x.key_b64 or "") for x in router_letters} == {b"bad-1", b"bad-2"}
     for letter in router_letters:
         assert letter.source_topic == stack.topics.requests
         assert letter.source_offset >= 0 and letter.source_partition >= 0
         assert letter.error.startswith("invalid event")
-    for group in ("lanes-lane-draft", "lanes-verify", "lanes-jobs", "lanes-webhooks"):
-        assert stack.settings.group(group) in by_group, sorted(by_group)
+    groups = stack.settings.groups
+    for group in (groups.lane("draft"), groups.verifier, groups.jobs, groups.webhooks):
+        assert group in by_group, sorted(by_group)
     bad1 = next(x for x in router_letters if base64.b64decode(x.key_b64 or "") == b"bad-1")
     assert base64.b64decode(bad1.value_b64 or "") == b"{not json"
 

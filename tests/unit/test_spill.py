@@ -185,29 +185,16 @@ async def test_without_a_preemptible_render_the_guest_runs_on_its_own() -> None:
 def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
+    from consumers.lane_worker.gpu_process import GpuProcess, Urgency
     from consumers.lane_worker.models import LaneModels
     from consumers.lane_worker.worker import LaneWorker
     from services.config.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
     routes = load_routes(None)
-    host = LaneWorker(
-        settings,
-        "final",
-        routes,
-        LaneModels(settings, "final", routes),
-        CollectorRegistry(),
-        instance="gpu-0-final",
-    )
-    guest = LaneWorker(
-        settings,
-        "draft",
-        routes,
-        LaneModels(settings, "draft", routes),
-        host.registry,
-        host=host,
-        priority=0,
-    )
+    shared = GpuProcess(settings, routes, CollectorRegistry(), "gpu-0-final")
+    host = LaneWorker(shared, "final", LaneModels(settings, "final", routes))
+    guest = LaneWorker(shared, "draft", LaneModels(settings, "draft", routes), Urgency.ASSISTED)
     assert host.guests == [guest] and guest.device is host.device and guest.gpu is host.gpu
     assert (guest.instance, guest.source, guest.serves) == (
         "gpu-0-final+draft-spill",
@@ -225,13 +212,7 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
     # A backfilled lane's guest is the other way round: it yields to the host.
     backfill = LaneWorker(
-        settings,
-        "upscale",
-        routes,
-        LaneModels(settings, "upscale", routes),
-        host.registry,
-        host=host,
-        priority=2,
+        shared, "upscale", LaneModels(settings, "upscale", routes), Urgency.BACKFILL
     )
     assert set(map(id, backfill.peers)) == {id(host), id(guest)}
     assert backfill.cap == routes.lanes["upscale"].max_concurrency

@@ -1,0 +1,88 @@
+"""What the workers of one GPU process share, and who goes first on that GPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from consumers.lane_worker.device_turns import DeviceTurns
+from consumers.lane_worker.metrics import WorkerMetrics
+from consumers.machinery.runtime import Member
+from schemas.control import LaneDesired, WorkerStatus
+from schemas.records import JobState
+from schemas.topics import Topics
+from services.config.routes import Routes
+from services.config.settings import Settings
+from services.kafka.compacted_view import CompactedView
+from services.process.tuning import lower_thread_priority
+
+if TYPE_CHECKING:
+    from consumers.lane_worker.worker import LaneWorker
+
+__all__ = ["Urgency", "GpuProcess"]
+
+
+class Urgency(IntEnum):
+    """A worker's turn on the shared GPU: lower goes first."""
+
+    ASSISTED = 0  # a guest serving the spill queue of a lane this worker assists
+    OWN = 1  # the host: the worker's own lane
+    BACKFILL = 2  # a guest serving a less urgent lane's spill queue while the GPU would idle
+
+
+@dataclass
+class GpuProcess:
+    """One GPU's worker process: its host and guest ``LaneWorker``s (``workers``, host
+    first), the GPU's one inference thread and its turns, the image-codec threads, the
+    views every worker reads, the metrics, and the ``Member`` (producer, ops endpoints)."""
+
+    settings: Settings
+    routes: Routes
+    registry: CollectorRegistry
+    instance: str
+    topics: Topics = field(init=False)
+    metrics: WorkerMetrics = field(init=False)
+    device: DeviceTurns = field(default_factory=DeviceTurns)
+    workers: list[LaneWorker] = field(default_factory=list)
+    member: Member | None = None
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.topics = Topics(s.topic_prefix)
+        self.metrics = WorkerMetrics(self.registry)
+        self.jobs_view = CompactedView(s, self.topics.jobs, JobState.model_validate_json)
+        self.control_view = CompactedView(s, self.topics.control, LaneDesired.model_validate_json)
+        self.workers_view = CompactedView(s, self.topics.workers, WorkerStatus.model_validate_json)
+        # One inference thread: one GPU runs one batch at a time. It and the image codec
+        # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.
+        nicer = (s.compute_thread_nice,)
+        self.gpu = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="gpu",
+            initializer=lower_thread_priority,
+            initargs=nicer,
+        )
+        self.codec = ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="png",
+            initializer=lower_thread_priority,
+            initargs=nicer,
+        )
+
+    @classmethod
+    def for_lane(
+        cls,
+        settings: Settings,
+        routes: Routes,
+        lane: str,
+        registry: CollectorRegistry,
+        instance: str | None = None,
+    ) -> GpuProcess:
+        name = instance or f"{socket.gethostname()}-{os.getpid()}-{lane}"
+        return cls(settings, routes, registry, name)

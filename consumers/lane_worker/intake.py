@@ -1,0 +1,132 @@
+"""Intake of a fetched record: parse, skip duplicates and canceled jobs, read a refine
+pass's init image, then hold the job and hand it to the micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from aiokafka import TopicPartition
+
+from consumers.lane_worker.tasks import RenderTask, task_key
+from consumers.machinery.loop import Output, bind_record, dead_letter
+from schemas.events import (
+    GenerationRouted,
+    RenderFailed,
+    parse_job_event,
+)
+from schemas.exceptions import PoisonEvent
+from services.engines.diffusion import (
+    RenderRequest,
+    batch_key,
+)
+from services.storage.artifacts import ArtifactError
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["Intake"]
+
+log = structlog.get_logger("lanes.worker")
+
+
+class Intake:
+    """Part of ``LaneWorker`` (a mixin, one concern of the class); see the module doc."""
+
+    # ---- admission ---------------------------------------------------------------------
+
+    def stage_of(self, event: GenerationRouted) -> Literal["draft", "final", "upscaled"]:
+        """A refine pass makes the upscaled image; the first render of a cascade is a draft."""
+        if event.init_artifact_uri is not None:
+            return "upscaled"
+        if self.spec.cascade is not None or event.spec.intent == "draft":
+            return "draft"
+        return "final"
+
+    def _already_done(self, event: GenerationRouted) -> bool:
+        key = task_key(event)
+        if key in self.holding or key in self.recent:
+            return True
+        job = self.jobs_view.items.get(event.job_id)
+        if job is None:
+            return False
+        return (
+            job.terminal
+            or job.attempt > event.attempt
+            or any(
+                a.attempt == event.attempt and a.stage == self.stage_of(event)
+                for a in job.artifacts
+            )
+        )
+
+    async def _admit(self, tp: TopicPartition, record: Any) -> None:
+        bind_record(record, self.group)
+        self.tracker.add(tp, record.offset)
+        try:
+            event = parse_job_event(record.value or b"")
+            if not isinstance(event, GenerationRouted):
+                raise PoisonEvent(f"lane worker expects generation.routed, got {event.type}")
+        except Exception as exc:  # noqa: BLE001 - a bad record goes to the DLQ
+            log.warning("event_dead_lettered", error=str(exc)[:300])
+            await self._send([dead_letter(record, exc, self.group, self.topics.dlq)])
+            self.tracker.done(tp, record.offset)
+            await self._commit()
+            return
+        if self._already_done(event):
+            log.info("duplicate_skipped", attempt=event.attempt)
+            self.metrics.duplicates.labels(*self.labels).inc()
+            self.tracker.done(tp, record.offset)
+            await self._commit()
+            return
+        if self._canceled(event.job_id):
+            log.info("canceled_job_skipped")
+            await self._send([self._canceled_output(event, None)])
+            self.tracker.done(tp, record.offset)
+            await self._commit()
+            return
+        init_image = None
+        if event.init_artifact_uri is not None:
+            try:
+                init_image = await asyncio.get_running_loop().run_in_executor(
+                    self.codec, self.store.open_image, event.init_artifact_uri
+                )
+            except ArtifactError as exc:  # the job fails with the reason; never stuck
+                log.warning("init_artifact_unreadable", error=str(exc))
+                self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
+                await self._send(
+                    [
+                        Output(
+                            self.topics.renders,
+                            event.job_id,
+                            RenderFailed(
+                                job_id=event.job_id,
+                                producer=f"lanes-worker-{self.lane}",
+                                lane=self.lane,
+                                attempt=event.attempt,
+                                error=f"cannot refine: {exc}",
+                            ).to_bytes(),
+                        )
+                    ]
+                )
+                self.tracker.done(tp, record.offset)
+                await self._commit()
+                return
+        request = RenderRequest(
+            prompt=event.spec.prompt,
+            width=event.width,
+            height=event.height,
+            steps=self.models.steps(event.sample_steps),
+            guidance_scale=event.guidance_scale,
+            seed=event.seed,
+            init_image=init_image,
+            strength=event.strength,
+        )
+        engine = self.models.engine_for(event.job_id, event.stable_only)
+        self.holding.add(task_key(event))
+        self._hold(+1)
+        self.batcher.put(
+            (engine.name, engine.version, batch_key(request)),
+            RenderTask(tp, record.offset, event, request, datetime.now(UTC), engine),
+        )

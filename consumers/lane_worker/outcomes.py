@@ -1,0 +1,251 @@
+"""The outcome of each job, published: stored image and render.completed (plus the
+cascade's refine pass), failure, fallback on out-of-memory, retry on stable, canceled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import structlog
+
+from consumers.lane_worker.tasks import RECENT_LIMIT, RenderTask, labels_of, task_key
+from consumers.machinery.loop import Output
+from schemas.events import (
+    GenerationRouted,
+    RenderCanceled,
+    RenderCompleted,
+    RenderFailed,
+    RenderRerouted,
+    Timings,
+)
+from services.domain.routing import Job, route
+from services.engines.diffusion import (
+    Interrupted,
+    RenderOutput,
+)
+from services.engines.memory import (
+    OutOfMemory,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["Outcomes"]
+
+log = structlog.get_logger("lanes.worker")
+
+
+class Outcomes:
+    """Part of ``LaneWorker`` (a mixin, one concern of the class); see the module doc."""
+
+    async def _publish_outcome(
+        self, task: RenderTask, result: RenderOutput | Exception, started_at: datetime
+    ) -> None:
+        if self._canceled(task.event.job_id):  # canceled while queued here or rendering
+            step = result.step if isinstance(result, Interrupted) else task.request.steps
+            await self._send([self._canceled_output(task.event, step)])
+            return
+        if isinstance(result, Exception):
+            await self._send(self._unrendered(task, result))
+            return
+        stored = time.perf_counter()
+        uri = await asyncio.get_running_loop().run_in_executor(
+            self.codec,
+            self.store.put_png,
+            task.event.job_id,
+            f"{self.stage_of(task.event)}-a{task.event.attempt}",
+            result.image,
+        )
+        store_ms = (time.perf_counter() - stored) * 1000
+        outputs = [self._completed(task, result, uri, started_at, store_ms)]
+        if self.spec.cascade is not None and task.event.init_artifact_uri is None:
+            outputs.append(self._cascade(task.event, uri))
+        await self._send(outputs)
+
+    def _cascade(self, e: GenerationRouted, draft_uri: str) -> Output:
+        """The refine/upscale pass of a cascade route, on its own lane and queue."""
+        assert self.spec.cascade is not None
+        cascade = self.spec.cascade
+        routed = route(
+            self.routes,
+            self.control_view.items,
+            Job.of(e),
+            cascade.lane,
+            producer=f"lanes-worker-{self.lane}",
+            size=(cascade.width, cascade.height),
+            init_artifact_uri=draft_uri,
+        )
+        return Output(self.topics.lane(self.spec.cascade.lane), e.job_id, routed.to_bytes())
+
+    def _release(self, task: RenderTask, rendered: bool = False) -> None:
+        key = task_key(task.event)
+        self.holding.discard(key)
+        self.jobs_done += 1
+        if rendered:
+            self.recent[key] = None
+            while len(self.recent) > RECENT_LIMIT:
+                self.recent.popitem(last=False)
+        self._hold(-1)
+
+    def _completed(
+        self,
+        task: RenderTask,
+        result: RenderOutput,
+        uri: str,
+        started_at: datetime,
+        store_ms: float,
+    ) -> Output:
+        e = task.event
+        now = datetime.now(UTC)
+        # Until the batch began on the GPU thread (later than its turn when it waited for a
+        # step boundary of the host's render).
+        began = datetime.fromtimestamp(result.started_at, UTC) if result.started_at else started_at
+        queue_wait = max(0.0, (began - e.requested_at).total_seconds())
+        total = (now - e.requested_at).total_seconds()
+        labels = labels_of(self.lane, task.engine)
+        self.metrics.jobs.labels(*labels, "ok").inc()
+        self.metrics.queue_wait.labels(*labels).observe(queue_wait)
+        self.metrics.end_to_end.labels(*labels).observe(total)
+        done = RenderCompleted(
+            job_id=e.job_id,
+            producer=f"lanes-worker-{self.lane}",
+            lane=self.lane,
+            attempt=e.attempt,
+            stage=self.stage_of(e),
+            model=task.engine.name,
+            spec=e.spec,
+            requested_at=e.requested_at,
+            next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
+            version=task.engine.version,
+            instance=self.instance,
+            artifact_uri=uri,
+            width=result.image.width,
+            height=result.image.height,
+            seed=e.seed,
+            sample_steps=task.request.steps,
+            expected_text=e.spec.expected_text,
+            timings=Timings(
+                queue_wait_ms=queue_wait * 1000,
+                inference_ms=result.inference_ms,
+                total_ms=total * 1000,
+                batch_size=result.batch_size,
+                store_ms=store_ms,
+                preempted_ms=result.preempted_ms or None,
+                kafka_wait_ms=max(0.0, (task.fetched_at - e.requested_at).total_seconds() * 1000),
+            ),
+        )
+        log.info(
+            "render_completed",
+            job_id=e.job_id,
+            batch=result.batch_size,
+            inference_ms=round(result.inference_ms, 1),
+        )
+        return Output(self.topics.renders, e.job_id, done.to_bytes())
+
+    def _unrendered(self, task: RenderTask, exc: Exception) -> list[Output]:
+        e = task.event
+        producer = f"lanes-worker-{self.lane}"
+        fallback = self.spec.fallback_lane
+        labels = labels_of(self.lane, task.engine)
+        if isinstance(exc, OutOfMemory) and fallback and fallback != self.lane:
+            reason = f"out of memory on lane {self.lane}: {exc}"[:500]
+            self.metrics.jobs.labels(*labels, "rerouted").inc()
+            self.metrics.failures.labels(*labels, "oom_rerouted").inc()
+            log.warning("job_rerouted", job_id=e.job_id, to_lane=fallback, reason=reason)
+            routed = route(
+                self.routes,
+                self.control_view.items,
+                Job.of(e, attempt=e.attempt + 1),
+                fallback,
+                reason,
+                producer=producer,
+            )
+            rerouted = RenderRerouted(
+                job_id=e.job_id,
+                producer=producer,
+                lane=self.lane,
+                to_lane=fallback,
+                reason=reason,
+                attempt=e.attempt + 1,
+            )
+            # The reroute record first: the job view must know the new attempt is coming.
+            return [
+                Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
+                Output(self.topics.lane(fallback), e.job_id, routed.to_bytes()),
+            ]
+        if not e.stable_only and not self.models.is_stable(task.engine):
+            return self._retry_on_stable(task, exc)
+        reason = (
+            "oom"
+            if isinstance(exc, OutOfMemory)
+            else "invalid"
+            if isinstance(exc, ValueError)
+            else "error"
+        )
+        self.metrics.jobs.labels(*labels, "failed").inc()
+        self.metrics.failures.labels(*labels, reason).inc()
+        failed = RenderFailed(
+            job_id=e.job_id,
+            producer=producer,
+            lane=self.lane,
+            model=task.engine.name,
+            version=task.engine.version,
+            attempt=e.attempt,
+            error=str(exc)[:1000],
+        )
+        return [Output(self.topics.renders, e.job_id, failed.to_bytes())]
+
+    def _canceled(self, job_id: str) -> bool:
+        job = self.jobs_view.items.get(job_id)
+        return job is not None and (job.cancel_requested or job.status == "canceled")
+
+    def _canceled_output(self, e: GenerationRouted, step: int | None) -> Output:
+        self.metrics.jobs.labels(*self.labels, "canceled").inc()
+        log.info("job_canceled", job_id=e.job_id, at_step=step)
+        return Output(
+            self.topics.renders,
+            e.job_id,
+            RenderCanceled(
+                job_id=e.job_id,
+                producer=f"lanes-worker-{self.lane}",
+                lane=self.lane,
+                attempt=e.attempt,
+                at_step=step,
+            ).to_bytes(),
+        )
+
+    def _retry_on_stable(self, task: RenderTask, exc: Exception) -> list[Output]:
+        """A job the canary (or a version being replaced) failed gets one more attempt on the
+        stable version; the reroute record names the failed version for the canary judge."""
+        e, engine = task.event, task.engine
+        producer = f"lanes-worker-{self.lane}"
+        reason = f"{engine.name} {engine.version} failed: {exc}"[:500]
+        self.metrics.jobs.labels(*labels_of(self.lane, engine), "retried_on_stable").inc()
+        log.warning("job_retried_on_stable", job_id=e.job_id, version=engine.version, reason=reason)
+        rerouted = RenderRerouted(
+            job_id=e.job_id,
+            producer=producer,
+            lane=self.lane,
+            to_lane=self.lane,
+            reason=reason,
+            attempt=e.attempt + 1,
+            model=engine.name,
+            version=engine.version,
+        )
+        routed = route(
+            self.routes,
+            self.control_view.items,
+            Job.of(e, attempt=e.attempt + 1),
+            self.lane,
+            reason,
+            producer=producer,
+            size=(e.width, e.height),
+            init_artifact_uri=e.init_artifact_uri,
+            stable_only=True,
+        )
+        return [
+            Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
+            Output(self.topics.lane(self.lane), e.job_id, routed.to_bytes()),
+        ]

@@ -1,0 +1,119 @@
+"""Start one lane worker process: its lane's models, the guests' models, then the workers.
+
+The models load before the process joins any group (load, warm-up and batch profile take
+seconds to minutes); the lane's current desired state on ``lanes.control`` decides which
+version loads first. Then the host and its guests run inside one ``Member``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from consumers.lane_worker.gpu_process import GpuProcess, Urgency
+from consumers.lane_worker.models import LaneModels
+from consumers.lane_worker.worker import LaneWorker
+from consumers.machinery.runtime import Member, stop_on_signals
+from schemas.control import LaneDesired
+from schemas.topics import Topics
+from services.config.routes import Routes, load_routes
+from services.config.settings import Settings
+from services.kafka.compacted_view import CompactedView
+from services.process.tuning import freeze_startup_heap
+
+__all__ = ["run", "load_guests"]
+
+log = structlog.get_logger("lanes.worker")
+
+
+async def load_guests(
+    settings: Settings,
+    routes: Routes,
+    lane: str,
+    models: LaneModels,
+    control: dict[str, LaneDesired],
+) -> dict[str, LaneModels]:
+    """The models of each lane this worker assists or backfills, within the one memory
+    budget it shares with its own lane's models. A lane whose model does not fit is not
+    helped (logged); the worker still serves its own lane."""
+    loaded: dict[str, LaneModels] = {}
+    if not settings.assist:
+        return loaded
+    for helped in routes.lanes[lane].assists + routes.lanes[lane].backfills:
+        guest = LaneModels(settings, helped, routes)
+        guest.neighbours = [models, *loaded.values()]
+        try:
+            engine = await guest.start(control.get(helped))
+        except Exception as exc:  # noqa: BLE001 - assisting is optional; serving the lane is not
+            log.error("assist_refused", lane=lane, helps=helped, error=str(exc)[:300])
+            continue
+        log.info(
+            "assist_loaded",
+            lane=lane,
+            helps=helped,
+            model=engine.name,
+            version=engine.version,
+            footprint_mb=round(engine.footprint_bytes / 2**20, 1),
+        )
+        for other in (models, *loaded.values()):
+            other.neighbours.append(guest)
+        loaded[helped] = guest
+    return loaded
+
+
+async def run(
+    settings: Settings,
+    lane: str,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_ready: Any = None,
+    instance: str | None = None,
+) -> None:
+    stop = stop_on_signals(stop)
+    routes = load_routes(settings.routes_file)
+    if lane not in routes.lanes:
+        raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
+    models = LaneModels(settings, lane, routes)
+    started = time.perf_counter()
+    # Start on the lane's current version, not the routes file's only to switch at once.
+    control = await CompactedView(
+        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
+    ).load()
+    engine = await models.start(control.get(lane))
+    log.info(
+        "engine_loaded",
+        lane=lane,
+        model=engine.name,
+        version=engine.version,
+        device=engine.device,
+        load_s=round(time.perf_counter() - started, 2),
+        footprint_mb=round(engine.footprint_bytes / 2**20, 1),
+    )
+    guest_models = await load_guests(settings, routes, lane, models, control)
+    freeze_startup_heap()  # torch, diffusers and the models: ~500k objects no collection scans
+    shared = GpuProcess.for_lane(
+        settings, routes, lane, registry or CollectorRegistry(), instance=instance
+    )
+    worker = LaneWorker(shared, lane, models)
+    for helped, helped_models in guest_models.items():
+        assisted = helped in routes.lanes[lane].assists  # else a lane it backfills
+        LaneWorker(
+            shared, helped, helped_models, Urgency.ASSISTED if assisted else Urgency.BACKFILL
+        )
+    if on_ready is not None:
+        on_ready(worker)
+    member = Member(
+        settings,
+        client_id=f"lanes-worker-{lane}",
+        registry=shared.registry,
+        ready=lambda: worker.all_ready,
+        stop=stop,
+    )
+    async with member:
+        shared.member = member
+        await worker.run(member.stop)

@@ -1,0 +1,145 @@
+"""Rendering on the GPU thread: take turns with the process's other workers, split a
+batch on out-of-memory, and finish each batch's jobs once rendered."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from consumers.lane_worker.tasks import RenderTask, labels_of
+from consumers.machinery.loop import Output
+from schemas.events import (
+    RenderStarted,
+)
+from services.engines.diffusion import (
+    Interrupted,
+    RenderOutput,
+)
+from services.engines.memory import (
+    OutOfMemory,
+    free_cached_memory,
+    peak_memory_bytes,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["Rendering"]
+
+log = structlog.get_logger("lanes.worker")
+
+
+class Rendering:
+    """Part of ``LaneWorker`` (a mixin, one concern of the class); see the module doc."""
+
+    # ---- rendering ---------------------------------------------------------------------
+
+    async def _gpu_loop(self) -> None:
+        while True:
+            batch = await self.batcher.next_batch()
+            async with self.device.turn(self.priority):  # the GPU is shared with any guest
+                started_at = datetime.now(UTC)
+                # Progress events are not waited for here (the render starts at once);
+                # _finish awaits their acks before it publishes the outcome.
+                started = await self._enqueue(
+                    [
+                        Output(
+                            self.topics.renders,
+                            t.event.job_id,
+                            RenderStarted(
+                                job_id=t.event.job_id,
+                                producer=f"lanes-worker-{self.lane}",
+                                lane=self.lane,
+                                model=t.engine.name,
+                                version=t.engine.version,
+                                instance=self.instance,
+                                attempt=t.event.attempt,
+                            ).to_bytes(),
+                        )
+                        for t in batch
+                    ]
+                )
+                results = await self._render_fitting(batch)
+            task = asyncio.create_task(self._finish(results, started_at, started))
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
+
+    async def _render_fitting(
+        self, batch: list[RenderTask]
+    ) -> list[tuple[RenderTask, RenderOutput | Exception]]:
+        """Render, splitting the batch on out-of-memory; a job that does not fit alone gets
+        its OutOfMemory back."""
+        loop = asyncio.get_running_loop()
+        engine = batch[0].engine
+        labels = labels_of(self.lane, engine)
+        reqs = [t.request for t in batch]
+
+        def canceled() -> bool:
+            return all(self._canceled(t.event.job_id) for t in batch)
+
+        try:
+            # A batch runs between the steps of a less urgent peer's render in progress; a
+            # render lets more urgent peers' batches in between its steps.
+            outputs = await self.device.render(
+                self.gpu,
+                lambda between: engine.render_batch(reqs, canceled, between),
+                priority=self.priority,
+                preempt=any(p.priority > self.priority for p in self.peers),
+                preemptible=any(p.priority < self.priority for p in self.peers),
+            )
+            self.metrics.batch_size.labels(*labels).observe(len(batch))
+            self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
+            return list(zip(batch, outputs, strict=True))
+        except Interrupted as exc:  # every job of the batch was canceled
+            log.info("render_interrupted", batch=len(batch), step=exc.step)
+            return [(t, exc) for t in batch]
+        except OutOfMemory as exc:
+            self.metrics.ooms.labels(*labels).inc()
+            await loop.run_in_executor(self.gpu, free_cached_memory)
+            log.warning("out_of_memory", batch=len(batch), error=str(exc)[:300])
+            if len(batch) == 1:
+                return [(batch[0], exc)]
+            half = len(batch) // 2
+            return await self._render_fitting(batch[:half]) + await self._render_fitting(
+                batch[half:]
+            )
+        except Exception as exc:  # noqa: BLE001 - check_inputs, or a broken model version:
+            log.warning(
+                "render_error",
+                batch=len(batch),
+                model=engine.name,  # fail these jobs,
+                version=engine.version,
+                error=str(exc)[:300],
+            )  # keep the worker
+            return [(t, exc) for t in batch]
+        finally:
+            self.metrics.peak_memory.labels(*labels, engine.device).set(
+                peak_memory_bytes(engine.device)
+            )
+
+    async def _finish(
+        self,
+        results: list[tuple[RenderTask, RenderOutput | Exception]],
+        started_at: datetime,
+        pending: list[asyncio.Future[Any]],
+    ) -> None:
+        """Store and publish each job's outcome as soon as it is ready, then commit.
+
+        A publish that fails after the producer's own retries is fatal: the worker stops
+        with its offsets uncommitted, so the jobs are redelivered to a healthy member.
+        """
+        try:
+            await asyncio.gather(*pending)
+            await asyncio.gather(*(self._publish_outcome(t, r, started_at) for t, r in results))
+        except Exception as exc:  # noqa: BLE001
+            log.error("publish_failed", error=str(exc)[:500])
+            self.fatal = exc
+            self.slot_freed.set()
+            return
+        for task, _ in results:
+            self.tracker.done(task.tp, task.offset)
+            self._release(task, rendered=True)
+        await self._commit()

@@ -1,0 +1,34 @@
+"""A job held by a lane worker, and the keys and labels derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiokafka import TopicPartition
+
+from schemas.events import GenerationRouted
+from services.engines.diffusion import DiffusionEngine, RenderRequest
+
+__all__ = ["RenderTask", "task_key", "labels_of", "RECENT_LIMIT"]
+
+# Jobs a worker remembers having rendered (redelivery dedupe beside the jobs view).
+RECENT_LIMIT = 10_000
+
+
+@dataclass
+class RenderTask:
+    tp: TopicPartition
+    offset: int
+    event: GenerationRouted
+    request: RenderRequest
+    fetched_at: datetime
+    engine: DiffusionEngine  # chosen at admission: a version switch never splits a job
+
+
+def task_key(event: GenerationRouted) -> tuple[str, int, bool]:
+    return (event.job_id, event.attempt, event.init_artifact_uri is not None)
+
+
+def labels_of(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
+    return (lane, engine.name, engine.version)
