@@ -23,6 +23,12 @@ kafka-jars: $(STAMP)
 up: install
 	$(BIN)/lanes up
 
+# ruff (lint + format check) and the import-direction contracts (import-linter, pyproject).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 

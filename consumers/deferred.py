@@ -30,10 +30,15 @@ __all__ = ["run"]
 log = structlog.get_logger("lanes.deferred")
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
-    registry = CollectorRegistry()
+    registry = registry or CollectorRegistry()
     decisions = Counter(
         "lanes_deferred_jobs_total",
         "Deferred jobs when due, by decision",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.restoring import RestoringListener
@@ -54,7 +55,13 @@ class JobStateFolder(RestoringListener):
         return [Output(self.topics.jobs, job_id, new.model_dump_json().encode())]
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    registry = registry or CollectorRegistry()
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     inputs = [topics.requests, topics.deferred, topics.renders, topics.verifications]
@@ -68,6 +75,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         parse=parse_job_event,
         handler=folder.handle,
         stop=stop,
+        registry=registry,
         listener=folder,
         max_records=64,
         consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)},

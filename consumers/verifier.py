@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.runtime import run_consumer
@@ -181,7 +182,13 @@ class Verifier:
         ]
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    registry = registry or CollectorRegistry()
     topics = Topics(settings.topic_prefix)
     control = CompactedView(settings, topics.control, LaneDesired.model_validate_json)
     verifier = Verifier(
@@ -202,6 +209,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             parse=parse_job_event,
             handler=verifier.handle,
             stop=stop,
+            registry=registry,
         )
     finally:
         following.cancel()

@@ -22,8 +22,13 @@ from services.config.settings import Settings
 __all__ = ["run"]
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    registry = CollectorRegistry()
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    registry = registry or CollectorRegistry()
     metrics = WebhookMetrics(registry)
     sender = make_sender(settings)
 

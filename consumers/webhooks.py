@@ -158,8 +158,13 @@ class WebhookDispatcher(RestoringListener):
         return outputs
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    registry = CollectorRegistry()
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    registry = registry or CollectorRegistry()
     sender = make_sender(settings)
     dispatcher = WebhookDispatcher(settings, sender, registry)
     try:

@@ -182,4 +182,3 @@ class Groups:
     def spill(self, lane: str) -> str:
         """The guests serving a lane's spill queue (in the workers that assist or backfill it)."""
         return self._g(f"lane-{lane}-spill")
-

@@ -12,17 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consumers import (
-    control,
-    deferred,
-    jobs,
-    lane_worker,
-    router,
-    verifier,
-    webhook_retries,
-    webhooks,
-)
+from consumers import lane_worker
 from schemas.topics import Topics
+from services.apps.registry import CONSUMERS
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics
@@ -54,28 +46,15 @@ class LocalStack:
     async def start(self) -> None:
         routes = load_routes(self.settings.routes_file)
         await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
-        self.start_component(
-            "router",
-            lambda stop: router.run(
-                self.settings, stop, registry=self.component_registry("router")
-            ),
-        )
-        self.start_component("deferred", lambda stop: deferred.run(self.settings, stop))
-        self.start_component("jobs", lambda stop: jobs.run(self.settings, stop))
-        self.start_component("verifier", lambda stop: verifier.run(self.settings, stop))
-        self.start_component(
-            "control",
-            lambda stop: control.run(
-                self.settings, stop, registry=self.component_registry("control")
-            ),
-        )
-        if self.with_webhooks:
-            self.start_component("webhooks", lambda stop: webhooks.run(self.settings, stop))
-            self.start_component(
-                "webhook-retries", lambda stop: webhook_retries.run(self.settings, stop)
-            )
+        for comp in CONSUMERS:
+            if comp.name in ("webhooks", "webhook-retries") and not self.with_webhooks:
+                continue
+            self.start_component(comp.name, self._runner(comp.runner(), comp.name))
         for lane in routes.lanes if self.worker_lanes is None else self.worker_lanes:
             self.start_worker(lane)
+
+    def _runner(self, run: Any, name: str) -> Any:
+        return lambda stop: run(self.settings, stop, registry=self.component_registry(name))
 
     def start_component(self, name: str, make: Any) -> None:
         stop = self.stops[name] = asyncio.Event()

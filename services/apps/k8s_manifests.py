@@ -8,22 +8,14 @@ from typing import Any
 
 import yaml
 
-from schemas.topics import Topics
+from schemas.topics import Groups, Topics
+from services.apps.registry import CONSUMERS, GATEWAY, workers
 from services.config.routes import Routes
 
 __all__ = ["manifests", "render"]
 
 IMAGE = "ghcr.io/example/lanes:0.1.0"
 METRICS_PORT = 9100
-CPU_COMPONENTS = (
-    "router",
-    "deferred",
-    "jobs",
-    "verifier",
-    "webhooks",
-    "webhook-retries",
-    "control",
-)
 
 
 def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -131,27 +123,22 @@ def manifests(
             replicas=2,
             port=8000,
             env={"LANES_GATEWAY_HOST": "0.0.0.0"},
-            resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+            resources=GATEWAY.resources,
         )
     )
-    for comp in CPU_COMPONENTS:
+    for comp in CONSUMERS:
         docs.append(
-            _deployment(
-                comp,
-                ["run", comp],
-                replicas=1,
-                resources={
-                    "requests": {"cpu": "500m", "memory": "1Gi"},
-                    "limits": {"memory": "2Gi"},
-                },
-            )
+            _deployment(comp.name, ["run", *comp.run_args], replicas=1, resources=comp.resources)
         )
     budget = f"{memory_gb * 0.9:.1f}"  # headroom under the card for the CUDA context
-    for lane in sorted(routes.lanes):
+    groups = Groups()
+    for worker in workers(routes):
+        lane = worker.lane
+        assert lane is not None
         docs.append(
             _deployment(
-                f"worker-{lane}",
-                ["run", "worker", "--lane", lane, "--device", "cuda"],
+                worker.name,
+                ["run", *worker.run_args, "--device", "cuda"],
                 replicas=1,
                 grace_s=60,  # > LANES_DRAIN_TIMEOUT_S: SIGTERM drains in-flight jobs first
                 env={
@@ -159,10 +146,7 @@ def manifests(
                     "LANES_MEMORY_BUDGET_GB": budget,
                     "LANES_DRAIN_TIMEOUT_S": "45",
                 },
-                resources={
-                    "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
-                    "limits": {"memory": "12Gi", "nvidia.com/gpu": 1},
-                },
+                resources=worker.resources,
             )
         )
         docs.append(
@@ -187,9 +171,9 @@ def manifests(
                                 "offsetResetPolicy": "earliest",
                             },
                         }
-                        for group, topic in [(f"lanes-lane-{lane}", topics.lane(lane))]
+                        for group, topic in [(groups.lane(lane), topics.lane(lane))]
                         + (
-                            [(f"lanes-lane-{lane}-spill", topics.spill(lane))]
+                            [(groups.spill(lane), topics.spill(lane))]
                             if routes.lanes[lane].spill
                             else []
                         )

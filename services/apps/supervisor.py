@@ -10,11 +10,12 @@ import asyncio
 import os
 import signal
 import sys
-from dataclasses import dataclass
 
 import structlog
 
 from schemas.topics import Topics
+from services.apps import registry
+from services.apps.registry import Component
 from services.config.routes import checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics, wait_for_kafka
@@ -25,29 +26,8 @@ __all__ = ["Component", "components", "run_stack", "prepare_cluster"]
 log = structlog.get_logger("lanes.stack")
 
 
-@dataclass(frozen=True)
-class Component:
-    name: str
-    args: tuple[str, ...]
-    metrics_port: int
-
-
 def components(settings: Settings) -> list[Component]:
-    routes = load_routes(settings.routes_file)
-    base = 9101
-    items = [
-        Component("gateway", ("gateway",), 0),
-        Component("router", ("router",), base),
-        Component("jobs", ("jobs",), base + 1),
-        Component("verifier", ("verifier",), base + 2),
-        Component("webhooks", ("webhooks",), base + 3),
-        Component("control", ("control",), base + 4),
-        Component("webhook-retries", ("webhook-retries",), base + 5),
-        Component("deferred", ("deferred",), base + 6),
-    ]
-    for i, lane in enumerate(sorted(routes.lanes)):
-        items.append(Component(f"worker-{lane}", ("worker", "--lane", lane), base + 10 + i))
-    return items
+    return registry.components(load_routes(settings.routes_file))
 
 
 async def prepare_cluster(settings: Settings) -> None:
@@ -93,7 +73,7 @@ async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) 
             "-m",
             "services.apps.cli",
             "run",
-            *comp.args,
+            *comp.run_args,
             env=child_env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

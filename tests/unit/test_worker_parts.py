@@ -59,7 +59,7 @@ def test_model_over_budget_is_refused_at_load(tmp_path_factory: pytest.TempPathF
 
 
 def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() -> None:
-    from services.apps.bench.burst import BurstConfig, plan_arrivals
+    from services.apps.bench.burst_plan import BurstConfig, plan_arrivals
 
     cfg = BurstConfig(jobs=72, steady_jobs=24, draft_share=0.75, burst_factor=10.0)
     plan = plan_arrivals(cfg, steady_rate=2.0)

@@ -1,0 +1,83 @@
+"""`lanes bench ...`: the benchmarks (each writes a Markdown table and a PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["bench_app"]
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (write a Markdown table and a PNG)")
+
+
+@bench_app.command("burst")
+def bench_burst(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    jobs: int = typer.Option(72, help="jobs in all, steady phase included"),
+    steady_jobs: int = typer.Option(24, help="jobs at the steady rate before the burst"),
+    draft_share: float = 0.75,
+    burst_factor: float = 10.0,
+    draft_steps: int = 1,
+    final_steps: int = 20,
+    width: int = 256,
+    height: int = 256,
+    workers: int = typer.Option(2, help="workers in both architectures"),
+    draft_workers: int = typer.Option(1, help="Lanes: workers on the draft lane (rest: final)"),
+    preset: str = typer.Option(
+        "tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"
+    ),
+    device: str = "cpu",
+    spill_after_lag: int = typer.Option(
+        4, help="Lanes: drafts waiting before new ones may spill to the final lane's workers"
+    ),
+    final_spill_after_lag: int = typer.Option(
+        2, help="Lanes: finals waiting before new ones may spill to the draft lane's idle workers"
+    ),
+    no_spill: bool = typer.Option(
+        False, "--no-spill", help="Lanes: no spill; each lane's workers serve only their own lane"
+    ),
+) -> None:
+    """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
+    if not 1 <= draft_workers < workers:
+        raise typer.BadParameter("each lane needs a worker: 1 <= --draft-workers < --workers")
+    from services.apps.bench.burst import BurstConfig, run_burst
+
+    cfg = BurstConfig(
+        jobs=jobs,
+        steady_jobs=steady_jobs,
+        draft_share=draft_share,
+        burst_factor=burst_factor,
+        draft_steps=draft_steps,
+        final_steps=final_steps,
+        width=width,
+        height=height,
+        workers=workers,
+        draft_workers=draft_workers,
+        preset=preset,
+        device=device,
+        spill_after_lag=None if no_spill else spill_after_lag,
+        final_spill_after_lag=None if no_spill else final_spill_after_lag,
+    )
+    path = run_burst(cfg, out)
+    typer.echo(path.read_text())
+
+
+@bench_app.command("cascade")
+def bench_cascade(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    preset: str = typer.Option(
+        "tiny", help="engine sizes: tiny | tiny-xl | sd-turbo-class | sdxl-class"
+    ),
+    device: str = "cpu",
+    draft: int = typer.Option(256, help="draft size (px)"),
+    target: int = typer.Option(512, help="delivered size (px)"),
+    full_steps: int = 20,
+) -> None:
+    """Compute per delivered image: few-step draft + batched refine vs one full render."""
+    from services.apps.bench.cascade import CascadeConfig, run_cascade
+
+    cfg = CascadeConfig(
+        preset=preset, device=device, draft_size=draft, target_size=target, full_steps=full_steps
+    )
+    typer.echo(run_cascade(cfg, out).read_text())

@@ -1,0 +1,104 @@
+"""Every Lanes component, once: its name, what it runs, its consumer group, its local
+metrics port and its Kubernetes resources. `lanes run`, `lanes up`, the in-process stack,
+the k8s manifests and the benchmarks read this list; nothing else names components.
+
+A component's name is what `lanes run NAME` takes and what its Deployment is called
+(``lanes-NAME``). Lane workers are one component per lane (``worker-<lane>``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.topics import Groups
+from services.config.routes import Routes
+
+__all__ = ["Component", "CONSUMERS", "GATEWAY", "WORKER", "components", "consumer"]
+
+CPU_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "2Gi"},
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    # The consumers module whose ``run(settings, stop=None, *, registry=None)`` is the
+    # component (None: the gateway, an HTTP app).
+    module: str | None
+    group: Callable[[Groups], str] | None  # its consumer group (None: no group)
+    metrics_port: int  # `lanes up`'s local /metrics port (0: the gateway's own port)
+    resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_RESOURCES))
+    args: tuple[str, ...] = ()  # extra `lanes run` arguments (a worker's --lane)
+    lane: str | None = None
+
+    @property
+    def run_args(self) -> tuple[str, ...]:
+        """`lanes run ...` for this component."""
+        return ("worker", *self.args) if self.lane else (self.name,)
+
+    def runner(self) -> Callable[..., Coroutine[Any, Any, None]]:
+        """The component's ``run`` coroutine function (imported on demand)."""
+        assert self.module is not None, f"{self.name} is not a consumer group"
+        return importlib.import_module(self.module).run  # type: ignore[no-any-return]
+
+
+GATEWAY = Component(
+    "gateway",
+    None,
+    None,
+    0,
+    resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+)
+CONSUMERS: tuple[Component, ...] = (
+    Component("router", "consumers.router", lambda g: g.router, 9101),
+    Component("jobs", "consumers.jobs", lambda g: g.jobs, 9102),
+    Component("verifier", "consumers.verifier", lambda g: g.verifier, 9103),
+    Component("webhooks", "consumers.webhooks", lambda g: g.webhooks, 9104),
+    Component("control", "consumers.control", lambda g: g.control, 9105),
+    Component("webhook-retries", "consumers.webhook_retries", lambda g: g.webhook_retries, 9106),
+    Component("deferred", "consumers.deferred", lambda g: g.deferred, 9107),
+)
+# Lane workers: one process per GPU; `lanes up` gives each lane's a port from 9111 up.
+WORKER = Component(
+    "worker",
+    "consumers.lane_worker",
+    None,
+    9111,
+    resources={
+        "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
+        "limits": {"memory": "12Gi", "nvidia.com/gpu": 1},
+    },
+)
+
+
+def consumer(name: str) -> Component:
+    for comp in CONSUMERS:
+        if comp.name == name:
+            return comp
+    raise KeyError(f"no consumer component {name!r} (have {[c.name for c in CONSUMERS]})")
+
+
+def workers(routes: Routes) -> list[Component]:
+    """One worker component per lane of the routes file."""
+    return [
+        Component(
+            f"worker-{lane}",
+            WORKER.module,
+            lambda g, lane=lane: g.lane(lane),
+            WORKER.metrics_port + i,
+            resources=WORKER.resources,
+            args=("--lane", lane),
+            lane=lane,
+        )
+        for i, lane in enumerate(sorted(routes.lanes))
+    ]
+
+
+def components(routes: Routes) -> list[Component]:
+    """Everything `lanes up` runs: the gateway, every consumer group, a worker per lane."""
+    return [GATEWAY, *CONSUMERS, *workers(routes)]
