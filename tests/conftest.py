@@ -18,7 +18,7 @@ import pytest
 from services.config.settings import Settings
 from services.kafka.local_broker import KafkaProcess, free_port
 from services.process.logs import configure_logging
-from tests.stack import Stack, WebhookReceiver
+from tests.support import Stack, WebhookReceiver
 
 
 def _docker_available() -> bool:

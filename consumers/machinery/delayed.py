@@ -18,8 +18,8 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumers.machinery.loop import ConsumeLoop, LoopMetrics, MessageContext, Output
-from consumers.machinery.runtime import run_member
+from consumers.machinery.loop import ConsumeLoop, MessageContext, Output
+from consumers.machinery.runtime import run_consumer
 from schemas.events import utcnow
 from services.config.settings import Settings
 
@@ -66,27 +66,19 @@ async def run_delayed(
     registry: CollectorRegistry | None = None,
 ) -> None:
     """Run ``group`` over the delay topic until ``stop`` (or SIGTERM/SIGINT)."""
-    registry = registry or CollectorRegistry()
-    metrics = LoopMetrics(registry)
 
     async def handler(item: Any, ctx: MessageContext) -> Sequence[Output]:
         return await handle(item)
 
-    await run_member(
+    await run_consumer(
         settings,
         group=group,
         topics=[topic],
-        registry=registry,
+        parse=parse,
+        handler=handler,
         stop=stop,
-        make_loop=lambda consumer, producer, dlq: DelayedLoop(
-            consumer,
-            producer,
-            group=group,
-            parse=parse,
-            handler=handler,
-            dlq_topic=dlq,
-            metrics=metrics,
-            max_records=32,
-            due_at=due,
-        ),
+        registry=registry,
+        max_records=32,
+        loop_class=DelayedLoop,
+        due_at=due,
     )

@@ -165,8 +165,11 @@ async def run_consumer(
     max_records: int = 16,
     consumer_options: dict[str, object] | None = None,
     listener: ConsumerRebalanceListener | None = None,
+    loop_class: type[ConsumeLoop] = ConsumeLoop,
+    **loop_options: Any,
 ) -> None:
-    """Run the consume loop for ``group`` until ``stop`` is set (or SIGTERM/SIGINT)."""
+    """Run the consume loop (or the variant ``loop_class``, given ``loop_options``) for
+    ``group`` until ``stop`` is set (or SIGTERM/SIGINT)."""
     registry = registry or CollectorRegistry()
     metrics = LoopMetrics(registry)
     await run_member(
@@ -177,7 +180,7 @@ async def run_consumer(
         stop=stop,
         consumer_options=consumer_options,
         listener=listener,
-        make_loop=lambda consumer, producer, dlq: ConsumeLoop(
+        make_loop=lambda consumer, producer, dlq: loop_class(
             consumer,
             producer,
             group=group,
@@ -186,5 +189,6 @@ async def run_consumer(
             dlq_topic=dlq,
             metrics=metrics,
             max_records=max_records,
+            **loop_options,
         ),
     )

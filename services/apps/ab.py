@@ -5,7 +5,7 @@ with typography repair off so that the engines' own text rendering is compared. 
 run one after the other, each with the machine to itself. Writes an HTML report with the
 image grid (images inlined), typography pass rate, latency p50/p95 and peak memory.
 
-    lanes ab --engines tiny-sd,tiny-sd-b --prompts infra/ab-prompts.txt --out results/ab.html
+    lanes ab --engines tiny-sd,tiny-sd-b --prompts infra/ab/prompts.txt --out results/ab.html
 """
 
 from __future__ import annotations

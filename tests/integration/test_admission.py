@@ -10,7 +10,7 @@ import pytest
 
 from schemas.events import parse_job_event
 from services.config.settings import Quota, Settings
-from tests.stack import WebhookReceiver, read_topic, running_stack, write_routes
+from tests.support import WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka]
 

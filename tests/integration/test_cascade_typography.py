@@ -16,7 +16,7 @@ from schemas.events import RenderCompleted, VerificationCompleted, parse_job_eve
 from schemas.spec import GenerationSpec
 from services.config.settings import Settings
 from services.typography.text import OcrReader
-from tests.stack import Stack, WebhookReceiver, read_topic, running_stack, write_routes
+from tests.support import Stack, WebhookReceiver, read_topic, running_stack, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -136,7 +136,7 @@ async def test_subscribed_events_arrive_once_each_draft_before_verification(
 
 async def test_unreadable_artifact_fails_the_job_with_a_clear_reason(stack: Stack) -> None:
     from schemas.events import GenerationRequested, RenderCompleted, Timings
-    from tests.stack import produce_raw
+    from tests.support import produce_raw
 
     spec = GenerationSpec(prompt='sign "OPEN"', intent="draft")
     await produce_raw(

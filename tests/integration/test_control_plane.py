@@ -16,7 +16,7 @@ from services.apps.ops_client import lane_states, send_and_wait
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics
-from tests.stack import produce_raw, read_topic, wait_until
+from tests.support import produce_raw, read_topic, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

@@ -20,7 +20,7 @@ from schemas.records import JobState
 from schemas.spec import GenerationSpec
 from services.config.settings import Settings
 from services.engines.batching import choose_batch_cap
-from tests.stack import (
+from tests.support import (
     Stack,
     WebhookReceiver,
     produce_raw,

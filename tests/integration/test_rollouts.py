@@ -19,7 +19,7 @@ from services.apps.ops_client import send_and_wait
 from services.config.routes import checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.domain.rollout import RolloutView
-from tests.stack import Stack, WebhookReceiver, read_to_end, wait_until, write_routes
+from tests.support import Stack, WebhookReceiver, read_to_end, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

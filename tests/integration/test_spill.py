@@ -15,7 +15,7 @@ from schemas.control import WorkerStatus
 from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
 from schemas.spec import GenerationSpec
 from services.config.settings import Settings
-from tests.stack import Stack, read_to_end, read_topic, running_stack, wait_until, write_routes
+from tests.support import Stack, read_to_end, read_topic, running_stack, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

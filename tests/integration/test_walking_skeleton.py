@@ -15,7 +15,7 @@ from PIL import Image
 from schemas.events import GenerationRequested
 from schemas.records import DeadLetter, JobState
 from services.config.settings import PLACEHOLDER_WEBHOOK_SECRET
-from tests.stack import Stack, WebhookReceiver, produce_raw, read_topic
+from tests.support import Stack, WebhookReceiver, produce_raw, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -225,7 +225,7 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
     )
     stack.start_component("router-m", lambda stop: router.run(own, stop))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        from tests.stack import wait_until
+        from tests.support import wait_until
 
         async def ready() -> bool:
             try:

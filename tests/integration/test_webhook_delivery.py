@@ -15,7 +15,7 @@ from schemas.spec import GenerationSpec
 from services.apps.webhook_replay import replay
 from services.config.settings import Settings
 from services.kafka.local_broker import free_port
-from tests.stack import Stack, WebhookReceiver, read_topic, running_stack, wait_until
+from tests.support import Stack, WebhookReceiver, read_topic, running_stack, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

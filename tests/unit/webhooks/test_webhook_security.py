@@ -154,7 +154,7 @@ def test_readme_receiver_example_verifies_and_deduplicates(
 
     from fastapi.testclient import TestClient
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     (block,) = [
         b.split("\n", 1)[1]
         for b in readme.split("```python")[1:]

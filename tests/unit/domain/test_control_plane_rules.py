@@ -130,7 +130,7 @@ def test_k8s_manifests_give_each_lane_a_gpu_deployment_and_a_lag_scaler() -> Non
             f"lanes-lane-{lane}",
             f"lanes.lane.{lane}",
         )
-    committed = Path(__file__).parents[2] / "infra" / "k8s" / "lanes.yaml"
+    committed = Path(__file__).parents[3] / "infra" / "k8s" / "lanes.yaml"
     assert committed.read_text() == render(routes, routes_text(None)), (
         "infra/k8s/lanes.yaml is stale: run `lanes k8s manifests --out infra/k8s/lanes.yaml`"
     )
