@@ -55,8 +55,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lanes-state")
 
 
-@pytest.fixture
-def settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
+def _test_settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
     ns = f"t{uuid.uuid4().hex[:10]}."
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
@@ -75,6 +74,12 @@ def settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def settings(kafka_bootstrap: str, state_dir: Path, tmp_path: Path) -> Settings:
+    """Each test's own topics and groups (a uuid prefix) on the session's broker."""
+    return _test_settings(kafka_bootstrap, state_dir, tmp_path)
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     recv = WebhookReceiver(port=free_port())
     await recv.start()
@@ -84,11 +89,24 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
         await recv.stop()
 
 
-@pytest.fixture
-async def stack(settings: Settings) -> AsyncIterator[Stack]:
-    s = Stack(settings)
+@pytest.fixture(scope="session")
+async def shared_stack(
+    kafka_bootstrap: str, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """One running stack (default routes, a worker per lane) for the whole session."""
+    s = Stack(_test_settings(kafka_bootstrap, state_dir, tmp_path_factory.mktemp("shared")))
     await s.start()
     try:
         yield s
     finally:
         await s.stop()
+
+
+@pytest.fixture
+async def stack(shared_stack: Stack) -> AsyncIterator[Stack]:
+    """The session's shared stack: tests that use it look only at their own jobs. A test
+    that needs other routes or settings starts its own (``running_stack``)."""
+    shared_stack.check_alive()
+    await shared_stack.wait_workers_ready()
+    yield shared_stack
+    shared_stack.check_alive()

@@ -12,7 +12,7 @@ import typer
 
 from services.apps.cli_bench import bench_app
 from services.apps.cli_ops import ops_app
-from services.apps.cli_settings import _settings
+from services.apps.cli_settings import settings_from_env
 
 __all__ = ["app", "main"]
 
@@ -43,7 +43,7 @@ def up() -> None:
     """Start Kafka (if none answers), create topics and run every component."""
     from services.apps.supervisor import run_stack
 
-    asyncio.run(run_stack(_settings()))
+    asyncio.run(run_stack(settings_from_env()))
 
 
 @run_app.command("gateway")
@@ -52,7 +52,7 @@ def run_gateway() -> None:
 
     from services.apps.gateway import create_app
 
-    settings = _settings()
+    settings = settings_from_env()
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
@@ -65,7 +65,7 @@ def _group_command(name: str) -> Callable[[], None]:
     def command() -> None:
         from services.apps.registry import consumer
 
-        asyncio.run(consumer(name).runner()(_settings()))
+        asyncio.run(consumer(name).runner()(settings_from_env()))
 
     command.__doc__ = f"Run one member of the {name} consumer group."
     return command
@@ -90,7 +90,7 @@ def run_worker(
     from consumers import lane_worker
     from services.process.tuning import tune_worker_process
 
-    settings = _settings()
+    settings = settings_from_env()
     if device:
         settings = settings.model_copy(update={"device": device})
     tune_worker_process(settings.gil_switch_interval_ms)
@@ -173,7 +173,7 @@ def kafka_start(port: int = 9092) -> None:
 
     from services.kafka.local_broker import KafkaProcess
 
-    settings = _settings()
+    settings = settings_from_env()
     kafka = KafkaProcess(
         settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1
     )
@@ -190,7 +190,7 @@ def kafka_topics() -> None:
     """Create every topic the stack needs (idempotent)."""
     from services.apps.supervisor import prepare_cluster
 
-    asyncio.run(prepare_cluster(_settings()))
+    asyncio.run(prepare_cluster(settings_from_env()))
 
 
 @webhooks_app.command("replay")
@@ -203,7 +203,7 @@ def webhooks_replay(
 
     if not key and not all_:
         raise typer.BadParameter("name --key JOB_ID:EVENT (repeatable) or --all")
-    sent = asyncio.run(replay(_settings(), None if all_ else set(key or [])))
+    sent = asyncio.run(replay(settings_from_env(), None if all_ else set(key or [])))
     for k in sent:
         typer.echo(f"replaying {k}")
     typer.echo(f"{len(sent)} webhook(s) queued for delivery")
@@ -250,7 +250,7 @@ def ab(
     names = [e.strip() for e in engines.split(",") if e.strip()]
     if len(names) < 2:
         raise typer.BadParameter("name at least two engines, e.g. --engines tiny-sd,tiny-sd-b")
-    path = asyncio.run(run_ab(_settings(), names, read_prompts(prompts), out, intent))
+    path = asyncio.run(run_ab(settings_from_env(), names, read_prompts(prompts), out, intent))
     typer.echo(f"report: {path.resolve()}")
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from services.apps.cli_settings import _settings
+from services.apps.cli_settings import settings_from_env
 
 __all__ = ["ops_app"]
 
@@ -25,7 +25,7 @@ def _ops(action: str, lane: str, **fields: object) -> None:
         issuer=getpass.getuser(),  # type: ignore[arg-type]
         **{k: v for k, v in fields.items() if v is not None},
     )
-    result = asyncio.run(send_and_wait(_settings(), command))
+    result = asyncio.run(send_and_wait(settings_from_env(), command))
     if result.outcome == "applied":
         typer.echo(f"{action} {lane}: applied (revision {result.revision})")
     else:
@@ -120,7 +120,7 @@ def ops_status() -> None:
     from services.config.routes import load_routes
     from services.domain.rollout import RolloutView
 
-    settings = _settings()
+    settings = settings_from_env()
     view = RolloutView(settings, load_routes(settings.routes_file))
     asyncio.run(view.load())
     for item in view.lanes():

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["_settings"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.config.settings import Settings
+
+__all__ = ["settings_from_env"]
 
 
-def _settings():  # noqa: ANN202 - imported lazily so `lanes --help` stays fast
+def settings_from_env() -> Settings:
+    """``Settings()`` from ``LANES_*``, with logging set up; imported lazily so that
+    `lanes --help` stays fast."""
     from services.config.settings import Settings
     from services.process.logs import configure_logging
 

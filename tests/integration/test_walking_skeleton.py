@@ -8,14 +8,15 @@ import hmac
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from PIL import Image
 
 from schemas.events import GenerationRequested
 from schemas.records import DeadLetter, JobState
-from services.config.settings import PLACEHOLDER_WEBHOOK_SECRET
-from tests.support import Stack, WebhookReceiver, produce_raw, read_topic
+from services.config.settings import PLACEHOLDER_WEBHOOK_SECRET, Settings
+from tests.support import Stack, WebhookReceiver, produce_raw, read_topic, running_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -88,10 +89,19 @@ async def test_draft_and_final_intents_use_different_lanes(stack: Stack) -> None
     on_final = {
         r.key.decode() for r in await read_topic(stack.settings, stack.topics.lane("final"))
     }
-    assert on_draft == {draft} and on_final == {final}
+    assert draft in on_draft and final in on_final  # the stack is shared: other jobs too
+    assert draft not in on_final and final not in on_draft
 
 
-async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(stack: Stack) -> None:
+@pytest.fixture
+async def poisoned(settings: Settings) -> AsyncIterator[Stack]:
+    """A stack of its own: this test writes garbage into every topic it reads."""
+    async with running_stack(settings) as own:
+        yield own
+
+
+async def test_malformed_event_goes_to_dlq_and_next_job_succeeds(poisoned: Stack) -> None:
+    stack = poisoned
     await produce_raw(stack.settings, stack.topics.requests, b"{not json", key=b"bad-1")
     # Well-formed JSON of an unknown type, too.
     await produce_raw(
@@ -155,6 +165,7 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
         ({"prompt": "x", "webhook_url": "not a url"}, "webhook_url"),
         ({"prompt": "x", "colour": "red"}, "colour"),
     ]
+    before = len(await read_topic(stack.settings, stack.topics.requests, idle_s=1.0))
     for body, field in cases:
         resp = await stack.http.post("/v1/generations", json=body)
         assert resp.status_code == 422, (body, resp.text)
@@ -163,7 +174,8 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
         "/v1/generations", content=b"{oops", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422
-    assert await read_topic(stack.settings, stack.topics.requests, idle_s=1.0) == []
+    after = await read_topic(stack.settings, stack.topics.requests, idle_s=1.0)
+    assert len(after) == before  # nothing published
 
 
 async def test_idempotency_key_returns_same_job_and_publishes_once(stack: Stack) -> None:
@@ -178,9 +190,8 @@ async def test_idempotency_key_returns_same_job_and_publishes_once(stack: Stack)
     )
     assert clash.status_code == 422 and "Idempotency-Key" in clash.text
     requests = await read_topic(stack.settings, stack.topics.requests)
-    assert [GenerationRequested.model_validate_json(r.value).job_id for r in requests] == [
-        first.json()["job_id"]
-    ]
+    ids = [GenerationRequested.model_validate_json(r.value).job_id for r in requests]
+    assert ids.count(first.json()["job_id"]) == 1
 
 
 async def test_redelivered_terminal_state_sends_one_webhook(
@@ -209,7 +220,7 @@ async def test_redelivered_terminal_state_sends_one_webhook(
     assert len(receiver.deliveries) == 1
 
 
-async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -> None:
+async def test_every_process_serves_metrics_and_health(stack: Stack) -> None:
     import httpx
 
     from consumers import router
@@ -220,8 +231,8 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
     assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
     # A consumer process serves the same endpoints on its metrics port.
     port = free_port()
-    own = settings.model_copy(
-        update={"metrics_port": port, "group_prefix": settings.group_prefix + "m."}
+    own = stack.settings.model_copy(
+        update={"metrics_port": port, "group_prefix": stack.settings.group_prefix + "m."}
     )
     stack.start_component("router-m", lambda stop: router.run(own, stop))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -236,3 +247,4 @@ async def test_every_process_serves_metrics_and_health(settings, stack: Stack) -
         await wait_until(ready, timeout=30, what="router ready")
         text = (await client.get("/metrics")).text
         assert "lanes_consumer_events_total" in text and "lanes_consumer_handle_seconds" in text
+    await stack.stop_component("router-m")
