@@ -19,6 +19,7 @@ from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.restoring import RestoringListener
 from consumers.machinery.runtime import run_consumer
 from schemas.events import parse_job_event
+from schemas.exceptions import PoisonEvent
 from schemas.records import JobState
 from schemas.topics import Topics
 from services.config.routes import load_routes
@@ -45,7 +46,9 @@ class JobStateFolder(RestoringListener):
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
         await self.restored()
-        job_id = event.job_id  # type: ignore[attr-defined]
+        job_id = getattr(event, "job_id", None)
+        if not job_id:
+            raise PoisonEvent(f"a job event without a job id: {type(event).__name__}")
         new = fold(self.view.items.get(job_id), event)
         if new is None:
             return []

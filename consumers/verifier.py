@@ -19,15 +19,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.rerouting import reroute
 from consumers.machinery.runtime import run_consumer
 from schemas.control import LaneDesired
 from schemas.events import (
     RenderCompleted,
     RenderFailed,
-    RenderRerouted,
     VerificationCompleted,
     parse_job_event,
 )
+from schemas.exceptions import PoisonEvent
 from schemas.topics import Topics
 from services.config.routes import Routes, TypographySpec, load_routes
 from services.config.settings import Settings
@@ -153,7 +154,8 @@ class Verifier:
     def _reroute(
         self, event: RenderCompleted, result: VerificationCompleted, lane: str
     ) -> list[Output]:
-        assert event.spec is not None and event.requested_at is not None
+        if event.spec is None or event.requested_at is None:
+            raise PoisonEvent("render.completed without its request: cannot rerender")
         best = max(result.score, result.repaired_score or 0.0)
         reason = (
             f"typography: best score {best:.2f} < {self.threshold:.2f} on attempt {event.attempt}"
@@ -168,18 +170,7 @@ class Verifier:
             seed=(event.seed + event.attempt) % 2**32,
         )
         routed = route(self.routes, self.control, job, lane, reason, producer="lanes-verifier")
-        rerouted = RenderRerouted(
-            job_id=event.job_id,
-            producer="lanes-verifier",
-            lane=event.lane,
-            to_lane=lane,
-            reason=reason,
-            attempt=event.attempt + 1,
-        )
-        return [
-            Output(self.topics.renders, event.job_id, rerouted.to_bytes()),
-            Output(self.topics.lane(lane), event.job_id, routed.to_bytes()),
-        ]
+        return reroute(self.topics, routed, event.lane)
 
 
 async def run(

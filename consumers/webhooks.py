@@ -25,6 +25,7 @@ from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.restoring import RestoringListener
 from consumers.machinery.runtime import run_consumer
 from schemas.events import utcnow
+from schemas.exceptions import PoisonEvent
 from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
 from services.config.settings import Settings
@@ -122,20 +123,21 @@ class WebhookDispatcher(RestoringListener):
         log.info("webhook_deliveries_restored", deliveries=len(self.deliveries.items))
 
     async def handle(self, job: object, ctx: MessageContext) -> Sequence[Output]:
-        assert isinstance(job, JobState)
+        if not isinstance(job, JobState):
+            raise PoisonEvent(f"the webhook dispatcher reads job records, got {type(job).__name__}")
         await self.restored()
         if job.spec is None or job.spec.webhook_url is None:
             return []
+        url = str(job.spec.webhook_url)
         outputs: list[Output] = []
         # Milestones in the order they were reached; each subscribed one is sent once.
         for milestone, _ in sorted(job.milestones.items(), key=lambda kv: kv[1]):
             if milestone not in job.spec.webhook_events:
                 continue
-            outputs += await self._deliver(job, milestone)
+            outputs += await self._deliver(job, milestone, url)
         return outputs
 
-    async def _deliver(self, job: JobState, milestone: str) -> list[Output]:
-        assert job.spec is not None and job.spec.webhook_url is not None
+    async def _deliver(self, job: JobState, milestone: str, url: str) -> list[Output]:
         key = f"{job.job_id}:{milestone}"
         if key in self.deliveries.items:
             return []
@@ -148,7 +150,7 @@ class WebhookDispatcher(RestoringListener):
             job_id=job.job_id,
             event=milestone,
             webhook_id=webhook_id(job.job_id, milestone),
-            url=str(job.spec.webhook_url),
+            url=url,
             attempt=1,
             body=json.dumps(payload, separators=(",", ":")),
         )

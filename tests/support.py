@@ -177,8 +177,8 @@ class WebhookReceiver:
         return self.deliveries
 
 
-async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> list[Any]:
-    """Every record on a topic right now (reads until nothing new arrives for idle_s)."""
+async def _reader(settings: Settings, topic: str) -> AIOKafkaConsumer:
+    """A started consumer outside any group, from the topic's beginning."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -187,6 +187,12 @@ async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> 
         enable_auto_commit=False,
     )
     await consumer.start()
+    return consumer
+
+
+async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> list[Any]:
+    """Every record on a topic right now (reads until nothing new arrives for idle_s)."""
+    consumer = await _reader(settings, topic)
     records: list[Any] = []
     try:
         quiet_since = time.monotonic()
@@ -202,14 +208,7 @@ async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> 
 
 async def read_to_end(settings: Settings, topic: str) -> list[Any]:
     """Every record on a busy topic up to its end offsets as of now."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
+    consumer = await _reader(settings, topic)
     records: list[Any] = []
     try:
         parts = consumer.assignment() or set()

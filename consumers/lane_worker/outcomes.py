@@ -12,12 +12,12 @@ import structlog
 
 from consumers.lane_worker.tasks import RECENT_LIMIT, RenderTask, labels_of, task_key
 from consumers.machinery.loop import Output
+from consumers.machinery.rerouting import reroute
 from schemas.events import (
     GenerationRouted,
     RenderCanceled,
     RenderCompleted,
     RenderFailed,
-    RenderRerouted,
     Timings,
 )
 from services.domain.routing import Job, route
@@ -162,19 +162,7 @@ class Outcomes:
                 reason,
                 producer=producer,
             )
-            rerouted = RenderRerouted(
-                job_id=e.job_id,
-                producer=producer,
-                lane=self.lane,
-                to_lane=fallback,
-                reason=reason,
-                attempt=e.attempt + 1,
-            )
-            # The reroute record first: the job view must know the new attempt is coming.
-            return [
-                Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
-                Output(self.topics.lane(fallback), e.job_id, routed.to_bytes()),
-            ]
+            return reroute(self.topics, routed, self.lane)
         if not e.stable_only and not self.models.is_stable(task.engine):
             return self._retry_on_stable(task, exc)
         reason = (
@@ -224,16 +212,6 @@ class Outcomes:
         reason = f"{engine.name} {engine.version} failed: {exc}"[:500]
         self.metrics.jobs.labels(*labels_of(self.lane, engine), "retried_on_stable").inc()
         log.warning("job_retried_on_stable", job_id=e.job_id, version=engine.version, reason=reason)
-        rerouted = RenderRerouted(
-            job_id=e.job_id,
-            producer=producer,
-            lane=self.lane,
-            to_lane=self.lane,
-            reason=reason,
-            attempt=e.attempt + 1,
-            model=engine.name,
-            version=engine.version,
-        )
         routed = route(
             self.routes,
             self.control_view.items,
@@ -245,7 +223,4 @@ class Outcomes:
             init_artifact_uri=e.init_artifact_uri,
             stable_only=True,
         )
-        return [
-            Output(self.topics.renders, e.job_id, rerouted.to_bytes()),
-            Output(self.topics.lane(self.lane), e.job_id, routed.to_bytes()),
-        ]
+        return reroute(self.topics, routed, self.lane, failed=(engine.name, engine.version))

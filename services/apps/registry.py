@@ -9,14 +9,26 @@ A component's name is what `lanes run NAME` takes and what its Deployment is cal
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.topics import Groups
 from services.config.routes import Routes
+from services.config.settings import Settings
 
-__all__ = ["Component", "CONSUMERS", "GATEWAY", "WORKER", "components", "consumer"]
+__all__ = [
+    "Component",
+    "CONSUMERS",
+    "GATEWAY",
+    "WORKER",
+    "components",
+    "consumer",
+    "workers",
+    "child_env",
+    "command",
+]
 
 CPU_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -102,3 +114,28 @@ def workers(routes: Routes) -> list[Component]:
 def components(routes: Routes) -> list[Component]:
     """Everything `lanes up` runs: the gateway, every consumer group, a worker per lane."""
     return [GATEWAY, *CONSUMERS, *workers(routes)]
+
+
+def command(component: Component, *extra: str) -> list[str]:
+    """The command line that runs ``component`` in a process of its own."""
+    return [sys.executable, "-m", "services.apps.cli", "run", *component.run_args, *extra]
+
+
+def child_env(settings: Settings, base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The environment of a component process started from ``settings``: ``base`` (the
+    parent's environment), then what every child must share with the parent (the cluster,
+    the topic and group prefixes, the state, artifact and model directories, the routes
+    file), then ``overrides`` (its metrics port, say)."""
+    env = dict(base)
+    env.update(
+        LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        LANES_TOPIC_PREFIX=settings.topic_prefix,
+        LANES_GROUP_PREFIX=settings.group_prefix,
+        LANES_STATE_DIR=str(settings.state_dir.resolve()),
+        LANES_ARTIFACT_DIR=str(settings.artifacts_path),
+        LANES_MODELS_DIR=str(settings.models_path),
+    )
+    if settings.routes_file is not None:
+        env["LANES_ROUTES_FILE"] = str(settings.routes_file)
+    env.update(overrides)
+    return env

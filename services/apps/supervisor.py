@@ -67,14 +67,9 @@ async def _pump(name: str, stream: asyncio.StreamReader) -> None:
 async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) -> None:
     restarts = 0
     while not stop.is_set():
-        child_env = dict(env, LANES_METRICS_PORT=str(comp.metrics_port))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.apps.cli",
-            "run",
-            *comp.run_args,
-            env=child_env,
+            *registry.command(comp),
+            env=dict(env, LANES_METRICS_PORT=str(comp.metrics_port)),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -112,9 +107,7 @@ async def run_stack(settings: Settings) -> None:
     kafka = await asyncio.to_thread(_maybe_start_kafka, settings)
     try:
         await prepare_cluster(settings)
-        env = dict(os.environ)
-        env.setdefault("LANES_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
-        env.setdefault("LANES_STATE_DIR", str(settings.state_dir.resolve()))
+        env = registry.child_env(settings, os.environ)
         if settings.profile == "local":
             env.setdefault("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
         comps = components(settings)

@@ -18,6 +18,8 @@ from producers.client import GenerationClient
 from schemas.events import GenerationRequested, RenderCompleted, RenderStarted, parse_job_event
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
+from services.apps.registry import child_env, command, workers
+from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.engines.batching import choose_batch_cap
 from tests.support import (
@@ -236,19 +238,12 @@ SLOW_DRAFT = {"max_concurrency": 2, "max_batch": 1, "sample_steps": 40, "width":
 
 
 def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        LANES_TOPIC_PREFIX=settings.topic_prefix,
-        LANES_GROUP_PREFIX=settings.group_prefix,
-        LANES_STATE_DIR=str(settings.state_dir),
-        LANES_ARTIFACT_DIR=str(settings.artifacts_path),
-        LANES_ROUTES_FILE=str(settings.routes_file),
-        LANES_KAFKA_SESSION_TIMEOUT_MS="6000",
-        LANES_DRAIN_TIMEOUT_S="60",
+    env = child_env(
+        settings, os.environ, LANES_KAFKA_SESSION_TIMEOUT_MS="6000", LANES_DRAIN_TIMEOUT_S="60"
     )
+    (worker,) = [w for w in workers(load_routes(settings.routes_file)) if w.lane == lane]
     return subprocess.Popen(
-        [sys.executable, "-m", "services.apps.cli", "run", "worker", "--lane", lane],
+        command(worker),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

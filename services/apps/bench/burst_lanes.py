@@ -14,6 +14,7 @@ from typing import Any
 
 from services.apps.bench.burst_plan import BurstConfig, JobResult
 from services.apps.bench.models import preset_config
+from services.apps.registry import child_env, consumer, workers
 
 __all__ = ["run_lanes", "routes_yaml"]
 
@@ -76,10 +77,12 @@ async def run_lanes(
     topics = Topics(settings.topic_prefix)
     routes = load_routes(settings.routes_file)
     await ensure_topics(settings, topics.specs(routes.lanes, routes.spill_lanes))
-    commands = {"router": ["router"]}
+    commands = {"router": list(consumer("router").run_args)}
+    by_lane = {w.lane: w for w in workers(routes)}
     for lane, n in (("draft", cfg.draft_workers), ("final", cfg.workers - cfg.draft_workers)):
         for i in range(n):
-            commands[f"{lane}-{i}"] = ["worker", "--lane", lane, "--instance", f"bench-{lane}-{i}"]
+            run = [*by_lane[lane].run_args, "--instance", f"bench-{lane}-{i}"]
+            commands[f"{lane}-{i}"] = run
     ports = {name: free_port() for name in commands}
     procs = {name: _spawn(settings, cfg, commands[name], port) for name, port in ports.items()}
     results: dict[str, JobResult] = {}
@@ -209,15 +212,9 @@ async def _warm_broker(settings: Any, round_trips: int) -> None:
 def _spawn(settings: Any, cfg: BurstConfig, args: list[str], port: int) -> subprocess.Popen[bytes]:
     """``lanes run <args>`` in its own process, on the benchmark's topics."""
     threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
-    env = dict(
+    env = child_env(
+        settings,
         os.environ,
-        LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        LANES_TOPIC_PREFIX=settings.topic_prefix,
-        LANES_GROUP_PREFIX=settings.group_prefix,
-        LANES_STATE_DIR=str(settings.state_dir),
-        LANES_ARTIFACT_DIR=str(settings.artifacts_path),
-        LANES_MODELS_DIR=str(settings.models_path),
-        LANES_ROUTES_FILE=str(settings.routes_file),
         LANES_DEVICE=cfg.device,
         LANES_METRICS_PORT=str(port),
         LANES_LOG_LEVEL="WARNING",
