@@ -1,5 +1,9 @@
 """Lane worker [group lanes-lane-<lane>]: renders routed jobs, one process per GPU.
 
+This module is the worker's lifecycle (membership, fetch loop, backpressure, drain,
+rebalance); ``intake``, ``rendering``, ``outcomes`` and ``following`` (control and
+heartbeats) hold the rest of the class, one concern each; ``process`` starts a worker.
+
 - Backpressure: at most the lane's ``max_concurrency`` jobs are held at once. When full,
   the worker pauses its partitions and resumes when a slot frees; fetches ask only for as
   many records as there are free slots, so a burst waits in Kafka, not in memory.
@@ -19,8 +23,8 @@
   an instance restarts (drain, leave the group, reload, rejoin) once every instance before
   it, in instance order, is back and ready.
 - Spill: a worker of a lane that ``assists`` or ``backfills`` another also serves that
-  lane's spill queue through a guest worker on the same GPU thread (``LaneWorker`` below,
-  ``consumers.lane_worker.device_turns``).
+  lane's spill queue through a guest ``LaneWorker`` on the same GPU thread (``Urgency``,
+  ``GpuProcess``, ``consumers.lane_worker.device_turns``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -37,16 +40,17 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError
 
 from consumers.lane_worker.batcher import MicroBatcher
+from consumers.lane_worker.following import Following
 from consumers.lane_worker.gpu_process import GpuProcess, Urgency
 from consumers.lane_worker.intake import Intake
 from consumers.lane_worker.models import LaneModels
 from consumers.lane_worker.outcomes import Outcomes
 from consumers.lane_worker.rendering import Rendering
-from consumers.lane_worker.tasks import RenderTask, labels_of
+from consumers.lane_worker.tasks import RenderTask
 from consumers.machinery.loop import Output, commit_or_skip
 from consumers.machinery.offsets import OffsetTracker
 from consumers.machinery.runtime import Member
-from schemas.control import WorkerHealth, WorkerStatus
+from schemas.control import WorkerHealth
 from services.config.routes import LaneSpec
 from services.kafka.clients import make_consumer
 from services.storage.artifacts import LocalArtifactStore
@@ -56,7 +60,7 @@ __all__ = ["LaneWorker"]
 log = structlog.get_logger("lanes.worker")
 
 
-class LaneWorker(Intake, Rendering, Outcomes, ConsumerRebalanceListener):
+class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListener):
     """One lane's jobs on this process's GPU, at an ``Urgency``.
 
     Every worker process has one host (``Urgency.OWN``: its own lane's queue) and, when its
@@ -230,87 +234,6 @@ class LaneWorker(Intake, Rendering, Outcomes, ConsumerRebalanceListener):
         finally:
             await self.consumer.stop()
             self.tracker = OffsetTracker()  # a rejoin starts from the group's commits
-
-    async def _restart(self) -> None:
-        """Rolling restart of this instance: it has drained and left the group; reload."""
-        self.health = "restarting"
-        await self._heartbeat()
-        target = self.models.desired.restart_generation
-        log.info("worker_restarting", generation=target)
-        await self.models.reload()
-        self.generation = target
-        self.restart.clear()
-
-    async def _control_loop(self) -> None:
-        """Apply new revisions of this lane's desired state; take a restart turn when due."""
-        while True:
-            desired = self.control_view.items.get(self.lane)
-            if desired is not None and desired.revision > self.models.applied_revision:
-                await self.models.apply(desired)
-                self.slot_freed.set()  # a new cap or pause takes effect now
-                await self._heartbeat()
-            if (
-                self.models.desired.restart_generation > self.generation
-                and self.ready
-                and not self.restart.is_set()
-                and self._my_restart_turn()
-            ):
-                self.restart.set()
-            await asyncio.sleep(0.1)
-
-    def _my_restart_turn(self) -> bool:
-        """Every fresh instance of the lane before this one (by name) is back and ready."""
-        target = self.models.desired.restart_generation
-        now = datetime.now(UTC)
-        for peer in self.workers_view.items.values():
-            if (
-                peer.lane == self.lane
-                and peer.instance < self.instance
-                and (now - peer.at).total_seconds() < self.settings.worker_stale_s
-                and peer.health != "stopped"
-                and (peer.restart_generation < target or peer.health != "ready")
-            ):
-                return False
-        return True
-
-    def status(self) -> WorkerStatus:
-        m = self.models
-        return WorkerStatus(
-            instance=self.instance,
-            lane=self.lane,
-            serves=self.serves,
-            health=self.health,
-            stable=m.stable,
-            canary=m.canary,
-            canary_percent=m.canary_percent,
-            applied_revision=m.applied_revision,
-            restart_generation=self.generation,
-            load_errors=m.load_errors,
-            in_flight=self.in_flight,
-            jobs_done=self.jobs_done,
-            device=self.settings.device,
-        )
-
-    async def _heartbeat(self) -> None:
-        self._export_batching()
-        await self._send(
-            [Output(self.topics.workers, self.instance, self.status().model_dump_json().encode())]
-        )
-
-    def _export_batching(self) -> None:
-        for engine in self.models.engines.values():
-            labels = labels_of(self.lane, engine)
-            self.metrics.batch_cap.labels(*labels).set(
-                self.models.batch_cap(engine.name, engine.version)
-            )
-            profile = self.models.batch_profiles.get((engine.name, engine.version))
-            for size, seconds in profile.per_image_s.items() if profile else ():
-                self.metrics.batch_seconds_per_image.labels(*labels, str(size)).set(seconds)
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await self._heartbeat()
-            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _fetch_loop(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         assert self.consumer is not None
