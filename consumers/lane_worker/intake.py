@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import structlog
 from aiokafka import TopicPartition
 
 from consumers.lane_worker.tasks import RenderTask, task_key
-from consumers.machinery.loop import Output, bind_record, dead_letter
+from consumers.machinery.loop import bind_record, dead_letter
 from schemas.events import (
     GenerationRouted,
-    RenderFailed,
     parse_job_event,
 )
 from schemas.exceptions import PoisonEvent
@@ -23,9 +22,6 @@ from services.engines.diffusion import (
     batch_key,
 )
 from services.storage.artifacts import ArtifactError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Intake"]
 
@@ -95,21 +91,7 @@ class Intake:
             except ArtifactError as exc:  # the job fails with the reason; never stuck
                 log.warning("init_artifact_unreadable", error=str(exc))
                 self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
-                await self._send(
-                    [
-                        Output(
-                            self.topics.renders,
-                            event.job_id,
-                            RenderFailed(
-                                job_id=event.job_id,
-                                producer=f"lanes-worker-{self.lane}",
-                                lane=self.lane,
-                                attempt=event.attempt,
-                                error=f"cannot refine: {exc}",
-                            ).to_bytes(),
-                        )
-                    ]
-                )
+                await self._send([self._failed_output(event, f"cannot refine: {exc}")])
                 self.tracker.done(tp, record.offset)
                 await self._commit()
                 return

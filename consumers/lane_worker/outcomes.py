@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,15 +21,13 @@ from schemas.events import (
 )
 from services.domain.routing import Job, route
 from services.engines.diffusion import (
+    DiffusionEngine,
     Interrupted,
     RenderOutput,
 )
 from services.engines.memory import (
     OutOfMemory,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Outcomes"]
 
@@ -174,16 +171,22 @@ class Outcomes:
         )
         self.metrics.jobs.labels(*labels, "failed").inc()
         self.metrics.failures.labels(*labels, reason).inc()
+        return [self._failed_output(e, str(exc)[:1000], task.engine)]
+
+    def _failed_output(
+        self, e: GenerationRouted, error: str, engine: DiffusionEngine | None = None
+    ) -> Output:
+        """render.failed for the job: it ends failed with ``error`` (its reason)."""
         failed = RenderFailed(
             job_id=e.job_id,
-            producer=producer,
+            producer=f"lanes-worker-{self.lane}",
             lane=self.lane,
-            model=task.engine.name,
-            version=task.engine.version,
+            model=engine.name if engine else None,
+            version=engine.version if engine else None,
             attempt=e.attempt,
-            error=str(exc)[:1000],
+            error=error,
         )
-        return [Output(self.topics.renders, e.job_id, failed.to_bytes())]
+        return Output(self.topics.renders, e.job_id, failed.to_bytes())
 
     def _canceled(self, job_id: str) -> bool:
         job = self.jobs_view.items.get(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -23,9 +23,6 @@ from services.engines.memory import (
     free_cached_memory,
     peak_memory_bytes,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Rendering"]
 
