@@ -144,7 +144,7 @@ class WebhookDispatcher(RestoringListener):
         payload = {
             "type": f"generation.{milestone}",
             "timestamp": utcnow().isoformat(),
-            "data": job.public(),
+            "data": job.public(self.settings.public_base_url),
         }
         msg = WebhookMessage(
             job_id=job.job_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,11 +112,14 @@ class JobState(BaseModel):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def public(self) -> dict[str, Any]:
-        """The JSON clients get (GET /v1/generations/{id} and webhook bodies)."""
+    def public(self, base_url: str) -> dict[str, Any]:
+        """The JSON clients get (GET /v1/generations/{id} and webhook bodies). Every image
+        is named by a URL under ``base_url`` (the gateway as clients reach it), never by
+        the store's internal URI."""
         data = self.model_dump(
             mode="json", exclude={"seen_events", "fingerprint", "spec", "started"}
         )
+        data = _public_uris(data, artifact_url(base_url, self.job_id, ""))
         if self.spec is not None:
             data.update(
                 prompt=self.spec.prompt,
@@ -174,3 +178,29 @@ class WebhookMessage(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.job_id}:{self.event}"
+
+
+URI_FIELDS = frozenset({"uri", "artifact_uri", "rendered_uri"})
+
+
+def artifact_name(uri: str) -> str:
+    """An artifact's name within its job: the last segment of its store URI."""
+    return unquote(urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def artifact_url(base_url: str, job_id: str, name: str) -> str:
+    """Where a client downloads a job's artifact from the gateway."""
+    return f"{base_url.rstrip('/')}/v1/generations/{quote(job_id)}/artifacts/{quote(name)}"
+
+
+def _public_uris(value: Any, prefix: str) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: prefix + quote(artifact_name(v))
+            if k in URI_FIELDS and isinstance(v, str)
+            else _public_uris(v, prefix)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_public_uris(v, prefix) for v in value]
+    return value

@@ -145,9 +145,7 @@ def submit(
     typer.echo(json.dumps(job, indent=2))
     delivered = job.get("delivered") or (job.get("artifacts") or [None])[-1]
     if delivered:
-        from urllib.parse import urlparse
-
-        typer.echo(f"image: {urlparse(delivered['uri']).path}")
+        typer.echo(f"image: {delivered['uri']}")
     if job.get("verification"):
         v = job["verification"]
         typer.echo(

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
-from schemas.records import JobState
+from schemas.records import JobState, artifact_name
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
 from services.config.routes import load_routes
@@ -166,7 +166,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def get_generation(job_id: str) -> dict[str, Any]:
         job = state.view.items.get(job_id)
         if job is not None:
-            body = job.public()
+            body = job.public(settings.public_base_url)
             if job.status == "deferred":
                 body["queue_position"] = state.queue_position(job)
             return body
@@ -196,19 +196,36 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "links": {"self": f"/v1/generations/{job_id}"},
         }
 
+    def _file(uri: str) -> FileResponse:
+        try:
+            path = state.store.path(uri)
+        except ArtifactError as exc:
+            raise HTTPException(410, str(exc)) from exc
+        return FileResponse(path, media_type="image/png")
+
     @app.get("/v1/generations/{job_id}/image", response_model=None)
-    async def get_image(job_id: str) -> FileResponse | JSONResponse:
+    async def get_image(job_id: str) -> FileResponse:
+        """The job's delivered image (or its latest, before one is chosen)."""
         job = state.view.items.get(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
             raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
-        artifact = job.delivered or job.artifacts[-1]
-        try:
-            path = state.store.path(artifact.uri)
-        except ArtifactError as exc:
-            raise HTTPException(410, str(exc)) from exc
-        return FileResponse(path, media_type="image/png")
+        return _file((job.delivered or job.artifacts[-1]).uri)
+
+    @app.get("/v1/generations/{job_id}/artifacts/{name}", response_model=None)
+    async def get_artifact(job_id: str, name: str) -> FileResponse:
+        """One of the job's images by the name its URL carries (drafts, repaired...)."""
+        job = state.view.items.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no generation {job_id!r}")
+        uris = [a.uri for a in job.artifacts] + [
+            u for v in job.verifications for u in (v.artifact_uri, v.rendered_uri) if u
+        ]
+        for uri in uris:
+            if artifact_name(uri) == name:
+                return _file(uri)
+        raise HTTPException(404, f"generation {job_id!r} has no artifact {name!r}")
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         """Admin reads need ``Authorization: Bearer <LANES_ADMIN_TOKEN>`` when one is set."""

@@ -55,6 +55,9 @@ class Settings(ClientSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    # The gateway's URL as clients reach it (a load balancer's, in production): every image
+    # in a response or webhook is a URL under it. None: http://<gateway_host>:<gateway_port>.
+    public_url: str | None = None
     # Each consumer process serves /metrics, /healthz, /readyz on its own port; 0 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
@@ -155,6 +158,10 @@ class Settings(ClientSettings):
                 for k, v in self.webhook_endpoint_secrets.items()
             },
         )
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.public_url or f"http://{self.gateway_host}:{self.gateway_port}").rstrip("/")
 
     @property
     def artifacts_path(self) -> Path:

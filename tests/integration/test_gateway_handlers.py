@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from urllib.parse import unquote, urlparse
 
 import pytest
 
 from services.config.routes import load_routes
-from tests.support import Stack
+from tests.support import Stack, WebhookReceiver
 
 pytestmark = pytest.mark.kafka
 
@@ -32,8 +32,9 @@ async def test_a_finished_job_cannot_be_canceled_and_a_lost_image_is_410(stack: 
     image = await stack.http.get(f"/v1/generations/{job_id}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     delivered = job["delivered"] or job["artifacts"][-1]
+    name = unquote(urlparse(delivered["uri"]).path.rsplit("/", 1)[-1])
     # The artifact is gone (retention, a lost disk): the client is told, not given a 500.
-    Path(unquote(urlparse(delivered["uri"]).path)).unlink()
+    (stack.settings.artifacts_path / job_id / name).unlink()
     gone = await stack.http.get(f"/v1/generations/{job_id}/image")
     assert gone.status_code == 410 and "does not exist" in gone.json()["detail"]
 
@@ -46,3 +47,42 @@ async def test_admin_lanes_lists_every_lane_of_the_routes_file(stack: Stack) -> 
     assert any(i["status"]["health"] == "ready" for i in draft["instances"])
     missing = await stack.http.get("/v1/admin/lanes/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def _urls(value: object) -> list[str]:
+    """Every string anywhere in a JSON document that names an image."""
+    if isinstance(value, dict):
+        return [
+            u
+            for k, v in value.items()
+            for u in ([v] if k in ("uri", "artifact_uri", "rendered_uri") and v else _urls(v))
+        ]
+    if isinstance(value, list):
+        return [u for v in value for u in _urls(v)]
+    return []
+
+
+async def test_every_image_in_a_response_or_webhook_is_a_url_the_client_can_fetch(
+    stack: Stack, receiver: WebhookReceiver
+) -> None:
+    job_id = await stack.submit(
+        {"prompt": 'a poster "BIG SALE"', "intent": "final", "webhook_url": receiver.url}
+    )
+    job = await stack.wait_for_status(job_id, {"succeeded"}, timeout=120)
+    (delivery,) = await receiver.wait_for(1)
+    hooked = json.loads(delivery.body)["data"]
+    base = stack.settings.public_base_url
+    urls = set(_urls(job)) | set(_urls(hooked))
+    # Draft, upscaled and repaired images, and the verification's references to them.
+    assert len(set(_urls(job["artifacts"]))) >= 2 and job["delivered"]["uri"] in urls
+    internal = str(stack.settings.artifacts_path)
+    for url in urls:
+        assert url.startswith(f"{base}/v1/generations/{job_id}/artifacts/"), url
+        assert "file:" not in url and internal not in url
+        resp = await stack.http.get(url)
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", url
+    image = await stack.http.get(f"/v1/generations/{job_id}/image")
+    delivered = await stack.http.get(job["delivered"]["uri"])
+    assert image.content == delivered.content  # /image is the delivered one
+    missing = await stack.http.get(f"/v1/generations/{job_id}/artifacts/nope.png")
+    assert missing.status_code == 404 and "nope.png" in missing.json()["detail"]
