@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars lint up test bench bench-gpu clean schemas
+.PHONY: install kafka-jars s3-server lint up test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -23,13 +23,18 @@ kafka-jars: $(STAMP)
 up: install
 	$(BIN)/lanes up
 
+# SeaweedFS (the local S3 server the object-storage tests use), built once from its Go
+# module into ~/.cache/lanes (about 6 minutes on 2 cores); a no-op when there.
+s3-server: $(STAMP)
+	@$(BIN)/python -c "from services.storage.local_s3 import ensure_weed; print('s3 server:', ensure_weed())"
+
 # ruff (lint + format check) and the import-direction contracts (import-linter, pyproject).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install
+test: install s3-server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install

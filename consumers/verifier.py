@@ -34,7 +34,7 @@ from services.config.routes import Routes, TypographySpec, load_routes
 from services.config.settings import Settings
 from services.domain.routing import Job, route
 from services.kafka.compacted_view import CompactedView
-from services.storage.artifacts import ArtifactError, LocalArtifactStore
+from services.storage.artifacts import ArtifactError, ArtifactStore, open_store
 from services.typography.text import OcrReader, RepairError, composite_text, text_similarity
 
 __all__ = ["run", "Verifier"]
@@ -45,7 +45,7 @@ log = structlog.get_logger("lanes.verifier")
 class Verifier:
     def __init__(
         self,
-        store: LocalArtifactStore,
+        store: ArtifactStore,
         topics: Topics,
         routes: Routes,
         threshold: float,
@@ -182,8 +182,10 @@ async def run(
     registry = registry or CollectorRegistry()
     topics = Topics(settings.topic_prefix)
     control = CompactedView(settings, topics.control, LaneDesired.model_validate_json)
+    store = open_store(settings)
+    await asyncio.to_thread(store.check)  # an unusable store fails start-up, with the reason
     verifier = Verifier(
-        LocalArtifactStore(settings.artifacts_path),
+        store,
         topics,
         load_routes(settings.routes_file),
         settings.verify_threshold,

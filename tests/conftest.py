@@ -18,6 +18,7 @@ import pytest
 from services.config.settings import Settings
 from services.kafka.local_broker import KafkaProcess, free_port
 from services.process.logs import configure_logging
+from services.storage.local_s3 import WeedProcess
 from tests.support import Stack, WebhookReceiver
 
 
@@ -46,6 +47,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kafka.bootstrap
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 server for the session: ``LANES_S3_ENDPOINT_URL`` (an existing one, with a
+    bucket named ``lanes``), else SeaweedFS built from its Go module, on loopback."""
+    if os.environ.get("LANES_S3_ENDPOINT_URL"):
+        yield os.environ["LANES_S3_ENDPOINT_URL"]
+        return
+    weed = WeedProcess(tmp_path_factory.mktemp("weed"))
+    try:
+        weed.start()
+    except Exception as exc:  # print the server's log and stop the session
+        pytest.exit(f"the local S3 server did not start: {exc}\n{weed.tail(60)}", returncode=3)
+    try:
+        yield weed.endpoint
+    finally:
+        weed.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from services.config.routes import Routes
 from services.config.settings import Settings
 from services.kafka.compacted_view import CompactedView
 from services.process.tuning import lower_thread_priority
+from services.storage.artifacts import open_store
 
 if TYPE_CHECKING:
     from consumers.lane_worker.worker import LaneWorker
@@ -55,6 +56,7 @@ class GpuProcess:
     def __post_init__(self) -> None:
         s = self.settings
         self.topics = Topics(s.topic_prefix)
+        self.store = open_store(s)
         self.metrics = WorkerMetrics(self.registry)
         self.jobs_view = CompactedView(s, self.topics.jobs, JobState.model_validate_json)
         self.control_view = CompactedView(s, self.topics.control, LaneDesired.model_validate_json)

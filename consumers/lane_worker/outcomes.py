@@ -28,6 +28,7 @@ from services.engines.diffusion import (
 from services.engines.memory import (
     OutOfMemory,
 )
+from services.storage.artifacts import ArtifactError, ArtifactUnavailable
 
 __all__ = ["Outcomes"]
 
@@ -48,13 +49,20 @@ class Outcomes:
             await self._send(self._unrendered(task, result))
             return
         stored = time.perf_counter()
-        uri = await asyncio.get_running_loop().run_in_executor(
-            self.codec,
-            self.store.put_png,
-            task.event.job_id,
-            f"{self.stage_of(task.event)}-a{task.event.attempt}",
-            result.image,
-        )
+        try:  # the store retries on its own (boto3's standard mode for S3)
+            uri = await asyncio.get_running_loop().run_in_executor(
+                self.codec,
+                self.store.put_png,
+                task.event.job_id,
+                f"{self.stage_of(task.event)}-a{task.event.attempt}",
+                result.image,
+            )
+        except (ArtifactError, ArtifactUnavailable) as exc:  # never succeeded without it
+            log.error("artifact_store_failed", job_id=task.event.job_id, error=str(exc)[:300])
+            self.metrics.failures.labels(*labels_of(self.lane, task.engine), "store").inc()
+            failed = f"cannot store the image: {exc}"[:1000]
+            await self._send([self._failed_output(task.event, failed, task.engine)])
+            return
         store_ms = (time.perf_counter() - stored) * 1000
         outputs = [self._completed(task, result, uri, started_at, store_ms)]
         if self.spec.cascade is not None and task.event.init_artifact_uri is None:

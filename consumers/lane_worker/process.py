@@ -78,6 +78,11 @@ async def run(
     routes = load_routes(settings.routes_file)
     if lane not in routes.lanes:
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
+    shared = GpuProcess.for_lane(
+        settings, routes, lane, registry or CollectorRegistry(), instance=instance
+    )
+    # An unusable artifact store fails start-up with the reason, before any model loads.
+    await asyncio.to_thread(shared.store.check)
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
     # Start on the lane's current version, not the routes file's only to switch at once.
@@ -96,9 +101,6 @@ async def run(
     )
     guest_models = await load_guests(settings, routes, lane, models, control)
     freeze_startup_heap()  # torch, diffusers and the models: ~500k objects no collection scans
-    shared = GpuProcess.for_lane(
-        settings, routes, lane, registry or CollectorRegistry(), instance=instance
-    )
     worker = LaneWorker(shared, lane, models)
     for helped, helped_models in guest_models.items():
         assisted = helped in routes.lanes[lane].assists  # else a lane it backfills

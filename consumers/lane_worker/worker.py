@@ -53,7 +53,6 @@ from consumers.machinery.runtime import Member
 from schemas.control import WorkerHealth
 from services.config.routes import LaneSpec
 from services.kafka.clients import make_consumer
-from services.storage.artifacts import LocalArtifactStore
 
 __all__ = ["LaneWorker"]
 
@@ -82,7 +81,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
         self.spec: LaneSpec = shared.routes.lanes[lane]
         self.models = models
         self.topics = shared.topics
-        self.store = LocalArtifactStore(settings.artifacts_path)
+        self.store = shared.store
         self.registry = shared.registry
         self.metrics = shared.metrics
         self.device = shared.device

@@ -30,7 +30,7 @@ from services.apps.in_process import LocalStack
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.compacted_view import CompactedView
-from services.storage.artifacts import LocalArtifactStore
+from services.storage.artifacts import ArtifactStore, open_store
 
 __all__ = ["EngineRun", "read_prompts", "run_ab", "render_report"]
 
@@ -148,11 +148,11 @@ async def run_ab(
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         runs = [await _run_engine(s, e, prompts, intent, Path(tmp), timeout_s) for e in engines]
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_report(runs, prompts, LocalArtifactStore(s.artifacts_path)))
+        out.write_text(render_report(runs, prompts, open_store(s)))
     return out
 
 
-def _img(store: LocalArtifactStore, job: JobState) -> str:
+def _img(store: ArtifactStore, job: JobState) -> str:
     artifact = job.delivered or (job.artifacts[-1] if job.artifacts else None)
     if artifact is None:
         return f"<em>{html.escape(job.error or job.status)}</em>"
@@ -167,7 +167,7 @@ def _img(store: LocalArtifactStore, job: JobState) -> str:
     return f'<img src="data:image/png;base64,{data}" width="{min(artifact.width, 256)}">{caption}'
 
 
-def render_report(runs: list[EngineRun], prompts: list[str], store: LocalArtifactStore) -> str:
+def render_report(runs: list[EngineRun], prompts: list[str], store: ArtifactStore) -> str:
     def cell(v: Any) -> str:
         return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
 

@@ -25,12 +25,14 @@ app = typer.Typer(
 run_app = typer.Typer(no_args_is_help=True, help="Run one component in the foreground")
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas")
 kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
+s3_app = typer.Typer(no_args_is_help=True, help="Local S3 server (SeaweedFS)")
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints")
 app.add_typer(ops_app, name="ops")
 app.add_typer(bench_app, name="bench")
 app.add_typer(run_app, name="run")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(s3_app, name="s3")
 app.add_typer(models_app, name="models")
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes deployment")
 webhooks_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries")
@@ -181,6 +183,29 @@ def kafka_start(port: int = 9092) -> None:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         kafka.stop()
+
+
+@s3_app.command("start")
+def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
+    """Run SeaweedFS (built from its Go module on first use) as the local S3 server, on
+    127.0.0.1, until Ctrl-C. Point the stack at it with the variables it prints."""
+    import signal
+
+    from services.storage.local_s3 import WeedProcess
+
+    settings = settings_from_env()
+    weed = WeedProcess(settings.state_dir.resolve() / "seaweedfs", bucket=bucket, s3_port=port)
+    weed.start()
+    typer.echo(
+        f"S3 answering on {weed.endpoint}, bucket {bucket!r}; log: {weed.log_path}\n"
+        f"  export LANES_ARTIFACTS=s3://{bucket}/ LANES_S3_ENDPOINT_URL={weed.endpoint} "
+        f"LANES_S3_ACCESS_KEY_ID={weed.access_key} "
+        f"LANES_S3_SECRET_ACCESS_KEY={weed.secret_key}"
+    )
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        weed.stop()
 
 
 @kafka_app.command("topics")

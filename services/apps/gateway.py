@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
@@ -27,7 +27,7 @@ from services.domain.admission import TokenBuckets
 from services.domain.rollout import LaneRollout, RolloutView
 from services.kafka.compacted_view import CompactedView
 from services.process.ops_server import ops_routes
-from services.storage.artifacts import ArtifactError, LocalArtifactStore
+from services.storage.artifacts import ArtifactError, ArtifactUnavailable, open_store
 from services.webhooks.delivery import RefusedTarget, Unresolvable, resolve_target
 
 __all__ = ["create_app"]
@@ -45,7 +45,7 @@ class GatewayState:
         self.rollout = RolloutView(settings, load_routes(settings.routes_file))
         self.quotas = TokenBuckets(settings.tenant_quotas, settings.default_quota)
         self._followers: list[asyncio.Task[None]] = []
-        self.store = LocalArtifactStore(settings.artifacts_path)
+        self.store = open_store(settings)
         # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
         self.accepted: dict[str, str] = {}
         self.started = False
@@ -59,6 +59,8 @@ class GatewayState:
         )
 
     async def start(self) -> None:
+        # An unusable artifact store fails start-up with the reason (readiness never true).
+        await asyncio.to_thread(self.store.check)
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
         self._followers = [
@@ -196,25 +198,27 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "links": {"self": f"/v1/generations/{job_id}"},
         }
 
-    def _file(uri: str) -> FileResponse:
+    async def _file(uri: str) -> Response:
         try:
-            path = state.store.path(uri)
+            data = await asyncio.to_thread(state.store.get, uri)
         except ArtifactError as exc:
             raise HTTPException(410, str(exc)) from exc
-        return FileResponse(path, media_type="image/png")
+        except ArtifactUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+        return Response(data, media_type="image/png")
 
     @app.get("/v1/generations/{job_id}/image", response_model=None)
-    async def get_image(job_id: str) -> FileResponse:
+    async def get_image(job_id: str) -> Response:
         """The job's delivered image (or its latest, before one is chosen)."""
         job = state.view.items.get(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
             raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
-        return _file((job.delivered or job.artifacts[-1]).uri)
+        return await _file((job.delivered or job.artifacts[-1]).uri)
 
     @app.get("/v1/generations/{job_id}/artifacts/{name}", response_model=None)
-    async def get_artifact(job_id: str, name: str) -> FileResponse:
+    async def get_artifact(job_id: str, name: str) -> Response:
         """One of the job's images by the name its URL carries (drafts, repaired...)."""
         job = state.view.items.get(job_id)
         if job is None:
@@ -224,7 +228,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ]
         for uri in uris:
             if artifact_name(uri) == name:
-                return _file(uri)
+                return await _file(uri)
         raise HTTPException(404, f"generation {job_id!r} has no artifact {name!r}")
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:

@@ -48,7 +48,15 @@ class Settings(ClientSettings):
     group_prefix: str = ""
 
     state_dir: Path = Path(".lanes")
+    # Where artifacts are stored: s3://bucket[/prefix] (any S3-compatible store, with the
+    # s3_* settings below), or None for the local directory artifact_dir.
+    artifacts: str | None = None
     artifact_dir: Path | None = None
+    s3_endpoint_url: str | None = None  # None: AWS; e.g. http://127.0.0.1:8333 (SeaweedFS)
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None  # None: boto3's own chain (env, profile, IAM)
+    s3_secret_access_key: SecretStr | None = None
+    s3_max_attempts: int = Field(5, ge=1)  # boto3 standard-mode retries per call
     # Where model checkpoints (and tiny random-weight builds, cached by config) live.
     models_dir: Path | None = None
     routes_file: Path | None = None

@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from services.process.ports import free_port, port_open
 
 __all__ = [
     "INFRA_KAFKA",
@@ -39,20 +40,6 @@ def jar_cache(infra: Path = INFRA_KAFKA) -> Path:
     fetches anew."""
     digest = hashlib.sha256((infra / "pom.xml").read_bytes()).hexdigest()[:12]
     return Path.home() / ".cache" / "lanes" / f"kafka-jars-{digest}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def ensure_jars(infra: Path = INFRA_KAFKA) -> Path:

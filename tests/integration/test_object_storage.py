@@ -1,0 +1,121 @@
+"""Artifacts in S3-compatible object storage, on a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from services.config.settings import Settings
+from services.exceptions import ArtifactError, ArtifactUnavailable
+from services.process.ports import free_port
+from services.storage.artifacts import open_store
+from services.storage.local_s3 import WeedProcess
+from services.storage.s3 import S3ArtifactStore
+from tests.support import WebhookReceiver, running_stack
+
+pytestmark = [pytest.mark.kafka, pytest.mark.s3]
+
+
+def _s3(settings: Settings, endpoint: str, **more: object) -> Settings:
+    return settings.model_copy(
+        update={
+            "artifacts": f"s3://lanes/{uuid.uuid4().hex[:8]}/",
+            "s3_endpoint_url": endpoint,
+            "s3_access_key_id": SecretStr(WeedProcess.access_key),
+            "s3_secret_access_key": SecretStr(WeedProcess.secret_key),
+            "s3_max_attempts": 2,
+            **more,
+        }
+    )
+
+
+def test_the_s3_store_round_trips_an_image_and_names_what_is_missing(
+    settings: Settings, s3_endpoint: str
+) -> None:
+    store = open_store(_s3(settings, s3_endpoint))
+    assert isinstance(store, S3ArtifactStore)
+    store.check()
+    uri = store.put_png("job_s3", "draft-a1", Image.new("RGB", (32, 16), "red"))
+    assert uri.startswith("s3://lanes/") and uri.endswith("/job_s3/draft-a1.png")
+    assert store.open_image(uri).size == (32, 16)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        store.get(uri.replace("draft-a1", "nope"))
+    with pytest.raises(ArtifactError, match="not in bucket"):
+        store.get("s3://elsewhere/x.png")
+    with pytest.raises(ArtifactError, match="unsafe artifact name"):
+        store.put("../job", "x.png", b"")
+
+
+def test_an_unreachable_or_misconfigured_store_is_refused_with_the_reason(
+    settings: Settings, s3_endpoint: str
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ArtifactUnavailable, match="cannot be used"):
+        open_store(_s3(settings, closed)).check()
+    missing = _s3(settings, s3_endpoint).model_copy(update={"artifacts": "s3://no-such-bucket/"})
+    with pytest.raises(ArtifactUnavailable, match="no-such-bucket"):
+        open_store(missing).check()
+    with pytest.raises(ArtifactError, match="LANES_ARTIFACTS must be s3://"):
+        open_store(settings.model_copy(update={"artifacts": "ftp://x"}))
+
+
+async def test_a_final_job_on_object_storage_leaves_nothing_on_disk_and_downloads_by_url(
+    settings: Settings, s3_endpoint: str, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Draft, refine, verification and repair all read and write through the S3 store: no
+    process touches the local artifact directory, and the client downloads every image
+    through the URL in its webhook."""
+    local = tmp_path / "no-artifacts-here"
+    s3 = _s3(settings, s3_endpoint, artifact_dir=local)
+    async with running_stack(s3) as stack:
+        job_id = await stack.submit(
+            {
+                "prompt": 'a poster "SUMMER SALE"',
+                "intent": "final",
+                "webhook_url": receiver.url,
+            }
+        )
+        job = await stack.wait_for_status(job_id, {"succeeded", "failed"}, timeout=150)
+        assert job["status"] == "succeeded", job.get("error")
+        (delivery,) = await receiver.wait_for(1)
+        data = json.loads(delivery.body)["data"]
+        assert data["verification"]["score"] == 1.0  # read back from the repaired image
+        stages = [a["stage"] for a in data["artifacts"]]
+        assert {"draft", "upscaled", "repaired"} <= set(stages)
+        for artifact in data["artifacts"]:
+            resp = await stack.http.get(artifact["uri"])
+            assert resp.status_code == 200, artifact["uri"]
+            size = Image.open(io.BytesIO(resp.content)).size
+            assert size == (artifact["width"], artifact["height"])
+        internal = await stack.http.get(f"/v1/generations/{job_id}")
+        records = [a["uri"] for a in internal.json()["artifacts"]]
+        assert all(u.startswith(stack.settings.public_base_url) for u in records)
+    assert not local.exists() or not any(local.rglob("*.png"))
+
+
+async def test_a_failed_upload_fails_the_job_with_the_reason_and_the_worker_carries_on(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The store is gone after start-up: the worker's upload is retried (boto3), then the
+    job fails with the reason; it is never marked succeeded without its image."""
+    weed = WeedProcess(tmp_path / "weed")
+    weed.start()
+    try:
+        s3 = _s3(settings, weed.endpoint, s3_max_attempts=1)
+        async with running_stack(s3, worker_lanes=["draft"]) as stack:
+            await stack.wait_workers_ready(names=["draft"])
+            weed.stop()
+            job_id = await stack.submit({"prompt": "a red chair", "intent": "draft"})
+            job = await stack.wait_for_status(job_id, {"succeeded", "failed"}, timeout=90)
+            assert job["status"] == "failed" and "cannot store the image" in job["error"]
+            assert not job["artifacts"]
+            stack.check_alive()  # the worker did not die of it
+            assert stack.workers["draft"].health == "ready"
+    finally:
+        weed.stop()
