@@ -12,7 +12,7 @@ import typer
 
 from services.apps.cli_bench import bench_app
 from services.apps.cli_ops import ops_app
-from services.apps.cli_settings import settings_from_env
+from services.apps.cli_settings import settings_from_env, wait_for_stop_signal
 
 __all__ = ["app", "main"]
 
@@ -169,8 +169,6 @@ def schemas_export(directory: Path) -> None:
 @kafka_app.command("start")
 def kafka_start(port: int = 9092) -> None:
     """Run the local broker in the foreground until Ctrl-C."""
-    import signal
-
     from services.kafka.local_broker import KafkaProcess
 
     settings = settings_from_env()
@@ -180,7 +178,7 @@ def kafka_start(port: int = 9092) -> None:
     kafka.start()
     typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        wait_for_stop_signal()
     finally:
         kafka.stop()
 
@@ -189,12 +187,13 @@ def kafka_start(port: int = 9092) -> None:
 def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
     """Run SeaweedFS (built from its Go module on first use) as the local S3 server, on
     127.0.0.1, until Ctrl-C. Point the stack at it with the variables it prints."""
-    import signal
 
     from services.storage.local_s3 import WeedProcess
 
     settings = settings_from_env()
-    weed = WeedProcess(settings.state_dir.resolve() / "seaweedfs", bucket=bucket, s3_port=port)
+    weed = WeedProcess(
+        settings.state_dir.resolve() / "seaweedfs", bucket=bucket, s3_port=port, random_ports=False
+    )
     weed.start()
     typer.echo(
         f"S3 answering on {weed.endpoint}, bucket {bucket!r}; log: {weed.log_path}\n"
@@ -203,7 +202,7 @@ def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
         f"LANES_S3_SECRET_ACCESS_KEY={weed.secret_key}"
     )
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        wait_for_stop_signal()
     finally:
         weed.stop()
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from services.config.settings import Settings
 
-__all__ = ["settings_from_env"]
+__all__ = ["settings_from_env", "wait_for_stop_signal"]
 
 
 def settings_from_env() -> Settings:
@@ -19,3 +19,13 @@ def settings_from_env() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     return settings
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM (the signals are blocked first, so ``sigwait`` takes
+    them instead of Python's handlers)."""
+    import signal
+
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signal.sigwait(stop)

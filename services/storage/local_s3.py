@@ -65,6 +65,7 @@ class WeedProcess:
     # The admin identity weed mini creates at start (it reads them from AWS_* variables).
     access_key: str = "lanes-local"
     secret_key: str = "lanes-local-secret"
+    random_ports: bool = True
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -80,18 +81,20 @@ class WeedProcess:
         data = self.state_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         self.s3_port = self.s3_port or free_port()
-        ports = {
-            name: free_port()
-            for name in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "debug.port",
-            )
-        }
+        # Tests: every port its own, so servers never collide. A long-lived server
+        # (`lanes s3 start`, data kept in state_dir) keeps SeaweedFS's default ports: its
+        # master remembers where its volumes live. The Iceberg and Lance catalogs are off.
+        names = (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "debug.port",
+            "s3.port.grpc",
+        )
+        ports = {name: free_port() for name in names} if self.random_ports else {}
         args = [
             str(binary),
             "mini",
@@ -103,6 +106,8 @@ class WeedProcess:
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
+            "-s3.port.iceberg=0",  # the Iceberg and Lance catalogs: off
+            "-s3.port.lance=0",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
         log = self.log_path.open("ab")
@@ -154,7 +159,7 @@ class WeedProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
