@@ -112,6 +112,12 @@ class JobState(BaseModel):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def artifact_uris(self) -> list[str]:
+        """Every image the job's record names (the store's URIs): what ``public`` maps."""
+        uris = [a.uri for a in self.artifacts]
+        uris += [u for v in self.verifications for u in (v.artifact_uri, v.rendered_uri) if u]
+        return uris
+
     def public(self, base_url: str) -> dict[str, Any]:
         """The JSON clients get (GET /v1/generations/{id} and webhook bodies). Every image
         is named by a URL under ``base_url`` (the gateway as clients reach it), never by

@@ -223,10 +223,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         job = state.view.items.get(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
-        uris = [a.uri for a in job.artifacts] + [
-            u for v in job.verifications for u in (v.artifact_uri, v.rendered_uri) if u
-        ]
-        for uri in uris:
+        for uri in job.artifact_uris():
             if artifact_name(uri) == name:
                 return await _file(uri)
         raise HTTPException(404, f"generation {job_id!r} has no artifact {name!r}")
