@@ -2,8 +2,14 @@
 
 Partitions are assigned with the range assignor, so one member gets the same partition
 number of every input topic: all of one job's events (keyed by job id) meet in one member.
-On each assignment the member reloads those partitions of ``lanes.jobs``, so a restart or a
-rebalance continues from the last published state.
+The member's state is an SQLite file under its state directory (``JobIndex``), written
+through on every fold; ``lanes.jobs`` is its changelog. On each assignment the member
+applies what those partitions of ``lanes.jobs`` gained since its stored offsets (another
+member's writes, or its own unacknowledged ones), so a restart or a rebalance continues
+from the last published state without re-reading history. The fold ignores a redelivered
+event, so a row ahead of its changelog is harmless.
+
+The same process deletes finished jobs past retention (``consumers.retention``).
 """
 
 from __future__ import annotations
@@ -17,15 +23,17 @@ from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.restoring import RestoringListener
-from consumers.machinery.runtime import run_consumer
+from consumers.machinery.runtime import run_consumer, stop_on_signals
+from consumers.retention import RetentionSweeper
 from schemas.events import parse_job_event
 from schemas.exceptions import PoisonEvent
-from schemas.records import JobState
 from schemas.topics import Topics
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.domain.job_fold import fold
-from services.kafka.compacted_view import CompactedView
+from services.domain.job_index import JobIndex
+from services.kafka.clients import make_producer
+from services.storage.artifacts import open_store
 
 __all__ = ["run", "JobStateFolder"]
 
@@ -36,23 +44,23 @@ class JobStateFolder(RestoringListener):
     def __init__(self, settings: Settings, topics: Topics) -> None:
         super().__init__()
         self.topics = topics
-        self.view: CompactedView[JobState] = CompactedView(
-            settings, topics.jobs, JobState.model_validate_json
-        )
+        self.index = JobIndex(settings, topics.jobs, settings.view_path("jobs-state"))
 
     async def restore(self, partitions: list[int]) -> None:
-        await self.view.load(partitions)
-        log.info("job_state_restored", partitions=partitions, jobs=len(self.view.items))
+        before = self.index.view.applied
+        await self.index.view.catch_up(partitions)
+        applied = self.index.view.applied - before
+        log.info("job_state_restored", partitions=partitions, changelog_records=applied)
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:
         await self.restored()
         job_id = getattr(event, "job_id", None)
         if not job_id:
             raise PoisonEvent(f"a job event without a job id: {type(event).__name__}")
-        new = fold(self.view.items.get(job_id), event)
+        new = fold(self.index.get(job_id), event)
         if new is None:
             return []
-        self.view.items[job_id] = new
+        self.index.put(new)
         if new.terminal:
             log.info("job_finished", status=new.status, error=new.error)
         return [Output(self.topics.jobs, job_id, new.model_dump_json().encode())]
@@ -71,15 +79,26 @@ async def run(
     inputs += [topics.lane(name) for name in sorted(routes.lanes)]
     inputs += [topics.spill(name) for name in routes.spill_lanes]
     folder = JobStateFolder(settings, topics)
-    await run_consumer(
-        settings,
-        group=settings.groups.jobs,
-        topics=inputs,
-        parse=parse_job_event,
-        handler=folder.handle,
-        stop=stop,
-        registry=registry,
-        listener=folder,
-        max_records=64,
-        consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)},
-    )
+    stop = stop_on_signals(stop)
+    producer = make_producer(settings, client_id="lanes-jobs-retention")
+    sweeper = RetentionSweeper(settings, folder.index, open_store(settings), producer, registry)
+    await producer.start()
+    sweeping = asyncio.create_task(sweeper.run(stop), name="retention")
+    try:
+        await run_consumer(
+            settings,
+            group=settings.groups.jobs,
+            topics=inputs,
+            parse=parse_job_event,
+            handler=folder.handle,
+            stop=stop,
+            registry=registry,
+            listener=folder,
+            max_records=64,
+            consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)},
+        )
+    finally:
+        sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)
+        await producer.stop()
+        folder.index.view.close()

@@ -1,14 +1,18 @@
 """Webhook dispatcher [group lanes-webhooks]: lanes.jobs -> signed POSTs to client URLs.
 
 Each (job, event) is delivered once: its state goes to the compacted
-``lanes.webhooks.deliveries`` topic, which this group reloads on every assignment before it
-sends anything, and the offset is committed only after that record is acknowledged. A crash
+``lanes.webhooks.deliveries`` topic and to this member's SQLite view of it, which catches up
+from its stored offsets on every assignment before anything is sent, and the offset is
+committed only after that record is acknowledged. A crash
 between the POST and that record can repeat a delivery; it carries the same ``webhook-id``
 so receivers deduplicate it, as the Standard Webhooks spec asks.
 
 The first attempt is made here; a failed one is scheduled on the delay topic
 ``lanes.webhooks.retry`` (``consumers.webhook_retries`` sends it when due), so this
 consumer never sleeps. After the last attempt the message goes to ``lanes.webhooks.dlq``.
+
+When retention deletes a job (a tombstone on ``lanes.jobs``), its delivery records are
+deleted too (tombstones on ``lanes.webhooks.deliveries``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datetime import timedelta
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.machinery.loop import MessageContext, Output
+from consumers.machinery.loop import MessageContext, Output, Tombstone
 from consumers.machinery.restoring import RestoringListener
 from consumers.machinery.runtime import run_consumer
 from schemas.events import utcnow
@@ -29,7 +33,7 @@ from schemas.exceptions import PoisonEvent
 from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
 from services.config.settings import Settings
-from services.kafka.compacted_view import CompactedView
+from services.kafka.sqlite_view import SqliteView
 from services.webhooks.delivery import AttemptResult, WebhookSender, backoff_delay, webhook_id
 
 __all__ = ["run", "WebhookDispatcher", "make_sender", "after_attempt", "WebhookMetrics"]
@@ -112,17 +116,26 @@ class WebhookDispatcher(RestoringListener):
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.sender = sender
-        self.deliveries: CompactedView[WebhookDelivery] = CompactedView(
-            settings, self.topics.webhook_deliveries, WebhookDelivery.model_validate_json
+        self.deliveries = SqliteView(
+            settings,
+            self.topics.webhook_deliveries,
+            settings.view_path("webhook-deliveries"),
+            columns=("job",),
+            indexes=(("job",),),
+            extract=lambda value: {"job": json.loads(value)["job_id"]},
         )
         self.metrics = WebhookMetrics(registry)
 
     async def restore(self, partitions: list[int]) -> None:
-        # Delivery records are keyed by job:event, not by job id: reload all partitions.
-        await self.deliveries.load()
-        log.info("webhook_deliveries_restored", deliveries=len(self.deliveries.items))
+        # Delivery records are keyed by job:event, not by job id: catch up all partitions.
+        before = self.deliveries.applied
+        await self.deliveries.catch_up()
+        applied = self.deliveries.applied - before
+        log.info("webhook_deliveries_restored", changelog_records=applied)
 
     async def handle(self, job: object, ctx: MessageContext) -> Sequence[Output]:
+        if isinstance(job, Tombstone):
+            return self._forget(job.key)
         if not isinstance(job, JobState):
             raise PoisonEvent(f"the webhook dispatcher reads job records, got {type(job).__name__}")
         await self.restored()
@@ -137,9 +150,15 @@ class WebhookDispatcher(RestoringListener):
             outputs += await self._deliver(job, milestone, url)
         return outputs
 
+    def _forget(self, job_id: str) -> list[Output]:
+        """The job expired: tombstone its delivery records."""
+        keys = [k for (k,) in self.deliveries.query("SELECT key FROM rows WHERE job=?", [job_id])]
+        self.deliveries.delete_where("job=?", [job_id])
+        return [Output(self.topics.webhook_deliveries, key, None) for key in keys]
+
     async def _deliver(self, job: JobState, milestone: str, url: str) -> list[Output]:
         key = f"{job.job_id}:{milestone}"
-        if key in self.deliveries.items:
+        if self.deliveries.get(key) is not None:
             return []
         payload = {
             "type": f"generation.{milestone}",
@@ -156,7 +175,7 @@ class WebhookDispatcher(RestoringListener):
         )
         result = await self.sender.attempt(msg.url, msg.webhook_id, msg.body)
         outputs = after_attempt(self.settings, msg, result, self.metrics)
-        self.deliveries.items[key] = WebhookDelivery.model_validate_json(outputs[0].value or b"")
+        self.deliveries.put(key, outputs[0].value or b"")
         return outputs
 
 
@@ -179,6 +198,8 @@ async def run(
             registry=registry,
             stop=stop,
             listener=dispatcher,
+            tombstones=True,
         )
     finally:
         await sender.aclose()
+        dispatcher.deliveries.close()

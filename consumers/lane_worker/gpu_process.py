@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from consumers.lane_worker.device_turns import DeviceTurns
 from consumers.lane_worker.metrics import WorkerMetrics
+from consumers.lane_worker.recent_jobs import recent_jobs
 from consumers.machinery.runtime import Member
 from schemas.control import LaneDesired, WorkerStatus
-from schemas.records import JobState
 from schemas.topics import Topics
 from services.config.routes import Routes
 from services.config.settings import Settings
@@ -58,7 +58,7 @@ class GpuProcess:
         self.topics = Topics(s.topic_prefix)
         self.store = open_store(s)
         self.metrics = WorkerMetrics(self.registry)
-        self.jobs_view = CompactedView(s, self.topics.jobs, JobState.model_validate_json)
+        self.jobs_view = recent_jobs(s)
         self.control_view = CompactedView(s, self.topics.control, LaneDesired.model_validate_json)
         self.workers_view = CompactedView(s, self.topics.workers, WorkerStatus.model_validate_json)
         # One inference thread: one GPU runs one batch at a time. It and the image codec

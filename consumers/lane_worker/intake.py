@@ -45,16 +45,13 @@ class Intake:
         key = task_key(event)
         if key in self.holding or key in self.recent:
             return True
-        job = self.jobs_view.items.get(event.job_id)
+        job = self.jobs_view.get(event.job_id)
         if job is None:
             return False
         return (
             job.terminal
             or job.attempt > event.attempt
-            or any(
-                a.attempt == event.attempt and a.stage == self.stage_of(event)
-                for a in job.artifacts
-            )
+            or (event.attempt, self.stage_of(event)) in job.rendered
         )
 
     async def _admit(self, tp: TopicPartition, record: Any) -> None:

@@ -197,8 +197,8 @@ class Outcomes:
         return Output(self.topics.renders, e.job_id, failed.to_bytes())
 
     def _canceled(self, job_id: str) -> bool:
-        job = self.jobs_view.items.get(job_id)
-        return job is not None and (job.cancel_requested or job.status == "canceled")
+        job = self.jobs_view.get(job_id)
+        return job is not None and job.canceling
 
     def _canceled_output(self, e: GenerationRouted, step: int | None) -> Output:
         self.metrics.jobs.labels(*self.labels, "canceled").inc()

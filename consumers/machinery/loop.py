@@ -67,6 +67,14 @@ Handler = Callable[[Any, MessageContext], Awaitable[Sequence[Output]]]
 Parser = Callable[[bytes], Any]
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """A compacted topic's delete marker (no value), for a loop with ``tombstones=True``:
+    the key (a job id on ``lanes.jobs``) was deleted by retention."""
+
+    key: str
+
+
 class LoopMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
@@ -101,7 +109,9 @@ class ConsumeLoop:
         metrics: LoopMetrics,
         max_records: int = 16,
         transient_retries: int = 3,
+        tombstones: bool = False,
     ) -> None:
+        self.tombstones = tombstones  # hand delete markers to the handler as Tombstone
         self.consumer = consumer
         self.producer = producer
         self.group = group
@@ -143,9 +153,12 @@ class ConsumeLoop:
         for record in records:
             bind_record(record, self.group)
             try:
-                if record.value is None:
+                if record.value is None and self.tombstones and record.key:
+                    event: Any = Tombstone(record.key.decode())
+                elif record.value is None:
                     raise PoisonEvent("empty message value")
-                event = self.parse(record.value)
+                else:
+                    event = self.parse(record.value)
             except Exception as exc:  # noqa: BLE001 - an event that cannot be parsed: DLQ
                 outputs.append(self._dead_letter(record, exc))
                 handled = record.offset

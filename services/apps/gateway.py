@@ -1,7 +1,8 @@
 """HTTP gateway (FastAPI): accept generation requests, serve job status and images.
 
-Status comes from the compacted ``lanes.jobs`` topic, read into memory at start, so a
-restarted gateway still knows every job.
+Status comes from the compacted ``lanes.jobs`` topic, materialized into this gateway's
+own SQLite file (``services.domain.job_index``): a restart resumes from the stored offsets,
+and memory holds the page cache, not the jobs.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from cachetools import TTLCache
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
-from schemas.records import JobState, artifact_name
+from schemas.events import utcnow
+from schemas.records import JobState, JobStatus, artifact_name
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.domain.admission import TokenBuckets
+from services.domain.job_index import BadCursor, JobFilter, JobIndex, micros
 from services.domain.rollout import LaneRollout, RolloutView
-from services.kafka.compacted_view import CompactedView
 from services.process.ops_server import ops_routes
 from services.storage.artifacts import ArtifactError, ArtifactUnavailable, open_store
 from services.webhooks.delivery import RefusedTarget, Unresolvable, resolve_target
@@ -39,15 +43,16 @@ class GatewayState:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.client: GenerationClient | None = None  # made in start(): needs a running loop
-        self.view: CompactedView[JobState] = CompactedView(
-            settings, Topics(settings.topic_prefix).jobs, JobState.model_validate_json
+        self.jobs = JobIndex(
+            settings, Topics(settings.topic_prefix).jobs, settings.view_path("gateway-jobs")
         )
         self.rollout = RolloutView(settings, load_routes(settings.routes_file))
         self.quotas = TokenBuckets(settings.tenant_quotas, settings.default_quota)
         self._followers: list[asyncio.Task[None]] = []
         self.store = open_store(settings)
-        # Jobs this gateway accepted that lanes.jobs does not show yet: id -> fingerprint.
-        self.accepted: dict[str, str] = {}
+        # Jobs this gateway accepted that lanes.jobs may not show yet: id -> fingerprint.
+        # Bounded: the jobs consumer folds a request within seconds.
+        self.accepted: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=600)
         self.started = False
         self.requests = Counter(
             "lanes_gateway_requests_total", "Generation requests", ["outcome"], registry=registry
@@ -64,8 +69,9 @@ class GatewayState:
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
         self._followers = [
-            asyncio.create_task(self.view.follow()),
+            asyncio.create_task(self.jobs.view.follow()),
             asyncio.create_task(self.rollout.follow()),
+            asyncio.create_task(self._forget_expired()),
         ]
         self.started = True
 
@@ -76,25 +82,21 @@ class GatewayState:
         await asyncio.gather(*self._followers, return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
+        self.jobs.view.close()
+
+    async def _forget_expired(self) -> None:
+        """Drop rows a day past retention whose tombstone this view never read (it was
+        compacted away while this gateway was down); the jobs consumer deletes the rest."""
+        while True:
+            cutoff = utcnow() - timedelta(days=self.settings.retention_days + 1)
+            self.jobs.view.delete_where("finished < ?", [micros(cutoff)])
+            await asyncio.sleep(self.settings.retention_sweep_s)
 
     def ready(self) -> bool:
-        return self.started and self.view.caught_up.is_set()
-
-    def queue_position(self, job: JobState) -> int:
-        """1 + the deferred jobs of the same intent parked before this one."""
-        intent = job.spec.intent if job.spec else None
-        key = (job.deferred_at, job.job_id)
-        return 1 + sum(
-            1
-            for other in self.view.items.values()
-            if other.status == "deferred"
-            and other.spec is not None
-            and other.spec.intent == intent
-            and (other.deferred_at, other.job_id) < key
-        )
+        return self.started and self.jobs.view.caught_up.is_set()
 
     def known_fingerprint(self, job_id: str) -> str | None:
-        job = self.view.items.get(job_id)
+        job = self.jobs.get(job_id)
         if job is not None and job.fingerprint:
             return job.fingerprint
         return self.accepted.get(job_id)
@@ -164,14 +166,43 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         log.info("generation_accepted", job_id=job_id, intent=spec.intent)
         return _accepted(job_id)
 
+    def public(job: JobState) -> dict[str, Any]:
+        body = job.public(settings.public_base_url)
+        if job.status == "deferred":
+            body["queue_position"] = state.jobs.queue_position(job)
+        return body
+
+    @app.get("/v1/generations")
+    async def list_generations(
+        request: Request,
+        status: JobStatus | None = None,
+        lane: Annotated[str | None, Query(max_length=100)] = None,
+        intent: Literal["draft", "final"] | None = None,
+        tenant: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    ) -> dict[str, Any]:
+        """Jobs newest first, filtered; ``next_cursor`` fetches the page after this one."""
+        flt = JobFilter(status=status, lane=lane, intent=intent, tenant=tenant)
+        try:
+            jobs, next_cursor = state.jobs.page(flt, limit, cursor)
+        except BadCursor as exc:
+            raise HTTPException(422, str(exc)) from exc
+        links: dict[str, str] = {}
+        if next_cursor is not None:
+            query = request.url.include_query_params(cursor=next_cursor).query
+            links["next"] = f"{settings.public_base_url}/v1/generations?{query}"
+        return {
+            "items": [public(job) for job in jobs],
+            "next_cursor": next_cursor,
+            "links": links,
+        }
+
     @app.get("/v1/generations/{job_id}")
     async def get_generation(job_id: str) -> dict[str, Any]:
-        job = state.view.items.get(job_id)
+        job = state.jobs.get(job_id)
         if job is not None:
-            body = job.public(settings.public_base_url)
-            if job.status == "deferred":
-                body["queue_position"] = state.queue_position(job)
-            return body
+            return public(job)
         if job_id in state.accepted:
             return {"job_id": job_id, "status": "queued"}
         raise HTTPException(404, f"no generation {job_id!r}")
@@ -179,7 +210,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.delete("/v1/generations/{job_id}", status_code=202)
     async def cancel_generation(job_id: str) -> dict[str, Any]:
         """Cancel: a queued or deferred job at once, a rendering one at its next step."""
-        job = state.view.items.get(job_id)
+        job = state.jobs.get(job_id)
         if job is None and job_id not in state.accepted:
             raise HTTPException(404, f"no generation {job_id!r}")
         if job is not None and job.terminal:
@@ -210,7 +241,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.get("/v1/generations/{job_id}/image", response_model=None)
     async def get_image(job_id: str) -> Response:
         """The job's delivered image (or its latest, before one is chosen)."""
-        job = state.view.items.get(job_id)
+        job = state.jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
@@ -220,7 +251,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.get("/v1/generations/{job_id}/artifacts/{name}", response_model=None)
     async def get_artifact(job_id: str, name: str) -> Response:
         """One of the job's images by the name its URL carries (drafts, repaired...)."""
-        job = state.view.items.get(job_id)
+        job = state.jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         for uri in job.artifact_uris():

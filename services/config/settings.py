@@ -47,7 +47,14 @@ class Settings(ClientSettings):
     # Consumer group ids are prefixed with this as well.
     group_prefix: str = ""
 
+    # This process's own files (views of compacted topics, tiny model builds); never read
+    # by another host. Job history lives in Kafka and the artifact store, not here.
     state_dir: Path = Path(".lanes")
+    # Finished jobs (their records and images) are deleted this long after they end.
+    retention_days: float = Field(30.0, gt=0)
+    retention_sweep_s: float = Field(60.0, gt=0)  # how often the jobs consumer looks
+    # Lane workers remember jobs that changed this recently (dedupe, cancel checks).
+    worker_recent_jobs_s: float = Field(6 * 3600.0, gt=0)
     # Where artifacts are stored: s3://bucket[/prefix] (any S3-compatible store, with the
     # s3_* settings below), or None for the local directory artifact_dir.
     artifacts: str | None = None
@@ -178,6 +185,11 @@ class Settings(ClientSettings):
     @property
     def models_path(self) -> Path:
         return (self.models_dir or self.state_dir / "models").resolve()
+
+    def view_path(self, name: str) -> Path:
+        """This process's SQLite view ``name`` of a compacted topic, under state_dir."""
+        prefix = self.topic_prefix.strip(".") or "lanes"
+        return (self.state_dir / "views" / f"{prefix}.{name}.sqlite").resolve()
 
     @property
     def groups(self) -> Groups:

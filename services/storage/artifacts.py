@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise ArtifactUnavailable with the reason if the store cannot be used."""
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> int:
+        """Delete every artifact of the job (retention); return how many. Idempotent."""
 
     def put_png(self, job_id: str, name: str, image: Image.Image) -> str:
         buf = io.BytesIO()
@@ -87,6 +92,15 @@ class LocalArtifactStore(ArtifactStore):
             raise ArtifactUnavailable(f"artifact directory {self.root} is unusable: {exc}") from exc
         if not os.access(self.root, os.W_OK):
             raise ArtifactUnavailable(f"artifact directory {self.root} is not writable")
+
+    def delete_job(self, job_id: str) -> int:
+        self._check_name(job_id, "x")
+        folder = self.root / job_id
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.iterdir() if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        return count
 
     def path(self, uri: str) -> Path:
         parsed = urlparse(uri)

@@ -74,6 +74,25 @@ class S3ArtifactStore(ArtifactStore):
             raise ArtifactUnavailable(f"cannot store s3://{self.bucket}/{key}: {exc}") from exc
         return f"s3://{self.bucket}/{key}"
 
+    def delete_job(self, job_id: str) -> int:
+        self._check_name(job_id, "x")
+        prefix = f"{self.prefix}{job_id}/"
+        deleted = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
+                    deleted += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise ArtifactUnavailable(f"cannot delete s3://{self.bucket}/{prefix}: {exc}") from exc
+        return deleted
+
     def _key(self, uri: str) -> str:
         parsed = urlparse(uri)
         key = parsed.path.lstrip("/")
