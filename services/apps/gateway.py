@@ -95,8 +95,15 @@ class GatewayState:
     def ready(self) -> bool:
         return self.started and self.jobs.view.caught_up.is_set()
 
-    def known_fingerprint(self, job_id: str) -> str | None:
+    def job(self, job_id: str) -> JobState | None:
+        """The job's record; once there, the just-accepted entry is no longer needed."""
         job = self.jobs.get(job_id)
+        if job is not None:
+            self.accepted.pop(job_id, None)
+        return job
+
+    def known_fingerprint(self, job_id: str) -> str | None:
+        job = self.job(job_id)
         if job is not None and job.fingerprint:
             return job.fingerprint
         return self.accepted.get(job_id)
@@ -200,7 +207,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/v1/generations/{job_id}")
     async def get_generation(job_id: str) -> dict[str, Any]:
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is not None:
             return public(job)
         if job_id in state.accepted:
@@ -210,7 +217,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.delete("/v1/generations/{job_id}", status_code=202)
     async def cancel_generation(job_id: str) -> dict[str, Any]:
         """Cancel: a queued or deferred job at once, a rendering one at its next step."""
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is None and job_id not in state.accepted:
             raise HTTPException(404, f"no generation {job_id!r}")
         if job is not None and job.terminal:
@@ -241,7 +248,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.get("/v1/generations/{job_id}/image", response_model=None)
     async def get_image(job_id: str) -> Response:
         """The job's delivered image (or its latest, before one is chosen)."""
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
@@ -251,7 +258,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.get("/v1/generations/{job_id}/artifacts/{name}", response_model=None)
     async def get_artifact(job_id: str, name: str) -> Response:
         """One of the job's images by the name its URL carries (drafts, repaired...)."""
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         for uri in job.artifact_uris():

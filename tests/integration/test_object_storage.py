@@ -50,6 +50,13 @@ def test_the_s3_store_round_trips_an_image_and_names_what_is_missing(
         store.get("s3://elsewhere/x.png")
     with pytest.raises(ArtifactError, match="unsafe artifact name"):
         store.put("../job", "x.png", b"")
+    # Retention deletes every image of the job, and only that job's.
+    other = store.put("job_s3_other", "final-a1.png", b"png")
+    store.put("job_s3", "final-a1.png", b"png")
+    assert store.delete_job("job_s3") == 2 and store.delete_job("job_s3") == 0
+    with pytest.raises(ArtifactError, match="does not exist"):
+        store.get(uri)
+    assert store.get(other) == b"png"
 
 
 def test_an_unreachable_or_misconfigured_store_is_refused_with_the_reason(
