@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 __all__ = ["GenerationSpec", "Intent", "Priority", "quoted_text"]
 
@@ -21,19 +21,24 @@ def quoted_text(prompt: str) -> str | None:
     return " ".join(found) if found else None
 
 
+NOT_BLANK = r"\S"  # JSON Schema patterns search: a string with a non-space character
+
+
 class GenerationSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000)
+    # The document states what the validators below enforce: some non-blank character.
+    prompt: str = Field(min_length=1, max_length=2000, json_schema_extra={"pattern": NOT_BLANK})
     intent: Intent = "draft"
     # The exact text the image must show. None: taken from the prompt's double quotes.
-    text: str | None = Field(None, max_length=200)
+    text: str | None = Field(None, max_length=200, json_schema_extra={"pattern": NOT_BLANK})
     priority: Priority = "normal"
     webhook_url: AnyHttpUrl | None = None
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    # Strict: "5" or 5.0 is refused, as the document's "integer" says.
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1)
+    width: StrictInt | None = Field(None, ge=64, le=2048, multiple_of=8)
+    height: StrictInt | None = Field(None, ge=64, le=2048, multiple_of=8)
     tenant: str | None = Field(None, max_length=64)
     # Which moments to POST to webhook_url; each is delivered once. Default: the end only.
     webhook_events: list[

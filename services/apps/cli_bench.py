@@ -81,3 +81,24 @@ def bench_cascade(
         preset=preset, device=device, draft_size=draft, target_size=target, full_steps=full_steps
     )
     typer.echo(run_cascade(cfg, out).read_text())
+
+
+@bench_app.command("state")
+def bench_state(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    sizes: str = typer.Option("0,100000,1000000", help="jobs in lanes.jobs, comma-separated"),
+    gets: int = typer.Option(2000, help="GET requests per size"),
+    per_day: int = typer.Option(100_000, help="history pace: job records per day"),
+    worker_lane: str = typer.Option("draft", help="the lane worker to start ('' for none)"),
+) -> None:
+    """Gateway and lane-worker RSS, time to ready and GET latency against jobs stored."""
+    from services.apps.bench.state import StateConfig, run_state
+
+    cfg = StateConfig(
+        sizes=[int(x) for x in sizes.split(",") if x.strip()],
+        gets=gets,
+        per_day=per_day,
+        worker_lane=worker_lane or None,
+    )
+    path = run_state(cfg, out)
+    typer.echo(path.read_text())

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 import structlog
 from cachetools import TTLCache
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
@@ -25,6 +24,7 @@ from schemas.events import utcnow
 from schemas.records import JobState, JobStatus, artifact_name
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
+from services.apps.problems import install_problem_handlers, problems
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.domain.admission import TokenBuckets
@@ -121,11 +121,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         finally:
             await state.stop()
 
-    app = FastAPI(title="Lanes gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Lanes gateway",
+        version="0.2.0",
+        lifespan=lifespan,
+        description="Image generation jobs. Every error is an RFC 9457 problem "
+        "(application/problem+json) whose detail says why.",
+    )
     app.state.lanes = state
+    install_problem_handlers(app)
     ops_routes(app, registry, state.ready)
 
-    @app.post("/v1/generations", status_code=202)
+    @app.post("/v1/generations", status_code=202, responses=problems(422, 429, 503))
     async def create_generation(
         spec: GenerationSpec,
         response: Response,
@@ -143,7 +150,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                     )
                 state.requests.labels("replayed").inc()
                 response.headers["Idempotent-Replayed"] = "true"
-                return _accepted(job_id)
+                return _accepted(settings.public_base_url, job_id)
         if spec.webhook_url is not None:  # refuse a private target now, not at delivery
             try:
                 await resolve_target(str(spec.webhook_url), settings.webhook_allowed_hosts)
@@ -171,7 +178,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         state.accepted[job_id] = fp
         state.requests.labels("accepted").inc()
         log.info("generation_accepted", job_id=job_id, intent=spec.intent)
-        return _accepted(job_id)
+        return _accepted(settings.public_base_url, job_id)
 
     def public(job: JobState) -> dict[str, Any]:
         body = job.public(settings.public_base_url)
@@ -179,7 +186,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             body["queue_position"] = state.jobs.queue_position(job)
         return body
 
-    @app.get("/v1/generations")
+    @app.get("/v1/generations", responses=problems(422))
     async def list_generations(
         request: Request,
         status: JobStatus | None = None,
@@ -205,7 +212,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "links": links,
         }
 
-    @app.get("/v1/generations/{job_id}")
+    @app.get("/v1/generations/{job_id}", responses=problems(404))
     async def get_generation(job_id: str) -> dict[str, Any]:
         job = state.job(job_id)
         if job is not None:
@@ -214,9 +221,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             return {"job_id": job_id, "status": "queued"}
         raise HTTPException(404, f"no generation {job_id!r}")
 
-    @app.delete("/v1/generations/{job_id}", status_code=202)
+    @app.post("/v1/generations/{job_id}/cancel", status_code=202, responses=problems(404, 409, 503))
     async def cancel_generation(job_id: str) -> dict[str, Any]:
-        """Cancel: a queued or deferred job at once, a rendering one at its next step."""
+        """Cancel: a queued or deferred job at once, a rendering one at its next step. The
+        job stays readable (status ``canceled``) until retention deletes it."""
         job = state.job(job_id)
         if job is None and job_id not in state.accepted:
             raise HTTPException(404, f"no generation {job_id!r}")
@@ -233,7 +241,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return {
             "job_id": job_id,
             "status": "canceling" if running else "canceled",
-            "links": {"self": f"/v1/generations/{job_id}"},
+            "links": {"self": f"{settings.public_base_url}/v1/generations/{job_id}"},
         }
 
     async def _file(uri: str) -> Response:
@@ -245,17 +253,31 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
         return Response(data, media_type="image/png")
 
-    @app.get("/v1/generations/{job_id}/image", response_model=None)
+    png = {200: {"content": {"image/png": {}}, "description": "The PNG image"}}
+
+    @app.get(
+        "/v1/generations/{job_id}/image",
+        response_model=None,
+        response_class=Response,
+        responses={**png, **problems(404, 409, 410, 503)},
+    )
     async def get_image(job_id: str) -> Response:
         """The job's delivered image (or its latest, before one is chosen)."""
         job = state.job(job_id)
+        if job is None and job_id in state.accepted:
+            raise HTTPException(409, f"generation {job_id!r} has no image yet (queued)")
         if job is None:
             raise HTTPException(404, f"no generation {job_id!r}")
         if not job.artifacts:
             raise HTTPException(409, f"generation {job_id!r} has no image yet ({job.status})")
         return await _file((job.delivered or job.artifacts[-1]).uri)
 
-    @app.get("/v1/generations/{job_id}/artifacts/{name}", response_model=None)
+    @app.get(
+        "/v1/generations/{job_id}/artifacts/{name}",
+        response_model=None,
+        response_class=Response,
+        responses={**png, **problems(404, 410, 503)},
+    )
     async def get_artifact(job_id: str, name: str) -> Response:
         """One of the job's images by the name its URL carries (drafts, repaired...)."""
         job = state.job(job_id)
@@ -274,28 +296,29 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ):
             raise HTTPException(401, "admin endpoints need Authorization: Bearer <admin token>")
 
-    @app.get("/v1/admin/lanes", dependencies=[Depends(admin)])
+    @app.get("/v1/admin/lanes", dependencies=[Depends(admin)], responses=problems(401))
     async def admin_lanes() -> list[LaneRollout]:
         """Every lane: desired model versions, canary, caps, and each worker instance."""
         return state.rollout.lanes()
 
-    @app.get("/v1/admin/lanes/{lane}", dependencies=[Depends(admin)])
+    @app.get("/v1/admin/lanes/{lane}", dependencies=[Depends(admin)], responses=problems(401, 404))
     async def admin_lane(lane: str) -> LaneRollout:
         for item in state.rollout.lanes():
             if item.lane == lane:
                 return item
         raise HTTPException(404, f"no lane {lane!r}")
 
-    @app.exception_handler(ValueError)
-    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
     return app
 
 
-def _accepted(job_id: str) -> dict[str, Any]:
+def _accepted(base_url: str, job_id: str) -> dict[str, Any]:
+    job = f"{base_url}/v1/generations/{job_id}"
     return {
         "job_id": job_id,
         "status": "queued",
-        "links": {"self": f"/v1/generations/{job_id}", "image": f"/v1/generations/{job_id}/image"},
+        "links": {
+            "self": job,
+            "image": f"{job}/image",
+            "cancel": f"{job}/cancel",
+        },
     }

@@ -214,8 +214,9 @@ class SqliteView:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
+            # Bounded read-ahead while catching up: memory stays flat however long the log.
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=4 * 1024 * 1024,
         )
 
     async def _assign(

@@ -41,7 +41,7 @@ async def test_cancel_a_queued_job_at_once_and_it_never_renders(
             {"prompt": "a boat", "intent": "draft", "webhook_url": receiver.url}
         )
         await stack.wait_for_status(job_id, {"routed"})  # waiting in its lane: no worker yet
-        resp = await stack.http.delete(f"/v1/generations/{job_id}")
+        resp = await stack.http.post(f"/v1/generations/{job_id}/cancel")
         assert resp.status_code == 202 and resp.json()["status"] == "canceled"
         job = await stack.wait_for_status(job_id, {"canceled"}, timeout=30)
         assert job["finished_at"] and not job["artifacts"]
@@ -52,8 +52,8 @@ async def test_cancel_a_queued_job_at_once_and_it_never_renders(
         assert (await stack.http.get(f"/v1/generations/{job_id}")).json()["status"] == "canceled"
         (delivery,) = await receiver.wait_for(1)
         assert json.loads(delivery.body)["type"] == "generation.canceled"
-        assert (await stack.http.delete(f"/v1/generations/{job_id}")).status_code == 409
-        assert (await stack.http.delete("/v1/generations/job_nope")).status_code == 404
+        assert (await stack.http.post(f"/v1/generations/{job_id}/cancel")).status_code == 409
+        assert (await stack.http.post("/v1/generations/job_nope/cancel")).status_code == 404
         renders = [
             parse_job_event(r.value) for r in await read_topic(settings, stack.topics.renders)
         ]
@@ -74,7 +74,7 @@ async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
             {"prompt": "a long render", "intent": "draft", "webhook_url": receiver.url}
         )
         await stack.wait_for_status(job_id, {"running"})
-        resp = await stack.http.delete(f"/v1/generations/{job_id}")
+        resp = await stack.http.post(f"/v1/generations/{job_id}/cancel")
         assert resp.status_code == 202 and resp.json()["status"] == "canceling"
         job = await stack.wait_for_status(job_id, {"canceled", "succeeded"}, timeout=60)
         assert job["status"] == "canceled" and not job["artifacts"]
@@ -130,7 +130,7 @@ async def test_burst_defers_low_priority_jobs_and_readmits_them_with_nothing_los
         assert [j["queue_position"] for j in jobs] == [1, 2, 3]
         assert (await stack.http.get(f"/v1/generations/{critical}")).json()["status"] == "routed"
         # Cancel one deferred job: it ends at once.
-        assert (await stack.http.delete(f"/v1/generations/{low[2]}")).status_code == 202
+        assert (await stack.http.post(f"/v1/generations/{low[2]}/cancel")).status_code == 202
         await stack.wait_for_status(low[2], {"canceled"})
         # Still busy: the rest are parked again rather than admitted.
         await asyncio.sleep(2.5)

@@ -17,7 +17,7 @@ async def test_unknown_generation_is_404_with_the_id_on_every_route(stack: Stack
     for method, path in (
         ("GET", "/v1/generations/job_nope"),
         ("GET", "/v1/generations/job_nope/image"),
-        ("DELETE", "/v1/generations/job_nope"),
+        ("POST", "/v1/generations/job_nope/cancel"),
     ):
         resp = await stack.http.request(method, path)
         assert resp.status_code == 404 and "job_nope" in resp.json()["detail"], (method, path)
@@ -26,7 +26,7 @@ async def test_unknown_generation_is_404_with_the_id_on_every_route(stack: Stack
 async def test_a_finished_job_cannot_be_canceled_and_a_lost_image_is_410(stack: Stack) -> None:
     job_id = await stack.submit({"prompt": "a blue cup", "intent": "draft"})
     job = await stack.wait_for_status(job_id, {"succeeded"})
-    cancel = await stack.http.delete(f"/v1/generations/{job_id}")
+    cancel = await stack.http.post(f"/v1/generations/{job_id}/cancel")
     assert cancel.status_code == 409 and "already ended: succeeded" in cancel.json()["detail"]
     assert (await stack.http.get(f"/v1/generations/{job_id}")).json()["status"] == "succeeded"
     image = await stack.http.get(f"/v1/generations/{job_id}/image")

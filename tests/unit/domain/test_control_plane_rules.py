@@ -134,3 +134,35 @@ def test_k8s_manifests_give_each_lane_a_gpu_deployment_and_a_lag_scaler() -> Non
     assert committed.read_text() == render(routes, routes_text(None)), (
         "infra/k8s/lanes.yaml is stale: run `lanes k8s manifests --out infra/k8s/lanes.yaml`"
     )
+
+
+def test_k8s_manifests_are_valid_kubernetes_and_keep_no_image_on_a_pod() -> None:
+    import kubernetes_validate
+
+    docs = list(yaml.safe_load_all(render(load_routes(None), routes_text(None))))
+    for doc in docs:
+        if doc["kind"] == "ScaledObject":  # KEDA's CRD: not in the Kubernetes schemas
+            continue
+        # Strict: an unknown or misplaced field fails as well as a wrong type.
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployments
+    for dep in deployments:
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        # Images go to the object store the Secret names, never a directory of the pod.
+        store = env["LANES_ARTIFACTS"]["valueFrom"]["secretKeyRef"]
+        assert store == {"name": "lanes-object-store", "key": "artifacts", "optional": False}
+        assert "LANES_ARTIFACT_DIR" not in env
+        for name in ("LANES_S3_ACCESS_KEY_ID", "LANES_S3_SECRET_ACCESS_KEY"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "lanes-object-store"
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["state"]["name"]]  # views only: rebuilt from Kafka
+        if dep["metadata"]["name"].startswith("lanes-worker-"):
+            assert mounts["models"]["readOnly"] is True
+            assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "lanes-models"
+            assert env["LANES_MODELS_DIR"]["value"] == mounts["models"]["mountPath"]
+        else:
+            assert "models" not in mounts
