@@ -150,6 +150,12 @@ class Settings(ClientSettings):
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
             if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
                 raise ValueError("LANES_OPS_KEY must be set outside the local profile")
+            if self.artifacts is None and self.artifact_dir is None:
+                raise ValueError(
+                    "LANES_ARTIFACTS (s3://bucket/prefix) must be set outside the local profile, "
+                    "or LANES_ARTIFACT_DIR to a disk every host shares: a pod's own disk "
+                    "loses its images"
+                )
         for name, secret in [
             ("LANES_WEBHOOK_SECRET", self.webhook_secret),
             *(("LANES_WEBHOOK_PREVIOUS_SECRETS", s) for s in self.webhook_previous_secrets),

@@ -18,6 +18,11 @@ def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValidationError, match="LANES_OPS_KEY"):
         Settings()
     monkeypatch.setenv("LANES_OPS_KEY", "whsec_b3BzLWtleS1mb3ItcHJvZHVjdGlvbg==")
+    # Outside one machine, images go to an object store (or a disk the operator says
+    # every host shares), never to the process's own directory.
+    with pytest.raises(ValidationError, match="LANES_ARTIFACTS"):
+        Settings()
+    monkeypatch.setenv("LANES_ARTIFACTS", "s3://lanes-prod/images")
     assert Settings().profile == "production"
 
 
