@@ -46,6 +46,7 @@ clean:
 bench: install
 	$(BIN)/lanes bench burst --out results
 	$(BIN)/lanes bench cascade --out results
+	$(BIN)/lanes bench state --out results
 
 # The same comparisons with real-architecture (random-weight) engines on a CUDA GPU.
 bench-gpu: install

@@ -36,8 +36,14 @@ __all__ = [
 class Stack(LocalStack):
     """Gateway, router, a worker per lane, verifier, job state and webhooks, in-process."""
 
-    def __init__(self, settings: Settings, *, worker_lanes: list[str] | None = None) -> None:
-        super().__init__(settings, worker_lanes=worker_lanes)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_lanes: list[str] | None = None,
+        isolated_hosts: bool = False,
+    ) -> None:
+        super().__init__(settings, worker_lanes=worker_lanes, isolated_hosts=isolated_hosts)
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(
@@ -54,7 +60,7 @@ class Stack(LocalStack):
         return float(value or 0.0)
 
     async def start_gateway(self) -> None:
-        app = create_app(self.settings)
+        app = create_app(self.settings_for("gateway"))
         self.gateway = EmbeddedServer(
             uvicorn.Config(
                 app,
@@ -254,10 +260,18 @@ def write_routes(path: Any, **lanes: dict[str, Any]) -> Any:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    settings: Settings, *, worker_lanes: list[str] | None = None, **updates: Any
+    settings: Settings,
+    *,
+    worker_lanes: list[str] | None = None,
+    isolated_hosts: bool = False,
+    **updates: Any,
 ) -> AsyncIterator[Stack]:
     """A started Stack on settings with ``updates`` (a routes file, a memory budget...)."""
-    stack = Stack(settings.model_copy(update=updates), worker_lanes=worker_lanes)
+    stack = Stack(
+        settings.model_copy(update=updates),
+        worker_lanes=worker_lanes,
+        isolated_hosts=isolated_hosts,
+    )
     await stack.start()
     try:
         yield stack

@@ -29,8 +29,12 @@ class LocalStack:
         *,
         worker_lanes: list[str] | None = None,
         with_webhooks: bool = True,
+        isolated_hosts: bool = False,
     ) -> None:
         self.settings = settings
+        # Each component on a host of its own: its own state dir, nothing shared but the
+        # cluster, the object store and the (read-only) model volume.
+        self.isolated_hosts = isolated_hosts
         self.topics = Topics(settings.topic_prefix)
         self.worker_lanes = worker_lanes  # None: a worker for every lane in the routes file
         self.with_webhooks = with_webhooks
@@ -38,6 +42,17 @@ class LocalStack:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.workers: dict[str, Any] = {}
         self.registries: dict[str, CollectorRegistry] = {}
+
+    def settings_for(self, name: str) -> Settings:
+        """The settings component ``name`` runs with (see ``isolated_hosts``)."""
+        if not self.isolated_hosts:
+            return self.settings
+        return self.settings.model_copy(
+            update={
+                "state_dir": self.settings.state_dir / "hosts" / name,
+                "models_dir": self.settings.models_path,
+            }
+        )
 
     def component_registry(self, name: str) -> CollectorRegistry:
         """The metrics registry of a component (its /metrics in production)."""
@@ -54,7 +69,9 @@ class LocalStack:
             self.start_worker(lane)
 
     def _runner(self, run: Any, name: str) -> Any:
-        return lambda stop: run(self.settings, stop, registry=self.component_registry(name))
+        return lambda stop: run(
+            self.settings_for(name), stop, registry=self.component_registry(name)
+        )
 
     def start_component(self, name: str, make: Any) -> None:
         stop = self.stops[name] = asyncio.Event()
@@ -69,7 +86,7 @@ class LocalStack:
         self.start_component(
             f"worker-{name}",
             lambda stop: lane_worker.run(
-                settings or self.settings,
+                settings or self.settings_for(f"worker-{name}"),
                 lane,
                 stop,
                 instance=instance,

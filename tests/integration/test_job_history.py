@@ -263,3 +263,16 @@ async def test_retention_deletes_a_finished_job_its_images_and_its_deliveries(
         # Nothing went to the dead-letter queue: tombstones are not malformed events.
         assert await read_topic(stack.settings, topics.dlq, idle_s=0.5) == []
         assert len(receiver.deliveries) == 1  # and no second webhook
+
+
+def test_the_state_benchmark_writes_its_table_and_plot(settings: Settings, tmp_path: Path) -> None:
+    """`lanes bench state` at a small size: every GET of a stored job answered (it raises
+    otherwise), a restarted gateway measured, the table and the plot written."""
+    from services.apps.bench.state import StateConfig, run_state
+
+    cfg = StateConfig(sizes=[0, 2000], gets=40, worker_lane=None)
+    table = run_state(cfg, tmp_path / "results", settings=settings)
+    text = table.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 2000 ")]
+    assert len(rows) == 1 and "restarted gateway ready at 2,000 jobs" in text
+    assert (tmp_path / "results" / "state.png").stat().st_size > 10_000

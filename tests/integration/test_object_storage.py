@@ -72,15 +72,16 @@ def test_an_unreachable_or_misconfigured_store_is_refused_with_the_reason(
         open_store(settings.model_copy(update={"artifacts": "ftp://x"}))
 
 
-async def test_a_final_job_on_object_storage_leaves_nothing_on_disk_and_downloads_by_url(
+async def test_a_final_job_on_separate_hosts_shares_no_disk_and_downloads_by_url(
     settings: Settings, s3_endpoint: str, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
-    """Draft, refine, verification and repair all read and write through the S3 store: no
-    process touches the local artifact directory, and the client downloads every image
-    through the URL in its webhook."""
-    local = tmp_path / "no-artifacts-here"
-    s3 = _s3(settings, s3_endpoint, artifact_dir=local)
-    async with running_stack(s3) as stack:
+    """Every component on a host of its own (its own state dir; only the broker, the S3
+    store and the read-only model volume are shared): draft, refine, verification and
+    repair all read and write through the store, no image lands on any host's disk, and
+    the client downloads every image through the URL in its webhook."""
+    fleet = tmp_path / "fleet"
+    s3 = _s3(settings, s3_endpoint, state_dir=fleet, models_dir=settings.models_path)
+    async with running_stack(s3, isolated_hosts=True) as stack:
         job_id = await stack.submit(
             {
                 "prompt": 'a poster "SUMMER SALE"',
@@ -103,7 +104,13 @@ async def test_a_final_job_on_object_storage_leaves_nothing_on_disk_and_download
         internal = await stack.http.get(f"/v1/generations/{job_id}")
         records = [a["uri"] for a in internal.json()["artifacts"]]
         assert all(u.startswith(stack.settings.public_base_url) for u in records)
-    assert not local.exists() or not any(local.rglob("*.png"))
+        for lane in ("draft", "upscale"):  # workers ran on hosts of their own too
+            assert stack.workers[lane].settings.state_dir == fleet / "hosts" / f"worker-{lane}"
+    assert not any(fleet.rglob("*.png"))  # no host kept an image
+    # Each host holds only its own views: the gateway's jobs, the job owner's state, the
+    # dispatcher's delivery records; workers and the verifier none.
+    views = {p.relative_to(fleet).parts[1]: p.name for p in fleet.rglob("*.sqlite")}
+    assert set(views) == {"gateway", "jobs", "webhooks"}, views
 
 
 async def test_a_failed_upload_fails_the_job_with_the_reason_and_the_worker_carries_on(

@@ -169,11 +169,15 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
     for body, field in cases:
         resp = await stack.http.post("/v1/generations", json=body)
         assert resp.status_code == 422, (body, resp.text)
-        assert any(field in ".".join(map(str, d["loc"])) for d in resp.json()["detail"]), resp.text
+        # An RFC 9457 problem: a sentence naming the field, and one entry per field.
+        assert resp.headers["content-type"] == "application/problem+json"
+        problem = resp.json()
+        assert problem["status"] == 422 and field in problem["detail"], resp.text
+        assert any(field in ".".join(map(str, e["loc"])) for e in problem["errors"]), resp.text
     resp = await stack.http.post(
         "/v1/generations", content=b"{oops", headers={"content-type": "application/json"}
     )
-    assert resp.status_code == 422
+    assert resp.status_code == 422 and "JSON" in resp.json()["detail"], resp.text
     after = await read_topic(stack.settings, stack.topics.requests, idle_s=1.0)
     assert len(after) == before  # nothing published
 
