@@ -89,6 +89,18 @@ async def _produce(
         await producer.stop()
 
 
+async def _jobs_topic(settings: Settings, *, partitions: int, finished: int, name: str) -> str:
+    """The test's lanes.jobs, holding ``finished`` succeeded jobs ``{name}_0``, ``{name}_1``..."""
+    topic = Topics(settings.topic_prefix).jobs
+    await ensure_topics(settings, [TopicSpec(topic, partitions=partitions, compacted=True)])
+    jobs = [
+        (f"{name}_{i}", _job(f"{name}_{i}").model_dump_json().encode(), None)
+        for i in range(finished)
+    ]
+    await _produce(settings, topic, jobs)
+    return topic
+
+
 async def _caught_up(index: JobIndex) -> asyncio.Task[None]:
     task = asyncio.create_task(index.view.follow())
     await asyncio.wait_for(index.view.caught_up.wait(), 60)
@@ -104,13 +116,7 @@ async def _stop(index: JobIndex, task: asyncio.Task[None]) -> None:
 async def test_a_restarted_view_reads_only_what_it_missed(
     settings: Settings, tmp_path: Path
 ) -> None:
-    topic = Topics(settings.topic_prefix).jobs
-    await ensure_topics(settings, [TopicSpec(topic, partitions=3, compacted=True)])
-    await _produce(
-        settings,
-        topic,
-        [(f"job_{i}", _job(f"job_{i}").model_dump_json().encode(), None) for i in range(300)],
-    )
+    topic = await _jobs_topic(settings, partitions=3, finished=300, name="job")
     path = tmp_path / "gateway-jobs.sqlite"
     first = JobIndex(settings, topic, path)
     task = await _caught_up(first)
@@ -142,13 +148,7 @@ async def test_a_view_of_a_recreated_topic_drops_the_old_rows(
     settings: Settings, tmp_path: Path
 ) -> None:
     """Offsets past a partition's end mean the topic is not the one the file was made from."""
-    topic = Topics(settings.topic_prefix).jobs
-    await ensure_topics(settings, [TopicSpec(topic, partitions=1, compacted=True)])
-    await _produce(
-        settings,
-        topic,
-        [(f"old_{i}", _job(f"old_{i}").model_dump_json().encode(), None) for i in range(20)],
-    )
+    topic = await _jobs_topic(settings, partitions=1, finished=20, name="old")
     path = tmp_path / "view.sqlite"
     index = JobIndex(settings, topic, path)
     await _stop(index, await _caught_up(index))
