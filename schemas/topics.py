@@ -98,9 +98,19 @@ class Topics:
     def workers(self) -> str:
         return self._n("workers")
 
+    @property
+    def gateways(self) -> str:
+        """Gateway replicas' heartbeats (key = instance): how a tenant's quota is shared."""
+        return self._n("gateways")
+
     def specs(self, lanes: Iterable[str], spill: Iterable[str] = ()) -> list[TopicSpec]:
         """Every topic the stack needs, given the lanes named in the routes file (and those
         of them with a spill queue)."""
+        heartbeats = {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(DAY_MS),
+            "segment.ms": str(3600 * 1000),
+        }
         specs = [
             TopicSpec(self.requests, partitions=6),
             TopicSpec(self.renders, partitions=6),
@@ -116,16 +126,8 @@ class Topics:
             TopicSpec(self.control, partitions=1, compacted=True),
             # Heartbeats, key = instance: compacted to each instance's latest, then deleted
             # a day after an instance goes quiet.
-            TopicSpec(
-                self.workers,
-                partitions=1,
-                compacted=True,
-                extra={
-                    "cleanup.policy": "compact,delete",
-                    "retention.ms": str(DAY_MS),
-                    "segment.ms": str(3600 * 1000),
-                },
-            ),
+            TopicSpec(self.workers, partitions=1, compacted=True, extra=heartbeats),
+            TopicSpec(self.gateways, partitions=1, compacted=True, extra=heartbeats),
         ]
         specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
         specs += [TopicSpec(self.spill(lane), partitions=6) for lane in sorted(set(spill))]

@@ -277,3 +277,28 @@ async def running_stack(
         yield stack
     finally:
         await stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """One more gateway replica on ``settings.gateway_port`` (its app, and a client of it)."""
+    app = create_app(settings)
+    server = EmbeddedServer(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.gateway_port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30)
+
+    async def ready() -> bool:
+        try:
+            return (await http.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await wait_until(ready, timeout=60, what="gateway replica ready")
+        yield app, http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+        await http.aclose()

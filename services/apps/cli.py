@@ -167,20 +167,41 @@ def schemas_export(directory: Path) -> None:
 
 
 @kafka_app.command("start")
-def kafka_start(port: int = 9092) -> None:
-    """Run the local broker in the foreground until Ctrl-C."""
-    from services.kafka.local_broker import KafkaProcess
+def kafka_start(
+    port: int = 9092,
+    brokers: int = typer.Option(
+        1, min=1, max=9, help="nodes: 3 gives replication 3, min.insync.replicas 2"
+    ),
+) -> None:
+    """Run the local broker (or a cluster of --brokers nodes on port, port+2, ...) in the
+    foreground until Ctrl-C."""
+    from services.kafka.local_broker import KafkaCluster, KafkaProcess
 
     settings = settings_from_env()
-    kafka = KafkaProcess(
-        settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1
-    )
-    kafka.start()
-    typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
+    if brokers == 1:
+        kafka = KafkaProcess(
+            settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1
+        )
+        kafka.start()
+        typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
+        stop = kafka.stop
+    else:
+        cluster = KafkaCluster(
+            settings.state_dir.resolve() / "kafka-cluster", size=brokers, base_port=port
+        )
+        cluster.start()
+        typer.echo(
+            f"Kafka cluster of {brokers} answering on {cluster.bootstrap}; logs under "
+            f"{cluster.state_dir}\nPoint the stack at it:\n"
+            f"  export LANES_KAFKA_BOOTSTRAP={cluster.bootstrap} "
+            f"LANES_TOPIC_REPLICATION_FACTOR={cluster.replication} "
+            f"LANES_TOPIC_MIN_INSYNC_REPLICAS={cluster.min_isr}"
+        )
+        stop = cluster.stop
     try:
         wait_for_stop_signal()
     finally:
-        kafka.stop()
+        stop()
 
 
 @s3_app.command("start")

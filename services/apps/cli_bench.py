@@ -102,3 +102,28 @@ def bench_state(
     )
     path = run_state(cfg, out)
     typer.echo(path.read_text())
+
+
+@bench_app.command("chaos")
+def bench_chaos(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    duration_s: float = typer.Option(150.0, help="seconds of load and kills"),
+    rate: float = typer.Option(1.0, help="jobs submitted per second"),
+    kill_every_s: float = typer.Option(12.0, help="a random component is killed this often"),
+    broker_kill_at_s: float = typer.Option(60.0, help="when one broker is killed"),
+    broker_down_s: float = typer.Option(20.0, help="how long it stays down"),
+    seed: int = 7,
+) -> None:
+    """A job stream with webhooks on a 3-broker cluster while components and a broker are
+    killed: lost jobs, duplicate webhooks, p95 with and without faults."""
+    from services.apps.bench.chaos import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(
+        duration_s=duration_s,
+        rate_per_s=rate,
+        kill_every_s=kill_every_s,
+        broker_kill_at_s=broker_kill_at_s,
+        broker_down_s=broker_down_s,
+        seed=seed,
+    )
+    typer.echo(run_chaos(cfg, out).read_text())

@@ -28,6 +28,7 @@ from services.apps.problems import install_problem_handlers, problems
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.domain.admission import TokenBuckets
+from services.domain.fleet_share import GatewayFleet
 from services.domain.job_index import BadCursor, JobFilter, JobIndex, micros
 from services.domain.rollout import LaneRollout, RolloutView
 from services.process.ops_server import ops_routes
@@ -47,7 +48,12 @@ class GatewayState:
             settings, Topics(settings.topic_prefix).jobs, settings.view_path("gateway-jobs")
         )
         self.rollout = RolloutView(settings, load_routes(settings.routes_file))
-        self.quotas = TokenBuckets(settings.tenant_quotas, settings.default_quota)
+        self.fleet: GatewayFleet | None = None  # made in start(), on the client's producer
+        self.quotas = TokenBuckets(
+            settings.tenant_quotas,
+            settings.default_quota,
+            share=lambda: self.fleet.share() if self.fleet is not None else 1.0,
+        )
         self._followers: list[asyncio.Task[None]] = []
         self.store = open_store(settings)
         # Jobs this gateway accepted that lanes.jobs may not show yet: id -> fingerprint.
@@ -68,7 +74,9 @@ class GatewayState:
         await asyncio.to_thread(self.store.check)
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
+        self.fleet = GatewayFleet(self.settings, self.client.producer)
         self._followers = [
+            asyncio.create_task(self.fleet.run()),
             asyncio.create_task(self.jobs.view.follow()),
             asyncio.create_task(self.rollout.follow()),
             asyncio.create_task(self._forget_expired()),
@@ -170,11 +178,20 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         with state.publish_seconds.time():
             try:
                 assert state.client is not None
-                await state.client.submit(spec, job_id=job_id)
+                # Bounded: with the cluster below min.insync.replicas the broker never
+                # acknowledges, and the client gets a 503 to retry, not a hang.
+                await asyncio.wait_for(
+                    state.client.submit(spec, job_id=job_id), settings.publish_timeout_s
+                )
             except Exception as exc:
                 state.requests.labels("publish_failed").inc()
-                log.error("publish_failed", job_id=job_id, error=str(exc))
-                raise HTTPException(503, "could not enqueue the request; retry later") from exc
+                log.error("publish_failed", job_id=job_id, error=str(exc) or type(exc).__name__)
+                raise HTTPException(
+                    503,
+                    "the broker did not acknowledge the request; retry later with the same "
+                    "Idempotency-Key (it may have been enqueued)",
+                    headers={"Retry-After": "5"},
+                ) from exc
         state.accepted[job_id] = fp
         state.requests.labels("accepted").inc()
         log.info("generation_accepted", job_id=job_id, intent=spec.intent)
@@ -232,10 +249,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
         try:
             assert state.client is not None
-            await state.client.cancel(job_id)
+            await asyncio.wait_for(state.client.cancel(job_id), settings.publish_timeout_s)
         except Exception as exc:
-            log.error("publish_failed", job_id=job_id, error=str(exc))
-            raise HTTPException(503, "could not publish the cancel; retry") from exc
+            log.error("publish_failed", job_id=job_id, error=str(exc) or type(exc).__name__)
+            raise HTTPException(
+                503, "could not publish the cancel; retry", headers={"Retry-After": "5"}
+            ) from exc
         log.info("generation_cancel_requested", job_id=job_id)
         running = job is not None and job.status == "running"
         return {

@@ -47,6 +47,10 @@ class Settings(ClientSettings):
     # Consumer group ids are prefixed with this as well.
     group_prefix: str = ""
 
+    # Every topic Lanes creates: 1 on one local broker; 3 and 2 on a cluster (the
+    # Kubernetes manifests), so acks=all survives the loss of one broker.
+    topic_replication_factor: int = Field(1, ge=1)
+    topic_min_insync_replicas: int = Field(1, ge=1)
     # This process's own files (views of compacted topics, tiny model builds); never read
     # by another host. Job history lives in Kafka and the artifact store, not here.
     state_dir: Path = Path(".lanes")
@@ -70,6 +74,8 @@ class Settings(ClientSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    # How long the gateway waits for the broker's acks before answering 503 + Retry-After.
+    publish_timeout_s: float = Field(10.0, gt=0)
     # The gateway's URL as clients reach it (a load balancer's, in production): every image
     # in a response or webhook is a URL under it. None: http://<gateway_host>:<gateway_port>.
     public_url: str | None = None
@@ -145,6 +151,10 @@ class Settings(ClientSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                "LANES_TOPIC_MIN_INSYNC_REPLICAS must not exceed LANES_TOPIC_REPLICATION_FACTOR"
+            )
         if self.profile != "local":
             if self.webhook_secret.get_secret_value() == PLACEHOLDER_WEBHOOK_SECRET:
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")

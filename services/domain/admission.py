@@ -27,17 +27,23 @@ class _Bucket:
 
 class TokenBuckets:
     """One bucket per tenant; tenants without a quota of their own share ``default``'s
-    rate each (None: unlimited)."""
+    rate each (None: unlimited).
+
+    ``share()`` is this replica's part of each quota: 1/N with N gateway replicas alive, so
+    the fleet admits a tenant's quota, not N times it, when the load balancer spreads
+    requests evenly."""
 
     def __init__(
         self,
         quotas: dict[str, Quota],
         default: Quota | None,
         clock: Callable[[], float] = time.monotonic,
+        share: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.quotas = quotas
         self.default = default
         self.clock = clock
+        self.share = share
         self.buckets: dict[str, _Bucket] = {}
 
     def take(self, tenant: str) -> float | None:
@@ -45,14 +51,16 @@ class TokenBuckets:
         quota = self.quotas.get(tenant, self.default)
         if quota is None:
             return None
+        share = self.share()
+        rate, burst = quota.rate_per_s * share, max(1.0, quota.burst * share)
         now = self.clock()
-        bucket = self.buckets.setdefault(tenant, _Bucket(float(quota.burst), now))
-        bucket.tokens = min(quota.burst, bucket.tokens + (now - bucket.at) * quota.rate_per_s)
+        bucket = self.buckets.setdefault(tenant, _Bucket(burst, now))
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return None
-        return (1 - bucket.tokens) / quota.rate_per_s
+        return (1 - bucket.tokens) / rate
 
     @staticmethod
     def retry_after_header(seconds: float) -> str:

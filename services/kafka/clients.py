@@ -79,8 +79,19 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
         created: list[str] = []
         for spec in wanted:
             try:
+                config = {
+                    **spec.config(),
+                    "min.insync.replicas": str(settings.topic_min_insync_replicas),
+                }
                 await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config())]
+                    [
+                        NewTopic(
+                            spec.name,
+                            spec.partitions,
+                            settings.topic_replication_factor,
+                            topic_configs=config,
+                        )
+                    ]
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:

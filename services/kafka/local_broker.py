@@ -1,4 +1,5 @@
-"""Run a real Apache Kafka broker (KRaft, one node, loopback) as a local Java process.
+"""Run a real Apache Kafka broker (KRaft, loopback) as a local Java process: one node, or
+a cluster of several (``KafkaCluster``: replication 3, min.insync.replicas 2).
 
 The jars come from Maven Central through ``infra/kafka/pom.xml``; no Docker, no tarball.
 Used by ``lanes up`` / ``lanes kafka start`` and by the test suite's session fixture.
@@ -26,6 +27,7 @@ __all__ = [
     "jar_cache",
     "ensure_jars",
     "KafkaProcess",
+    "KafkaCluster",
     "free_port",
     "port_open",
     "local_kafka",
@@ -79,6 +81,11 @@ class KafkaProcess:
     controller_port: int = 0
     heap: str = "512m"
     infra: Path = INFRA_KAFKA
+    node_id: int = 1
+    voters: str | None = None  # the cluster's controller.quorum.voters; None: this node alone
+    replication: int = 1
+    min_isr: int = 1
+    cluster_id: str | None = None  # shared by a cluster's nodes; None: a new one
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -102,13 +109,26 @@ class KafkaProcess:
         text = (
             (self.infra / "server.properties")
             .read_text()
-            .format(port=self.port, controller_port=self.controller_port, log_dir=data)
+            .format(
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dir=data,
+                node_id=self.node_id,
+                voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
+                replication=self.replication,
+                min_isr=self.min_isr,
+            )
         )
         cfg = self.state_dir / "server.properties"
         cfg.write_text(text)
         return cfg
 
     def start(self, timeout_s: float = 90.0) -> None:
+        self.launch()
+        self.wait_open(timeout_s)
+
+    def launch(self) -> None:
+        """Start the JVM (formatting the log dir the first time); ``wait_open`` waits."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         libs = ensure_jars(self.infra)
         java = self._java()
@@ -125,7 +145,7 @@ class KafkaProcess:
                     "kafka.tools.StorageTool",
                     "format",
                     "-t",
-                    uuid.uuid4().hex[:22],
+                    self.cluster_id or uuid.uuid4().hex[:22],
                     "-c",
                     str(cfg),
                     "--ignore-formatted",
@@ -152,6 +172,9 @@ class KafkaProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_open(self, timeout_s: float = 90.0) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -168,6 +191,17 @@ class KafkaProcess:
         except OSError:
             return ""
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9: no flush, no controlled shutdown (the log dir stays, for ``start``)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -178,6 +212,75 @@ class KafkaProcess:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@dataclass
+class KafkaCluster:
+    """``size`` broker+controller nodes on loopback, one log dir each under ``state_dir``:
+    replication ``min(3, size)``, min.insync.replicas one less (2 for 3 nodes)."""
+
+    state_dir: Path
+    size: int = 3
+    base_port: int = 0  # node i answers on base_port + 2i (controller + 1); 0: free ports
+    heap: str = "384m"
+    nodes: list[KafkaProcess] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        ports = (
+            [(self.base_port + 2 * i, self.base_port + 2 * i + 1) for i in range(self.size)]
+            if self.base_port
+            else [(free_port(), free_port()) for _ in range(self.size)]
+        )
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        replication = min(3, self.size)
+        cluster_id = uuid.uuid4().hex[:22]
+        self.nodes = [
+            KafkaProcess(
+                self.state_dir / f"node-{i + 1}",
+                port=port,
+                controller_port=controller,
+                heap=self.heap,
+                node_id=i + 1,
+                voters=voters,
+                replication=replication,
+                min_isr=max(1, replication - 1),
+                cluster_id=cluster_id,
+            )
+            for i, (port, controller) in enumerate(ports)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def replication(self) -> int:
+        return self.nodes[0].replication
+
+    @property
+    def min_isr(self) -> int:
+        return self.nodes[0].min_isr
+
+    def node(self, node_id: int) -> KafkaProcess:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start every node at once (the controllers need a quorum to elect a leader)."""
+        for node in self.nodes:
+            node.launch()
+        try:
+            for node in self.nodes:
+                node.wait_open(timeout_s)
+        except Exception:
+            self.stop()
+            raise
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(f"--- node {n.node_id}\n{n.tail(lines)}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @contextlib.contextmanager

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from schemas.events import parse_job_event
 from services.config.settings import Quota, Settings
-from tests.support import WebhookReceiver, read_topic, running_stack, write_routes
+from services.process.ports import free_port
+from tests.support import (
+    WebhookReceiver,
+    read_topic,
+    running_gateway,
+    running_stack,
+    wait_until,
+    write_routes,
+)
 
 pytestmark = [pytest.mark.kafka]
 
@@ -151,3 +160,36 @@ async def test_burst_defers_low_priority_jobs_and_readmits_them_with_nothing_los
             "generation.succeeded",
             "generation.succeeded",
         ]
+
+
+async def test_a_tenants_quota_holds_for_a_fleet_of_three_gateways(settings: Settings) -> None:
+    """Requests spread over 3 replicas: the fleet admits the tenant's quota (burst plus
+    rate x time) within 10%, not 3 times it; each replica takes a third."""
+    quota = Quota(rate_per_s=5, burst=15)
+    s = settings.model_copy(update={"tenant_quotas": {"acme": quota}, "heartbeat_s": 0.5})
+    async with (
+        running_stack(s, worker_lanes=[]) as stack,
+        running_gateway(s.model_copy(update={"gateway_port": free_port()})) as (second, http2),
+        running_gateway(s.model_copy(update={"gateway_port": free_port()})) as (third, http3),
+    ):
+        assert stack.gateway is not None
+        apps = [stack.gateway.config.app, second, third]
+
+        def all_see_three() -> bool:
+            return all(app.state.lanes.fleet.live() == 3 for app in apps)
+
+        await wait_until(all_see_three, timeout=30, what="each replica counting 3")
+        clients = [stack.http, http2, http3]
+        accepted = sent = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            resp = await clients[sent % 3].post(
+                "/v1/generations", json={"prompt": f"a cup {sent}", "tenant": "acme"}
+            )
+            assert resp.status_code in (202, 429), resp.text
+            accepted += resp.status_code == 202
+            sent += 1
+            await asyncio.sleep(1 / 40)
+        expected = quota.burst + quota.rate_per_s * (time.monotonic() - started)
+        assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected, sent)
+        assert sent > 2 * expected  # the tenant asked for far more than its quota

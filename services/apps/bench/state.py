@@ -12,11 +12,7 @@ Each component is its own process (``lanes run ...``), as on a host of a fleet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
-import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,19 +22,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import psutil
 from aiokafka import AIOKafkaProducer
 
 from schemas.events import Timings
 from schemas.records import Artifact, JobState, Verification
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
+from services.apps.bench.processes import Proc, start_proc, wait_ready
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
-from services.apps.registry import GATEWAY, child_env, command, workers
+from services.apps.registry import GATEWAY, command, workers
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics
-from services.process.ports import free_port
 
 __all__ = ["StateConfig", "run_state"]
 
@@ -164,54 +159,6 @@ async def _fill(settings: Settings, n: int, per_day: int) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    port: int
-    started: float
-
-    def rss_mb(self) -> float:
-        proc = psutil.Process(self.popen.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def _start(settings: Settings, argv: list[str], log: Path, **env: str) -> Proc:
-    port = free_port()
-    environ = child_env(
-        settings,
-        os.environ,
-        LANES_LOG_LEVEL="WARNING",
-        LANES_GATEWAY_PORT=str(port),
-        LANES_METRICS_PORT=str(port),
-        **env,
-    )
-    with log.open("ab") as out:
-        popen = subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT)
-    return Proc(popen, port, time.perf_counter())
-
-
-async def _ready(proc: Proc, timeout_s: float = 900) -> float:
-    """Seconds from the process's start until its /readyz answers 200."""
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.perf_counter() - proc.started < timeout_s:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"the process exited with {proc.popen.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"http://127.0.0.1:{proc.port}/readyz")).status_code == 200:
-                    return time.perf_counter() - proc.started
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"not ready within {timeout_s}s")
-
-
 async def _latencies(proc: Proc, n_jobs: int, gets: int) -> dict[str, float]:
     base = f"http://127.0.0.1:{proc.port}"
     get_ms: list[float] = []
@@ -245,17 +192,17 @@ async def _measure(settings: Settings, cfg: StateConfig, n: int, work: Path) -> 
     gw_dir = work / f"gateway-{n}"
     gw_settings = s.model_copy(update={"state_dir": gw_dir})
     argv = command(GATEWAY)
-    gateway = _start(gw_settings, argv, work / f"gateway-{n}.log")
+    gateway = start_proc(gw_settings, argv, work / f"gateway-{n}.log")
     try:
-        row["new_ready_s"] = await _ready(gateway)
+        row["new_ready_s"] = await wait_ready(gateway)
         row["new_rss_mb"] = gateway.rss_mb()
         row.update(await _latencies(gateway, n, cfg.gets))
         row["rss_after_gets_mb"] = gateway.rss_mb()
     finally:
         gateway.stop()
-    gateway = _start(gw_settings, argv, work / f"gateway-{n}.log")
+    gateway = start_proc(gw_settings, argv, work / f"gateway-{n}.log")
     try:
-        row["restart_ready_s"] = await _ready(gateway)
+        row["restart_ready_s"] = await wait_ready(gateway)
         row["restart_rss_mb"] = gateway.rss_mb()
     finally:
         gateway.stop()
@@ -264,9 +211,9 @@ async def _measure(settings: Settings, cfg: StateConfig, n: int, work: Path) -> 
     if cfg.worker_lane is not None:
         (comp,) = [c for c in workers(load_routes(s.routes_file)) if c.lane == cfg.worker_lane]
         worker_settings = s.model_copy(update={"state_dir": work / f"worker-{n}"})
-        worker = _start(worker_settings, command(comp), work / f"worker-{n}.log")
+        worker = start_proc(worker_settings, command(comp), work / f"worker-{n}.log")
         try:
-            row["worker_ready_s"] = await _ready(worker)
+            row["worker_ready_s"] = await wait_ready(worker)
             row["worker_rss_mb"] = worker.rss_mb()
         finally:
             worker.stop()
