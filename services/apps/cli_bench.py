@@ -109,7 +109,7 @@ def bench_chaos(
     out: Path = typer.Option(Path("results"), help="results folder"),
     duration_s: float = typer.Option(150.0, help="seconds of load and kills"),
     rate: float = typer.Option(1.0, help="jobs submitted per second"),
-    kill_every_s: float = typer.Option(12.0, help="a random component is killed this often"),
+    kill_every_s: float = typer.Option(15.0, help="a random component is killed this often"),
     broker_kill_at_s: float = typer.Option(60.0, help="when one broker is killed"),
     broker_down_s: float = typer.Option(20.0, help="how long it stays down"),
     seed: int = 7,
