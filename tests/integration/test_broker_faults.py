@@ -171,22 +171,29 @@ async def test_a_cluster_replicates_every_topic_as_settings_say(
     routes = load_routes(None)
     topics = Topics(on_cluster.topic_prefix)
     await ensure_topics(on_cluster, topics.specs(routes.lanes, routes.spill_lanes))
+    names = [s.name for s in topics.specs(routes.lanes, routes.spill_lanes)]
     admin = AIOKafkaAdminClient(bootstrap_servers=on_cluster.kafka_bootstrap)
     await admin.start()
     try:
-        names = [s.name for s in topics.specs(routes.lanes, routes.spill_lanes)]
         described = await admin.describe_topics(names)
-        configs = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-        )
+        min_isr: dict[str, str] = {}
+        for _ in range(20):  # a broker that has not yet applied the new topics says so
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+            )
+            for response in responses:
+                for error_code, _, _, name, entries in (r[:5] for r in response.resources):
+                    value = {e[0]: e[1] for e in entries}.get("min.insync.replicas")
+                    if error_code == 0 and value is not None:
+                        min_isr[name] = value
+            if set(min_isr) == set(names):
+                break
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
     for topic in described:
         assert all(len(p["replicas"]) == 3 for p in topic["partitions"]), topic["topic"]
-    for response in configs:
-        for resource in response.resources:
-            values = {entry[0]: entry[1] for entry in resource[4]}
-            assert values["min.insync.replicas"] == "2", resource[3]
+    assert min_isr == {name: "2" for name in names}
 
 
 def test_a_short_chaos_soak_loses_no_job_and_duplicates_no_webhook(tmp_path: Path) -> None:
