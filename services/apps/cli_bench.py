@@ -113,6 +113,10 @@ def bench_chaos(
     broker_kill_at_s: float = typer.Option(60.0, help="when one broker is killed"),
     broker_down_s: float = typer.Option(20.0, help="how long it stays down"),
     seed: int = 7,
+    dynamic: bool = typer.Option(
+        False, "--dynamic", help="dynamic group membership (default: static, per instance id)"
+    ),
+    kill_order: str = typer.Option("", help="components to kill in turn, comma-separated"),
 ) -> None:
     """A job stream with webhooks on a 3-broker cluster while components and a broker are
     killed: lost jobs, duplicate webhooks, p95 with and without faults."""
@@ -125,5 +129,7 @@ def bench_chaos(
         broker_kill_at_s=broker_kill_at_s,
         broker_down_s=broker_down_s,
         seed=seed,
+        static_members=not dynamic,
+        kill_order=[n for n in kill_order.split(",") if n] or None,
     )
     typer.echo(run_chaos(cfg, out).read_text())

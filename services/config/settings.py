@@ -105,6 +105,10 @@ class Settings(ClientSettings):
     # SIGTERM: how long a worker keeps finishing in-flight jobs before it exits.
     drain_timeout_s: float = 30.0
     kafka_session_timeout_ms: int = 30000
+    # A stable name for this process (the pod's name): its consumers join their groups as
+    # static members, so a restart under the same name reclaims its partitions without a
+    # rebalance. None: dynamic membership (a restart waits for the old session to expire).
+    instance_id: str | None = Field(None, max_length=200)
     verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
     # TrueType font for typography repair; None: Pillow's bundled scalable font.
     font_path: str | None = None

@@ -41,6 +41,10 @@ def make_consumer(
         max_poll_interval_ms=300000,
         metadata_max_age_ms=5000,
     )
+    if group is not None and settings.instance_id:
+        # Static membership: a member restarted under the same instance id (a crashed
+        # container in its pod) takes its partitions back at once, without a rebalance.
+        options["group_instance_id"] = f"{settings.instance_id}-{client_id}"
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
 

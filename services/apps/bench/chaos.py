@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import random
-import tempfile
+import shutil
 import time
 import uuid
 from collections import defaultdict
@@ -65,6 +65,10 @@ class ChaosConfig:
     fault_window_s: float = 6.0
     drain_s: float = 240.0
     seed: int = 7
+    # Each component restarts under its own LANES_INSTANCE_ID (static group membership, as
+    # a crashed container does in its pod); False: dynamic membership.
+    static_members: bool = True
+    kill_order: list[str] | None = None  # component names to kill in turn (None: shuffled)
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Fleet:
     settings: Settings
     work: Path
     gateway_port: int
+    static_members: bool
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def start(self, comp: Component) -> None:
@@ -116,6 +121,7 @@ class Fleet:
             # A killed member's partitions move once its session expires: 10 s, not 30.
             LANES_KAFKA_SESSION_TIMEOUT_MS="10000",
             LANES_BATCH_CALIBRATION="false",
+            **({"LANES_INSTANCE_ID": f"chaos-{comp.name}"} if self.static_members else {}),
         )
 
     async def kill_and_restart(self, comp: Component) -> None:
@@ -163,7 +169,7 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
             "models_dir": base.models_path,
         }
     )
-    fleet = Fleet(settings, work, free_port())
+    fleet = Fleet(settings, work, free_port(), cfg.static_members)
     t0 = time.monotonic()
     receiver = Receiver(t0)
     hook_port = free_port()
@@ -184,7 +190,12 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
         t0 = receiver.started = time.monotonic()
         submits: list[asyncio.Task[None]] = []
         next_kill, broker_done, i, killed = cfg.kill_every_s, False, 0, 0
-        order = rng.sample(comps, len(comps))
+        by_name = {c.name: c for c in comps}
+        order = (
+            [by_name[n] for n in cfg.kill_order]
+            if cfg.kill_order
+            else rng.sample(comps, len(comps))
+        )
         broker_back: tuple[float, int] | None = None
         while (now := time.monotonic() - t0) < cfg.duration_s:
             while i < now * cfg.rate_per_s:
@@ -289,9 +300,16 @@ def _plot(points: dict[str, list[float]], kills: list[tuple[float, str]], path: 
 
 
 def run_chaos(cfg: ChaosConfig, out: Path) -> Path:
+    """Run the soak; its table, plot and JSON go to ``out``, each process's log and the
+    brokers' logs to ``out/chaos-run`` (replaced by the next run)."""
     out = ensure_dir(out)
-    with tempfile.TemporaryDirectory(prefix="lanes-chaos-") as tmp:
-        run = asyncio.run(_run(cfg, Path(tmp)))
+    work = out / "chaos-run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    run = asyncio.run(_run(cfg, work))
+    for node in (work / "cluster").glob("node-*"):
+        shutil.rmtree(node / "data", ignore_errors=True)  # logs stay, the data goes
+    shutil.rmtree(work / "state", ignore_errors=True)
     rows, points = _summarize(run)
     headers = [
         "jobs accepted", "succeeded", "lost", "duplicate terminal webhooks",
@@ -307,7 +325,9 @@ def run_chaos(cfg: ChaosConfig, out: Path) -> Path:
         f"one killed (-9) every {cfg.kill_every_s:g} s (each in turn, in a shuffled "
         "order) and restarted a second later; one "
         f"broker killed at {cfg.broker_kill_at_s:g} s and restarted {cfg.broker_down_s:g} s "
-        "later. Targets: 0 lost, 0 duplicates.\n\n"
+        "later. Group membership: "
+        + ("static (each restarts under its instance id)" if cfg.static_members else "dynamic")
+        + ". Targets: 0 lost, 0 duplicates.\n\n"
         + markdown_table(headers, rows)
         + f"\n\nKills: {kills}\n\n![latency under chaos](chaos.png)\n"
     )
