@@ -76,10 +76,10 @@ class GatewayState:
         await self.client.start()
         self.fleet = GatewayFleet(self.settings, self.client.producer)
         self._followers = [
-            asyncio.create_task(self.fleet.run()),
-            asyncio.create_task(self.jobs.view.follow()),
-            asyncio.create_task(self.rollout.follow()),
-            asyncio.create_task(self._forget_expired()),
+            asyncio.create_task(self.fleet.run(), name="gateway-fleet"),
+            asyncio.create_task(self.jobs.view.follow(), name="jobs-view"),
+            asyncio.create_task(self.rollout.follow(), name="rollout-view"),
+            asyncio.create_task(self._forget_expired(), name="retention"),
         ]
         self.started = True
 
@@ -101,7 +101,12 @@ class GatewayState:
             await asyncio.sleep(self.settings.retention_sweep_s)
 
     def ready(self) -> bool:
-        return self.started and self.jobs.view.caught_up.is_set()
+        """Started, the jobs view caught up, and no follower has died (a dead view would
+        serve stale status: better out of the load balancer, with the reason logged)."""
+        dead = [t for t in self._followers if t.done() and not t.cancelled()]
+        for task in dead:
+            log.error("gateway_follower_died", task=task.get_name(), error=repr(task.exception()))
+        return self.started and self.jobs.view.caught_up.is_set() and not dead
 
     def job(self, job_id: str) -> JobState | None:
         """The job's record; once there, the just-accepted entry is no longer needed."""

@@ -10,15 +10,30 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    TopicAlreadyExistsError,
+)
 
 from producers.kafka import make_producer
 from schemas.topics import TopicSpec
 from services.config.settings import Settings
 
 __all__ = ["make_producer", "make_consumer", "ensure_topics", "wait_for_kafka", "partition_ids"]
+
+log = structlog.get_logger("lanes.kafka")
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error another try (a new connection, another node) may not meet."""
+    if isinstance(exc, NodeNotReadyError | KafkaConnectionError | OSError | TimeoutError):
+        return True
+    return bool(getattr(exc, "retriable", False))
 
 
 def make_consumer(
@@ -126,16 +141,29 @@ async def _wait_for_leaders(
     raise TimeoutError(f"topics {names} got no leaders in {timeout_s}s")
 
 
-async def partition_ids(settings: Settings, topic: str) -> list[int]:
-    """The topic's partition numbers; raises LookupError if the topic does not exist."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000
-    )
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
+async def partition_ids(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[int]:
+    """The topic's partition numbers; raises LookupError if the topic does not exist.
+
+    A broker that is down (its node still in the cached metadata) or an election under way
+    is retried on a new connection until ``timeout_s``: a process starting while the cluster
+    has lost a broker waits for the others instead of crashing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000
+        )
+        try:
+            await admin.start()
+            (described,) = await admin.describe_topics([topic])
+            break
+        except (KafkaError, OSError) as exc:
+            if not _transient(exc) or loop.time() > deadline:
+                raise
+            log.warning("kafka_metadata_retry", topic=topic, error=repr(exc)[:200])
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
     if described.get("error_code", 0) != 0 or not described.get("partitions"):
         raise LookupError(f"topic {topic!r} does not exist")
     return sorted(p["partition"] for p in described["partitions"])

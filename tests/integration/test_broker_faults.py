@@ -206,3 +206,4 @@ def test_a_short_chaos_soak_loses_no_job_and_duplicates_no_webhook(tmp_path: Pat
     assert result["jobs accepted"] >= 25 and result["kills"] == 4, result
     assert result["lost"] == 0 and result["duplicate terminal webhooks"] == 0, result
     assert result["succeeded"] == result["jobs accepted"], result
+    assert result["crashes (restarted)"] == 0, result  # no component died of a fault

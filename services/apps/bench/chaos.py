@@ -101,13 +101,16 @@ class Receiver:
 
 @dataclass
 class Fleet:
-    """The component processes, by name; each killed one is restarted after a second."""
+    """The component processes, by name; each killed one is restarted after a second, and
+    one that exits on its own (a crash) too, as Kubernetes' restartPolicy does, counted."""
 
     settings: Settings
     work: Path
     gateway_port: int
     static_members: bool
     procs: dict[str, Proc] = field(default_factory=dict)
+    crashes: list[tuple[float, str, int]] = field(default_factory=list)
+    restarting: set[str] = field(default_factory=set)
 
     def start(self, comp: Component) -> None:
         port = self.gateway_port if comp.name == "gateway" else None
@@ -125,9 +128,23 @@ class Fleet:
         )
 
     async def kill_and_restart(self, comp: Component) -> None:
+        self.restarting.add(comp.name)
         self.procs[comp.name].kill()
         await asyncio.sleep(1.0)
         self.start(comp)
+        self.restarting.discard(comp.name)
+
+    async def watch(self, comps: list[Component], t0: float) -> None:
+        """Restart any component that exited unasked, a second later."""
+        while True:
+            for comp in comps:
+                proc = self.procs.get(comp.name)
+                code = proc.popen.poll() if proc is not None else None
+                if code is not None and comp.name not in self.restarting:
+                    self.crashes.append((time.monotonic() - t0, comp.name, code))
+                    log.warning("chaos_crash", component=comp.name, code=code)
+                    asyncio.create_task(self.kill_and_restart(comp))
+            await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -188,6 +205,7 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{fleet.gateway_port}", timeout=15)
         hook = f"http://127.0.0.1:{hook_port}/hook"
         t0 = receiver.started = time.monotonic()
+        watcher = asyncio.create_task(fleet.watch(comps, t0))
         submits: list[asyncio.Task[None]] = []
         next_kill, broker_done, i, killed = cfg.kill_every_s, False, 0, 0
         by_name = {c.name: c for c in comps}
@@ -225,13 +243,20 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
         while time.monotonic() < deadline and any(not receiver.terminal(j) for j in accepted):
             await asyncio.sleep(1.0)
         await asyncio.sleep(5)  # a duplicate would have arrived by now
+        watcher.cancel()
         await http.aclose()
     finally:
         fleet.stop()
         hook_server.should_exit = True
         await asyncio.gather(hook_task, return_exceptions=True)
         await asyncio.to_thread(cluster.stop)
-    return {"accepted": accepted, "receiver": receiver, "kills": kills, "cfg": cfg}
+    return {
+        "accepted": accepted,
+        "receiver": receiver,
+        "kills": kills,
+        "crashes": fleet.crashes,
+        "cfg": cfg,
+    }
 
 
 def _summarize(run: dict[str, Any]) -> tuple[list[list[object]], dict[str, list[float]]]:
@@ -268,6 +293,7 @@ def _summarize(run: dict[str, Any]) -> tuple[list[list[object]], dict[str, list[
             duplicates,
             redelivered,
             len(run["kills"]),
+            len(run["crashes"]),
             pct(lat["faults"], 95),
             pct(lat["calm"], 95),
             len(lat["faults"]),
@@ -313,10 +339,12 @@ def run_chaos(cfg: ChaosConfig, out: Path) -> Path:
     rows, points = _summarize(run)
     headers = [
         "jobs accepted", "succeeded", "lost", "duplicate terminal webhooks",
-        "redelivered (same webhook-id)", "kills", "p95 with a fault (s)", "p95 without (s)",
+        "redelivered (same webhook-id)", "kills", "crashes (restarted)", "p95 with a fault (s)",
+        "p95 without (s)",
         "jobs with a fault", "jobs without",
     ]  # fmt: skip
     kills = ", ".join(f"{name} at {at:.0f}s" for at, name in run["kills"])
+    crashes = ", ".join(f"{name} at {at:.0f}s (exit {code})" for at, name, code in run["crashes"])
     path = out / "chaos.md"
     path.write_text(
         "# Chaos soak (`lanes bench chaos`)\n\n"
@@ -329,7 +357,8 @@ def run_chaos(cfg: ChaosConfig, out: Path) -> Path:
         + ("static (each restarts under its instance id)" if cfg.static_members else "dynamic")
         + ". Targets: 0 lost, 0 duplicates.\n\n"
         + markdown_table(headers, rows)
-        + f"\n\nKills: {kills}\n\n![latency under chaos](chaos.png)\n"
+        + f"\n\nKills: {kills}\n\nCrashes: {crashes or 'none'}\n\n"
+        "![latency under chaos](chaos.png)\n"
     )
     _plot(points, run["kills"], out / "chaos.png")
     (out / "chaos.json").write_text(json.dumps(dict(zip(headers, rows[0], strict=True))))
