@@ -30,6 +30,9 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
         # The process's own views (SQLite) on the pod's scratch disk; job history lives in
         # Kafka and images in the object store, so a rescheduled pod only catches up.
         {"name": "LANES_STATE_DIR", "value": STATE_DIR},
+        # Static group membership under the pod's name: a crashed container, restarted in
+        # its pod, takes its partitions back without a rebalance.
+        {"name": "LANES_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         # A replicated cluster: acks=all holds with one broker lost.
         {"name": "LANES_TOPIC_REPLICATION_FACTOR", "value": "3"},
         {"name": "LANES_TOPIC_MIN_INSYNC_REPLICAS", "value": "2"},
