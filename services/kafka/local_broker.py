@@ -278,9 +278,22 @@ class KafkaCluster:
     def tail(self, lines: int = 20) -> str:
         return "\n".join(f"--- node {n.node_id}\n{n.tail(lines)}" for n in self.nodes)
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM every node at once (one at a time, the last would wait for a controller
+        quorum that is gone), then kill -9 what is still running after ``timeout_s``."""
+        running = [n for n in self.nodes if n.running]
+        for node in running:
+            assert node.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node in running:
+            assert node.proc is not None
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.kill()
+            node.proc = None
 
 
 @contextlib.contextmanager
