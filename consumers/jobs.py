@@ -47,9 +47,7 @@ class JobStateFolder(RestoringListener):
         self.index = JobIndex(settings, topics.jobs, settings.view_path("jobs-state"))
 
     async def restore(self, partitions: list[int]) -> None:
-        before = self.index.view.applied
-        await self.index.view.catch_up(partitions)
-        applied = self.index.view.applied - before
+        applied = await self.index.view.catch_up(partitions)
         log.info("job_state_restored", partitions=partitions, changelog_records=applied)
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:

@@ -128,9 +128,7 @@ class WebhookDispatcher(RestoringListener):
 
     async def restore(self, partitions: list[int]) -> None:
         # Delivery records are keyed by job:event, not by job id: catch up all partitions.
-        before = self.deliveries.applied
-        await self.deliveries.catch_up()
-        applied = self.deliveries.applied - before
+        applied = await self.deliveries.catch_up()
         log.info("webhook_deliveries_restored", changelog_records=applied)
 
     async def handle(self, job: object, ctx: MessageContext) -> Sequence[Output]:

@@ -76,7 +76,9 @@ async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
             await admin.start()
             await admin.list_topics()
             return
-        except (TimeoutError, KafkaConnectionError, OSError) as exc:
+        except (KafkaError, OSError) as exc:
+            if not _transient(exc):
+                raise
             last = exc
             await asyncio.sleep(0.5)
         finally:

@@ -202,16 +202,26 @@ class KafkaProcess:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+    def terminate(self) -> None:
+        """SIGTERM (a controlled shutdown); ``wait_stopped`` waits for it."""
+        if self.running:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout_s: float) -> None:
+        """Wait for the JVM to exit; kill -9 it after ``timeout_s``."""
+        if self.proc is None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout_s)
+            self.proc.wait(max(0.1, timeout_s))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            self.kill()
+        self.proc = None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.terminate()
+        self.wait_stopped(timeout_s)
 
 
 @dataclass
@@ -281,19 +291,11 @@ class KafkaCluster:
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every node at once (one at a time, the last would wait for a controller
         quorum that is gone), then kill -9 what is still running after ``timeout_s``."""
-        running = [n for n in self.nodes if n.running]
-        for node in running:
-            assert node.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.proc.pid, signal.SIGTERM)
+        for node in self.nodes:
+            node.terminate()
         deadline = time.monotonic() + timeout_s
-        for node in running:
-            assert node.proc is not None
-            try:
-                node.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.kill()
-            node.proc = None
+        for node in self.nodes:
+            node.wait_stopped(deadline - time.monotonic())
 
 
 @contextlib.contextmanager

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from services.config.settings import Settings
-from services.kafka.clients import partition_ids
+from services.kafka.clients import make_consumer, partition_ids
 
 __all__ = ["RecentView"]
 
@@ -74,11 +74,8 @@ class RecentView(Generic[T]):
             del self._items[key]
 
     async def follow(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
+        consumer = make_consumer(
+            self.settings, group=None, client_id="lanes-recent-view", auto_offset_reset="latest"
         )
         await consumer.start()
         try:

@@ -18,7 +18,6 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.config.settings import Settings
-from services.kafka.clients import partition_ids
+from services.kafka.clients import make_consumer, partition_ids
 
 __all__ = ["SqliteView", "Columns"]
 
@@ -35,12 +34,6 @@ log = structlog.get_logger("lanes.view")
 # value bytes -> the extra columns of its row (a parse error skips the record)
 Columns = Callable[[bytes], Mapping[str, Any]]
 BATCH_ROWS = 2000  # records applied per transaction while catching up
-
-
-@dataclass(frozen=True)
-class _Schema:
-    columns: Sequence[str]
-    indexes: Sequence[Sequence[str]]
 
 
 class SqliteView:
@@ -65,7 +58,8 @@ class SqliteView:
         self.settings = settings
         self.topic = topic
         self.path = Path(path)
-        self.schema = _Schema(tuple(columns), tuple(tuple(i) for i in indexes))
+        self.columns = tuple(columns)
+        self.indexes = tuple(tuple(i) for i in indexes)
         self.extract = extract or (lambda value: {})
         self.cache_mb = cache_mb
         self.caught_up = asyncio.Event()
@@ -80,7 +74,7 @@ class SqliteView:
         if self._writer is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        cols = "".join(f", {c}" for c in self.schema.columns)
+        cols = "".join(f", {c}" for c in self.columns)
         self._writer = self._connect()
         with self._writer:
             self._writer.execute("PRAGMA journal_mode=WAL")
@@ -92,7 +86,7 @@ class SqliteView:
                 "CREATE TABLE IF NOT EXISTS offsets (part INTEGER PRIMARY KEY, next INTEGER)"
             )
             self._writer.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-            for index in self.schema.indexes:
+            for index in self.indexes:
                 name = "ix_" + "_".join(index)
                 self._writer.execute(
                     f"CREATE INDEX IF NOT EXISTS {name} ON rows ({', '.join(index)})"
@@ -150,10 +144,10 @@ class SqliteView:
         except Exception as exc:  # noqa: BLE001 - a bad record must not stop the view
             log.warning("view_record_skipped", topic=self.topic, key=key, error=str(exc)[:300])
             return None
-        return (key, part, value, *(extra.get(c) for c in self.schema.columns))
+        return (key, part, value, *(extra.get(c) for c in self.columns))
 
     def _upsert_sql(self) -> str:
-        cols = ("value", *self.schema.columns)
+        cols = ("value", *self.columns)
         names = ", ".join(("key", "part", *cols))
         marks = ", ".join("?" * (2 + len(cols)))
         sets = ", ".join(f"{c}=excluded.{c}" for c in cols)
@@ -208,17 +202,6 @@ class SqliteView:
 
     # ---- reading the topic ---------------------------------------------------------------
 
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Bounded read-ahead while catching up: memory stays flat however long the log.
-            max_partition_fetch_bytes=1024 * 1024,
-            fetch_max_bytes=4 * 1024 * 1024,
-        )
-
     async def _assign(
         self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
     ) -> dict[TopicPartition, int]:
@@ -243,8 +226,10 @@ class SqliteView:
 
     async def _read(
         self, consumer: AIOKafkaConsumer, until: dict[TopicPartition, int] | None
-    ) -> None:
-        """Apply batches until every partition reaches ``until`` (None: forever)."""
+    ) -> int:
+        """Apply batches until every partition reaches ``until`` (None: forever); return
+        how many records were applied."""
+        applied = 0
         remaining = None
         if until is not None:
             remaining = {tp for tp, end in until.items() if await consumer.position(tp) < end}
@@ -255,29 +240,34 @@ class SqliteView:
             ]
             if records:
                 await asyncio.to_thread(self._apply, records)
+                applied += len(records)
                 self.applied += len(records)
-            if remaining is not None and until is not None:
-                remaining = {tp for tp in remaining if await consumer.position(tp) < until[tp]}
+            if until is not None:
+                remaining = {
+                    tp for tp in remaining or () if await consumer.position(tp) < until[tp]
+                }
+        return applied
 
-    async def catch_up(self, partitions: Iterable[int] | None = None) -> None:
-        """Apply what the given partitions (default: all) hold beyond the stored offsets."""
-        consumer = self._consumer()
-        await consumer.start()
-        try:
-            ends = await self._assign(consumer, partitions)
-            await self._read(consumer, ends)
-        finally:
-            await consumer.stop()
+    async def catch_up(self, partitions: Iterable[int] | None = None) -> int:
+        """Apply what the given partitions (default: all) hold beyond the stored offsets;
+        return how many records that was."""
+        return await self._consume(partitions, keep_following=False)
 
     async def follow(self) -> None:
         """Catch up, set ``caught_up``, then keep applying new records until cancelled."""
-        consumer = self._consumer()
+        await self._consume(None, keep_following=True)
+
+    async def _consume(self, partitions: Iterable[int] | None, *, keep_following: bool) -> int:
+        # make_consumer's bounded read-ahead keeps memory flat however long the log.
+        consumer = make_consumer(self.settings, group=None, client_id="lanes-view")
         await consumer.start()
         try:
-            ends = await self._assign(consumer, None)
-            await self._read(consumer, ends)
-            log.info("view_caught_up", topic=self.topic, rows=self.count(), applied=self.applied)
-            self.caught_up.set()
-            await self._read(consumer, None)
+            ends = await self._assign(consumer, partitions)
+            applied = await self._read(consumer, ends)
+            if keep_following:
+                log.info("view_caught_up", topic=self.topic, rows=self.count(), applied=applied)
+                self.caught_up.set()
+                await self._read(consumer, None)
+            return applied
         finally:
             await consumer.stop()
