@@ -118,6 +118,10 @@ class WorkerStatus(BaseModel):
     restart_generation: int = 0
     # Versions this worker could not load (label -> error); it keeps serving what it has.
     load_errors: dict[str, str] = Field(default_factory=dict)
+    # Hosted engines not calling now (label -> "throttled: ..." or "paused: <reason>").
+    engine_states: dict[str, str] = Field(default_factory=dict)
+    # Warnings about what it serves (a retired model name served by its successor).
+    notices: list[str] = Field(default_factory=list)
     in_flight: int = 0
     jobs_done: int = 0
     device: str = "cpu"

@@ -119,6 +119,8 @@ class RenderCompleted(Envelope):
     lane: str
     model: str
     version: str
+    provider: str = "diffusers"  # diffusers (local) or the hosted engine's provider
+    cost_usd: float | None = None  # from the routes file's price table; None: no price
     instance: str
     artifact_uri: str
     width: int
@@ -159,6 +161,9 @@ class RenderFailed(Envelope):
     model: str | None = None
     version: str | None = None
     error: str
+    # Why, in one word: safety, invalid, oom, provider_unavailable, provider_failed,
+    # no_image, store, artifact, error. None from producers before 0.2.
+    reason: str | None = None
     retriable: bool = False
     attempt: int = 1
 

@@ -50,6 +50,8 @@ class Artifact(BaseModel):
     model: str
     version: str
     instance: str | None = None  # the worker instance that rendered it
+    provider: str | None = None  # diffusers, ideogram, gemini, imagen
+    cost_usd: float | None = None  # what rendering it cost (the routes file's prices)
 
 
 class Verification(BaseModel):
@@ -103,6 +105,10 @@ class JobState(BaseModel):
     flagged: bool = False
     milestones: dict[str, datetime] = Field(default_factory=dict)
     error: str | None = None
+    # Why it failed, in one word (safety, invalid, oom, provider_unavailable...).
+    failure_reason: str | None = None
+    # Every image rendered for the job (drafts, refine passes, re-renders), priced.
+    cost_usd: float | None = None
     # Why the job left its first lane, one entry per reroute (e.g. out of memory).
     reroutes: list[str] = Field(default_factory=list)
     # Event ids already folded in, so a redelivered event changes nothing.

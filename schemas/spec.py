@@ -9,7 +9,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictInt, field_
 
 __all__ = ["GenerationSpec", "Intent", "Priority", "quoted_text"]
 
-Intent = Literal["draft", "final"]
+Intent = Literal["preview", "draft", "final"]
 Priority = Literal["low", "normal", "high", "critical"]
 
 _QUOTED = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d]+)[\"\u201c\u201d]")
@@ -37,6 +37,8 @@ class GenerationSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
     # Strict: "5" or 5.0 is refused, as the document's "integer" says.
     seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1)
+    # What the image must not show; passed to engines that take one (diffusers, Ideogram).
+    negative_prompt: str | None = Field(None, max_length=1000)
     width: StrictInt | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: StrictInt | None = Field(None, ge=64, le=2048, multiple_of=8)
     tenant: str | None = Field(None, max_length=64)

@@ -10,7 +10,13 @@ LanesError
 ├── TransientError
 │   └── ArtifactUnavailable    the artifact store failed for now (I/O error): retried
 ├── OutOfMemory                a batch does not fit the device: split, else fallback lane
-└── Interrupted                every job of a batch was canceled between two steps
+├── Interrupted                every job of a batch was canceled between two steps
+└── ProviderError              a hosted engine's call did not give an image
+    ├── Throttled              429 / RESOURCE_EXHAUSTED / inflight_limit: pause, then retry
+    ├── SafetyBlocked          the provider's safety filter: the job fails, reason "safety"
+    ├── ProviderUnavailable    401 / 402 / 403 / model not found: pause, jobs to the fallback
+    ├── ProviderFailed         5xx, timeouts, expired URLs after bounded retries: fallback
+    └── ProviderRejected       400 / 422 for the request itself: the job fails, "invalid"
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ __all__ = [
     "RepairError",
     "OutOfMemory",
     "Interrupted",
+    "ProviderError",
+    "Throttled",
+    "SafetyBlocked",
+    "ProviderUnavailable",
+    "ProviderFailed",
+    "ProviderRejected",
 ]
 
 
@@ -63,3 +75,53 @@ class Interrupted(LanesError):
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped at step {step}")
         self.step = step
+
+
+class ProviderError(LanesError):
+    """A hosted engine's call that did not give an image. ``reason`` is the job's failure
+    reason when it ends the job (``safety``, ``provider_unavailable``...)."""
+
+    reason = "provider_error"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        if reason is not None:
+            self.reason = reason
+
+
+class Throttled(ProviderError):
+    """The provider asked us to slow down; retry no sooner than ``retry_after_s``."""
+
+    reason = "throttled"
+
+    def __init__(self, message: str, retry_after_s: float, *, status: int | None = 429) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class SafetyBlocked(ProviderError):
+    """The provider's safety filter blocked the prompt or the image."""
+
+    reason = "safety"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider refuses every call for now: a wrong key, no funds, no access, or a
+    model it does not serve (retired). The engine pauses; jobs go to the fallback lane."""
+
+    reason = "provider_unavailable"
+
+
+class ProviderFailed(ProviderError):
+    """Server errors, timeouts or expired output URLs, still failing after the retries."""
+
+    reason = "provider_failed"
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused this request itself (400): retrying it cannot help."""
+
+    reason = "invalid"

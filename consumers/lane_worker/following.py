@@ -76,6 +76,8 @@ class Following:
             applied_revision=m.applied_revision,
             restart_generation=self.generation,
             load_errors=m.load_errors,
+            engine_states=m.engine_states,
+            notices=self.routes.notices(self.lane),
             in_flight=self.in_flight,
             jobs_done=self.jobs_done,
             device=self.settings.device,

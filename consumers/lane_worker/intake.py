@@ -17,10 +17,7 @@ from schemas.events import (
     parse_job_event,
 )
 from schemas.exceptions import PoisonEvent
-from services.engines.diffusion import (
-    RenderRequest,
-    batch_key,
-)
+from services.engines.engine import RenderRequest, batch_key
 from services.storage.artifacts import ArtifactError
 
 __all__ = ["Intake"]
@@ -37,7 +34,7 @@ class Intake:
         """A refine pass makes the upscaled image; the first render of a cascade is a draft."""
         if event.init_artifact_uri is not None:
             return "upscaled"
-        if self.spec.cascade is not None or event.spec.intent == "draft":
+        if self.spec.cascade is not None or event.spec.intent != "final":
             return "draft"
         return "final"
 
@@ -88,7 +85,9 @@ class Intake:
             except ArtifactError as exc:  # the job fails with the reason; never stuck
                 log.warning("init_artifact_unreadable", error=str(exc))
                 self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
-                await self._send([self._failed_output(event, f"cannot refine: {exc}")])
+                await self._send(
+                    [self._failed_output(event, f"cannot refine: {exc}", reason="artifact")]
+                )
                 self.tracker.done(tp, record.offset)
                 await self._commit()
                 return
@@ -101,6 +100,7 @@ class Intake:
             seed=event.seed,
             init_image=init_image,
             strength=event.strength,
+            negative_prompt=event.spec.negative_prompt,
         )
         engine = self.models.engine_for(event.job_id, event.stable_only)
         self.holding.add(task_key(event))

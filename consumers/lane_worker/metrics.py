@@ -105,6 +105,28 @@ class WorkerMetrics:
             LABELS + ["batch"],
             registry=r,
         )
+        self.cost = Counter(
+            "lanes_worker_cost_usd_total",
+            "Cost of the images rendered (the routes file's price table)",
+            LABELS,
+            registry=r,
+        )
+        self.images = Counter(
+            "lanes_worker_images_total", "Images rendered and stored", LABELS, registry=r
+        )
+        self.provider_calls = Counter(
+            "lanes_worker_provider_calls_total",
+            "Hosted engines' provider answers by outcome (ok, throttled, safety, "
+            "unavailable, provider_failed, invalid, expired_url...)",
+            LABELS + ["outcome"],
+            registry=r,
+        )
+        self.provider_paused = Gauge(
+            "lanes_worker_provider_paused",
+            "1 while a hosted engine sends no calls (throttled, or the provider refuses)",
+            LABELS,
+            registry=r,
+        )
         self.duplicates = Counter(
             "lanes_worker_duplicates_skipped_total",
             "Redelivered jobs that were already rendered",

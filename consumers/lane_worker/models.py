@@ -25,10 +25,15 @@ from services.config.settings import Settings
 from services.domain.control_state import initial_state
 from services.engines.batching import BatchProfile, profile_batching, warm_up
 from services.engines.diffusion import DiffusionEngine
+from services.engines.engine import Engine
+from services.engines.hosted.engine import HostedEngine, HostedModel
+from services.engines.hosted.google import GeminiImage, ImagenPredict
+from services.engines.hosted.ideogram import IdeogramLegacy, IdeogramV3
+from services.engines.hosted.prices import LIST_PRICES_USD
 from services.engines.memory import MemoryBudget
 from services.engines.tiny import TinyConfig
 
-__all__ = ["LaneModels", "canary_bucket", "load_model", "load_routes_model"]
+__all__ = ["LaneModels", "canary_bucket", "load_model", "load_routes_model", "hosted_engine"]
 
 log = structlog.get_logger("lanes.models")
 
@@ -46,10 +51,37 @@ def model_spec(routes: Routes, ref: ModelRef) -> ModelSpec:
         return ModelSpec(version=ref.version, path=ref.path)  # type: ignore[arg-type]
     if ref.tiny_seed is not None:
         return ModelSpec(version=ref.version, tiny=TinyConfig(seed=ref.tiny_seed))
-    spec = routes.models.get(ref.model)
+    spec = routes.models.get(routes.resolve_model(ref.model)[0])
     if spec is None or spec.version != ref.version:
         raise LookupError(f"{ref.label} is not in this worker's routes file")
     return spec
+
+
+def hosted_engine(settings: Settings, name: str, spec: ModelSpec, refine: bool) -> HostedEngine:
+    """The adapter for a hosted model; its key from the variable ``api_key_env`` names."""
+    assert spec.api_key_env and spec.model_id and spec.base_url
+    key = settings.provider_key(spec.api_key_env)
+    if key is None:
+        raise LookupError(f"model {name!r}: {spec.api_key_env} (its API key) is not set")
+    model = HostedModel(
+        name=name,
+        version=spec.version,
+        provider=spec.provider,
+        model_id=spec.model_id,
+        base_url=spec.base_url,
+        api_key=key,
+        download_hosts=spec.download_hosts,
+        options=dict(spec.options),
+        price_usd=spec.price_usd,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+        probe_s=spec.probe_s,
+        refine=refine,
+    )
+    if spec.provider == "ideogram":
+        legacy = not spec.model_id.upper().startswith("V_3")
+        return (IdeogramLegacy if legacy else IdeogramV3)(model)
+    return (GeminiImage if spec.provider == "gemini" else ImagenPredict)(model)
 
 
 def load_model(
@@ -58,10 +90,13 @@ def load_model(
     routes: Routes,
     ref: ModelRef,
     reserved: Callable[[], int] | None = None,
-) -> DiffusionEngine:
+) -> Engine:
     """Load one version for ``lane`` (blocking: call from a thread). ``reserved``: bytes the
     worker's other models hold, counted against the same budget."""
     spec = model_spec(routes, ref)
+    refine = routes.lanes[lane].refine_strength is not None
+    if spec.hosted:
+        return hosted_engine(settings, routes.resolve_model(ref.model)[0], spec, refine)
     with _LOAD_LOCK:
         path = checkpoint_dir(ref.model, spec, settings.models_path)
         return DiffusionEngine.load(
@@ -71,16 +106,18 @@ def load_model(
             device=settings.device,
             budget=MemoryBudget.from_gb(settings.memory_budget_gb, reserved or (lambda: 0)),
             compile_unet=settings.compile_unet,
-            refine=routes.lanes[lane].refine_strength is not None,
+            refine=refine,
+            price_usd=spec.price_usd,
+            gpu_usd_per_hour=spec.gpu_usd_per_hour,
         )
 
 
-def load_routes_model(settings: Settings, lane: str, routes: Routes) -> DiffusionEngine:
+def load_routes_model(settings: Settings, lane: str, routes: Routes) -> Engine:
     """The version the routes file names for ``lane`` (benchmarks, tools)."""
     return load_model(settings, lane, routes, initial_state(routes, lane).stable)
 
 
-Loader = Callable[[ModelRef], DiffusionEngine]
+Loader = Callable[[ModelRef], Engine]
 
 
 class LaneModels:
@@ -95,14 +132,16 @@ class LaneModels:
         # (model, version) -> its start-up batching profile (when calibration is on)
         self.batch_profiles: dict[tuple[str, str], BatchProfile] = {}
         self.desired: LaneDesired = initial_state(routes, lane)
-        self.engines: dict[ModelRef, DiffusionEngine] = {}
+        self.engines: dict[ModelRef, Engine] = {}
+        # Called with each engine as it loads (the worker wires its metrics to hosted ones).
+        self.observe: Callable[[Engine], None] | None = None
         self.stable: ModelRef = self.desired.stable
         self.canary: ModelRef | None = None
         self.canary_percent = 0
         self.applied_revision = 0
         self.load_errors: dict[str, str] = {}
 
-    async def start(self, desired: LaneDesired | None) -> DiffusionEngine:
+    async def start(self, desired: LaneDesired | None) -> Engine:
         """Load what the lane runs now (its desired state, else the routes file's version);
         falls back to the routes file's version when the desired one cannot be loaded."""
         if desired is not None:
@@ -111,18 +150,29 @@ class LaneModels:
             await self._load(self.stable)
         return self.engines[self.stable]
 
-    async def _load(self, ref: ModelRef) -> DiffusionEngine:
+    async def _load(self, ref: ModelRef) -> Engine:
         if ref not in self.engines:
             engine = await asyncio.to_thread(self._load_warm, ref)
+            if self.observe is not None:
+                self.observe(engine)
             self.engines[ref] = engine
             log.info("model_loaded", lane=self.lane, model=ref.model, version=ref.version)
         return self.engines[ref]
 
-    def _load_warm(self, ref: ModelRef) -> DiffusionEngine:
+    def _load_warm(self, ref: ModelRef) -> Engine:
         """Load, then render once at the lane's size before the version serves (and, with
         calibration, measure what batching buys). A version that fails this still loads:
-        its jobs fail and the canary judge or the operator decides."""
+        its jobs fail and the canary judge or the operator decides. A hosted engine is not
+        warmed (a call costs money; there is nothing local to warm)."""
         engine = self.load(ref)
+        if isinstance(engine, HostedEngine):
+            m = engine.model
+            if m.price_usd is None and not any(
+                k[:2] == (m.provider, m.model_id) for k in LIST_PRICES_USD
+            ):
+                log.warning("model_has_no_price", lane=self.lane, model=ref.model)
+            return engine
+        assert isinstance(engine, DiffusionEngine)
         s = self.spec
         shape = (s.width, s.height, s.sample_steps, s.guidance_scale, s.refine_strength)
         try:
@@ -165,6 +215,9 @@ class LaneModels:
 
     def batch_cap(self, model: str, version: str) -> int:
         """How many jobs one batch of this version may hold."""
+        for ref, engine in self.engines.items():
+            if (ref.model, ref.version) == (model, version) and engine.batch_limit:
+                return min(self.spec.max_batch, engine.batch_limit)
         profile = self.batch_profiles.get((model, version))
         return self.spec.max_batch if profile is None else profile.cap
 
@@ -176,13 +229,22 @@ class LaneModels:
     def paused(self) -> bool:
         return self.desired.paused
 
-    def is_stable(self, engine: DiffusionEngine) -> bool:
+    def is_stable(self, engine: Engine) -> bool:
         return self.engines.get(self.stable) is engine
 
     def steps(self, routed_steps: int) -> int:
         return self.desired.sample_steps or routed_steps
 
-    def engine_for(self, job_id: str, stable_only: bool = False) -> DiffusionEngine:
+    @property
+    def engine_states(self) -> dict[str, str]:
+        """Hosted engines not calling now (throttled, or paused by the provider's refusal)."""
+        return {
+            ref.label: state
+            for ref, engine in self.engines.items()
+            if isinstance(engine, HostedEngine) and (state := engine.state)
+        }
+
+    def engine_for(self, job_id: str, stable_only: bool = False) -> Engine:
         if (
             not stable_only
             and self.canary is not None

@@ -20,13 +20,14 @@ from schemas.events import (
     Timings,
 )
 from services.domain.routing import Job, route
-from services.engines.diffusion import (
-    DiffusionEngine,
+from services.engines.engine import Engine, RenderOutput
+from services.exceptions import (
     Interrupted,
-    RenderOutput,
-)
-from services.engines.memory import (
     OutOfMemory,
+    ProviderError,
+    ProviderFailed,
+    ProviderUnavailable,
+    SafetyBlocked,
 )
 from services.storage.artifacts import ArtifactError, ArtifactUnavailable
 
@@ -61,7 +62,7 @@ class Outcomes:
             log.error("artifact_store_failed", job_id=task.event.job_id, error=str(exc)[:300])
             self.metrics.failures.labels(*labels_of(self.lane, task.engine), "store").inc()
             failed = f"cannot store the image: {exc}"[:1000]
-            await self._send([self._failed_output(task.event, failed, task.engine)])
+            await self._send([self._failed_output(task.event, failed, task.engine, "store")])
             return
         store_ms = (time.perf_counter() - stored) * 1000
         outputs = [self._completed(task, result, uri, started_at, store_ms)]
@@ -111,6 +112,9 @@ class Outcomes:
         total = (now - e.requested_at).total_seconds()
         labels = labels_of(self.lane, task.engine)
         self.metrics.jobs.labels(*labels, "ok").inc()
+        self.metrics.images.labels(*labels).inc()
+        if result.cost_usd is not None:
+            self.metrics.cost.labels(*labels).inc(result.cost_usd)
         self.metrics.queue_wait.labels(*labels).observe(queue_wait)
         self.metrics.end_to_end.labels(*labels).observe(total)
         done = RenderCompleted(
@@ -124,6 +128,8 @@ class Outcomes:
             requested_at=e.requested_at,
             next_stage="upscale" if self.spec.cascade and e.init_artifact_uri is None else None,
             version=task.engine.version,
+            provider=task.engine.provider,
+            cost_usd=result.cost_usd,
             instance=self.instance,
             artifact_uri=uri,
             width=result.image.width,
@@ -150,14 +156,32 @@ class Outcomes:
         return Output(self.topics.renders, e.job_id, done.to_bytes())
 
     def _unrendered(self, task: RenderTask, exc: Exception) -> list[Output]:
+        """Where a job the engine could not render goes: the fallback lane (out of memory;
+        a provider that refuses or keeps failing; a safety block where the route says so),
+        the stable version (a canary's failure), or failed with its reason."""
         e = task.event
         producer = f"lanes-worker-{self.lane}"
         fallback = self.spec.fallback_lane
         labels = labels_of(self.lane, task.engine)
-        if isinstance(exc, OutOfMemory) and fallback and fallback != self.lane:
-            reason = f"out of memory on lane {self.lane}: {exc}"[:500]
+        provider_down = isinstance(exc, ProviderUnavailable | ProviderFailed)
+        canary = not e.stable_only and not self.models.is_stable(task.engine)
+        if provider_down and canary:
+            return self._retry_on_stable(task, exc)
+        to_fallback = (
+            isinstance(exc, OutOfMemory)
+            or provider_down
+            or (isinstance(exc, SafetyBlocked) and self.spec.on_safety == "fallback")
+        )
+        if to_fallback and fallback and fallback != self.lane:
+            if isinstance(exc, OutOfMemory):
+                reason, counted = f"out of memory on lane {self.lane}: {exc}", "oom_rerouted"
+            else:
+                assert isinstance(exc, ProviderError)
+                reason = f"{task.engine.name} on lane {self.lane}: {exc.reason}: {exc}"
+                counted = f"{exc.reason}_rerouted"
+            reason = reason[:500]
             self.metrics.jobs.labels(*labels, "rerouted").inc()
-            self.metrics.failures.labels(*labels, "oom_rerouted").inc()
+            self.metrics.failures.labels(*labels, counted).inc()
             log.warning("job_rerouted", job_id=e.job_id, to_lane=fallback, reason=reason)
             routed = route(
                 self.routes,
@@ -168,23 +192,30 @@ class Outcomes:
                 producer=producer,
             )
             return reroute(self.topics, routed, self.lane)
-        if not e.stable_only and not self.models.is_stable(task.engine):
+        if canary and not isinstance(exc, SafetyBlocked):  # safety: no other engine
             return self._retry_on_stable(task, exc)
         reason = (
             "oom"
             if isinstance(exc, OutOfMemory)
+            else exc.reason
+            if isinstance(exc, ProviderError)
             else "invalid"
             if isinstance(exc, ValueError)
             else "error"
         )
         self.metrics.jobs.labels(*labels, "failed").inc()
         self.metrics.failures.labels(*labels, reason).inc()
-        return [self._failed_output(e, str(exc)[:1000], task.engine)]
+        return [self._failed_output(e, str(exc)[:1000], task.engine, reason)]
 
     def _failed_output(
-        self, e: GenerationRouted, error: str, engine: DiffusionEngine | None = None
+        self,
+        e: GenerationRouted,
+        error: str,
+        engine: Engine | None = None,
+        reason: str | None = None,
     ) -> Output:
-        """render.failed for the job: it ends failed with ``error`` (its reason)."""
+        """render.failed for the job: it ends failed with ``error`` and its ``reason``
+        (safety, invalid, oom, provider_unavailable...)."""
         failed = RenderFailed(
             job_id=e.job_id,
             producer=f"lanes-worker-{self.lane}",
@@ -193,6 +224,7 @@ class Outcomes:
             version=engine.version if engine else None,
             attempt=e.attempt,
             error=error,
+            reason=reason,
         )
         return Output(self.topics.renders, e.job_id, failed.to_bytes())
 

@@ -79,6 +79,8 @@ async def run(
     routes = load_routes(settings.routes_file)
     if lane not in routes.lanes:
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
+    for notice in routes.notices(lane):
+        log.warning("retired_model", lane=lane, notice=notice)
     shared = GpuProcess.for_lane(
         settings, routes, lane, registry or CollectorRegistry(), instance=instance
     )

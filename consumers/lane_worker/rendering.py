@@ -14,15 +14,13 @@ from consumers.machinery.loop import Output
 from schemas.events import (
     RenderStarted,
 )
-from services.engines.diffusion import (
-    Interrupted,
-    RenderOutput,
-)
+from services.engines.engine import RenderContext, RenderOutput
 from services.engines.memory import (
     OutOfMemory,
     free_cached_memory,
     peak_memory_bytes,
 )
+from services.exceptions import Interrupted, ProviderError
 
 __all__ = ["Rendering"]
 
@@ -37,32 +35,47 @@ class Rendering:
     async def _gpu_loop(self) -> None:
         while True:
             batch = await self.batcher.next_batch()
+            if batch[0].engine.hosted:  # an HTTP call: no GPU turn, many in flight
+                self._spawn(self._call_provider(batch), name="provider-call")
+                continue
             async with self.device.turn(self.priority):  # the GPU is shared with any guest
                 started_at = datetime.now(UTC)
                 # Progress events are not waited for here (the render starts at once);
                 # _finish awaits their acks before it publishes the outcome.
-                started = await self._enqueue(
-                    [
-                        Output(
-                            self.topics.renders,
-                            t.event.job_id,
-                            RenderStarted(
-                                job_id=t.event.job_id,
-                                producer=f"lanes-worker-{self.lane}",
-                                lane=self.lane,
-                                model=t.engine.name,
-                                version=t.engine.version,
-                                instance=self.instance,
-                                attempt=t.event.attempt,
-                            ).to_bytes(),
-                        )
-                        for t in batch
-                    ]
-                )
+                started = await self._enqueue(self._started(batch))
                 results = await self._render_fitting(batch)
-            task = asyncio.create_task(self._finish(results, started_at, started))
-            self.finishing.add(task)
-            task.add_done_callback(self.finishing.discard)
+            self._spawn(self._finish(results, started_at, started), name="finish")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
+
+    async def _call_provider(self, batch: list[RenderTask]) -> None:
+        """A hosted engine's batch (one job): the call (waiting out any throttle), then its
+        outcome, on a task of its own, so one worker has up to its cap calls in flight."""
+        started_at = datetime.now(UTC)
+        started = await self._enqueue(self._started(batch))
+        results = await self._render_fitting(batch)
+        await self._finish(results, started_at, started)
+
+    def _started(self, batch: list[RenderTask]) -> list[Output]:
+        return [
+            Output(
+                self.topics.renders,
+                t.event.job_id,
+                RenderStarted(
+                    job_id=t.event.job_id,
+                    producer=f"lanes-worker-{self.lane}",
+                    lane=self.lane,
+                    model=t.engine.name,
+                    version=t.engine.version,
+                    instance=self.instance,
+                    attempt=t.event.attempt,
+                ).to_bytes(),
+            )
+            for t in batch
+        ]
 
     async def _render_fitting(
         self, batch: list[RenderTask]
@@ -77,21 +90,36 @@ class Rendering:
         def canceled() -> bool:
             return all(self._canceled(t.event.job_id) for t in batch)
 
-        try:
+        def on_device(fn: Any) -> Any:
             # A batch runs between the steps of a less urgent peer's render in progress; a
             # render lets more urgent peers' batches in between its steps.
-            outputs = await self.device.render(
+            return self.device.render(
                 self.gpu,
-                lambda between: engine.render_batch(reqs, canceled, between),
+                fn,
                 priority=self.priority,
                 preempt=any(p.priority > self.priority for p in self.peers),
                 preemptible=any(p.priority < self.priority for p in self.peers),
             )
+
+        # A lane with no fallback waits out a refusing provider; a canary never does (its
+        # job goes back to the stable version instead).
+        wait = self.spec.fallback_lane is None and self.models.is_stable(engine)
+        try:
+            outputs = await engine.generate(reqs, RenderContext(canceled, on_device, wait))
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs, strict=True))
         except Interrupted as exc:  # every job of the batch was canceled
             log.info("render_interrupted", batch=len(batch), step=exc.step)
+            return [(t, exc) for t in batch]
+        except ProviderError as exc:  # the job's outcome says what the provider meant
+            log.warning(
+                "provider_refused",
+                job_id=batch[0].event.job_id,
+                model=engine.name,
+                reason=exc.reason,
+                error=str(exc)[:300],
+            )
             return [(t, exc) for t in batch]
         except OutOfMemory as exc:
             self.metrics.ooms.labels(*labels).inc()
@@ -113,9 +141,10 @@ class Rendering:
             )  # keep the worker
             return [(t, exc) for t in batch]
         finally:
-            self.metrics.peak_memory.labels(*labels, engine.device).set(
-                peak_memory_bytes(engine.device)
-            )
+            if not engine.hosted:  # a hosted engine holds no memory here
+                self.metrics.peak_memory.labels(*labels, engine.device).set(
+                    peak_memory_bytes(engine.device)
+                )
 
     async def _finish(
         self,

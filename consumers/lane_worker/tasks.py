@@ -8,7 +8,7 @@ from datetime import datetime
 from aiokafka import TopicPartition
 
 from schemas.events import GenerationRouted
-from services.engines.diffusion import DiffusionEngine, RenderRequest
+from services.engines.engine import Engine, RenderRequest
 
 __all__ = ["RenderTask", "task_key", "labels_of", "RECENT_LIMIT"]
 
@@ -23,12 +23,12 @@ class RenderTask:
     event: GenerationRouted
     request: RenderRequest
     fetched_at: datetime
-    engine: DiffusionEngine  # chosen at admission: a version switch never splits a job
+    engine: Engine  # chosen at admission: a version switch never splits a job
 
 
 def task_key(event: GenerationRouted) -> tuple[str, int, bool]:
     return (event.job_id, event.attempt, event.init_artifact_uri is not None)
 
 
-def labels_of(lane: str, engine: DiffusionEngine) -> tuple[str, str, str]:
+def labels_of(lane: str, engine: Engine) -> tuple[str, str, str]:
     return (lane, engine.name, engine.version)

@@ -52,6 +52,7 @@ from consumers.machinery.offsets import OffsetTracker
 from consumers.machinery.runtime import Member
 from schemas.control import WorkerHealth
 from services.config.routes import LaneSpec
+from services.engines.hosted.engine import HostedEngine
 from services.kafka.clients import make_consumer
 
 __all__ = ["LaneWorker"]
@@ -124,6 +125,9 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
         self.finishing: set[asyncio.Task[None]] = set()
         self.commit_lock = asyncio.Lock()
         self.fatal: Exception | None = None
+        models.observe = self._observe_engine
+        for engine in models.engines.values():
+            self._observe_engine(engine)
 
     @property
     def member(self) -> Member | None:
@@ -150,7 +154,21 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
     def cap(self) -> int:
         if self.models.paused or any(p.in_flight for p in self.peers if p.priority < self.priority):
             return 0  # paused, or yielding the GPU to more urgent work held on it
+        if self._provider_closed():
+            return 0  # backpressure from the lane's hosted engine: jobs wait in Kafka
         return self.models.max_concurrency
+
+    def _provider_closed(self) -> bool:
+        """The stable engine is hosted and throttled, or refusing calls on a lane with no
+        fallback lane (with one, jobs keep coming and go on to the fallback)."""
+        engine = self.models.engines.get(self.models.stable)
+        if not isinstance(engine, HostedEngine):
+            return False
+        now = time.monotonic()
+        if engine.open_at > now:
+            return True
+        refusing = engine.unavailable is not None and engine.unavailable_until > now
+        return refusing and self.spec.fallback_lane is None
 
     @property
     def ready(self) -> bool:
@@ -249,6 +267,9 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
                 last_lag = time.monotonic()
                 await self._update_lag()
             self.metrics.capacity.labels(*self.labels).set(self.cap)
+            self.metrics.provider_paused.labels(*self.labels).set(
+                1 if self.models.engine_states else 0
+            )
             free = self.cap - self.in_flight
             if free <= 0:
                 self._pause()
@@ -282,9 +303,19 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
                 pass
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=max(0.1, deadline - time.monotonic()))
+        for task in list(self.finishing):  # provider calls still waiting out a throttle:
+            if task.get_name() == "provider-call":  # uncommitted, so redelivered elsewhere
+                task.cancel()
         await self._commit()
         if self.in_flight:
             log.warning("worker_drain_deadline", abandoned=self.in_flight)
+
+    def _observe_engine(self, engine: Any) -> None:
+        """Count each hosted engine's provider answers by outcome."""
+        if isinstance(engine, HostedEngine):
+            calls = self.metrics.provider_calls
+            labels = (self.lane, engine.name, engine.version)
+            engine.on_call = lambda outcome: calls.labels(*labels, outcome).inc()
 
     # ---- backpressure ------------------------------------------------------------------
 

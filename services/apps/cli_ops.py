@@ -142,6 +142,8 @@ def ops_status() -> None:
             if not inst.current:
                 flags.append(f"at rev {s.applied_revision}")
             flags += [f"failed to load {k}: {v}" for k, v in s.load_errors.items()]
+            flags += [f"{k} {v}" for k, v in s.engine_states.items()]
+            flags += [f"WARNING {n}" for n in s.notices]
             canary_part = f" + {s.canary.label} @ {s.canary_percent}%" if s.canary else ""
             typer.echo(
                 f"  {s.instance:32} {s.health:10} {s.stable.label if s.stable else '-'}"

@@ -213,7 +213,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         request: Request,
         status: JobStatus | None = None,
         lane: Annotated[str | None, Query(max_length=100)] = None,
-        intent: Literal["draft", "final"] | None = None,
+        intent: Literal["preview", "draft", "final"] | None = None,
         tenant: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,

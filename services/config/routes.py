@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +17,10 @@ from schemas.spec import Priority
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
 __all__ = [
+    "Provider",
+    "HOSTED_IN_FLIGHT",
     "ModelSpec",
+    "AliasSpec",
     "AdmissionSpec",
     "SpillSpec",
     "LaneSpec",
@@ -28,18 +33,78 @@ __all__ = [
 ]
 
 
+Provider = Literal["diffusers", "ideogram", "gemini", "imagen"]
+# A hosted lane's default cap (calls in flight per worker): the provider's limit where it
+# states one (Ideogram: about 10 images in flight per organisation).
+HOSTED_IN_FLIGHT: dict[str, int] = {"ideogram": 10, "gemini": 8, "imagen": 8}
+# Providers whose engines can run a cascade's refine pass (an image in, an image out).
+REFINE_PROVIDERS = {"diffusers", "gemini"}
+_ENV_NAME = r"[A-Z_][A-Z0-9_]*"
+
+
 class ModelSpec(BaseModel):
+    """A model: a local diffusers checkpoint (``path`` or ``tiny``), or a hosted engine
+    (``provider`` ideogram, gemini or imagen, with ``model_id``, ``base_url`` and
+    ``api_key_env``, the name of the variable that holds its key)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: str
+    provider: Provider = "diffusers"
+    version: str  # hosted: defaults to model_id
     path: Path | None = None  # a local diffusers checkpoint directory
     tiny: TinyConfig | None = None  # or a tiny random-weight build from config
+    model_id: str | None = Field(None, min_length=1, max_length=200)
+    base_url: str | None = Field(None, pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
+    api_key_env: str | None = Field(None, pattern=f"^{_ENV_NAME}$")
+    # Hosts (besides base_url's) that serve the provider's output URLs: downloads go nowhere else.
+    download_hosts: tuple[str, ...] = ()
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    price_usd: float | None = Field(None, ge=0)  # per image; hosted default: the list price
+    gpu_usd_per_hour: float | None = Field(None, ge=0)  # local: cost from GPU time
+    timeout_s: float = Field(90.0, gt=0, le=600)
+    max_retries: int = Field(2, ge=0, le=5)  # 5xx, timeouts, expired URLs
+    probe_s: float = Field(60.0, gt=0)  # a refusing provider (401/402/403) is retried after
+    max_in_flight: int | None = Field(None, ge=1, le=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hosted_version(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("provider", "diffusers") != "diffusers":
+            if "version" not in data and data.get("model_id"):
+                data = {**data, "version": str(data["model_id"])}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.tiny is None):
-            raise ValueError("a model needs exactly one of 'path' (checkpoint dir) or 'tiny'")
+        if not self.hosted:
+            if (self.path is None) == (self.tiny is None):
+                raise ValueError("a model needs exactly one of 'path' (checkpoint dir) or 'tiny'")
+            for name in ("model_id", "base_url", "api_key_env"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"'{name}' is for hosted models (set 'provider')")
+            return self
+        if self.path is not None or self.tiny is not None:
+            raise ValueError(f"a {self.provider} model takes no 'path' or 'tiny'")
+        for name in ("model_id", "base_url", "api_key_env"):
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.provider} model must name '{name}'")
+        if self.gpu_usd_per_hour is not None:
+            raise ValueError("'gpu_usd_per_hour' is for local models; hosted ones take price_usd")
         return self
+
+    @property
+    def hosted(self) -> bool:
+        return self.provider != "diffusers"
+
+
+class AliasSpec(BaseModel):
+    """A retired model's name kept working: it is served by ``alias_of`` (with a warning
+    in the worker's log and in ``lanes ops status``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alias_of: str
+    note: str | None = Field(None, max_length=300)
 
 
 class CascadeSpec(BaseModel):
@@ -94,8 +159,8 @@ class LaneSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
-    max_concurrency: int = Field(1, ge=1)
-    sample_steps: int = Field(ge=1, le=200)
+    max_concurrency: int = Field(1, ge=1)  # hosted: calls in flight (provider's limit)
+    sample_steps: int = Field(ge=1, le=200)  # hosted lanes: unused, 1
     guidance_scale: float = Field(0.0, ge=0.0)
     width: int = Field(512, ge=64, le=2048, multiple_of=8)
     height: int = Field(512, ge=64, le=2048, multiple_of=8)
@@ -115,6 +180,9 @@ class LaneSpec(BaseModel):
     # (backfills: a less urgent lane; their own jobs run between its steps).
     assists: tuple[str, ...] = ()
     backfills: tuple[str, ...] = ()
+    # A provider's safety block: the job fails with reason "safety" ("fail"), or is
+    # rendered again on the fallback lane ("fallback").
+    on_safety: Literal["fail", "fallback"] = "fail"
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:
@@ -132,12 +200,84 @@ class Routes(BaseModel):
     models: dict[str, ModelSpec]
     lanes: dict[str, LaneSpec]
     intents: dict[str, str]
+    # Retired names (from ``models:`` entries with ``alias_of``) and the lanes that name one.
+    aliases: dict[str, AliasSpec] = Field(default_factory=dict)
+    lane_aliases: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases_and_defaults(cls, data: Any) -> Any:
+        """Split ``alias_of`` entries out of ``models``, point lanes naming one at its
+        target, and give hosted lanes their defaults (cap: the provider's in-flight limit;
+        steps: 1)."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            return data
+        models = dict(data["models"])
+        aliases = dict(data.get("aliases") or {})
+        for name, spec in list(models.items()):
+            if isinstance(spec, dict) and "alias_of" in spec:
+                aliases[name] = models.pop(name)
+        for name, alias in aliases.items():
+            target = alias.get("alias_of") if isinstance(alias, dict) else alias.alias_of
+            if target not in models:
+                raise ValueError(f"model {name!r} is an alias of {target!r}, which is not a model")
+        lanes = {}
+        lane_aliases = dict(data.get("lane_aliases") or {})
+        for lane_name, lane in (data.get("lanes") or {}).items():
+            if isinstance(lane, dict):
+                lane = dict(lane)
+                if lane.get("model") in aliases:
+                    alias = aliases[lane["model"]]
+                    lane_aliases[lane_name] = lane["model"]
+                    lane["model"] = alias["alias_of"] if isinstance(alias, dict) else alias.alias_of
+                spec = models.get(lane.get("model"))
+                provider = (
+                    spec.get("provider", "diffusers")
+                    if isinstance(spec, dict)
+                    else getattr(spec, "provider", "diffusers")
+                )
+                if provider != "diffusers":
+                    cap = (
+                        spec.get("max_in_flight") if isinstance(spec, dict) else spec.max_in_flight
+                    )
+                    lane.setdefault("max_concurrency", cap or HOSTED_IN_FLIGHT[provider])
+                    lane.setdefault("sample_steps", 1)
+            lanes[lane_name] = lane
+        return {
+            **data,
+            "models": models,
+            "aliases": aliases,
+            "lanes": lanes,
+            "lane_aliases": lane_aliases,
+        }
+
+    def resolve_model(self, name: str) -> tuple[str, str | None]:
+        """The model a name means, and a warning when it is a retired alias."""
+        alias = self.aliases.get(name)
+        if alias is None:
+            return name, None
+        note = f" ({alias.note})" if alias.note else ""
+        return alias.alias_of, f"model {name!r} is retired: served by {alias.alias_of!r}{note}"
+
+    def notices(self, lane: str) -> list[str]:
+        """Warnings about what ``lane`` runs (a retired model name)."""
+        if lane not in self.lane_aliases:
+            return []
+        return [f"lane {lane!r}: {self.resolve_model(self.lane_aliases[lane])[1]}"]
 
     @model_validator(mode="after")
     def _references(self) -> Routes:
         for name, lane in self.lanes.items():
             if lane.model not in self.models:
                 raise ValueError(f"lane {name!r} names unknown model {lane.model!r}")
+            provider = self.models[lane.model].provider
+            if lane.refine_strength is not None and provider not in REFINE_PROVIDERS:
+                raise ValueError(
+                    f"lane {name!r} is a refine lane on a {provider} model, which cannot "
+                    f"refine an image (refine engines: {sorted(REFINE_PROVIDERS)})"
+                )
+            if lane.on_safety == "fallback" and lane.fallback_lane is None:
+                raise ValueError(f"lane {name!r} sends safety blocks to a fallback it lacks")
             for what, target in (
                 ("falls back to", lane.fallback_lane),
                 ("cascades to", lane.cascade.lane if lane.cascade else None),
@@ -177,6 +317,9 @@ class Routes(BaseModel):
         for intent in ("draft", "final"):
             if intent not in self.intents:
                 raise ValueError(f"intent {intent!r} has no lane")
+        unknown = set(self.intents) - {"preview", "draft", "final"}
+        if unknown:
+            raise ValueError(f"unknown intents {sorted(unknown)} (preview, draft, final)")
         return self
 
     @property
@@ -185,7 +328,8 @@ class Routes(BaseModel):
         return sorted(name for name, lane in self.lanes.items() if lane.spill is not None)
 
     def lane_for(self, intent: str) -> tuple[str, LaneSpec]:
-        name = self.intents[intent]
+        """The intent's lane; previews ride the draft lane unless the file routes them."""
+        name = self.intents.get(intent) or self.intents["draft"]
         return name, self.lanes[name]
 
 
@@ -196,8 +340,25 @@ def routes_text(path: Path | None) -> str:
     return Path(path).read_text()
 
 
+_VAR = re.compile(r"\$\{(" + _ENV_NAME + r")(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, environ: dict[str, str] | None = None) -> str:
+    """``${NAME}`` and ``${NAME:-default}`` in a routes file, from the environment (a
+    provider's base URL per deployment, e.g. a regional endpoint or a test server)."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        value = env.get(m.group(1)) or m.group(2)
+        if value is None:
+            raise ValueError(f"the routes file uses ${{{m.group(1)}}}, which is not set")
+        return value
+
+    return _VAR.sub(sub, text)
+
+
 def load_routes(path: Path | None) -> Routes:
-    text = routes_text(path)
+    text = expand_env(routes_text(path))
     base = Path.cwd() if path is None else Path(path).resolve().parent
     routes = Routes.model_validate(yaml.safe_load(text))
     # Relative checkpoint paths are relative to the routes file.

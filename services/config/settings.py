@@ -8,6 +8,7 @@ start, and the test session takes ``LANES_KAFKA_BOOTSTRAP`` from it. The SDK's
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -183,6 +184,12 @@ class Settings(ClientSettings):
         if not self.ops_key.get_secret_value().startswith("whsec_"):
             raise ValueError("LANES_OPS_KEY must be in whsec_<base64> form")
         return self
+
+    def provider_key(self, env_name: str) -> SecretStr | None:
+        """A hosted model's API key: the variable its routes entry names in ``api_key_env``
+        (read when the engine loads; a SecretStr, so it never prints)."""
+        value = os.environ.get(env_name)
+        return SecretStr(value) if value else None
 
     def signing_keys(self) -> SigningKeys:
         return SigningKeys(

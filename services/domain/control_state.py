@@ -31,12 +31,13 @@ def _ref(routes: Routes, cmd: OpsCommand) -> ModelRef:
         return ModelRef(
             model=cmd.model, version=cmd.version, path=cmd.path, tiny_seed=cmd.tiny_seed
         )
-    if cmd.model not in routes.models:
+    name, _ = routes.resolve_model(cmd.model)  # a retired alias means its successor
+    if name not in routes.models:
         raise Rejected(
             f"unknown model {cmd.model!r}; the routes file has {sorted(routes.models)} "
             "(or give --version with --path or --tiny-seed)"
         )
-    ref = ModelRef(model=cmd.model, version=routes.models[cmd.model].version)
+    ref = ModelRef(model=name, version=routes.models[name].version)
     if cmd.version is not None and cmd.version != ref.version:
         raise Rejected(
             f"{cmd.model} is version {ref.version} in the routes file, not {cmd.version}"

@@ -142,9 +142,13 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
             version=event.version,
             deliverable=event.deliverable,
             instance=event.instance,
+            provider=event.provider,
+            cost_usd=event.cost_usd,
         )
         if artifact not in state.artifacts:
             update["artifacts"] = [*state.artifacts, artifact]
+            costs = [a.cost_usd for a in update["artifacts"] if a.cost_usd is not None]
+            update["cost_usd"] = round(sum(costs), 6) if costs else None
         update.update(started=True, timings=event.timings)
         if event.stage != "upscaled":
             update.update(lane=event.lane, model=event.model, version=event.version)
@@ -158,7 +162,7 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
                 spec=state.spec or event.spec,
             )
     elif isinstance(event, RenderFailed):
-        update["error"] = event.error
+        update.update(error=event.error, failure_reason=event.reason or "error")
     elif isinstance(event, CancelRequested):
         update["cancel_requested"] = True
     elif isinstance(event, RenderCanceled):

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from services.engines.engine import (
+    RenderContext,
+    RenderOutput,
+    RenderRequest,
+    batch_key,
+    check_inputs,
+)
 from services.engines.memory import (
     MemoryBudget,
     OutOfMemory,
@@ -35,52 +41,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RenderRequest:
-    prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    # Refine (img2img) engines: the image to start from, resized to width x height.
-    init_image: Image.Image | None = None
-    strength: float | None = None
-
-
-@dataclass(frozen=True)
-class RenderOutput:
-    image: Image.Image
-    inference_ms: float  # wall time of the batch this image was rendered in
-    batch_size: int
-    preempted_ms: float = 0.0  # paused between steps while a more urgent batch ran
-    started_at: float = 0.0  # unix time the pipeline call began on the GPU thread
-
-
-def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
-    """Requests with the same key can share one pipeline call."""
-    return (req.width, req.height, req.steps, req.guidance_scale, req.strength)
-
-
-def check_inputs(req: RenderRequest) -> None:
-    """Concise ValueErrors for requests no pipeline can serve."""
-    if not req.prompt.strip():
-        raise ValueError("prompt must not be blank")
-    for name, value in (("width", req.width), ("height", req.height)):
-        if value % 8:
-            raise ValueError(f"{name} must be divisible by 8, got {value}")
-        if not 64 <= value <= 2048:
-            raise ValueError(f"{name} must be between 64 and 2048, got {value}")
-    if req.steps < 1:
-        raise ValueError(f"steps must be at least 1, got {req.steps}")
-    if req.guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {req.guidance_scale}")
-    if (req.init_image is None) != (req.strength is None):
-        raise ValueError("a refine request needs both init_image and strength")
-
-
 class DiffusionEngine:
-    """One loaded pipeline. ``render_batch`` is blocking: call it from the GPU thread."""
+    """One loaded pipeline (the ``diffusers`` provider). ``render_batch`` is blocking: the
+    worker runs it on the GPU thread through ``generate``.
+
+    Cost: ``price_usd`` per image when the routes file names one, else the GPU's time at
+    ``gpu_usd_per_hour`` (the batch's wall time shared by its images), else None."""
+
+    provider = "diffusers"
+    hosted = False
+    batch_limit: int | None = None
 
     def __init__(
         self,
@@ -91,8 +61,12 @@ class DiffusionEngine:
         device: str,
         budget: MemoryBudget | None = None,
         refine: bool = False,
+        price_usd: float | None = None,
+        gpu_usd_per_hour: float | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.price_usd = price_usd
+        self.gpu_usd_per_hour = gpu_usd_per_hour
         self.refine = refine
         self.name = name
         self.version = version
@@ -112,6 +86,8 @@ class DiffusionEngine:
         budget: MemoryBudget | None = None,
         compile_unet: bool = False,
         refine: bool = False,
+        price_usd: float | None = None,
+        gpu_usd_per_hour: float | None = None,
     ) -> DiffusionEngine:
         """Load a checkpoint directory; ``refine`` loads it as an img2img (refine) pipeline."""
         import torch
@@ -133,7 +109,16 @@ class DiffusionEngine:
             pipe.unet.to(memory_format=torch.channels_last)
             if compile_unet:
                 pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
-        return cls(pipe, name=name, version=version, device=device, budget=budget, refine=refine)
+        return cls(
+            pipe,
+            name=name,
+            version=version,
+            device=device,
+            budget=budget,
+            refine=refine,
+            price_usd=price_usd,
+            gpu_usd_per_hour=gpu_usd_per_hour,
+        )
 
     def check_batch(self, reqs: Sequence[RenderRequest]) -> None:
         first = reqs[0]
@@ -144,6 +129,21 @@ class DiffusionEngine:
 
     def render(self, req: RenderRequest) -> RenderOutput:
         return self.render_batch([req])[0]
+
+    async def generate(
+        self, reqs: Sequence[RenderRequest], ctx: RenderContext
+    ) -> list[RenderOutput]:
+        """The Engine interface: the batch on the device's thread, cancel at step ends."""
+        return await ctx.on_device(
+            lambda between: self.render_batch(reqs, ctx.should_stop, between)
+        )
+
+    def cost_per_image(self, batch_ms: float, batch_size: int) -> float | None:
+        if self.price_usd is not None:
+            return self.price_usd
+        if self.gpu_usd_per_hour is not None:
+            return round(self.gpu_usd_per_hour * batch_ms / 3_600_000 / batch_size, 8)
+        return None
 
     def render_batch(
         self,
@@ -180,6 +180,8 @@ class DiffusionEngine:
             guidance_scale=first.guidance_scale,
             generator=generators,
         )
+        if any(r.negative_prompt for r in reqs):
+            kwargs["negative_prompt"] = [r.negative_prompt or "" for r in reqs]
         stopped_at: list[int] = []
         lent_s = [0.0]  # time the GPU thread spent on others' work between steps
         if should_stop is not None or between_steps is not None:
@@ -216,6 +218,8 @@ class DiffusionEngine:
         if stopped_at:
             raise Interrupted(stopped_at[0])
         elapsed = (time.perf_counter() - started - lent_s[0]) * 1000
+        cost = self.cost_per_image(elapsed, len(reqs))
         return [
-            RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began) for img in result.images
+            RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began, cost_usd=cost)
+            for img in result.images
         ]

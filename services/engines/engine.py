@@ -1,0 +1,105 @@
+"""What every engine takes and gives, local diffusers pipelines and hosted APIs alike.
+
+An ``Engine`` renders a batch of ``RenderRequest``s and returns one ``RenderOutput`` per
+request: the image, the timings, the cost and, where it applies (a local GPU), the memory.
+The worker calls ``generate`` on the event loop; a local engine runs its blocking pipeline
+call through ``RenderContext.on_device`` (the GPU's one thread, taking turns), a hosted
+engine awaits its HTTP calls (many in flight on one loop, none blocking it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from PIL import Image
+
+__all__ = [
+    "Engine",
+    "RenderContext",
+    "RenderRequest",
+    "RenderOutput",
+    "BetweenSteps",
+    "batch_key",
+    "check_inputs",
+]
+
+T = TypeVar("T")
+BetweenSteps = Callable[[], float]  # runs queued work at a step boundary; seconds it took
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    # Refine (img2img) engines: the image to start from, resized to width x height.
+    init_image: Image.Image | None = None
+    strength: float | None = None
+    negative_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    image: Image.Image
+    inference_ms: float  # wall time of the batch (local) or of the provider call (hosted)
+    batch_size: int
+    preempted_ms: float = 0.0  # paused between steps while a more urgent batch ran
+    started_at: float = 0.0  # unix time the pipeline call (or the HTTP call) began
+    cost_usd: float | None = None  # None: the model has no price in the routes file
+    # Hosted engines: what the provider drew before it was fitted to the requested size.
+    provider_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What the worker lends an engine for one batch."""
+
+    should_stop: Callable[[], bool]  # every job of the batch was canceled
+    # Run a blocking render on the device's thread; the callable gets the hook to call at
+    # each step boundary (more urgent work on the same GPU), or None.
+    on_device: Callable[[Callable[[BetweenSteps | None], T]], Awaitable[T]]
+    # Hosted engines: while the provider refuses calls (a wrong key...), wait for its next
+    # probe instead of failing at once (a lane with no fallback lane pauses instead).
+    wait_if_unavailable: bool = False
+
+
+class Engine(Protocol):
+    name: str  # the model's name in the routes file
+    version: str
+    provider: str  # diffusers | ideogram | gemini | imagen
+    device: str  # cpu, cuda:N, or the provider's host
+    refine: bool  # an img2img (refine) engine
+    hosted: bool
+    footprint_bytes: int  # weights held in this process (0 for a hosted engine)
+    batch_limit: int | None  # most requests one call can take (None: the lane's max_batch)
+
+    async def generate(
+        self, reqs: Sequence[RenderRequest], ctx: RenderContext
+    ) -> list[RenderOutput]: ...
+
+
+def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
+    """Requests with the same key can share one pipeline call."""
+    return (req.width, req.height, req.steps, req.guidance_scale, req.strength)
+
+
+def check_inputs(req: RenderRequest) -> None:
+    """Concise ValueErrors for requests no engine can serve."""
+    if not req.prompt.strip():
+        raise ValueError("prompt must not be blank")
+    for name, value in (("width", req.width), ("height", req.height)):
+        if value % 8:
+            raise ValueError(f"{name} must be divisible by 8, got {value}")
+        if not 64 <= value <= 2048:
+            raise ValueError(f"{name} must be between 64 and 2048, got {value}")
+    if req.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {req.steps}")
+    if req.guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {req.guidance_scale}")
+    if (req.init_image is None) != (req.strength is None):
+        raise ValueError("a refine request needs both init_image and strength")

@@ -1,0 +1,1 @@
+"""Hosted engines: image APIs called over HTTPS behind the same lanes as local pipelines."""
