@@ -221,13 +221,15 @@ async def test_an_expired_output_url_costs_a_fresh_call(ideogram: Any) -> None:
 
 
 async def test_a_refused_key_pauses_the_engine_and_stays_secret(ideogram: Any, google: Any) -> None:
-    for engine, b in (
-        (IdeogramV3(model(ideogram[0], "ideogram", "V_3", key="wrong-key-xyz")), ideogram[1]),
-        (GeminiImage(model(google[0], "gemini", "gemini-3-pro-image", key="wrong-key-xyz")), google[1]),
-    ):  # fmt: skip
+    wrong = "wrong-key-xyz"
+    pairs: list[tuple[HostedEngine, Behaviour]] = [
+        (IdeogramV3(model(ideogram[0], "ideogram", "V_3", key=wrong)), ideogram[1]),
+        (GeminiImage(model(google[0], "gemini", "gemini-3-pro-image", key=wrong)), google[1]),
+    ]
+    for engine, b in pairs:
         with pytest.raises(ProviderUnavailable) as caught:
             await one(engine, req())
-        assert "wrong-key-xyz" not in str(caught.value)
+        assert wrong not in str(caught.value)
         assert engine.state and engine.state.startswith("paused")
         calls = len(b.calls)
         engine.http = ProviderHttp(engine.http.base_url)  # (the first was closed)
