@@ -3,7 +3,9 @@
 Each engine gets its own lane over its own uuid topics (so nothing else is mixed in),
 with typography repair off so that the engines' own text rendering is compared. Engines
 run one after the other, each with the machine to itself. Writes an HTML report with the
-image grid (images inlined), typography pass rate, latency p50/p95 and peak memory.
+image grid (images inlined), typography pass rate, latency p50/p95, cost per image (the
+routes file's price table) and peak memory, and the same table in Markdown beside it.
+Engines may be local or hosted (a hosted one needs its key in the variable it names).
 
     lanes ab --engines tiny-sd,tiny-sd-b --prompts infra/ab/prompts.txt --out results/ab.html
 """
@@ -17,7 +19,6 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -41,6 +42,15 @@ class EngineRun:
     version: str
     jobs: list[JobState] = field(default_factory=list)
     peak_memory_bytes: float = 0.0
+    provider: str = "diffusers"
+
+    def costs(self) -> list[float]:
+        return [j.cost_usd for j in self.jobs if j.cost_usd is not None]
+
+    def cost_per_image(self) -> float | None:
+        """Mean cost of the jobs that rendered (None: the model has no price)."""
+        costs = self.costs()
+        return sum(costs) / len(costs) if costs else None
 
     def latencies(self) -> list[float]:
         return [
@@ -64,12 +74,21 @@ def read_prompts(path: Path) -> list[str]:
 
 def _routes_for(settings: Settings, engine: str, intent: str, workdir: Path) -> Path:
     base = load_routes(settings.routes_file)
+    engine = base.resolve_model(engine)[0]
     if engine not in base.models:
         raise ValueError(f"unknown engine {engine!r}; the routes file has {sorted(base.models)}")
-    template = base.lanes[base.intents[intent]]
+    template = base.lane_for(intent)[1]
     lane = template.model_dump(
         mode="json",
-        exclude={"cascade", "fallback_lane", "refine_strength", "spill", "assists", "backfills"},
+        exclude={
+            "cascade",
+            "fallback_lane",
+            "refine_strength",
+            "spill",
+            "assists",
+            "backfills",
+            "on_safety",
+        },
     )
     lane.update(model=engine, typography={"repair": False})
     doc = {
@@ -122,8 +141,13 @@ async def _run_engine(
                 "device": s.device,
             },
         )
+        stable = worker.models.engines[worker.models.stable]
         return EngineRun(
-            engine, worker.models.stable.version, [view.items[i] for i in ids], peak or 0.0
+            engine,
+            worker.models.stable.version,
+            [view.items[i] for i in ids],
+            peak or 0.0,
+            provider=stable.provider,
         )
     finally:
         follower.cancel()
@@ -149,7 +173,50 @@ async def run_ab(
         runs = [await _run_engine(s, e, prompts, intent, Path(tmp), timeout_s) for e in engines]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render_report(runs, prompts, open_store(s)))
+        out.with_suffix(".md").write_text(render_markdown(runs, prompts))
     return out
+
+
+def _summary(r: EngineRun) -> list[str]:
+    rate, cost = r.pass_rate(), r.cost_per_image()
+    lat = r.latencies()
+    return [
+        f"{r.engine} ({r.version})",
+        r.provider,
+        str(len(r.jobs)),
+        str(sum(j.status == "succeeded" for j in r.jobs)),
+        "n/a" if rate is None else f"{rate:.0%}",
+        "n/a" if not lat else f"{pct(lat, 50):.3f}",
+        "n/a" if not lat else f"{pct(lat, 95):.3f}",
+        "n/a" if cost is None else f"{cost:.4f}",
+        f"{sum(r.costs()):.4f}" if r.costs() else "n/a",
+        "n/a" if r.provider != "diffusers" else f"{r.peak_memory_bytes / 2**20:.0f}",
+    ]
+
+
+SUMMARY_HEADS = [
+    "engine",
+    "provider",
+    "jobs",
+    "succeeded",
+    "typography pass rate",
+    "latency p50 s",
+    "latency p95 s",
+    "cost per image USD",
+    "total USD",
+    "peak memory MB",
+]
+
+
+def render_markdown(runs: list[EngineRun], prompts: list[str]) -> str:
+    rows = [SUMMARY_HEADS, ["---"] * len(SUMMARY_HEADS), *(_summary(r) for r in runs)]
+    table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return (
+        f"# Lanes A/B report\n\nThe same {len(prompts)} prompts on each engine, through the "
+        "real pipeline, one engine at a time; typography repair off. Cost: the routes file's "
+        "price table (hosted: per image; local: GPU time at gpu_usd_per_hour).\n\n"
+        f"{table}\n"
+    )
 
 
 def _img(store: ArtifactStore, job: JobState) -> str:
@@ -168,16 +235,8 @@ def _img(store: ArtifactStore, job: JobState) -> str:
 
 
 def render_report(runs: list[EngineRun], prompts: list[str], store: ArtifactStore) -> str:
-    def cell(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
-
     summary = "".join(
-        f"<tr><td>{html.escape(r.engine)} ({html.escape(r.version)})</td><td>{len(r.jobs)}</td>"
-        f"<td>{sum(j.status == 'succeeded' for j in r.jobs)}</td>"
-        f"<td>{cell(None if r.pass_rate() is None else f'{r.pass_rate():.0%}')}</td>"
-        f"<td>{cell(pct(r.latencies(), 50))}</td><td>{cell(pct(r.latencies(), 95))}</td>"
-        f"<td>{r.peak_memory_bytes / 2**20:.0f}</td></tr>"
-        for r in runs
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _summary(r)) + "</tr>" for r in runs
     )
     heads = "".join(f"<th>{html.escape(r.engine)}</th>" for r in runs)
     grid = "".join(
@@ -194,7 +253,7 @@ td.p{{text-align:left;max-width:18em}}</style>
 <p>The same {len(prompts)} prompts through the real pipeline (Kafka, router, lane worker, verifier)
 on each engine, one engine at a time; typography repair off.
 Latency: request accepted until the job ended.
-Peak memory: GPU on CUDA, resident on CPU.</p>
-<table><tr><th>engine</th><th>jobs</th><th>succeeded</th><th>typography pass rate</th>
-<th>latency p50 s</th><th>latency p95 s</th><th>peak memory MB</th></tr>{summary}</table>
+Cost: the routes file's price table (hosted: per image; local: GPU time at
+gpu_usd_per_hour). Peak memory: GPU on CUDA, resident on CPU (local engines only).</p>
+<table><tr>{"".join(f"<th>{h}</th>" for h in SUMMARY_HEADS)}</tr>{summary}</table>
 <table><tr><th>prompt</th>{heads}</tr>{grid}</table></body></html>"""

@@ -20,6 +20,13 @@ STATE_DIR = "/var/lib/lanes"
 MODELS_DIR = "/models"
 
 
+# A hosted lane's worker: an event loop with many HTTP calls in flight, PNG encoding.
+HOSTED_WORKER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "768Mi"},
+    "limits": {"memory": "2Gi"},
+}
+
+
 def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "LANES_PROFILE", "value": "production"},
@@ -85,13 +92,24 @@ def _deployment(
     grace_s: int = 30,
     port: int = METRICS_PORT,
     models: bool = False,
+    secret_env: list[str] | None = None,
 ) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": port}, "periodSeconds": 5}
+    # Hosted engines' keys, from the Secret lanes-provider-keys (one key per variable name).
+    keys = [
+        {
+            "name": k,
+            "valueFrom": {
+                "secretKeyRef": {"name": "lanes-provider-keys", "key": k, "optional": True}
+            },
+        }
+        for k in secret_env or []
+    ]
     container: dict[str, Any] = {
         "name": name,
         "image": IMAGE,
         "args": args,
-        "env": _env(env),
+        "env": _env(env) + keys,
         "resources": resources,
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
@@ -178,25 +196,41 @@ def manifests(
         )
     budget = f"{memory_gb * 0.9:.1f}"  # headroom under the card for the CUDA context
     groups = Groups()
+    provider_keys = sorted({m.api_key_env for m in routes.models.values() if m.api_key_env})
     for worker in workers(routes):
         lane = worker.lane
         assert lane is not None
-        docs.append(
-            _deployment(
-                worker.name,
-                ["run", *worker.run_args, "--device", "cuda"],
-                replicas=1,
-                grace_s=60,  # > LANES_DRAIN_TIMEOUT_S: SIGTERM drains in-flight jobs first
-                models=True,
-                env={
-                    "LANES_MODELS_DIR": MODELS_DIR,
-                    "LANES_DEVICE": "cuda",
-                    "LANES_MEMORY_BUDGET_GB": budget,
-                    "LANES_DRAIN_TIMEOUT_S": "45",
-                },
-                resources=worker.resources,
+        spec = routes.models[routes.lanes[lane].model]
+        if spec.hosted:  # HTTP calls: no GPU, no checkpoints; the provider's key
+            docs.append(
+                _deployment(
+                    worker.name,
+                    ["run", *worker.run_args, "--device", "cpu"],
+                    replicas=1,
+                    grace_s=60,
+                    env={"LANES_DRAIN_TIMEOUT_S": "45"},
+                    resources=HOSTED_WORKER_RESOURCES,
+                    secret_env=provider_keys,
+                )
             )
-        )
+        else:
+            docs.append(
+                _deployment(
+                    worker.name,
+                    ["run", *worker.run_args, "--device", "cuda"],
+                    replicas=1,
+                    grace_s=60,  # > LANES_DRAIN_TIMEOUT_S: SIGTERM drains in-flight jobs first
+                    models=True,
+                    env={
+                        "LANES_MODELS_DIR": MODELS_DIR,
+                        "LANES_DEVICE": "cuda",
+                        "LANES_MEMORY_BUDGET_GB": budget,
+                        "LANES_DRAIN_TIMEOUT_S": "45",
+                    },
+                    resources=worker.resources,
+                    secret_env=provider_keys,  # a canary may move a local lane to a hosted model
+                )
+            )
         docs.append(
             {
                 "apiVersion": "keda.sh/v1alpha1",

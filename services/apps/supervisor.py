@@ -38,6 +38,9 @@ async def prepare_cluster(settings: Settings) -> None:
     )
     log.info("topics_ready", created=created)
     for name, spec in routes.models.items():
+        if spec.hosted:
+            log.info("hosted_model", model=name, provider=spec.provider, base_url=spec.base_url)
+            continue
         path = await asyncio.to_thread(checkpoint_dir, name, spec, settings.models_path)
         log.info("model_ready", model=name, version=spec.version, path=str(path))
 

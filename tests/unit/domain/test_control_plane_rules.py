@@ -166,3 +166,30 @@ def test_k8s_manifests_are_valid_kubernetes_and_keep_no_image_on_a_pod() -> None
             assert env["LANES_MODELS_DIR"]["value"] == mounts["models"]["mountPath"]
         else:
             assert "models" not in mounts
+
+
+def test_k8s_manifests_for_the_seed_mix_give_hosted_lanes_a_cpu_pod_and_their_keys() -> None:
+    import kubernetes_validate
+
+    path = Path(__file__).parents[3] / "infra" / "routes" / "seed-mix.yaml"
+    routes = load_routes(path)
+    docs = list(yaml.safe_load_all(render(routes, routes_text(path))))
+    workers = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("lanes-worker-")
+    }
+    for lane, spec in routes.lanes.items():
+        container = workers[f"lanes-worker-{lane}"]
+        env = {e["name"]: e for e in container["env"]}
+        hosted = routes.models[spec.model].hosted
+        assert ("nvidia.com/gpu" in container["resources"]["limits"]) is not hosted
+        assert ("models" in {m["name"] for m in container["volumeMounts"]}) is not hosted
+        # Every worker can load any model of the file (a canary may go local -> hosted):
+        # the keys come from a Secret by reference, never as values in the manifest.
+        for key in ("LANES_GEMINI_API_KEY", "LANES_IDEOGRAM_API_KEY"):
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "lanes-provider-keys"
+            assert "value" not in env[key]
+    for doc in docs:
+        if doc["kind"] != "ScaledObject":
+            kubernetes_validate.validate(doc, "1.31.0", strict=True)
