@@ -296,9 +296,16 @@ class LaneModels:
             load_errors=self.load_errors,
         )
 
+    async def close(self) -> None:
+        """Close the hosted engines' HTTP clients (the worker is stopping)."""
+        for engine in self.engines.values():
+            if isinstance(engine, HostedEngine):
+                await engine.aclose()
+
     async def reload(self) -> None:
         """A restart: load every served version afresh from its checkpoint."""
         refs = list(self.engines)
+        await self.close()  # (a restart drains first: no call is in flight)
         self.engines.clear()
         for ref in refs:
             await self._load(ref)

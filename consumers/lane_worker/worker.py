@@ -215,6 +215,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
             self.health = "stopped"
             with contextlib.suppress(Exception):
                 await self._heartbeat()
+            await self.models.close()
             if self.is_host:
                 self.gpu.shutdown(wait=False, cancel_futures=True)
                 self.codec.shutdown(wait=False, cancel_futures=True)

@@ -102,7 +102,7 @@ def run_worker(
 @app.command()
 def submit(
     prompt: str,
-    intent: str = typer.Option("draft", help="draft or final"),
+    intent: str = typer.Option("draft", help="preview, draft or final"),
     text: str | None = typer.Option(None, help="exact text the image must show"),
     webhook_url: str | None = typer.Option(None),
     idempotency_key: str | None = typer.Option(None),
@@ -148,6 +148,10 @@ def submit(
     delivered = job.get("delivered") or (job.get("artifacts") or [None])[-1]
     if delivered:
         typer.echo(f"image: {delivered['uri']}")
+    if job.get("cost_usd") is not None:
+        typer.echo(f"cost: ${job['cost_usd']:.4f} ({job.get('model')} on lane {job.get('lane')})")
+    if job.get("failure_reason"):
+        typer.echo(f"failed: {job['failure_reason']}: {job.get('error')}")
     if job.get("verification"):
         v = job["verification"]
         typer.echo(

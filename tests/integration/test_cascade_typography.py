@@ -184,5 +184,9 @@ async def test_ab_report_compares_engines_with_images(settings: Settings, tmp_pa
     page = out.read_text()
     assert page.count('src="data:image/png;base64,') == len(prompts) * 2
     for engine in ("tiny-sd (tiny-v1)", "tiny-sd-b (tiny-b1)"):
-        assert f"<td>{engine}</td><td>2</td><td>2</td>" in page  # both jobs succeeded
+        # both jobs succeeded, on the local engine
+        assert f"<td>{engine}</td><td>diffusers</td><td>2</td><td>2</td>" in page
     assert "typography pass rate" in page and "latency p95 s" in page
+    assert "cost per image USD" in page
+    table = out.with_suffix(".md").read_text()  # the same summary in Markdown
+    assert "| tiny-sd (tiny-v1) | diffusers | 2 | 2 |" in table

@@ -164,9 +164,12 @@ async def test_resource_exhausted_pauses_the_lane_and_loses_nothing(
 ) -> None:
     gb: Behaviour = providers["gb"]
     gb.calls.clear()
-    gb.throttle, gb.retry_s = 2, 1.5
+    gb.throttle, gb.retry_s, gb.delay_s, gb.max_in_flight_seen = 2, 1.5, 0.3, 0
     ids = [await submit(mix, receiver, f"throttled draft {i}") for i in range(5)]
     jobs = [await mix.wait_for_status(i, {"succeeded", "failed"}, timeout=120) for i in ids]
+    gb.delay_s = 0.0
+    # One worker, many calls in flight on its event loop: up to the lane's cap (2), no more.
+    assert gb.max_in_flight_seen == 2
     assert [j["status"] for j in jobs] == ["succeeded"] * 5
     assert all(j["lane"] == "draft" and not j["reroutes"] for j in jobs)  # waited, not moved
     # After the 429, no call went out until the provider's retryDelay had passed.

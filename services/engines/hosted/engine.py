@@ -32,6 +32,7 @@ from pydantic import SecretStr
 
 from services.engines.engine import RenderContext, RenderOutput, RenderRequest, check_inputs
 from services.engines.hosted.http import ProviderHttp, is_loopback_host
+from services.engines.hosted.prices import list_price
 from services.engines.hosted.sizes import letterbox
 from services.exceptions import (
     Interrupted,
@@ -217,9 +218,10 @@ class HostedEngine:
     def price(self, variant: str | None) -> float | None:
         if self.model.price_usd is not None:
             return self.model.price_usd
-        from services.engines.hosted.prices import list_price
-
         return list_price(self.model.provider, self.model.model_id, variant)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
     # ---- helpers for adapters ---------------------------------------------------------
 
