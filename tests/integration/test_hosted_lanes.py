@@ -272,3 +272,19 @@ async def test_a_canary_from_the_local_model_to_a_hosted_one(
         await submit(mix, receiver, "after rollback", intent="final"), {"succeeded"}
     )
     assert job["version"] == "tiny-v1"
+
+
+async def test_a_job_canceled_while_its_provider_is_throttled_is_never_sent(
+    mix: Stack, providers: dict[str, Any], receiver: WebhookReceiver
+) -> None:
+    gb: Behaviour = providers["gb"]
+    gb.calls.clear()
+    gb.throttle, gb.retry_s = 1, 4.0
+    job_id = await submit(mix, receiver, "canceled while throttled")
+    await wait_until(lambda: len(gb.calls) == 1, timeout=30, what="the throttled call")
+    resp = await mix.http.post(f"/v1/generations/{job_id}/cancel")
+    assert resp.status_code == 202
+    job = await mix.wait_for_status(job_id, {"canceled", "succeeded", "failed"}, timeout=60)
+    assert job["status"] == "canceled"
+    await asyncio.sleep(4.5)  # past the provider's retryDelay: still nothing sent for it
+    assert len(gb.calls) == 1 and job.get("cost_usd") is None
