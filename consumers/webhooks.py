@@ -146,7 +146,22 @@ class WebhookDispatcher(RestoringListener):
             if milestone not in job.spec.webhook_events:
                 continue
             outputs += await self._deliver(job, milestone, url)
+        if "progress" in job.spec.webhook_events and not job.terminal:
+            outputs += await self._progress(job, url)
         return outputs
+
+    async def _progress(self, job: JobState, url: str) -> list[Output]:
+        """``generation.progress`` at 25, 50 and 75% of a render's steps: the highest mark
+        crossed, once (a jump past several sends one); none at 100% (the milestone follows)."""
+        p = job.progress
+        if p is None or p.step >= p.steps:
+            return []
+        crossed = [q for q in (25, 50, 75) if p.step * 100 >= q * p.steps]
+        if not crossed:
+            return []
+        return await self._deliver(
+            job, f"progress-a{p.attempt}-{p.stage}-{crossed[-1]}", url, kind="progress"
+        )
 
     def _forget(self, job_id: str) -> list[Output]:
         """The job expired: tombstone its delivery records."""
@@ -154,12 +169,14 @@ class WebhookDispatcher(RestoringListener):
         self.deliveries.delete_where("job=?", [job_id])
         return [Output(self.topics.webhook_deliveries, key, None) for key in keys]
 
-    async def _deliver(self, job: JobState, milestone: str, url: str) -> list[Output]:
+    async def _deliver(
+        self, job: JobState, milestone: str, url: str, kind: str | None = None
+    ) -> list[Output]:
         key = f"{job.job_id}:{milestone}"
         if self.deliveries.get(key) is not None:
             return []
         payload = {
-            "type": f"generation.{milestone}",
+            "type": f"generation.{kind or milestone}",
             "timestamp": utcnow().isoformat(),
             "data": job.public(self.settings.public_base_url),
         }

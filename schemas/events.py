@@ -26,6 +26,7 @@ __all__ = [
     "CancelRequested",
     "GenerationDeferred",
     "RenderCanceled",
+    "RenderProgress",
     "Timings",
     "JobEvent",
     "JOB_EVENT",
@@ -230,6 +231,20 @@ class RenderCanceled(Envelope):
     at_step: int | None = None  # None: it never started
 
 
+class RenderProgress(Envelope):
+    """A render's denoising step, a few times a second per job (the worker throttles it),
+    with a low-resolution preview every ``preview_every`` steps where the lane asks."""
+
+    type: Literal["render.progress"] = "render.progress"
+    lane: str
+    attempt: int = 1
+    stage: Literal["draft", "final", "upscaled"]
+    step: int = Field(ge=0)
+    steps: int = Field(ge=1)
+    # data:image/jpeg;base64,... (at most 64 px on a side): self-contained, no server path.
+    preview: str | None = Field(None, max_length=32_000)
+
+
 JobEvent = Annotated[
     GenerationRequested
     | GenerationRouted
@@ -240,6 +255,7 @@ JobEvent = Annotated[
     | VerificationCompleted
     | CancelRequested
     | RenderCanceled
+    | RenderProgress
     | GenerationDeferred,
     Field(discriminator="type"),
 ]

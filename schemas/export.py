@@ -24,6 +24,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "generation.cancel_requested": events.CancelRequested,
     "generation.deferred": events.GenerationDeferred,
     "render.canceled": events.RenderCanceled,
+    "render.progress": events.RenderProgress,
     "job.state": records.JobState,
     "dead.letter": records.DeadLetter,
     "webhook.delivery": records.WebhookDelivery,

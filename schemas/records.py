@@ -18,6 +18,7 @@ __all__ = [
     "Artifact",
     "Verification",
     "JobState",
+    "Progress",
     "DeadLetter",
     "WebhookDelivery",
     "WebhookMessage",
@@ -71,6 +72,17 @@ class Verification(BaseModel):
     rerouted_to: str | None = None  # another attempt follows on this lane
 
 
+class Progress(BaseModel):
+    """Where the job's render is: the last step a worker reported (and its preview)."""
+
+    stage: str
+    attempt: int = 1
+    step: int
+    steps: int
+    at: datetime
+    preview: str | None = None  # data:image/jpeg;base64,..., low resolution
+
+
 class JobState(BaseModel):
     """One job as clients see it; the value on the compacted ``lanes.jobs`` topic."""
 
@@ -105,6 +117,7 @@ class JobState(BaseModel):
     flagged: bool = False
     milestones: dict[str, datetime] = Field(default_factory=dict)
     error: str | None = None
+    progress: Progress | None = None
     # Why it failed, in one word (safety, invalid, oom, provider_unavailable...).
     failure_reason: str | None = None
     # Every image rendered for the job (drafts, refine passes, re-renders), priced.

@@ -43,9 +43,12 @@ class GenerationSpec(BaseModel):
     height: StrictInt | None = Field(None, ge=64, le=2048, multiple_of=8)
     tenant: str | None = Field(None, max_length=64)
     # Which moments to POST to webhook_url; each is delivered once. Default: the end only.
+    # "progress": the render at 25, 50 and 75% of its steps (each sent once).
     webhook_events: list[
-        Literal["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
-    ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=6)
+        Literal[
+            "draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled", "progress"
+        ]
+    ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=7)
 
     @field_validator("prompt")
     @classmethod

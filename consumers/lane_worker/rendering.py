@@ -4,6 +4,7 @@ batch on out-of-memory, and finish each batch's jobs once rendered."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,15 +12,14 @@ import structlog
 
 from consumers.lane_worker.tasks import RenderTask, labels_of
 from consumers.machinery.loop import Output
-from schemas.events import (
-    RenderStarted,
-)
-from services.engines.engine import RenderContext, RenderOutput
+from schemas.events import RenderProgress, RenderStarted
+from services.engines.engine import RenderContext, RenderOutput, StepHook
 from services.engines.memory import (
     OutOfMemory,
     free_cached_memory,
     peak_memory_bytes,
 )
+from services.engines.previews import latent_previews
 from services.exceptions import Interrupted, ProviderError
 
 __all__ = ["Rendering"]
@@ -104,8 +104,11 @@ class Rendering:
         # A lane with no fallback waits out a refusing provider; a canary never does (its
         # job goes back to the stable version instead).
         wait = self.spec.fallback_lane is None and self.models.is_stable(engine)
+        on_step = None if engine.hosted else self._step_reporter(batch)
         try:
-            outputs = await engine.generate(reqs, RenderContext(canceled, on_device, wait))
+            outputs = await engine.generate(
+                reqs, RenderContext(canceled, on_device, wait, on_step=on_step)
+            )
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
             return list(zip(batch, outputs, strict=True))
@@ -145,6 +148,54 @@ class Rendering:
                 self.metrics.peak_memory.labels(*labels, engine.device).set(
                     peak_memory_bytes(engine.device)
                 )
+
+    def _step_reporter(self, batch: list[RenderTask]) -> StepHook:
+        """Each job's denoising step as ``render.progress``: the first, the last, and at most
+        one every ``progress_interval_s`` between; a preview every ``preview_every`` steps
+        where the lane asks. Called on the GPU thread; published from the loop, unawaited
+        (progress is best effort: a lost one is overtaken by the next)."""
+        loop = asyncio.get_running_loop()
+        every = self.spec.preview_every
+        interval = self.settings.progress_interval_s
+        last = [0.0]
+
+        def hook(step: int, total: int, latents: Any) -> None:
+            now = time.monotonic()
+            if step != 1 and step < total and now - last[0] < interval:
+                return
+            last[0] = now
+            previews: list[str | None] = [None] * len(batch)
+            if every and (step % every == 0 or step >= total):
+                try:
+                    previews = latent_previews(latents) or previews
+                except Exception as exc:  # noqa: BLE001 - a preview never fails a render
+                    log.warning("preview_failed", error=str(exc)[:200])
+            loop.call_soon_threadsafe(self._report_progress, batch, step, total, previews)
+
+        return hook
+
+    def _report_progress(
+        self, batch: list[RenderTask], step: int, total: int, previews: list[str | None]
+    ) -> None:
+        outputs = [
+            Output(
+                self.topics.renders,
+                t.event.job_id,
+                RenderProgress(
+                    job_id=t.event.job_id,
+                    producer=f"lanes-worker-{self.lane}",
+                    lane=self.lane,
+                    attempt=t.event.attempt,
+                    stage=self.stage_of(t.event),
+                    step=min(step, total),
+                    steps=total,
+                    preview=preview,
+                ).to_bytes(),
+            )
+            for t, preview in zip(batch, previews, strict=False)
+        ]
+        sent = asyncio.ensure_future(self._enqueue(outputs))
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _finish(
         self,

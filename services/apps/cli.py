@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -128,22 +129,7 @@ def submit(
         typer.echo(f"job {job_id} queued")
         if not wait:
             return
-        deadline = time.monotonic() + timeout
-        last = None
-        job: dict = {}
-        while time.monotonic() < deadline:
-            r = client.get(f"/v1/generations/{job_id}")
-            if r.status_code == 200:
-                job = r.json()
-                if job["status"] != last:
-                    last = job["status"]
-                    typer.echo(f"  {last}")
-                if last in ("succeeded", "failed", "canceled"):
-                    break
-            time.sleep(0.3)
-        else:
-            typer.echo(f"still {last} after {timeout}s", err=True)
-            raise typer.Exit(1)
+        job = _follow(client, job_id, timeout)
     typer.echo(json.dumps(job, indent=2))
     delivered = job.get("delivered") or (job.get("artifacts") or [None])[-1]
     if delivered:
@@ -159,6 +145,50 @@ def submit(
             f"score {v['score']}, passed {v['passed']}"
         )
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+
+
+def _follow(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+    """The job's events (SSE) until it ends: each status on its line, the render's steps
+    as a progress bar; reconnects with Last-Event-ID if the stream drops."""
+    import httpx
+
+    from services.apps.job_events import parse_sse
+
+    deadline = time.monotonic() + timeout
+    last_id = 0
+    bar_open = False
+    while time.monotonic() < deadline:
+        headers = {"Last-Event-ID": str(last_id)} if last_id else {}
+        try:
+            with client.stream(
+                "GET", f"/v1/generations/{job_id}/events", headers=headers, timeout=60
+            ) as resp:
+                for ev in parse_sse(resp.iter_lines()):
+                    last_id = ev.id or last_id
+                    if ev.event == "progress":
+                        step, steps = ev.data["step"], ev.data["steps"]
+                        done = int(30 * step / steps)
+                        bar = "#" * done + "." * (30 - done)
+                        typer.echo(f"\r  {ev.data['stage']:9} [{bar}] {step}/{steps}", nl=False)
+                        bar_open = True
+                        continue
+                    if bar_open:
+                        typer.echo("")
+                        bar_open = False
+                    if ev.event == "status":
+                        position = ev.data.get("queue_position")
+                        typer.echo(
+                            f"  {ev.data['status']}"
+                            + (f" (#{position} in queue)" if position else "")
+                        )
+                    elif ev.event == "end":
+                        return dict(ev.data)
+                    if time.monotonic() > deadline:
+                        break
+        except httpx.HTTPError:
+            time.sleep(0.5)  # the gateway restarted: resume where the stream stopped
+    typer.echo(f"still running after {timeout}s", err=True)
+    raise typer.Exit(1)
 
 
 @schemas_app.command("export")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from cachetools import TTLCache
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
@@ -24,6 +25,7 @@ from schemas.events import utcnow
 from schemas.records import JobState, JobStatus, artifact_name
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
+from services.apps.job_events import job_events
 from services.apps.problems import install_problem_handlers, problems
 from services.config.routes import load_routes
 from services.config.settings import Settings
@@ -242,6 +244,39 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if job_id in state.accepted:
             return {"job_id": job_id, "status": "queued"}
         raise HTTPException(404, f"no generation {job_id!r}")
+
+    @app.get(
+        "/v1/generations/{job_id}/events",
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+            **problems(404),
+        },
+        response_class=StreamingResponse,
+    )
+    async def generation_events(
+        job_id: str,
+        request: Request,
+        last_event_id: Annotated[str | None, Header(max_length=40)] = None,
+    ) -> StreamingResponse:
+        """The job's status changes, milestones and step progress as Server-Sent Events,
+        until it ends; resumable with Last-Event-ID."""
+        if state.job(job_id) is None and job_id not in state.accepted:
+            raise HTTPException(404, f"no job {job_id}")
+        try:
+            resume = int(last_event_id or 0)
+        except ValueError:
+            resume = 0
+        stream = job_events(
+            lambda: state.job(job_id),
+            public,
+            last_event_id=resume,
+            disconnected=request.is_disconnected,
+        )
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/v1/generations/{job_id}/cancel", status_code=202, responses=problems(404, 409, 503))
     async def cancel_generation(job_id: str) -> dict[str, Any]:

@@ -183,6 +183,8 @@ class LaneSpec(BaseModel):
     # A provider's safety block: the job fails with reason "safety" ("fail"), or is
     # rendered again on the fallback lane ("fallback").
     on_safety: Literal["fail", "fallback"] = "fail"
+    # Live progress: a low-resolution preview (from the latents) every this many steps.
+    preview_every: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:

@@ -58,6 +58,8 @@ class Settings(ClientSettings):
     # Finished jobs (their records and images) are deleted this long after they end.
     retention_days: float = Field(30.0, gt=0)
     retention_sweep_s: float = Field(60.0, gt=0)  # how often the jobs consumer looks
+    # A rendering job's step goes out at most this often (first and last step always).
+    progress_interval_s: float = Field(0.5, gt=0)
     # Lane workers remember jobs that changed this recently (dedupe, cancel checks).
     worker_recent_jobs_s: float = Field(6 * 3600.0, gt=0)
     # Where artifacts are stored: s3://bucket[/prefix] (any S3-compatible store, with the

@@ -19,12 +19,13 @@ from schemas.events import (
     RenderCanceled,
     RenderCompleted,
     RenderFailed,
+    RenderProgress,
     RenderRerouted,
     RenderStarted,
     VerificationCompleted,
     utcnow,
 )
-from schemas.records import Artifact, JobState, JobStatus, Verification
+from schemas.records import Artifact, JobState, JobStatus, Progress, Verification
 
 __all__ = ["fold", "derive_status"]
 
@@ -92,6 +93,30 @@ def _milestones(state: JobState, now: datetime) -> dict[str, datetime]:
     return reached
 
 
+STAGE_ORDER = {"draft": 0, "final": 0, "upscaled": 1}
+
+
+def _progressed(state: JobState, event: RenderProgress) -> JobState | None:
+    """The job's progress, if the event is newer than what the record shows. Not recorded
+    in ``seen_events`` (progress is idempotent: a repeat or an older step changes nothing),
+    so a render's many steps never push real events out of the dedupe window."""
+    if event.attempt < state.attempt or state.status not in ("running", "upscaling"):
+        return None
+    old = state.progress
+    rank = (event.attempt, STAGE_ORDER[event.stage], event.step)
+    if old is not None and rank <= (old.attempt, STAGE_ORDER.get(old.stage, 0), old.step):
+        return None
+    progress = Progress(
+        stage=event.stage,
+        attempt=event.attempt,
+        step=event.step,
+        steps=event.steps,
+        at=event.occurred_at,
+        preview=event.preview or (old.preview if old and old.stage == event.stage else None),
+    )
+    return state.model_copy(update={"progress": progress, "updated_at": utcnow()})
+
+
 def fold(state: JobState | None, event: Any) -> JobState | None:
     """The new state, or None when the event changes nothing (duplicate or post-terminal)."""
     job_id = event.job_id
@@ -100,6 +125,8 @@ def fold(state: JobState | None, event: Any) -> JobState | None:
     event_id = str(event.event_id)
     if event_id in state.seen_events or state.terminal:
         return None
+    if isinstance(event, RenderProgress):
+        return _progressed(state, event)
     update: dict[str, Any] = {}
     attempt = getattr(event, "attempt", state.attempt)
     if (

@@ -19,6 +19,7 @@ from services.engines.engine import (
     RenderContext,
     RenderOutput,
     RenderRequest,
+    StepHook,
     batch_key,
     check_inputs,
 )
@@ -135,7 +136,7 @@ class DiffusionEngine:
     ) -> list[RenderOutput]:
         """The Engine interface: the batch on the device's thread, cancel at step ends."""
         return await ctx.on_device(
-            lambda between: self.render_batch(reqs, ctx.should_stop, between)
+            lambda between: self.render_batch(reqs, ctx.should_stop, between, ctx.on_step)
         )
 
     def cost_per_image(self, batch_ms: float, batch_size: int) -> float | None:
@@ -150,6 +151,7 @@ class DiffusionEngine:
         reqs: Sequence[RenderRequest],
         should_stop: Callable[[], bool] | None = None,
         between_steps: Callable[[], float] | None = None,
+        on_step: StepHook | None = None,
     ) -> list[RenderOutput]:
         """Render requests that share a batch key in one pipeline call.
 
@@ -184,7 +186,7 @@ class DiffusionEngine:
             kwargs["negative_prompt"] = [r.negative_prompt or "" for r in reqs]
         stopped_at: list[int] = []
         lent_s = [0.0]  # time the GPU thread spent on others' work between steps
-        if should_stop is not None or between_steps is not None:
+        if should_stop is not None or between_steps is not None or on_step is not None:
 
             def on_step_end(
                 pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]
@@ -192,6 +194,9 @@ class DiffusionEngine:
                 if should_stop is not None and not stopped_at and should_stop():
                     stopped_at.append(step + 1)
                     pipe._interrupt = True  # diffusers' documented way to stop a pipeline
+                if on_step is not None:  # (img2img runs fewer steps than asked: its own count)
+                    total = getattr(pipe, "num_timesteps", None) or first.steps
+                    on_step(step + 1, int(total), tensors.get("latents"))
                 if between_steps is not None:
                     lent_s[0] += between_steps()
                 return tensors

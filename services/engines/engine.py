@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
@@ -21,12 +21,15 @@ __all__ = [
     "RenderRequest",
     "RenderOutput",
     "BetweenSteps",
+    "StepHook",
     "batch_key",
     "check_inputs",
 ]
 
 T = TypeVar("T")
 BetweenSteps = Callable[[], float]  # runs queued work at a step boundary; seconds it took
+# (step done, steps in all, the batch's latents or None): called on the device's thread.
+StepHook = Callable[[int, int, Any], None]
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RenderContext:
     # Hosted engines: while the provider refuses calls (a wrong key...), wait for its next
     # probe instead of failing at once (a lane with no fallback lane pauses instead).
     wait_if_unavailable: bool = False
+    on_step: StepHook | None = None  # local engines: each denoising step's end
 
 
 class Engine(Protocol):

@@ -133,3 +133,28 @@ def test_cancel_ends_a_waiting_job_at_once_and_a_running_one_when_its_worker_sto
     # A render that finished before the cancel reached it: the job succeeded, once.
     raced = _fold_all([requested, routed, started, completed, CancelRequested(job_id=JOB)])
     assert raced.status == "succeeded"
+
+
+def test_progress_keeps_the_latest_step_without_filling_the_dedupe_window() -> None:
+    from schemas.events import RenderProgress
+
+    state = None
+    for e in _events()[:3]:  # requested, routed, started: running
+        state = fold(state, e) or state
+    assert state is not None and state.status == "running"
+    seen = list(state.seen_events)
+
+    def step(n: int, preview: str | None = None) -> RenderProgress:
+        return RenderProgress(
+            job_id=JOB, lane="draft", stage="draft", step=n, steps=4, preview=preview
+        )
+
+    state = fold(state, step(2, "data:image/jpeg;base64,AA==")) or state
+    assert state.progress is not None and state.progress.step == 2
+    assert fold(state, step(1)) is None  # an older step changes nothing
+    state = fold(state, step(3)) or state
+    assert (state.progress.step, state.progress.preview) == (3, "data:image/jpeg;base64,AA==")
+    assert state.seen_events == seen and state.status == "running"
+    for e in _events()[3:]:
+        state = fold(state, e) or state
+    assert state.terminal and fold(state, step(4)) is None  # nothing after the end
