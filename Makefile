@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars s3-server lint up test bench bench-gpu clean schemas
+.PHONY: install kafka-jars s3-server browser lint up test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -28,13 +28,23 @@ up: install
 s3-server: $(STAMP)
 	@$(BIN)/python -c "from services.storage.local_s3 import ensure_weed; print('s3 server:', ensure_weed())"
 
+# Debian's chromium for the console's browser tests (Playwright drives it; its own browser
+# download is not reachable). Installed with apt-get where we may (root); otherwise those
+# tests skip with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) ; } || \
+		echo "chromium not installed: the browser tests will skip"
+	@command -v chromium >/dev/null 2>&1 && echo "browser: $$(command -v chromium)" || true
+
 # ruff (lint + format check) and the import-direction contracts (import-linter, pyproject).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install s3-server
+test: install s3-server browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -21,10 +22,13 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from producers.client import GenerationClient, fingerprint, job_id_for
+from schemas.control import LaneDesired
 from schemas.events import utcnow
-from schemas.records import JobState, JobStatus, artifact_name
+from schemas.records import JobState, JobStatus, WebhookDelivery, WebhookMessage, artifact_name
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
+from services.apps.console import ConsoleDeps, install_console
+from services.apps.console.history import RevisionHistory
 from services.apps.job_events import job_events
 from services.apps.problems import install_problem_handlers, problems
 from services.config.routes import load_routes
@@ -33,6 +37,9 @@ from services.domain.admission import TokenBuckets
 from services.domain.fleet_share import GatewayFleet
 from services.domain.job_index import BadCursor, JobFilter, JobIndex, micros
 from services.domain.rollout import LaneRollout, RolloutView
+from services.kafka.compacted_view import CompactedView
+from services.kafka.lag_monitor import LagMonitor
+from services.kafka.sqlite_view import SqliteView
 from services.process.ops_server import ops_routes
 from services.storage.artifacts import ArtifactError, ArtifactUnavailable, open_store
 from services.webhooks.delivery import RefusedTarget, Unresolvable, resolve_target
@@ -49,7 +56,25 @@ class GatewayState:
         self.jobs = JobIndex(
             settings, Topics(settings.topic_prefix).jobs, settings.view_path("gateway-jobs")
         )
-        self.rollout = RolloutView(settings, load_routes(settings.routes_file))
+        self.routes = load_routes(settings.routes_file)
+        self.rollout = RolloutView(settings, self.routes)
+        topics = Topics(settings.topic_prefix)
+        # For the console: lanes' lag, revision history, webhook deliveries and dead letters.
+        self.lags = LagMonitor(
+            settings, sorted(self.routes.lanes), every_s=2.0, spill=self.routes.spill_lanes
+        )
+        self.history = RevisionHistory(settings)
+        self.deliveries = SqliteView(
+            settings,
+            topics.webhook_deliveries,
+            settings.view_path("gateway-deliveries"),
+            columns=("job",),
+            indexes=(("job",),),
+            extract=lambda value: {"job": json.loads(value)["job_id"]},
+        )
+        self.dead_webhooks: CompactedView[WebhookMessage] = CompactedView(
+            settings, topics.webhooks_dlq, WebhookMessage.model_validate_json
+        )
         self.fleet: GatewayFleet | None = None  # made in start(), on the client's producer
         self.quotas = TokenBuckets(
             settings.tenant_quotas,
@@ -81,6 +106,10 @@ class GatewayState:
             asyncio.create_task(self.fleet.run(), name="gateway-fleet"),
             asyncio.create_task(self.jobs.view.follow(), name="jobs-view"),
             asyncio.create_task(self.rollout.follow(), name="rollout-view"),
+            asyncio.create_task(self.lags.run(), name="lane-lags"),
+            asyncio.create_task(self.history.follow(), name="revision-history"),
+            asyncio.create_task(self.deliveries.follow(), name="deliveries-view"),
+            asyncio.create_task(self.dead_webhooks.follow(), name="webhooks-dlq"),
             asyncio.create_task(self._forget_expired(), name="retention"),
         ]
         self.started = True
@@ -92,7 +121,9 @@ class GatewayState:
         await asyncio.gather(*self._followers, return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
+        await self.lags.close()
         self.jobs.view.close()
+        self.deliveries.close()
 
     async def _forget_expired(self) -> None:
         """Drop rows a day past retention whose tombstone this view never read (it was
@@ -109,6 +140,22 @@ class GatewayState:
         for task in dead:
             log.error("gateway_follower_died", task=task.get_name(), error=repr(task.exception()))
         return self.started and self.jobs.view.caught_up.is_set() and not dead
+
+    @property
+    def ops_history(self) -> dict[str, list[LaneDesired]]:
+        return {lane: self.history.of(lane) for lane in sorted(self.routes.lanes)}
+
+    def recent_deliveries(self, job_id: str | None, limit: int = 100) -> list[WebhookDelivery]:
+        """Webhook delivery records, last written first (one job's, or everyone's)."""
+        if job_id:
+            rows = self.deliveries.query(
+                "SELECT value FROM rows WHERE job=? ORDER BY rowid DESC LIMIT ?", [job_id, limit]
+            )
+        else:
+            rows = self.deliveries.query(
+                "SELECT value FROM rows ORDER BY rowid DESC LIMIT ?", [limit]
+            )
+        return [WebhookDelivery.model_validate_json(v) for (v,) in rows]
 
     def job(self, job_id: str) -> JobState | None:
         """The job's record; once there, the just-accepted entry is no longer needed."""
@@ -127,6 +174,12 @@ class GatewayState:
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry or CollectorRegistry()
     state = GatewayState(settings, registry)
+
+    if settings.console_enabled and settings.profile != "local" and settings.admin_token is None:
+        raise SystemExit(
+            "the console needs LANES_ADMIN_TOKEN outside the local profile "
+            "(or LANES_CONSOLE_ENABLED=false to serve the API alone)"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,12 +200,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     install_problem_handlers(app)
     ops_routes(app, registry, state.ready)
 
-    @app.post("/v1/generations", status_code=202, responses=problems(422, 429, 503))
-    async def create_generation(
-        spec: GenerationSpec,
-        response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    ) -> dict[str, Any]:
+    async def accept(spec: GenerationSpec, idempotency_key: str | None) -> tuple[str, bool]:
+        """Publish a request (quota, webhook target and idempotency checked first): its job
+        id, and whether it replays an earlier one. HTTPException with the reason if not."""
         fp = fingerprint(spec)
         job_id = job_id_for(idempotency_key, spec.tenant)
         if idempotency_key is not None:
@@ -164,8 +214,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                         422, "Idempotency-Key was already used with a different request body"
                     )
                 state.requests.labels("replayed").inc()
-                response.headers["Idempotent-Replayed"] = "true"
-                return _accepted(settings.public_base_url, job_id)
+                return job_id, True
         if spec.webhook_url is not None:  # refuse a private target now, not at delivery
             try:
                 await resolve_target(str(spec.webhook_url), settings.webhook_allowed_hosts)
@@ -202,6 +251,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         state.accepted[job_id] = fp
         state.requests.labels("accepted").inc()
         log.info("generation_accepted", job_id=job_id, intent=spec.intent)
+        return job_id, False
+
+    @app.post("/v1/generations", status_code=202, responses=problems(422, 429, 503))
+    async def create_generation(
+        spec: GenerationSpec,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        job_id, replayed = await accept(spec, idempotency_key)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
         return _accepted(settings.public_base_url, job_id)
 
     def public(job: JobState) -> dict[str, Any]:
@@ -278,10 +338,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/generations/{job_id}/cancel", status_code=202, responses=problems(404, 409, 503))
-    async def cancel_generation(job_id: str) -> dict[str, Any]:
-        """Cancel: a queued or deferred job at once, a rendering one at its next step. The
-        job stays readable (status ``canceled``) until retention deletes it."""
+    async def cancel(job_id: str) -> JobState | None:
+        """Publish a cancel; the job as it was (None: accepted, not folded yet)."""
         job = state.job(job_id)
         if job is None and job_id not in state.accepted:
             raise HTTPException(404, f"no generation {job_id!r}")
@@ -295,6 +353,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             raise HTTPException(
                 503, "could not publish the cancel; retry", headers={"Retry-After": "5"}
             ) from exc
+        return job
+
+    @app.post("/v1/generations/{job_id}/cancel", status_code=202, responses=problems(404, 409, 503))
+    async def cancel_generation(job_id: str) -> dict[str, Any]:
+        """Cancel: a queued or deferred job at once, a rendering one at its next step. The
+        job stays readable (status ``canceled``) until retention deletes it."""
+        job = await cancel(job_id)
         log.info("generation_cancel_requested", job_id=job_id)
         running = job is not None and job.status == "running"
         return {
@@ -367,6 +432,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 return item
         raise HTTPException(404, f"no lane {lane!r}")
 
+    if settings.console_enabled:
+        install_console(app, ConsoleDeps(state, settings, accept, cancel, public))
     return app
 
 

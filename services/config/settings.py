@@ -126,6 +126,8 @@ class Settings(ClientSettings):
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
     # Bearer token for the gateway's read-only admin endpoints; None: open (local use).
     admin_token: SecretStr | None = None
+    # The web console at / (the gateway's); outside the local profile it needs admin_token.
+    console_enabled: bool = True
     # Canary judgement: after this many canary outcomes, roll back when the canary's render
     # failure rate or verification failure rate exceeds the stable version's by the margin.
     canary_min_jobs: int = Field(10, ge=1)
