@@ -37,7 +37,6 @@ from services.domain.admission import TokenBuckets
 from services.domain.fleet_share import GatewayFleet
 from services.domain.job_index import BadCursor, JobFilter, JobIndex, micros
 from services.domain.rollout import LaneRollout, RolloutView
-from services.kafka.compacted_view import CompactedView
 from services.kafka.lag_monitor import LagMonitor
 from services.kafka.sqlite_view import SqliteView
 from services.process.ops_server import ops_routes
@@ -72,8 +71,9 @@ class GatewayState:
             indexes=(("job",),),
             extract=lambda value: {"job": json.loads(value)["job_id"]},
         )
-        self.dead_webhooks: CompactedView[WebhookMessage] = CompactedView(
-            settings, topics.webhooks_dlq, WebhookMessage.model_validate_json
+        # On disk too: a receiver down for weeks must not grow this process's memory.
+        self.dead_webhooks = SqliteView(
+            settings, topics.webhooks_dlq, settings.view_path("gateway-webhooks-dlq")
         )
         self.fleet: GatewayFleet | None = None  # made in start(), on the client's producer
         self.quotas = TokenBuckets(
@@ -124,6 +124,7 @@ class GatewayState:
         await self.lags.close()
         self.jobs.view.close()
         self.deliveries.close()
+        self.dead_webhooks.close()
 
     async def _forget_expired(self) -> None:
         """Drop rows a day past retention whose tombstone this view never read (it was
@@ -156,6 +157,13 @@ class GatewayState:
                 "SELECT value FROM rows ORDER BY rowid DESC LIMIT ?", [limit]
             )
         return [WebhookDelivery.model_validate_json(v) for (v,) in rows]
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[str, WebhookMessage]]:
+        """Dead-lettered webhooks, last written first: (key, message)."""
+        rows = self.dead_webhooks.query(
+            "SELECT key, value FROM rows ORDER BY rowid DESC LIMIT ?", [limit]
+        )
+        return [(k, WebhookMessage.model_validate_json(v)) for k, v in rows]
 
     def job(self, job_id: str) -> JobState | None:
         """The job's record; once there, the just-accepted entry is no longer needed."""

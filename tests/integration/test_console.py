@@ -191,5 +191,38 @@ async def test_canary_then_rollback_from_the_rollouts_page(stack: Stack, browser
     state = await desired()
     assert state.canary is None
     assert "console" in (await page.inner_text("#rollout-draft table"))  # who, in history
+
+
+async def sign_in(page: Any, stack: Stack) -> None:
+    await page.goto(base(stack) + "/login")
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("form.card button")
+
+
+async def test_deliveries_and_a_dead_letter_replayed_from_the_page(
+    stack: Stack, browser: Any, receiver: WebhookReceiver
+) -> None:
+    receiver.statuses = [500, 500, 500]  # every attempt (3 in tests) fails: dead letter
+    job_id = await stack.submit(
+        {"prompt": "a kite", "intent": "draft", "webhook_url": receiver.url}
+    )
+    await receiver.wait_for(3)
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+    await sign_in(page, stack)
     await page.goto(base(stack) + "/deliveries")
+    row = f"#dlq tr:has-text('{job_id}:succeeded')"
+    for _ in range(60):  # the dead letter reaches the gateway's view
+        if await page.query_selector(row):
+            break
+        await page.wait_for_timeout(500)
+        await page.reload()
+    assert "failed" in await page.inner_text("#deliveries")
     await page.screenshot(path=str(SHOTS / "deliveries.png"), full_page=True)
+    await page.click(f"{row} button")
+    await page.wait_for_selector(".flash")
+    assert f"{job_id}:succeeded" in await page.inner_text(".flash")
+    await receiver.wait_for(4)  # replayed, same webhook-id, and now delivered
+    assert (
+        receiver.deliveries[-1].headers["webhook-id"]
+        == receiver.deliveries[0].headers["webhook-id"]
+    )

@@ -251,9 +251,7 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             request,
             "deliveries.html",
             deliveries=state.recent_deliveries(job or None),
-            dead=sorted(
-                state.dead_webhooks.items.items(), key=lambda kv: kv[1].due_at, reverse=True
-            )[:100],
+            dead=state.dead_letters(),
             job=job or "",
             flash=request.query_params.get("flash"),
         )
