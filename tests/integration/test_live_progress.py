@@ -97,3 +97,19 @@ async def test_events_of_an_unknown_job_are_a_404(stack: Stack) -> None:
     resp = await stack.http.get("/v1/generations/job_nope/events")
     assert resp.status_code == 404
     assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_lanes_submit_wait_draws_a_progress_bar_from_the_stream(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from services.apps.cli import _follow
+
+    job_id = await stack.submit({"prompt": "a red kite", "intent": "draft"})
+    with httpx.Client(base_url=str(stack.http.base_url), timeout=30) as client:
+        job = await asyncio.to_thread(_follow, client, job_id, 90)
+    out = capsys.readouterr().out
+    assert job["status"] == "succeeded"
+    assert "[" in out and "/24" in out and "#" in out  # the bar, driven by progress events
+    assert "running" in out
