@@ -166,6 +166,17 @@ async def test_resource_exhausted_pauses_the_lane_and_loses_nothing(
     gb.calls.clear()
     gb.throttle, gb.retry_s, gb.delay_s, gb.max_in_flight_seen = 2, 1.5, 0.3, 0
     ids = [await submit(mix, receiver, f"throttled draft {i}") for i in range(5)]
+    worker = mix.workers["draft"]
+    # The lane pauses: its fetch cap drops to 0 (partitions paused, jobs wait in Kafka) and
+    # the throttle shows in what its heartbeat reports.
+    await wait_until(
+        lambda: (
+            worker.cap == 0
+            and any(s.startswith("throttled") for s in worker.models.engine_states.values())
+        ),
+        timeout=30,
+        what="the draft lane paused by the provider's 429",
+    )
     jobs = [await mix.wait_for_status(i, {"succeeded", "failed"}, timeout=120) for i in ids]
     gb.delay_s = 0.0
     # One worker, many calls in flight on its event loop: up to the lane's cap (2), no more.
@@ -176,7 +187,6 @@ async def test_resource_exhausted_pauses_the_lane_and_loses_nothing(
     times = [c["at"] for c in gb.calls]
     first_429 = times[0]
     assert min(t for t in times[2:]) >= first_429 + 1.5 - 0.05
-    worker = mix.workers["draft"]
     throttled = worker.registry.get_sample_value(
         "lanes_worker_provider_calls_total",
         {"lane": "draft", "model": "nano-banana-pro", "version": "gemini-3-pro-image",
