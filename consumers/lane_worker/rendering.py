@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from consumers.lane_worker.tasks import RenderTask, labels_of
+from consumers.lane_worker.tasks import RenderTask, labels_of, task_key
 from consumers.machinery.loop import Output
 from schemas.events import RenderProgress, RenderStarted
 from services.engines.engine import RenderContext, RenderOutput, StepHook
@@ -55,8 +55,14 @@ class Rendering:
         """A hosted engine's batch (one job): the call (waiting out any throttle), then its
         outcome, on a task of its own, so one worker has up to its cap calls in flight."""
         started_at = datetime.now(UTC)
-        started = await self._enqueue(self._started(batch))
-        results = await self._render_fitting(batch)
+        try:
+            started = await self._enqueue(self._started(batch))
+            results = await self._render_fitting(batch)
+        except asyncio.CancelledError:  # a drain's deadline passed while it waited out a
+            for t in batch:  # throttle: uncommitted (redelivered), no longer held here
+                self.holding.discard(task_key(t.event))
+                self._hold(-1)
+            raise
         await self._finish(results, started_at, started)
 
     def _started(self, batch: list[RenderTask]) -> list[Output]:

@@ -98,6 +98,7 @@ async def mix(
             "routes_file": mix_routes(tmp / "routes.yaml", providers),
             "heartbeat_s": 0.3,
             "canary_min_jobs": 100,
+            "drain_timeout_s": 4.0,
         }
     )
     with pytest.MonkeyPatch.context() as env:
@@ -298,3 +299,20 @@ async def test_a_job_canceled_while_its_provider_is_throttled_is_never_sent(
     assert job["status"] == "canceled"
     await asyncio.sleep(4.5)  # past the provider's retryDelay: still nothing sent for it
     assert len(gb.calls) == 1 and job.get("cost_usd") is None
+
+
+async def test_a_worker_stopped_while_throttled_hands_its_jobs_on(
+    mix: Stack, providers: dict[str, Any], receiver: WebhookReceiver
+) -> None:
+    gb: Behaviour = providers["gb"]
+    gb.throttle, gb.retry_s = 1, 60.0  # longer than the drain: the job is still waiting
+    job_id = await submit(mix, receiver, "held through a restart")
+    worker = mix.workers["draft"]
+    await wait_until(lambda: worker.cap == 0, timeout=30, what="throttled")
+    await mix.stop_component("worker-draft")  # SIGTERM: drain 4 s, then let the job go
+    assert worker.in_flight == 0
+    mix.start_worker("draft")  # a fresh process: not throttled, the job redelivered to it
+    await mix.wait_workers_ready(names=["draft"])
+    job = await mix.wait_for_status(job_id, {"succeeded", "failed"}, timeout=90)
+    assert job["status"] == "succeeded" and job["lane"] == "draft"  # never dropped
+    await receiver.wait_for(1)
