@@ -26,6 +26,7 @@ from tests.support import (
     Stack,
     WebhookReceiver,
     produce_raw,
+    read_to_end,
     read_topic,
     running_stack,
     wait_until,
@@ -263,9 +264,14 @@ async def process_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Sta
 
 
 async def _started_events(stack: Stack) -> list[RenderStarted]:
+    """The render.started events so far: up to the topic's end now (a render in progress
+    keeps publishing progress, so the topic never goes quiet while it runs)."""
     return [
         e
-        for e in await _events(stack.settings, stack.topics.renders)
+        for e in (
+            parse_job_event(r.value)
+            for r in await read_to_end(stack.settings, stack.topics.renders)
+        )
         if isinstance(e, RenderStarted)
     ]
 
