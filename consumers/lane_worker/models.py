@@ -236,6 +236,14 @@ class LaneModels:
         return self.desired.sample_steps or routed_steps
 
     @property
+    def provider_paused(self) -> bool:
+        """A hosted engine of this lane sends nothing now (cheap: for every fetch round)."""
+        return any(
+            isinstance(e, HostedEngine) and (e.throttled() or e.refusing())
+            for e in self.engines.values()
+        )
+
+    @property
     def engine_states(self) -> dict[str, str]:
         """Hosted engines not calling now (throttled, or paused by the provider's refusal)."""
         return {

@@ -65,20 +65,25 @@ class Rendering:
             raise
         await self._finish(results, started_at, started)
 
+    def _to_renders(self, t: RenderTask, event_type: Any, **fields: Any) -> Output:
+        """One of this worker's events about a held job, for ``lanes.renders``."""
+        event = event_type(
+            job_id=t.event.job_id,
+            producer=f"lanes-worker-{self.lane}",
+            lane=self.lane,
+            attempt=t.event.attempt,
+            **fields,
+        )
+        return Output(self.topics.renders, t.event.job_id, event.to_bytes())
+
     def _started(self, batch: list[RenderTask]) -> list[Output]:
         return [
-            Output(
-                self.topics.renders,
-                t.event.job_id,
-                RenderStarted(
-                    job_id=t.event.job_id,
-                    producer=f"lanes-worker-{self.lane}",
-                    lane=self.lane,
-                    model=t.engine.name,
-                    version=t.engine.version,
-                    instance=self.instance,
-                    attempt=t.event.attempt,
-                ).to_bytes(),
+            self._to_renders(
+                t,
+                RenderStarted,
+                model=t.engine.name,
+                version=t.engine.version,
+                instance=self.instance,
             )
             for t in batch
         ]
@@ -184,19 +189,13 @@ class Rendering:
         self, batch: list[RenderTask], step: int, total: int, previews: list[str | None]
     ) -> None:
         outputs = [
-            Output(
-                self.topics.renders,
-                t.event.job_id,
-                RenderProgress(
-                    job_id=t.event.job_id,
-                    producer=f"lanes-worker-{self.lane}",
-                    lane=self.lane,
-                    attempt=t.event.attempt,
-                    stage=self.stage_of(t.event),
-                    step=min(step, total),
-                    steps=total,
-                    preview=preview,
-                ).to_bytes(),
+            self._to_renders(
+                t,
+                RenderProgress,
+                stage=self.stage_of(t.event),
+                step=min(step, total),
+                steps=total,
+                preview=preview,
             )
             for t, preview in zip(batch, previews, strict=False)
         ]

@@ -164,11 +164,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
         engine = self.models.engines.get(self.models.stable)
         if not isinstance(engine, HostedEngine):
             return False
-        now = time.monotonic()
-        if engine.open_at > now:
-            return True
-        refusing = engine.unavailable is not None and engine.unavailable_until > now
-        return refusing and self.spec.fallback_lane is None
+        return engine.throttled() or (engine.refusing() and self.spec.fallback_lane is None)
 
     @property
     def ready(self) -> bool:
@@ -269,7 +265,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
                 await self._update_lag()
             self.metrics.capacity.labels(*self.labels).set(self.cap)
             self.metrics.provider_paused.labels(*self.labels).set(
-                1 if self.models.engine_states else 0
+                1 if self.models.provider_paused else 0
             )
             free = self.cap - self.in_flight
             if free <= 0:

@@ -31,7 +31,12 @@ __all__ = ["job_events", "sse", "parse_sse", "SseEvent"]
 
 KIND = {"status": 1, "milestone": 2, "progress": 3, "end": 4}
 # Milestones reached in one fold share a timestamp: this order breaks the tie.
-MILESTONE_ORDER = ["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
+MILESTONE_ORDER = {
+    m: i
+    for i, m in enumerate(
+        ["draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled"]
+    )
+}
 
 
 class SseEvent:
@@ -108,10 +113,10 @@ async def job_events(
             if key != sent_status:
                 sent_status = key
                 out.append(sse("status", body, next_id(_natural(state.updated_at, "status"))))
-            order = {m: i for i, m in enumerate(MILESTONE_ORDER)}
-            reached = sorted(state.milestones.items(), key=lambda kv: (kv[1], order.get(kv[0], 9)))
+            rank = MILESTONE_ORDER
+            reached = sorted(state.milestones.items(), key=lambda kv: (kv[1], rank.get(kv[0], 9)))
             for name, at in reached:
-                natural = _natural(at, "milestone", order.get(name, 9))
+                natural = _natural(at, "milestone", rank.get(name, 9))
                 if name in sent_milestones or natural <= last_event_id:
                     continue
                 sent_milestones.add(name)

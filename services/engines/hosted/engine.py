@@ -119,13 +119,21 @@ class HostedEngine:
         now = time.monotonic()
         return max(0.0, self.open_at - now, self.unavailable_until - now)
 
+    def throttled(self) -> bool:
+        """The provider's retry time has not passed: nothing is sent."""
+        return time.monotonic() < self.open_at
+
+    def refusing(self) -> bool:
+        """The provider refused our calls (key, funds, model) and the next probe is not due."""
+        return self.unavailable is not None and time.monotonic() < self.unavailable_until
+
     @property
     def state(self) -> str | None:
         """For heartbeats and ``lanes ops status``: why the engine is not calling now."""
         now = time.monotonic()
-        if self.unavailable and now < self.unavailable_until:
+        if self.refusing():
             return f"paused: {self.unavailable} (next probe in {self.unavailable_until - now:.0f}s)"
-        if now < self.open_at:
+        if self.throttled():
             return f"throttled: {self.throttle_reason} (resumes in {self.open_at - now:.1f}s)"
         return None
 
@@ -160,9 +168,8 @@ class HostedEngine:
         while (wait := self.paused_for()) > 0:
             if ctx.should_stop():
                 raise Interrupted(0)
-            if self.unavailable and time.monotonic() < self.unavailable_until:
-                if not ctx.wait_if_unavailable:
-                    raise ProviderUnavailable(self.unavailable)
+            if self.refusing() and not ctx.wait_if_unavailable:
+                raise ProviderUnavailable(str(self.unavailable))
             await asyncio.sleep(min(wait, 0.25))
 
     async def _one(self, req: RenderRequest, ctx: RenderContext) -> RenderOutput:
