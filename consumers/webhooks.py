@@ -32,6 +32,7 @@ from schemas.events import utcnow
 from schemas.exceptions import PoisonEvent
 from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
+from services.auth.url_signing import url_signer
 from services.config.settings import Settings
 from services.kafka.sqlite_view import SqliteView
 from services.webhooks.delivery import AttemptResult, WebhookSender, backoff_delay, webhook_id
@@ -54,6 +55,7 @@ def make_sender(settings: Settings) -> WebhookSender:
         settings.webhook_allowed_hosts,
         timeout_s=settings.webhook_timeout_s,
         max_body_bytes=settings.webhook_max_body_bytes,
+        prepare=url_signer(settings).sign_webhook_body,
     )
 
 

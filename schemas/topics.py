@@ -99,6 +99,11 @@ class Topics:
         return self._n("workers")
 
     @property
+    def keys(self) -> str:
+        """API keys (key = key id): hash, tenant, scopes, expiry, revoked; compacted."""
+        return self._n("keys")
+
+    @property
     def gateways(self) -> str:
         """Gateway replicas' heartbeats (key = instance): how a tenant's quota is shared."""
         return self._n("gateways")
@@ -124,6 +129,7 @@ class Topics:
             TopicSpec(self.ops, partitions=1),
             TopicSpec(self.ops_results, partitions=1, retention_ms=DAY_MS),
             TopicSpec(self.control, partitions=1, compacted=True),
+            TopicSpec(self.keys, partitions=1, compacted=True),
             # Heartbeats, key = instance: compacted to each instance's latest, then deleted
             # a day after an instance goes quiet.
             TopicSpec(self.workers, partitions=1, compacted=True, extra=heartbeats),

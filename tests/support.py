@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 
 from services.apps.gateway import create_app
 from services.apps.in_process import LocalStack
+from services.auth.key_admin import create_key
 from services.config.settings import Settings
 from services.process.ops_server import EmbeddedServer
 
@@ -52,7 +53,23 @@ class Stack(LocalStack):
 
     async def start(self) -> None:
         await super().start()
+        # Every call to /v1 needs a key: the stack's own client acts as an admin (it sees
+        # every tenant's jobs and may submit for any); tests of tenancy mint their own.
+        self.admin_key = await self.new_key("ops", ["admin"])
+        self.http.headers["Authorization"] = f"Bearer {self.admin_key}"
         await self.start_gateway()
+
+    async def new_key(self, tenant: str, scopes: list[str] | None = None, **kw: Any) -> str:
+        """Mint a key on this stack's ``lanes.keys`` (read and write scopes by default)."""
+        key, _ = await create_key(
+            self.settings, tenant, scopes or ["generations:read", "generations:write"], **kw
+        )  # type: ignore[arg-type]
+        return key
+
+    def client(self, key: str | None) -> httpx.AsyncClient:
+        """An HTTP client of the gateway sending ``key`` (None: no Authorization)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=str(self.http.base_url), timeout=30, headers=headers)
 
     def metric(self, lane: str, name: str, **labels: str) -> float:
         labels = {"lane": lane, "model": "tiny-sd", "version": "tiny-v1", **labels}
@@ -280,14 +297,21 @@ async def running_stack(
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """One more gateway replica on ``settings.gateway_port`` (its app, and a client of it)."""
+async def running_gateway(
+    settings: Settings, key: str | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """One more gateway replica on ``settings.gateway_port`` (its app, and a client of it
+    that sends ``key``)."""
     app = create_app(settings)
     server = EmbeddedServer(
         uvicorn.Config(app, host="127.0.0.1", port=settings.gateway_port, log_level="warning")
     )
     task = asyncio.create_task(server.serve())
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30)
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.gateway_port}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+    )
 
     async def ready() -> bool:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from services.apps.cli_bench import bench_app
+from services.apps.cli_keys import keys_app
 from services.apps.cli_ops import ops_app
 from services.apps.cli_settings import settings_from_env, wait_for_stop_signal
 
@@ -29,6 +30,7 @@ kafka_app = typer.Typer(no_args_is_help=True, help="Local Apache Kafka")
 s3_app = typer.Typer(no_args_is_help=True, help="Local S3 server (SeaweedFS)")
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints")
 app.add_typer(ops_app, name="ops")
+app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
 app.add_typer(run_app, name="run")
 app.add_typer(schemas_app, name="schemas")
@@ -111,8 +113,16 @@ def submit(
     timeout: float = typer.Option(300.0, help="seconds to wait with --wait"),
     gateway: str = typer.Option("http://127.0.0.1:8000", envvar="LANES_GATEWAY_URL"),
 ) -> None:
-    """Submit a generation request through the gateway."""
+    """Submit a generation request through the gateway (with LANES_API_KEY, or the key
+    `lanes up` saved under the state directory)."""
     import httpx
+
+    from services.apps.local_keys import local_key
+
+    key = local_key(settings_from_env())
+    if key is None:
+        typer.echo("no API key: set LANES_API_KEY (or run `lanes up` once)", err=True)
+        raise typer.Exit(2)
 
     body = {"prompt": prompt, "intent": intent}
     if text is not None:
@@ -120,7 +130,8 @@ def submit(
     if webhook_url is not None:
         body["webhook_url"] = webhook_url
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    with httpx.Client(base_url=gateway, timeout=30) as client:
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=gateway, timeout=30, headers=auth) as client:
         resp = client.post("/v1/generations", json=body, headers=headers)
         if resp.status_code != 202:
             typer.echo(f"refused ({resp.status_code}): {resp.text}", err=True)

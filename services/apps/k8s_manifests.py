@@ -69,14 +69,13 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
                 "secretKeyRef": {
                     "name": "lanes-secrets",
                     "key": key,
-                    "optional": key == "admin-token",
                 }
             },
         }
         for name, key in (
             ("LANES_WEBHOOK_SECRET", "webhook-secret"),
             ("LANES_OPS_KEY", "ops-key"),
-            ("LANES_ADMIN_TOKEN", "admin-token"),
+            ("LANES_ARTIFACT_URL_KEY", "artifact-url-key"),
         )
     ]
     return env

@@ -15,6 +15,7 @@ import structlog
 
 from schemas.topics import Topics
 from services.apps import registry
+from services.apps.local_keys import ensure_local_keys
 from services.apps.registry import Component
 from services.config.routes import checkpoint_dir, load_routes
 from services.config.settings import Settings
@@ -102,6 +103,20 @@ async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) 
             pass
 
 
+async def _announce_local_keys(settings: Settings) -> None:
+    """Mint (first start) and show the local keys: a newcomer's first job needs no step."""
+    paths = await ensure_local_keys(settings)
+    lines = ["", f"API keys for this local stack (kept in {paths['tenant'].parent}):"]
+    for which, path in paths.items():
+        lines.append(f"  {which:6}  {path.read_text().strip()}")
+    lines += [
+        "`lanes submit` uses the tenant key; sign in to the console with either.",
+        "",
+    ]
+    # Printed for the person at the terminal, never logged (logs are shipped elsewhere).
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 async def run_stack(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,6 +125,8 @@ async def run_stack(settings: Settings) -> None:
     kafka = await asyncio.to_thread(_maybe_start_kafka, settings)
     try:
         await prepare_cluster(settings)
+        if settings.profile == "local":
+            await _announce_local_keys(settings)
         env = registry.child_env(settings, os.environ)
         if settings.profile == "local":
             env.setdefault("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")

@@ -19,12 +19,19 @@ from producers.settings import ClientSettings
 from schemas.topics import Groups
 from services.webhooks.delivery import SigningKeys
 
-__all__ = ["Settings", "Quota", "PLACEHOLDER_WEBHOOK_SECRET", "PLACEHOLDER_OPS_KEY"]
+__all__ = [
+    "Settings",
+    "Quota",
+    "PLACEHOLDER_WEBHOOK_SECRET",
+    "PLACEHOLDER_OPS_KEY",
+    "PLACEHOLDER_URL_KEY",
+]
 
 # Dev-only secrets: accepted in the local profile, refused anywhere else.
 PLACEHOLDER_WEBHOOK_SECRET = (
     "whsec_bGFuZXMtbG9jYWwtZGV2LW9ubHktc2VjcmV0"  # "lanes-local-dev-only-secret"
 )
+PLACEHOLDER_URL_KEY = "lanes-local-artifact-url-key-dev-only"
 PLACEHOLDER_OPS_KEY = (
     "whsec_bGFuZXMtbG9jYWwtb3BzLWtleS1kZXYtb25seQ=="  # "lanes-local-ops-key-dev-only"
 )
@@ -124,9 +131,18 @@ class Settings(ClientSettings):
     webhook_endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
-    # Bearer token for the gateway's read-only admin endpoints; None: open (local use).
-    admin_token: SecretStr | None = None
-    # The web console at / (the gateway's); outside the local profile it needs admin_token.
+    # Signs image URLs (HMAC-SHA256 over the path and an expiry) so that a browser, curl or
+    # a webhook receiver fetches them with no API key; previous keys still verify (rotation).
+    # The console's session cookies are signed with a key derived from it.
+    artifact_url_key: SecretStr = SecretStr(PLACEHOLDER_URL_KEY)
+    artifact_url_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    artifact_url_ttl_s: float = Field(24 * 3600.0, gt=0)
+    # Failed authentications per client address: this many at once, then this rate (429).
+    auth_failure_burst: int = Field(20, ge=1)
+    auth_failure_rate_per_s: float = Field(1.0, gt=0)
+    # The API key `lanes submit` sends (None: the one `lanes up` saved in state_dir).
+    api_key: SecretStr | None = None
+    # The web console at / (the gateway's): sign-in with an API key.
     console_enabled: bool = True
     # Canary judgement: after this many canary outcomes, roll back when the canary's render
     # failure rate or verification failure rate exceeds the stable version's by the margin.
@@ -153,7 +169,12 @@ class Settings(ClientSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("webhook_allowed_hosts", "webhook_previous_secrets", mode="before")
+    @field_validator(
+        "webhook_allowed_hosts",
+        "webhook_previous_secrets",
+        "artifact_url_previous_keys",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -169,6 +190,10 @@ class Settings(ClientSettings):
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
             if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
                 raise ValueError("LANES_OPS_KEY must be set outside the local profile")
+            if self.artifact_url_key.get_secret_value() == PLACEHOLDER_URL_KEY:
+                raise ValueError("LANES_ARTIFACT_URL_KEY must be set outside the local profile")
+            if len(self.artifact_url_key.get_secret_value()) < 32:
+                raise ValueError("LANES_ARTIFACT_URL_KEY must be at least 32 characters")
             if self.artifacts is None and self.artifact_dir is None:
                 raise ValueError(
                     "LANES_ARTIFACTS (s3://bucket/prefix) must be set outside the local profile, "

@@ -129,14 +129,16 @@ class JobIndex:
         more = len(rows) > limit
         return jobs, encode_cursor(rows[limit - 1][1], rows[limit - 1][0]) if more else None
 
-    def queue_position(self, job: JobState) -> int:
-        """1 + the deferred jobs of the same intent parked before this one (an index range)."""
+    def queue_position(self, job: JobState, tenant: str | None = None) -> int:
+        """1 + the deferred jobs of the same intent parked before this one (an index range);
+        with ``tenant``, only that tenant's are counted (a tenant sees only its own jobs)."""
         intent = job.spec.intent if job.spec else None
         deferred = micros(job.deferred_at) or 0
+        own = " AND tenant IS ?" if tenant is not None else ""
         (ahead,) = self.view.query(
             "SELECT COUNT(*) FROM rows WHERE status='deferred' AND intent IS ? "
-            "AND (deferred < ? OR (deferred = ? AND key < ?))",
-            [intent, deferred, deferred, job.job_id],
+            f"AND (deferred < ? OR (deferred = ? AND key < ?)){own}",
+            [intent, deferred, deferred, job.job_id, *([tenant] if tenant is not None else [])],
         )[0]
         return 1 + int(ahead)
 

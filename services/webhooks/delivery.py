@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -154,8 +155,12 @@ class WebhookSender:
         *,
         timeout_s: float = 15.0,
         max_body_bytes: int = 256 * 1024,
+        prepare: Callable[[str], str] | None = None,
     ) -> None:
         self._keys = keys
+        # Applied to the stored body at each attempt (the image URLs are signed as of the
+        # send, so a retry or replay days later carries URLs that still work).
+        self.prepare = prepare or (lambda body: body)
         self.allowed_hosts = allowed_hosts
         self.max_body_bytes = max_body_bytes
         self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
@@ -179,6 +184,7 @@ class WebhookSender:
         )
 
     async def attempt(self, url: str, msg_id: str, body: str) -> AttemptResult:
+        body = self.prepare(body)
         if len(body.encode()) > self.max_body_bytes:
             return AttemptResult(
                 "failed",

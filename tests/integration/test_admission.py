@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from schemas.events import parse_job_event
 from services.config.settings import Quota, Settings
 from services.process.ports import free_port
 from tests.support import (
+    Stack,
     WebhookReceiver,
     read_topic,
     running_gateway,
@@ -167,29 +169,42 @@ async def test_a_tenants_quota_holds_for_a_fleet_of_three_gateways(settings: Set
     rate x time) within 10%, not 3 times it; each replica takes a third."""
     quota = Quota(rate_per_s=5, burst=15)
     s = settings.model_copy(update={"tenant_quotas": {"acme": quota}, "heartbeat_s": 0.5})
-    async with (
-        running_stack(s, worker_lanes=[]) as stack,
-        running_gateway(s.model_copy(update={"gateway_port": free_port()})) as (second, http2),
-        running_gateway(s.model_copy(update={"gateway_port": free_port()})) as (third, http3),
-    ):
-        assert stack.gateway is not None
-        apps = [stack.gateway.config.app, second, third]
+    async with running_stack(s, worker_lanes=[]) as stack:
+        key = await stack.new_key("acme")
+        async with (
+            stack.client(key) as http1,
+            running_gateway(s.model_copy(update={"gateway_port": free_port()}), key) as (
+                second,
+                http2,
+            ),
+            running_gateway(s.model_copy(update={"gateway_port": free_port()}), key) as (
+                third,
+                http3,
+            ),
+        ):
+            await _fleet_admits_the_quota(stack, [second, third], [http1, http2, http3], quota)
 
-        def all_see_three() -> bool:
-            return all(app.state.lanes.fleet.live() == 3 for app in apps)
 
-        await wait_until(all_see_three, timeout=30, what="each replica counting 3")
-        clients = [stack.http, http2, http3]
-        accepted = sent = 0
-        started = time.monotonic()
-        while time.monotonic() - started < 10:
-            resp = await clients[sent % 3].post(
-                "/v1/generations", json={"prompt": f"a cup {sent}", "tenant": "acme"}
-            )
-            assert resp.status_code in (202, 429), resp.text
-            accepted += resp.status_code == 202
-            sent += 1
-            await asyncio.sleep(1 / 40)
-        expected = quota.burst + quota.rate_per_s * (time.monotonic() - started)
-        assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected, sent)
-        assert sent > 2 * expected  # the tenant asked for far more than its quota
+async def _fleet_admits_the_quota(
+    stack: Stack, replicas: list[Any], clients: list[Any], quota: Quota
+) -> None:
+    assert stack.gateway is not None
+    apps = [stack.gateway.config.app, *replicas]
+
+    def all_see_three() -> bool:
+        return all(app.state.publisher.fleet.live() == 3 for app in apps)
+
+    await wait_until(all_see_three, timeout=30, what="each replica counting 3")
+    accepted = sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        resp = await clients[sent % 3].post(
+            "/v1/generations", json={"prompt": f"a cup {sent}", "tenant": "acme"}
+        )
+        assert resp.status_code in (202, 429), resp.text
+        accepted += resp.status_code == 202
+        sent += 1
+        await asyncio.sleep(1 / 40)
+    expected = quota.burst + quota.rate_per_s * (time.monotonic() - started)
+    assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected, sent)
+    assert sent > 2 * expected  # the tenant asked for far more than its quota

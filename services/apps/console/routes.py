@@ -1,62 +1,101 @@
 """Console pages and their form actions (see the package doc).
 
-Pages: ``/`` submit, ``/jobs/{id}`` a job, ``/gallery``, ``/lanes`` (live), ``/rollouts``
-(admin), ``/deliveries`` (admin), ``/login``. Every form POST carries the CSRF token; the
-admin pages and actions need the admin session (see ``session``).
+Everyone signs in with an API key (``/login``). A tenant's key sees that tenant's submit
+form, jobs and gallery; an admin key adds ``/lanes`` (live), ``/rollouts`` and
+``/deliveries`` and their actions. Every form POST carries the CSRF token. The pages reach
+the gateway's objects through the same dependencies as the API's routers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Form, Header, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from schemas.control import OpsCommand
-from schemas.records import JobState
 from schemas.spec import GenerationSpec
 from services.apps.console.lanes_data import WINDOW_S, lane_rows
 from services.apps.console.session import Sessions
+from services.apps.gateway.auth import Authenticator
+from services.apps.gateway.deps import (
+    JobPublisher,
+    client_address,
+    get_auth,
+    get_jobs,
+    get_publisher,
+    get_signer,
+    present,
+    visible_job,
+)
+from services.apps.gateway.events import generation_events
+from services.apps.gateway.generations import spec_for
+from services.apps.gateway.views import GatewayViews
 from services.apps.ops_client import send_and_wait
 from services.apps.webhook_replay import replay
+from services.auth.api_keys import Identity, InvalidKey
+from services.auth.url_signing import UrlSigner
 from services.config.settings import Settings
 from services.domain.job_index import BadCursor, JobFilter
 
-__all__ = ["ConsoleDeps", "install_console"]
+__all__ = ["console_router"]
 
 STATUSES = ["queued", "deferred", "running", "verifying", "succeeded", "failed", "canceled"]
 ACTIONS = ("deploy", "canary", "promote", "rollback", "pause", "resume", "restart")
 
-
-@dataclass
-class ConsoleDeps:
-    state: Any  # the gateway's GatewayState (job view, rollout view, lags, deliveries)
-    settings: Settings
-    accept: Callable[[GenerationSpec, str | None], Awaitable[tuple[str, bool]]]
-    cancel: Callable[[str], Awaitable[JobState | None]]
-    public: Callable[[JobState], dict[str, Any]]
+Views = Annotated[GatewayViews, Depends(get_jobs)]
+Publisher = Annotated[JobPublisher, Depends(get_publisher)]
+Signer = Annotated[UrlSigner, Depends(get_signer)]
 
 
-def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
-    settings, state = deps.settings, deps.state
+class SignIn(Exception):
+    """Raised by a page that needs a (more privileged) session: redirect to /login."""
+
+    def __init__(self, next_url: str) -> None:
+        self.next_url = next_url
+
+
+def console_router(app: FastAPI, settings: Settings) -> None:
     package = resources.files("services.apps.console")
     templates = Jinja2Templates(directory=str(package / "templates"))  # autoescape on
     app.mount("/console/static", StaticFiles(directory=str(package / "static")), name="static")
-    sessions = Sessions(settings)
+    sessions = Sessions(settings, app.state.auth.keys)
+    base_url = settings.public_base_url
+    router = APIRouter(include_in_schema=False)
+
+    @app.exception_handler(SignIn)
+    async def to_login(request: Request, exc: SignIn) -> Response:
+        return back("/login", next=exc.next_url)
+
+    def who(request: Request) -> Identity | None:
+        return sessions.identity(request)
+
+    def signed_in(request: Request) -> Identity:
+        caller = sessions.identity(request)
+        if caller is None or not caller.can("generations:read"):
+            raise SignIn(request.url.path)
+        return caller
+
+    def admin(request: Request) -> Identity:
+        caller = sessions.identity(request)
+        if caller is None or not caller.admin:
+            raise SignIn(request.url.path)
+        return caller
+
+    Caller = Annotated[Identity, Depends(signed_in)]
+    AdminCaller = Annotated[Identity, Depends(admin)]
 
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> Response:
         token = sessions.csrf(request)
         response = templates.TemplateResponse(
             request,
             name,
-            {"csrf": token, "admin": sessions.is_admin(request), "open": sessions.open, **ctx},
+            {"csrf": token, "caller": who(request), **ctx},
             status_code=status_code,
         )
         return sessions.keep(request, response, token)
@@ -65,18 +104,14 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         query = f"?{urlencode(params)}" if params else ""
         return RedirectResponse(url + query, status_code=303)
 
-    def need_admin(request: Request) -> None:
-        if not sessions.is_admin(request):
-            raise HTTPException(401, "sign in with the admin token first (/login)")
-
     # ---- submit and job pages ----------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def submit_page(request: Request) -> Response:
+    @router.get("/", response_class=HTMLResponse)
+    async def submit_page(request: Request, caller: Caller) -> Response:
         return page(request, "submit.html", form={}, error=None)
 
-    @app.post("/console/submit", include_in_schema=False)
-    async def submit(request: Request) -> Response:
+    @router.post("/console/submit")
+    async def submit(request: Request, caller: Caller, publisher: Publisher) -> Response:
         form = dict(await request.form())
         sessions.verify_csrf(request, str(form.pop("csrf", "")))
         body: dict[str, Any] = {k: v for k, v in form.items() if str(v).strip() != ""}
@@ -87,8 +122,10 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                 except ValueError:
                     pass  # the spec's validation says why
         try:
-            spec = GenerationSpec.model_validate(body)
-            job_id, _ = await deps.accept(spec, None)
+            if not caller.can("generations:write"):
+                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
+            spec = spec_for(GenerationSpec.model_validate(body), caller)
+            job_id, _ = await publisher.accept(spec, None)
         except ValidationError as exc:
             error = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -100,12 +137,19 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             )
         return back(f"/jobs/{job_id}")
 
-    @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def job_page(request: Request, job_id: str) -> Response:
-        job = state.job(job_id)
-        if job is None and job_id not in state.accepted:
+    @router.get("/jobs/{job_id}", response_class=HTMLResponse)
+    async def job_page(
+        request: Request, job_id: str, caller: Caller, views: Views, signer: Signer
+    ) -> Response:
+        try:
+            job = visible_job(views, job_id, caller)
+        except HTTPException:
             return page(request, "missing.html", status_code=404, job_id=job_id)
-        body = deps.public(job) if job is not None else {"job_id": job_id, "status": "queued"}
+        body = (
+            present(job, caller, views, signer, base_url)
+            if job is not None
+            else {"job_id": job_id, "status": "queued"}
+        )
         return page(
             request,
             "job.html",
@@ -115,32 +159,70 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             flash=request.query_params.get("flash"),
         )
 
-    @app.post("/console/jobs/{job_id}/cancel", include_in_schema=False)
-    async def cancel_job(request: Request, job_id: str, csrf: str = Form("")) -> Response:
+    @router.get("/console/jobs/{job_id}/events")
+    async def job_events_stream(
+        request: Request,
+        job_id: str,
+        caller: Caller,
+        views: Views,
+        signer: Signer,
+        last_event_id: Annotated[str | None, Header(max_length=40)] = None,
+    ) -> StreamingResponse:
+        """The API's event stream, for the signed-in session (EventSource sends no header)."""
+        return await generation_events(
+            job_id, request, caller, views, signer, settings, last_event_id
+        )
+
+    @router.post("/console/jobs/{job_id}/cancel")
+    async def cancel_job(
+        request: Request,
+        job_id: str,
+        caller: Caller,
+        views: Views,
+        publisher: Publisher,
+        csrf: str = Form(""),
+    ) -> Response:
         sessions.verify_csrf(request, csrf)
         try:
-            await deps.cancel(job_id)
+            if not caller.can("generations:write"):
+                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
+            job = visible_job(views, job_id, caller)
+            if job is not None and job.terminal:
+                raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
+            await publisher.cancel(job_id)
         except HTTPException as exc:
             return back(f"/jobs/{job_id}", flash=str(exc.detail))
         return back(f"/jobs/{job_id}", flash="cancel requested")
 
-    @app.post("/console/jobs/{job_id}/retry", include_in_schema=False)
-    async def retry_job(request: Request, job_id: str, csrf: str = Form("")) -> Response:
+    @router.post("/console/jobs/{job_id}/retry")
+    async def retry_job(
+        request: Request,
+        job_id: str,
+        caller: Caller,
+        views: Views,
+        publisher: Publisher,
+        csrf: str = Form(""),
+    ) -> Response:
         sessions.verify_csrf(request, csrf)
-        job = state.job(job_id)
-        if job is None or job.spec is None:
-            return back(f"/jobs/{job_id}", flash="this job's request is not known yet")
         try:
-            new_id, _ = await deps.accept(job.spec, None)
+            if not caller.can("generations:write"):
+                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
+            job = visible_job(views, job_id, caller)
+            if job is None or job.spec is None:
+                return back(f"/jobs/{job_id}", flash="this job's request is not known yet")
+            new_id, _ = await publisher.accept(job.spec, None)
         except HTTPException as exc:
             return back(f"/jobs/{job_id}", flash=str(exc.detail))
         return back(f"/jobs/{new_id}")
 
     # ---- gallery ------------------------------------------------------------------------
 
-    @app.get("/gallery", response_class=HTMLResponse, include_in_schema=False)
+    @router.get("/gallery", response_class=HTMLResponse)
     async def gallery(
         request: Request,
+        caller: Caller,
+        views: Views,
+        signer: Signer,
         status: str | None = None,
         lane: str | None = None,
         intent: str | None = None,
@@ -148,14 +230,16 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         flagged: bool = False,
         cursor: str | None = None,
     ) -> Response:
+        if not caller.admin:
+            tenant = caller.tenant  # a tenant's gallery is its own
         flt = JobFilter(
             status=status or None, lane=lane or None, intent=intent or None, tenant=tenant or None
         )
-        jobs: list[JobState] = []
+        jobs = []
         next_cursor = cursor
         try:
             for _ in range(10):  # flagged is not indexed: scan up to 10 pages for a page of them
-                found, next_cursor = state.jobs.page(flt, 24, next_cursor)
+                found, next_cursor = views.page(flt, 24, next_cursor)
                 jobs += [j for j in found if j.flagged] if flagged else found
                 if len(jobs) >= 24 or next_cursor is None or not flagged:
                     break
@@ -172,59 +256,57 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         return page(
             request,
             "gallery.html",
-            jobs=[deps.public(j) for j in jobs],
+            jobs=[present(j, caller, views, signer, base_url) for j in jobs],
             filters=filters,
             statuses=STATUSES,
-            lanes=sorted(state.routes.lanes),
+            lanes=sorted(views.routes.lanes),
             next_query=urlencode({**{k: v for k, v in filters.items() if v}, "cursor": next_cursor})
             if next_cursor
             else None,
         )
 
-    # ---- lanes (live) -------------------------------------------------------------------
+    # ---- lanes (live, admin) ------------------------------------------------------------
 
-    def lane_data() -> Any:
-        lags = state.lags.lags if state.lags.measured.is_set() else None
+    def lane_data(views: GatewayViews) -> Any:
+        lags = views.lags.lags if views.lags.measured.is_set() else None
         spill = (
-            {lane: state.lags.spill_lag(lane) for lane in state.routes.spill_lanes}
+            {lane: views.lags.spill_lag(lane) for lane in views.routes.spill_lanes}
             if lags is not None
             else None
         )
-        return lane_rows(sorted(state.routes.lanes), state.rollout.lanes(), state.jobs, lags, spill)
+        return lane_rows(sorted(views.routes.lanes), views.rollout.lanes(), views.jobs, lags, spill)
 
-    @app.get("/lanes", response_class=HTMLResponse, include_in_schema=False)
-    async def lanes_page(request: Request) -> Response:
-        return page(request, "lanes.html", rows=lane_data(), window_min=WINDOW_S // 60)
+    @router.get("/lanes", response_class=HTMLResponse)
+    async def lanes_page(request: Request, caller: AdminCaller, views: Views) -> Response:
+        return page(request, "lanes.html", rows=lane_data(views), window_min=WINDOW_S // 60)
 
-    @app.get("/console/fragments/lanes", response_class=HTMLResponse, include_in_schema=False)
-    async def lanes_fragment(request: Request) -> Response:
-        return page(request, "_lanes.html", rows=lane_data(), window_min=WINDOW_S // 60)
+    @router.get("/console/fragments/lanes", response_class=HTMLResponse)
+    async def lanes_fragment(request: Request, caller: AdminCaller, views: Views) -> Response:
+        return page(request, "_lanes.html", rows=lane_data(views), window_min=WINDOW_S // 60)
 
     # ---- rollouts (admin) ---------------------------------------------------------------
 
-    @app.get("/rollouts", response_class=HTMLResponse, include_in_schema=False)
-    async def rollouts_page(request: Request) -> Response:
-        if not sessions.is_admin(request):
-            return back("/login", next="/rollouts")
+    @router.get("/rollouts", response_class=HTMLResponse)
+    async def rollouts_page(request: Request, caller: AdminCaller, views: Views) -> Response:
         return page(
             request,
             "rollouts.html",
-            lanes=state.rollout.lanes(),
-            history=state.ops_history,
-            models=sorted(state.routes.models),
+            lanes=views.rollout.lanes(),
+            history=views.ops_history,
+            models=sorted(views.routes.models),
             actions=ACTIONS,
             flash=request.query_params.get("flash"),
         )
 
-    @app.post("/console/rollouts/{lane}", include_in_schema=False)
-    async def rollout_action(request: Request, lane: str) -> Response:
-        need_admin(request)
+    @router.post("/console/rollouts/{lane}")
+    async def rollout_action(request: Request, lane: str, caller: AdminCaller) -> Response:
         form = dict(await request.form())
         sessions.verify_csrf(request, str(form.get("csrf", "")))
         action = str(form.get("action", ""))
         if action not in ACTIONS:
             return back("/rollouts", flash=f"unknown action {action!r}")
-        fields: dict[str, Any] = {"action": action, "lane": lane, "issuer": "console"}
+        # The signed command names the key that signed in: the revision history says who.
+        fields: dict[str, Any] = {"action": action, "lane": lane, "issuer": f"key:{caller.key_id}"}
         for name in ("model", "version", "reason"):
             if str(form.get(name, "")).strip():
                 fields[name] = str(form[name]).strip()
@@ -243,53 +325,63 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
 
     # ---- deliveries (admin) -------------------------------------------------------------
 
-    @app.get("/deliveries", response_class=HTMLResponse, include_in_schema=False)
-    async def deliveries_page(request: Request, job: str | None = None) -> Response:
-        if not sessions.is_admin(request):
-            return back("/login", next="/deliveries")
+    @router.get("/deliveries", response_class=HTMLResponse)
+    async def deliveries_page(
+        request: Request, caller: AdminCaller, views: Views, job: str | None = None
+    ) -> Response:
         return page(
             request,
             "deliveries.html",
-            deliveries=state.recent_deliveries(job or None),
-            dead=state.dead_letters(),
+            deliveries=views.recent_deliveries(job or None),
+            dead=views.dead_letters(),
             job=job or "",
             flash=request.query_params.get("flash"),
         )
 
-    @app.post("/console/deliveries/replay", include_in_schema=False)
+    @router.post("/console/deliveries/replay")
     async def replay_delivery(
-        request: Request, key: str = Form(...), csrf: str = Form("")
+        request: Request, caller: AdminCaller, key: str = Form(...), csrf: str = Form("")
     ) -> Response:
-        need_admin(request)
         sessions.verify_csrf(request, csrf)
         sent = await replay(settings, {key})
         return back("/deliveries", flash=f"replayed {', '.join(sent) or 'nothing'}")
 
     # ---- sign in ------------------------------------------------------------------------
 
-    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    async def login_page(request: Request, next: str = "/rollouts") -> Response:
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request, next: str = "/") -> Response:
         return page(request, "login.html", next=_local(next), error=None)
 
-    @app.post("/login", include_in_schema=False)
+    @router.post("/login")
     async def login(
-        request: Request, token: str = Form(""), csrf: str = Form(""), next: str = Form("/rollouts")
+        request: Request,
+        auth: Annotated[Authenticator, Depends(get_auth)],
+        key: str = Form(""),
+        csrf: str = Form(""),
+        next: str = Form("/"),
     ) -> Response:
         sessions.verify_csrf(request, csrf)
-        if sessions.open or not sessions.check_token(token):
+        client = client_address(request)
+        auth.check_throttle(client)
+        try:
+            identity = auth.keys.identify(key.strip())
+        except InvalidKey:
+            auth.refuse(client)
             return page(
-                request, "login.html", status_code=401, next=_local(next), error="wrong token"
+                request, "login.html", status_code=401, next=_local(next), error=str(InvalidKey())
             )
         response = back(_local(next))
-        sessions.sign_in(response)
+        sessions.sign_in(response, identity)
         return response
 
-    @app.post("/logout", include_in_schema=False)
+    @router.post("/logout")
     async def logout(request: Request, csrf: str = Form("")) -> Response:
         sessions.verify_csrf(request, csrf)
-        response = back("/")
+        response = back("/login")
         sessions.sign_out(response)
         return response
+
+    app.include_router(router)
 
 
 def _local(url: str) -> str:

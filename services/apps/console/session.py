@@ -1,13 +1,13 @@
-"""Console sign-in and CSRF: an admin session cookie signed with a key derived from the
-admin token, and a double-submit CSRF token on every form.
+"""Console sign-in and CSRF: a session cookie naming the API key that signed in, and a
+double-submit CSRF token on every form.
 
-- ``lanes_session``: ``<expiry>.<HMAC-SHA256(key, "admin.<expiry>")>``; HttpOnly,
-  SameSite=Strict, Secure when the console is served over https. No server-side store:
-  any gateway replica verifies it; rotating the admin token signs everyone out.
+- ``lanes_session``: ``<key id>.<expiry>.<HMAC-SHA256(session key, "<key id>.<expiry>")>``;
+  HttpOnly, SameSite=Strict, Secure when the console is served over https. The session key
+  is derived from ``LANES_ARTIFACT_URL_KEY`` (its own purpose string), so any replica
+  verifies a cookie with no server-side store; each request also looks the key up in the
+  key ring, so revoking the key ends its sessions on every replica.
 - ``lanes_csrf``: a random token set on the first page; every POST must carry it back in
   the form field ``csrf`` (and, SameSite=Strict, no other site can send the cookie anyway).
-- Without an admin token (the local profile), the console is open: the production profile
-  refuses to start the console without one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 
 from fastapi import HTTPException, Request, Response
 
+from services.auth.api_keys import Identity
+from services.auth.key_ring import KeyRing
 from services.config.settings import Settings
 
 __all__ = ["Sessions", "SESSION", "CSRF"]
@@ -29,36 +31,21 @@ SESSION_S = 8 * 3600
 
 
 class Sessions:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        token = settings.admin_token
-        self.key = (
-            hashlib.sha256(b"lanes-console-session:" + token.get_secret_value().encode()).digest()
-            if token is not None
-            else None
-        )
+    def __init__(self, settings: Settings, keys: KeyRing) -> None:
+        self.keys = keys
+        self.key = hashlib.sha256(
+            b"lanes-console-session:" + settings.artifact_url_key.get_secret_value().encode()
+        ).digest()
         self.secure = settings.public_base_url.startswith("https://")
 
-    @property
-    def open(self) -> bool:
-        """No admin token: every visitor is an admin (local use only)."""
-        return self.key is None
+    def _sign(self, key_id: str, expiry: int) -> str:
+        return hmac.new(self.key, f"{key_id}.{expiry}".encode(), hashlib.sha256).hexdigest()
 
-    def _sign(self, expiry: int) -> str:
-        assert self.key is not None
-        return hmac.new(self.key, f"admin.{expiry}".encode(), hashlib.sha256).hexdigest()
-
-    def check_token(self, given: str) -> bool:
-        token = self.settings.admin_token
-        return token is not None and secrets.compare_digest(
-            given.encode(), token.get_secret_value().encode()
-        )
-
-    def sign_in(self, response: Response) -> None:
+    def sign_in(self, response: Response, identity: Identity) -> None:
         expiry = int(time.time()) + SESSION_S
         response.set_cookie(
             SESSION,
-            f"{expiry}.{self._sign(expiry)}",
+            f"{identity.key_id}.{expiry}.{self._sign(identity.key_id, expiry)}",
             max_age=SESSION_S,
             httponly=True,
             samesite="strict",
@@ -68,13 +55,16 @@ class Sessions:
     def sign_out(self, response: Response) -> None:
         response.delete_cookie(SESSION)
 
-    def is_admin(self, request: Request) -> bool:
-        if self.open:
-            return True
-        expiry, _, mac = request.cookies.get(SESSION, "").partition(".")
-        if not expiry.isdigit() or int(expiry) < time.time():
-            return False
-        return hmac.compare_digest(mac, self._sign(int(expiry)))
+    def identity(self, request: Request) -> Identity | None:
+        """Who is signed in: the session's key, if the cookie is genuine and unexpired and
+        the key is still live."""
+        key_id, _, rest = request.cookies.get(SESSION, "").partition(".")
+        expiry, _, mac = rest.partition(".")
+        if not key_id or not expiry.isdigit() or int(expiry) < time.time():
+            return None
+        if not hmac.compare_digest(mac, self._sign(key_id, int(expiry))):
+            return None
+        return self.keys.still_valid(key_id)
 
     def csrf(self, request: Request) -> str:
         """The visitor's CSRF token (a new one when there is none: ``keep`` sets it)."""

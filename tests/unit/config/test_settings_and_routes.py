@@ -18,6 +18,13 @@ def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValidationError, match="LANES_OPS_KEY"):
         Settings()
     monkeypatch.setenv("LANES_OPS_KEY", "whsec_b3BzLWtleS1mb3ItcHJvZHVjdGlvbg==")
+    # Image URLs are signed with a key of the operator's, long enough to resist guessing.
+    with pytest.raises(ValidationError, match="LANES_ARTIFACT_URL_KEY must be set"):
+        Settings()
+    monkeypatch.setenv("LANES_ARTIFACT_URL_KEY", "short")
+    with pytest.raises(ValidationError, match="at least 32"):
+        Settings()
+    monkeypatch.setenv("LANES_ARTIFACT_URL_KEY", "k" * 40)
     # Outside one machine, images go to an object store (or a disk the operator says
     # every host shares), never to the process's own directory.
     with pytest.raises(ValidationError, match="LANES_ARTIFACTS"):

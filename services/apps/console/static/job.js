@@ -10,7 +10,7 @@
   const bar = document.getElementById("bar");
   const steps = document.getElementById("steps");
   const preview = document.getElementById("preview");
-  const source = new EventSource("/v1/generations/" + encodeURIComponent(id) + "/events");
+  const source = new EventSource("/console/jobs/" + encodeURIComponent(id) + "/events");
   source.addEventListener("status", (e) => {
     const job = JSON.parse(e.data);
     status.textContent = job.status;
