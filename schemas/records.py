@@ -149,6 +149,7 @@ class JobState(BaseModel):
             data.update(
                 prompt=self.spec.prompt,
                 intent=self.spec.intent,
+                tenant=self.spec.tenant,
                 priority=self.spec.priority,
                 metadata=self.spec.metadata,
                 webhook_url=str(self.spec.webhook_url) if self.spec.webhook_url else None,

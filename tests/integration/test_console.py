@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from schemas.control import OpsCommand
 from services.apps.ops_client import send_and_wait
@@ -24,7 +23,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).parents[2] / "results" / "console"
-TOKEN = "console-admin-token-1"
 
 if CHROMIUM is None:
     pytest.skip("no chromium (apt-get install chromium; make test does)", allow_module_level=True)
@@ -50,9 +48,9 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
         settings,
         routes_file=routes,
         progress_interval_s=0.1,
-        admin_token=SecretStr(TOKEN),
         heartbeat_s=0.3,
     ) as s:
+        s.tenant_key = await s.new_key("acme")  # type: ignore[attr-defined]
         await s.wait_workers_ready()
         yield s
 
@@ -78,7 +76,9 @@ async def test_submit_watch_and_see_the_image(
     stack: Stack, browser: Any, receiver: WebhookReceiver
 ) -> None:
     page = await browser.new_page(viewport={"width": 1200, "height": 900})
-    await page.goto(base(stack) + "/")
+    await sign_in(page, stack, stack.tenant_key)  # type: ignore[attr-defined]
+    assert "acme" in await page.inner_text("#who")
+    assert await page.query_selector("nav a[href='/rollouts']") is None  # no ops pages
     await page.fill("textarea[name=prompt]", 'a poster with the text "SALE"')
     await page.screenshot(path=str(SHOTS / "submit.png"), full_page=True)
     await page.click("button[type=submit]")
@@ -113,7 +113,10 @@ async def test_submit_watch_and_see_the_image(
     await page.screenshot(path=str(SHOTS / "gallery.png"), full_page=True)
     await page.goto(base(stack) + "/gallery?status=failed")
     assert await page.query_selector(f"a.thumb[href='/jobs/{job_id}']") is None  # status tab
+    # The lanes page is for an admin key.
     await page.goto(base(stack) + "/lanes")
+    assert "/login" in page.url
+    await sign_in(page, stack, stack.admin_key, then="/lanes")
     await page.wait_for_selector("#lane-draft")
     await page.wait_for_function(
         "!document.querySelector('#lane-draft .lag').textContent.includes('measuring')",
@@ -128,7 +131,7 @@ async def test_cancel_a_queued_job_from_its_page(stack: Stack, browser: Any) -> 
     assert result.outcome == "applied"
     await wait_until(lambda: stack.workers["draft"].cap == 0, timeout=30, what="lane paused")
     page = await browser.new_page()
-    await page.goto(base(stack) + "/")
+    await sign_in(page, stack, stack.tenant_key)  # type: ignore[attr-defined]
     await page.fill("textarea[name=prompt]", "waits in the queue")
     await page.click("button[type=submit]")
     await page.wait_for_url("**/jobs/job_*")
@@ -145,7 +148,7 @@ async def test_cancel_a_queued_job_from_its_page(stack: Stack, browser: Any) -> 
 async def test_a_hostile_prompt_shows_as_text(stack: Stack, browser: Any) -> None:
     hostile = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
     page = await browser.new_page()
-    await page.goto(base(stack) + "/")
+    await sign_in(page, stack, stack.tenant_key)  # type: ignore[attr-defined]
     await page.fill("textarea[name=prompt]", hostile)
     await page.click("button[type=submit]")
     await page.wait_for_url("**/jobs/job_*")
@@ -159,11 +162,11 @@ async def test_a_hostile_prompt_shows_as_text(stack: Stack, browser: Any) -> Non
 async def test_canary_then_rollback_from_the_rollouts_page(stack: Stack, browser: Any) -> None:
     page = await browser.new_page(viewport={"width": 1200, "height": 900})
     await page.goto(base(stack) + "/rollouts")
-    assert "/login" in page.url  # admin pages need the admin token
-    await page.fill("input[name=token]", "wrong")
+    assert "/login" in page.url  # admin pages need an admin key
+    await page.fill("input[name=key]", "lanes_wrong")
     await page.click("form.card button")
-    assert "wrong token" in await page.inner_text("main")
-    await page.fill("input[name=token]", TOKEN)
+    assert "API key is missing, malformed" in await page.inner_text("main")
+    await page.fill("input[name=key]", stack.admin_key)
     await page.click("form.card button")
     await page.wait_for_url("**/rollouts")
     form = "#rollout-draft form.actions"
@@ -190,13 +193,15 @@ async def test_canary_then_rollback_from_the_rollouts_page(stack: Stack, browser
     assert "applied" in await page.inner_text(".flash")
     state = await desired()
     assert state.canary is None
-    assert "console" in (await page.inner_text("#rollout-draft table"))  # who, in history
+    admin_id = stack.admin_key.split("_")[1]
+    assert f"key:{admin_id}" in (await page.inner_text("#rollout-draft table"))  # who
 
 
-async def sign_in(page: Any, stack: Stack) -> None:
-    await page.goto(base(stack) + "/login")
-    await page.fill("input[name=token]", TOKEN)
+async def sign_in(page: Any, stack: Stack, key: str, then: str = "/") -> None:
+    await page.goto(base(stack) + f"/login?next={then}")
+    await page.fill("input[name=key]", key)
     await page.click("form.card button")
+    await page.wait_for_url(f"**{then}")
 
 
 async def test_deliveries_and_a_dead_letter_replayed_from_the_page(
@@ -208,8 +213,7 @@ async def test_deliveries_and_a_dead_letter_replayed_from_the_page(
     )
     await receiver.wait_for(3)
     page = await browser.new_page(viewport={"width": 1200, "height": 900})
-    await sign_in(page, stack)
-    await page.goto(base(stack) + "/deliveries")
+    await sign_in(page, stack, stack.admin_key, then="/deliveries")
     row = f"#dlq tr:has-text('{job_id}:succeeded')"
     for _ in range(60):  # the dead letter reaches the gateway's view
         if await page.query_selector(row):

@@ -35,6 +35,7 @@ from services.apps.bench.processes import Proc, start_proc, wait_ready
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
 from services.apps.registry import Component, command, components
 from services.apps.supervisor import prepare_cluster
+from services.auth.key_admin import create_key
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.local_broker import KafkaCluster
@@ -202,11 +203,16 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
     accepted: dict[str, float] = {}
     try:
         await prepare_cluster(settings)
+        key, _ = await create_key(settings, "chaos", ["admin"], name="lanes bench chaos")
         comps = components(load_routes(routes_file))
         for comp in comps:
             fleet.start(comp)
         await asyncio.gather(*(wait_ready(p, 300) for p in fleet.procs.values()))
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{fleet.gateway_port}", timeout=15)
+        http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{fleet.gateway_port}",
+            timeout=15,
+            headers={"Authorization": f"Bearer {key}"},
+        )
         hook = f"http://127.0.0.1:{hook_port}/hook"
         t0 = receiver.started = time.monotonic()
         watcher = asyncio.create_task(fleet.watch(comps, t0))

@@ -33,6 +33,7 @@ from services.apps.bench.stats import ensure_dir, markdown_table, pct
 from services.apps.registry import GATEWAY, command, workers
 from services.config.routes import load_routes
 from services.config.settings import Settings
+from services.auth.key_admin import create_key
 from services.kafka.clients import ensure_topics
 
 __all__ = ["StateConfig", "run_state"]
@@ -159,12 +160,13 @@ async def _fill(settings: Settings, n: int, per_day: int) -> float:
     return time.perf_counter() - started
 
 
-async def _latencies(proc: Proc, n_jobs: int, gets: int) -> dict[str, float]:
+async def _latencies(proc: Proc, n_jobs: int, gets: int, key: str) -> dict[str, float]:
     base = f"http://127.0.0.1:{proc.port}"
     get_ms: list[float] = []
     list_ms: list[float] = []
     rng = random.Random(7)
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+    auth = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, timeout=10, headers=auth) as http:
         for i in range(gets):
             job_id = f"job_{uuid.UUID(int=rng.randrange(max(n_jobs, 1))).hex}"
             t0 = time.perf_counter()
@@ -192,11 +194,12 @@ async def _measure(settings: Settings, cfg: StateConfig, n: int, work: Path) -> 
     gw_dir = work / f"gateway-{n}"
     gw_settings = s.model_copy(update={"state_dir": gw_dir})
     argv = command(GATEWAY)
+    key, _ = await create_key(s, "bench", ["admin"], name="lanes bench state")
     gateway = start_proc(gw_settings, argv, work / f"gateway-{n}.log")
     try:
         row["new_ready_s"] = await wait_ready(gateway)
         row["new_rss_mb"] = gateway.rss_mb()
-        row.update(await _latencies(gateway, n, cfg.gets))
+        row.update(await _latencies(gateway, n, cfg.gets, key))
         row["rss_after_gets_mb"] = gateway.rss_mb()
     finally:
         gateway.stop()
