@@ -1,5 +1,6 @@
 """The gateway does what its OpenAPI document says: schemathesis, every check, against a
-running gateway on the real broker (its consumers running, no GPU workers: jobs queue)."""
+running gateway on the real broker (its consumers running, no GPU workers: jobs queue),
+with a tenant's API key."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def _st() -> str:
 
 
 async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_path: Path) -> None:
-    async with running_stack(settings, worker_lanes=[]) as stack:
+    # schemathesis also sends requests with the key left out or broken (its ignored_auth
+    # check): allow it more failed attempts than a client would get.
+    async with running_stack(settings, worker_lanes=[], auth_failure_burst=10_000) as stack:
+        key = await stack.new_key("contract")
         base = f"http://127.0.0.1:{stack.settings.gateway_port}"
         proc = await asyncio.create_subprocess_exec(
             _st(),
@@ -30,6 +34,8 @@ async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_pa
             str(Path(__file__).with_name("schemathesis.toml")),
             "run",
             f"{base}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {key}",
             "--checks",
             "all",
             "--max-examples",

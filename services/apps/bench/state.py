@@ -31,9 +31,9 @@ from schemas.topics import Topics
 from services.apps.bench.processes import Proc, start_proc, wait_ready
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
 from services.apps.registry import GATEWAY, command, workers
+from services.auth.key_admin import create_key
 from services.config.routes import load_routes
 from services.config.settings import Settings
-from services.auth.key_admin import create_key
 from services.kafka.clients import ensure_topics
 
 __all__ = ["StateConfig", "run_state"]

@@ -12,13 +12,11 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials
 
 from schemas.records import JobState, artifact_name
 from services.apps.gateway.auth import Authenticator
 from services.apps.gateway.deps import (
     JobReader,
-    bearer,
     client_address,
     get_auth,
     get_jobs,
@@ -33,6 +31,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/generations", tags=["images"])
 PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image"}}
+# A bearer key, or none at all (a signed URL: ``expires`` and ``sig``).
+KEY_OR_SIGNED = {"security": [{"HTTPBearer": []}, {}]}
 Expires = Annotated[str | None, Query(max_length=20, description="signed URLs: expiry (unix s)")]
 Sig = Annotated[str | None, Query(max_length=128, description="signed URLs: the signature")]
 
@@ -49,7 +49,6 @@ class Access:
         job_id: str,
         auth: Annotated[Authenticator, Depends(get_auth)],
         jobs: Annotated[JobReader, Depends(get_jobs)],
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
         expires: Expires = None,
         sig: Sig = None,
     ) -> JobState | None:
@@ -90,6 +89,7 @@ async def _file(store: ArtifactStore, uri: str) -> Response:
     response_model=None,
     response_class=Response,
     responses={**PNG, **problems(401, 403, 404, 409, 410, 503)},
+    openapi_extra=KEY_OR_SIGNED,
 )
 async def get_image(
     job_id: str,
@@ -109,6 +109,7 @@ async def get_image(
     response_model=None,
     response_class=Response,
     responses={**PNG, **problems(401, 403, 404, 410, 503)},
+    openapi_extra=KEY_OR_SIGNED,
 )
 async def get_artifact(
     job_id: str,
