@@ -99,17 +99,33 @@ async def test_events_of_an_unknown_job_are_a_404(stack: Stack) -> None:
     assert resp.headers["content-type"] == "application/problem+json"
 
 
-async def test_lanes_submit_wait_draws_a_progress_bar_from_the_stream(
-    stack: Stack, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_lanes_submit_wait_draws_a_progress_bar_from_the_stream(stack: Stack) -> None:
+    """`lanes submit --wait`, as a user runs it, with a tenant's key from LANES_API_KEY."""
     import asyncio
+    import os
+    import subprocess
+    import sys
 
-    from services.apps.cli import _follow
+    from services.apps.registry import child_env
 
-    job_id = await stack.submit({"prompt": "a red kite", "intent": "draft"})
-    with httpx.Client(base_url=str(stack.http.base_url), timeout=30) as client:
-        job = await asyncio.to_thread(_follow, client, job_id, 90)
-    out = capsys.readouterr().out
-    assert job["status"] == "succeeded"
+    key = await stack.new_key("cli")
+    env = child_env(
+        stack.settings,
+        os.environ,
+        LANES_API_KEY=key,
+        LANES_GATEWAY_URL=str(stack.http.base_url).rstrip("/"),
+        LANES_LOG_LEVEL="WARNING",
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.apps.cli", "submit", "a red kite", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout
+    assert done.returncode == 0, (out[-2000:], done.stderr[-2000:])
     assert "[" in out and "/24" in out and "#" in out  # the bar, driven by progress events
-    assert "running" in out
+    assert "running" in out and "succeeded" in out
+    assert "image: http" in out and "sig=" in out  # a signed URL the user can open
