@@ -30,6 +30,7 @@ from services.apps.gateway.deps import (
     get_jobs,
     get_publisher,
     get_signer,
+    need,
     present,
     visible_job,
 )
@@ -122,9 +123,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
                 except ValueError:
                     pass  # the spec's validation says why
         try:
-            if not caller.can("generations:write"):
-                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
-            spec = spec_for(GenerationSpec.model_validate(body), caller)
+            spec = spec_for(GenerationSpec.model_validate(body), need(caller, "generations:write"))
             job_id, _ = await publisher.accept(spec, None)
         except ValidationError as exc:
             error = "; ".join(
@@ -184,12 +183,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
     ) -> Response:
         sessions.verify_csrf(request, csrf)
         try:
-            if not caller.can("generations:write"):
-                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
-            job = visible_job(views, job_id, caller)
-            if job is not None and job.terminal:
-                raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
-            await publisher.cancel(job_id)
+            await cancel_job(views, publisher, job_id, need(caller, "generations:write"))
         except HTTPException as exc:
             return back(f"/jobs/{job_id}", flash=str(exc.detail))
         return back(f"/jobs/{job_id}", flash="cancel requested")
@@ -205,9 +199,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
     ) -> Response:
         sessions.verify_csrf(request, csrf)
         try:
-            if not caller.can("generations:write"):
-                raise HTTPException(403, "this API key lacks the 'generations:write' scope")
-            job = visible_job(views, job_id, caller)
+            job = visible_job(views, job_id, need(caller, "generations:write"))
             if job is None or job.spec is None:
                 return back(f"/jobs/{job_id}", flash="this job's request is not known yet")
             new_id, _ = await publisher.accept(job.spec, None)

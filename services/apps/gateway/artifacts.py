@@ -21,6 +21,7 @@ from services.apps.gateway.deps import (
     get_auth,
     get_jobs,
     get_store,
+    need,
     visible_job,
 )
 from services.apps.problems import problems
@@ -55,9 +56,7 @@ class Access:
         client = client_address(request)
         header = request.headers.get("authorization")
         if header is not None:
-            caller = auth.identify(client, header)
-            if not caller.can("generations:read"):
-                raise HTTPException(403, "this API key lacks the 'generations:read' scope")
+            caller = need(auth.identify(client, header), "generations:read")
             return visible_job(jobs, job_id, caller)
         auth.check_throttle(client)
         resource = f"{job_id}/{self.resource.format(**request.path_params)}"

@@ -31,6 +31,7 @@ __all__ = [
     "get_auth",
     "get_caller",
     "require",
+    "need",
     "Reader",
     "Writer",
     "Admin",
@@ -103,11 +104,16 @@ def get_caller(
     return auth.identify(client_address(request), request.headers.get("authorization"))
 
 
+def need(caller: Identity, scope: Scope) -> Identity:
+    """The caller, if its key holds ``scope``; a 403 otherwise."""
+    if not caller.can(scope):
+        raise HTTPException(403, f"this API key lacks the {scope!r} scope")
+    return caller
+
+
 def require(scope: Scope) -> Any:
     def check(caller: Annotated[Identity, Depends(get_caller)]) -> Identity:
-        if not caller.can(scope):
-            raise HTTPException(403, f"this API key lacks the {scope!r} scope")
-        return caller
+        return need(caller, scope)
 
     return check
 

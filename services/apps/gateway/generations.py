@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 
-from schemas.records import JobStatus
+from schemas.records import JobState, JobStatus
 from schemas.spec import GenerationSpec
 from services.apps.gateway.deps import (
     JobPublisher,
@@ -27,7 +27,7 @@ from services.auth.url_signing import UrlSigner
 from services.config.settings import Settings
 from services.domain.job_index import BadCursor, JobFilter
 
-__all__ = ["router", "spec_for", "accepted_body"]
+__all__ = ["router", "spec_for", "accepted_body", "cancel_job"]
 
 log = structlog.get_logger("lanes.gateway")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -51,6 +51,19 @@ def accepted_body(base_url: str, job_id: str, signer: UrlSigner) -> dict[str, An
     job = f"{base_url}/v1/generations/{job_id}"
     links = {"self": job, "image": f"{job}/image", "cancel": f"{job}/cancel"}
     return {"job_id": job_id, "status": "queued", "links": signer.sign_public(links)}
+
+
+async def cancel_job(
+    jobs: JobReader, publisher: JobPublisher, job_id: str, caller: Identity
+) -> JobState | None:
+    """Publish a cancel for a job the caller may see and that has not ended: the job as it
+    was (None: accepted, not folded yet). 404 / 409 otherwise."""
+    job = visible_job(jobs, job_id, caller)
+    if job is not None and job.terminal:
+        raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
+    await publisher.cancel(job_id)
+    log.info("generation_cancel_requested", job_id=job_id, key_id=caller.key_id)
+    return job
 
 
 @router.post("", status_code=202, responses=problems(401, 403, 422, 429, 503))
@@ -125,11 +138,7 @@ async def cancel_generation(
 ) -> dict[str, Any]:
     """Cancel: a queued or deferred job at once, a rendering one at its next step. The
     job stays readable (status ``canceled``) until retention deletes it."""
-    job = visible_job(jobs, job_id, caller)
-    if job is not None and job.terminal:
-        raise HTTPException(409, f"generation {job_id!r} already ended: {job.status}")
-    await publisher.cancel(job_id)
-    log.info("generation_cancel_requested", job_id=job_id, key_id=caller.key_id)
+    job = await cancel_job(jobs, publisher, job_id, caller)
     running = job is not None and job.status == "running"
     return {
         "job_id": job_id,
