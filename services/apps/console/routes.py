@@ -35,7 +35,7 @@ from services.apps.gateway.deps import (
     visible_job,
 )
 from services.apps.gateway.events import generation_events
-from services.apps.gateway.generations import spec_for
+from services.apps.gateway.generations import cancel_job, spec_for
 from services.apps.gateway.views import GatewayViews
 from services.apps.ops_client import send_and_wait
 from services.apps.webhook_replay import replay
@@ -61,11 +61,32 @@ class SignIn(Exception):
         self.next_url = next_url
 
 
+def signed_in(request: Request) -> Identity:
+    """Dependency: the signed-in key (with read scope), else a redirect to /login."""
+    caller = request.app.state.sessions.identity(request)
+    if caller is None or not caller.can("generations:read"):
+        raise SignIn(request.url.path)
+    return caller  # type: ignore[no-any-return]
+
+
+def signed_in_admin(request: Request) -> Identity:
+    """Dependency: a signed-in admin key, else a redirect to /login."""
+    caller = request.app.state.sessions.identity(request)
+    if caller is None or not caller.admin:
+        raise SignIn(request.url.path)
+    return caller  # type: ignore[no-any-return]
+
+
+Caller = Annotated[Identity, Depends(signed_in)]
+AdminCaller = Annotated[Identity, Depends(signed_in_admin)]
+
+
 def console_router(app: FastAPI, settings: Settings) -> None:
     package = resources.files("services.apps.console")
     templates = Jinja2Templates(directory=str(package / "templates"))  # autoescape on
     app.mount("/console/static", StaticFiles(directory=str(package / "static")), name="static")
     sessions = Sessions(settings, app.state.auth.keys)
+    app.state.sessions = sessions
     base_url = settings.public_base_url
     router = APIRouter(include_in_schema=False)
 
@@ -75,21 +96,6 @@ def console_router(app: FastAPI, settings: Settings) -> None:
 
     def who(request: Request) -> Identity | None:
         return sessions.identity(request)
-
-    def signed_in(request: Request) -> Identity:
-        caller = sessions.identity(request)
-        if caller is None or not caller.can("generations:read"):
-            raise SignIn(request.url.path)
-        return caller
-
-    def admin(request: Request) -> Identity:
-        caller = sessions.identity(request)
-        if caller is None or not caller.admin:
-            raise SignIn(request.url.path)
-        return caller
-
-    Caller = Annotated[Identity, Depends(signed_in)]
-    AdminCaller = Annotated[Identity, Depends(admin)]
 
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> Response:
         token = sessions.csrf(request)
@@ -173,7 +179,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
         )
 
     @router.post("/console/jobs/{job_id}/cancel")
-    async def cancel_job(
+    async def cancel_from_page(
         request: Request,
         job_id: str,
         caller: Caller,
@@ -189,7 +195,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
         return back(f"/jobs/{job_id}", flash="cancel requested")
 
     @router.post("/console/jobs/{job_id}/retry")
-    async def retry_job(
+    async def retry_from_page(
         request: Request,
         job_id: str,
         caller: Caller,
