@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from schemas.records import JobState, artifact_name
@@ -29,6 +30,8 @@ from services.auth.url_signing import BadSignature, Expired
 from services.storage.artifacts import ArtifactError, ArtifactStore, ArtifactUnavailable
 
 __all__ = ["router"]
+
+log = structlog.get_logger("lanes.gateway")
 
 router = APIRouter(prefix="/v1/generations", tags=["images"])
 PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image"}}
@@ -74,12 +77,17 @@ class Access:
 
 
 async def _file(store: ArtifactStore, uri: str) -> Response:
+    # The store's own words name its paths and buckets: logged, not shown to the client.
     try:
         data = await asyncio.to_thread(store.get, uri)
     except ArtifactError as exc:
-        raise HTTPException(410, str(exc)) from exc
+        log.warning("artifact_gone", error=str(exc))
+        raise HTTPException(410, "the image is gone (retention deleted it)") from exc
     except ArtifactUnavailable as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+        log.warning("artifact_store_unavailable", error=str(exc))
+        raise HTTPException(
+            503, "the image store did not answer; retry", headers={"Retry-After": "5"}
+        ) from exc
     return Response(data, media_type="image/png", headers={"Cache-Control": "private"})
 
 
