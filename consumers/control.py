@@ -46,7 +46,7 @@ from services.config.settings import Settings
 from services.domain.autoscale import LaneSample, ThroughputMeter, desired_replicas
 from services.domain.canary import CanaryJudge
 from services.domain.control_state import Rejected, apply_command, auto_rollback, initial_state
-from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 from services.kafka.lag_monitor import LagMonitor, spill_key
 
 __all__ = ["run", "ControlPlane"]
@@ -63,9 +63,8 @@ class ControlPlane(RestoringListener):
         self.routes = routes
         self.topics = Topics(settings.topic_prefix)
         self.key = settings.ops_key.get_secret_value()
-        self.view: CompactedView[LaneDesired] = CompactedView(
-            settings, self.topics.control, LaneDesired.model_validate_json
-        )
+        self.view = ControlView(settings, registry)
+        self.signer = settings.control_signer()
         self.judge = CanaryJudge(settings.canary_min_jobs, settings.canary_margin)
         self.workers: dict[str, WorkerStatus] = {}
         self.meter = ThroughputMeter()
@@ -162,7 +161,7 @@ class ControlPlane(RestoringListener):
     def _publish(self, new: LaneDesired) -> Output:
         self.view.items[new.lane] = new
         self.revision.labels(new.lane).set(new.revision)
-        return Output(self.topics.control, new.lane, new.model_dump_json().encode())
+        return Output(self.topics.control, new.lane, self.signer.sign(new))
 
     def _reject(self, command_id: str, lane: str, action: str, reason: str) -> list[Output]:
         log.warning("ops_rejected", command_id=command_id, lane=lane, action=action, reason=reason)

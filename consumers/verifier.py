@@ -33,7 +33,7 @@ from schemas.topics import Topics
 from services.config.routes import Routes, TypographySpec, load_routes
 from services.config.settings import Settings
 from services.domain.routing import Job, route
-from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 from services.storage.artifacts import ArtifactError, ArtifactStore, open_store
 from services.typography.text import OcrReader, RepairError, composite_text, text_similarity
 
@@ -181,7 +181,7 @@ async def run(
 ) -> None:
     registry = registry or CollectorRegistry()
     topics = Topics(settings.topic_prefix)
-    control = CompactedView(settings, topics.control, LaneDesired.model_validate_json)
+    control = ControlView(settings, registry)
     store = open_store(settings)
     await asyncio.to_thread(store.check)  # an unusable store fails start-up, with the reason
     verifier = Verifier(

@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI, Request, Response
 
+from producers.kafka import make_producer, make_raw_consumer
 from services.apps.gateway import create_app
 from services.apps.in_process import LocalStack
 from services.auth.key_admin import create_key
@@ -214,9 +215,9 @@ class WebhookReceiver:
 
 async def _reader(settings: Settings, topic: str) -> AIOKafkaConsumer:
     """A started consumer outside any group, from the topic's beginning."""
-    consumer = AIOKafkaConsumer(
+    consumer = make_raw_consumer(
+        settings,
         topic,
-        bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -266,7 +267,7 @@ async def read_to_end(settings: Settings, topic: str) -> list[Any]:
 async def produce_raw(
     settings: Settings, topic: str, value: bytes | None, key: bytes | None = None
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = make_producer(settings)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value=value, key=key)

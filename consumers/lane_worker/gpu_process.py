@@ -15,11 +15,12 @@ from consumers.lane_worker.device_turns import DeviceTurns
 from consumers.lane_worker.metrics import WorkerMetrics
 from consumers.lane_worker.recent_jobs import recent_jobs
 from consumers.machinery.runtime import Member
-from schemas.control import LaneDesired, WorkerStatus
+from schemas.control import WorkerStatus
 from schemas.topics import Topics
 from services.config.routes import Routes
 from services.config.settings import Settings
 from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 from services.process.tuning import lower_thread_priority
 from services.storage.artifacts import open_store
 
@@ -59,7 +60,7 @@ class GpuProcess:
         self.store = open_store(s)
         self.metrics = WorkerMetrics(self.registry)
         self.jobs_view = recent_jobs(s)
-        self.control_view = CompactedView(s, self.topics.control, LaneDesired.model_validate_json)
+        self.control_view = ControlView(s, self.registry)
         self.workers_view = CompactedView(s, self.topics.workers, WorkerStatus.model_validate_json)
         # One inference thread: one GPU runs one batch at a time. It and the image codec
         # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.

@@ -19,10 +19,9 @@ from consumers.lane_worker.models import LaneModels
 from consumers.lane_worker.worker import LaneWorker
 from consumers.machinery.runtime import Member, stop_on_signals
 from schemas.control import LaneDesired
-from schemas.topics import Topics
 from services.config.routes import Routes, load_routes
 from services.config.settings import Settings
-from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 from services.process.tuning import freeze_startup_heap
 
 __all__ = ["run", "load_guests"]
@@ -89,9 +88,7 @@ async def run(
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
     # Start on the lane's current version, not the routes file's only to switch at once.
-    control = await CompactedView(
-        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
-    ).load()
+    control = await ControlView(settings).load()
     engine = await models.start(control.get(lane))
     log.info(
         "engine_loaded",

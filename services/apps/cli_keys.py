@@ -92,3 +92,15 @@ def revoke(key_id: str) -> None:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     typer.echo(f"revoked {record.key_id} (tenant {record.tenant})")
+
+
+@keys_app.command("control-keypair")
+def control_keypair() -> None:
+    """A new Ed25519 pair for lanes.control: the private key is the control plane's
+    LANES_CONTROL_SIGNING_KEY (its Secret only), the public one every component's
+    LANES_CONTROL_VERIFY_KEYS (add it beside the old one to rotate)."""
+    from services.signing.control import generate_keypair
+
+    private, public = generate_keypair()
+    typer.echo(f"LANES_CONTROL_VERIFY_KEYS={public}")
+    typer.echo(f"LANES_CONTROL_SIGNING_KEY={private}")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from producers.kafka import make_raw_consumer
 from producers.ops import publish_command
 from schemas.control import LaneDesired, OpsCommand, OpsResult
 from schemas.topics import Topics
 from services.config.settings import Settings
 from services.kafka.clients import partition_ids
-from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 
 __all__ = ["send_and_wait", "lane_states"]
 
@@ -20,9 +21,7 @@ async def send_and_wait(
     settings: Settings, command: OpsCommand, timeout_s: float = 30
 ) -> OpsResult:
     topics = Topics(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = make_raw_consumer(settings, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [
@@ -48,7 +47,4 @@ async def send_and_wait(
 
 
 async def lane_states(settings: Settings) -> dict[str, LaneDesired]:
-    view: CompactedView[LaneDesired] = CompactedView(
-        settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
-    )
-    return await view.load()
+    return await ControlView(settings).load()

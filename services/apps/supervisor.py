@@ -13,6 +13,7 @@ import sys
 
 import structlog
 
+from producers.settings import parse_bootstrap
 from schemas.topics import Topics
 from services.apps import registry
 from services.apps.local_keys import ensure_local_keys
@@ -47,11 +48,15 @@ async def prepare_cluster(settings: Settings) -> None:
 
 
 def _maybe_start_kafka(settings: Settings) -> KafkaProcess | None:
-    host, _, port = settings.kafka_bootstrap.rpartition(":")
-    if port_open(host, int(port)):
+    """None when a broker of the bootstrap list answers; else the local one, started (only
+    for the default single loopback address that nobody named)."""
+    addresses = parse_bootstrap(settings.kafka_bootstrap)
+    if any(port_open(host, port) for host, port in addresses):
         log.info("kafka_found", bootstrap=settings.kafka_bootstrap)
         return None
-    if "LANES_KAFKA_BOOTSTRAP" in os.environ or host not in ("127.0.0.1", "localhost"):
+    host, port = addresses[0]
+    named = "LANES_KAFKA_BOOTSTRAP" in os.environ
+    if named or len(addresses) > 1 or host not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"Kafka at {settings.kafka_bootstrap} does not answer")
     kafka = KafkaProcess(
         settings.state_dir.resolve() / "kafka", port=int(port), controller_port=int(port) + 1

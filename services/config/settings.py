@@ -17,6 +17,12 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from producers.settings import ClientSettings
 from schemas.topics import Groups
+from services.signing.control import (
+    ControlSigner,
+    ControlVerifier,
+    dev_private_key,
+    public_key_of,
+)
 from services.webhooks.delivery import SigningKeys
 
 __all__ = [
@@ -52,6 +58,9 @@ class Settings(ClientSettings):
     model_config = SettingsConfigDict(env_prefix="LANES_", frozen=True, extra="ignore")
 
     profile: Literal["local", "production"] = "local"
+    # Production refuses PLAINTEXT and SASL_PLAINTEXT Kafka connections (credentials and
+    # every prompt in the clear) unless this says the network is trusted.
+    kafka_allow_plaintext: bool = False
     # Consumer group ids are prefixed with this as well.
     group_prefix: str = ""
 
@@ -131,6 +140,11 @@ class Settings(ClientSettings):
     webhook_endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
+    # lanes.control records: the control plane signs with this Ed25519 private key (base64,
+    # `lanes keys control-keypair`; only the control plane's pod gets it), every follower
+    # verifies with these public keys (several during a rotation). Local: a fixed dev pair.
+    control_signing_key: SecretStr | None = None
+    control_verify_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Signs image URLs (HMAC-SHA256 over the path and an expiry) so that a browser, curl or
     # a webhook receiver fetches them with no API key; previous keys still verify (rotation).
     # The console's session cookies are signed with a key derived from it.
@@ -173,6 +187,7 @@ class Settings(ClientSettings):
         "webhook_allowed_hosts",
         "webhook_previous_secrets",
         "artifact_url_previous_keys",
+        "control_verify_keys",
         mode="before",
     )
     @classmethod
@@ -186,6 +201,19 @@ class Settings(ClientSettings):
                 "LANES_TOPIC_MIN_INSYNC_REPLICAS must not exceed LANES_TOPIC_REPLICATION_FACTOR"
             )
         if self.profile != "local":
+            if self.kafka_security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and not (
+                self.kafka_allow_plaintext
+            ):
+                raise ValueError(
+                    f"LANES_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} sends "
+                    "credentials and prompts in the clear: use SSL or SASL_SSL outside the "
+                    "local profile, or set LANES_KAFKA_ALLOW_PLAINTEXT=true on a trusted network"
+                )
+            if not self.control_verify_keys:
+                raise ValueError(
+                    "LANES_CONTROL_VERIFY_KEYS must be set outside the local profile "
+                    "(the control plane's public key: `lanes keys control-keypair`)"
+                )
             if self.webhook_secret.get_secret_value() == PLACEHOLDER_WEBHOOK_SECRET:
                 raise ValueError("LANES_WEBHOOK_SECRET must be set outside the local profile")
             if self.ops_key.get_secret_value() == PLACEHOLDER_OPS_KEY:
@@ -213,6 +241,18 @@ class Settings(ClientSettings):
         if not self.ops_key.get_secret_value().startswith("whsec_"):
             raise ValueError("LANES_OPS_KEY must be in whsec_<base64> form")
         return self
+
+    def control_signer(self) -> ControlSigner:
+        """The control plane's signer (the dev key in the local profile only)."""
+        if self.control_signing_key is None:
+            if self.profile != "local":
+                raise ValueError("LANES_CONTROL_SIGNING_KEY must be set for the control plane")
+            return ControlSigner(dev_private_key())
+        return ControlSigner(self.control_signing_key.get_secret_value())
+
+    def control_verifier(self) -> ControlVerifier:
+        keys = self.control_verify_keys or [public_key_of(dev_private_key())]
+        return ControlVerifier(keys)
 
     def provider_key(self, env_name: str) -> SecretStr | None:
         """A hosted model's API key: the variable its routes entry names in ``api_key_env``

@@ -10,11 +10,11 @@ import contextlib
 from dataclasses import dataclass, field
 
 from schemas.control import LaneDesired
-from schemas.topics import Topics
 from services.config.routes import Routes
 from services.config.settings import Settings
 from services.domain.spill import Placement
 from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 from services.kafka.lag_monitor import LagMonitor
 
 __all__ = ["LaneWatch"]
@@ -38,9 +38,7 @@ class LaneWatch:
             settings.admission_poll_s,
             spill=routes.spill_lanes,
         )
-        control: CompactedView[LaneDesired] = CompactedView(
-            settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
-        )
+        control = ControlView(settings)
         watch = cls(Placement(settings, routes, lags), control)
         watch.tasks = [
             asyncio.create_task(lags.run(), name="lag-monitor"),

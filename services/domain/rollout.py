@@ -15,6 +15,7 @@ from services.config.routes import Routes
 from services.config.settings import Settings
 from services.domain.control_state import initial_state
 from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 
 __all__ = ["InstanceRollout", "LaneRollout", "RolloutView"]
 
@@ -41,9 +42,7 @@ class RolloutView:
         topics = Topics(settings.topic_prefix)
         self.settings = settings
         self.routes = routes
-        self.control: CompactedView[LaneDesired] = CompactedView(
-            settings, topics.control, LaneDesired.model_validate_json
-        )
+        self.control = ControlView(settings)
         self.workers: CompactedView[WorkerStatus] = CompactedView(
             settings, topics.workers, WorkerStatus.model_validate_json
         )

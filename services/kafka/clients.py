@@ -20,7 +20,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from producers.kafka import make_producer
+from producers.kafka import make_admin, make_producer, make_raw_consumer
 from schemas.topics import TopicSpec
 from services.config.settings import Settings
 
@@ -44,7 +44,6 @@ def make_consumer(
     **overrides: Any,
 ) -> AIOKafkaConsumer:
     options: dict[str, Any] = dict(
-        bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
         group_id=group,
         enable_auto_commit=False,
@@ -61,7 +60,7 @@ def make_consumer(
         # container in its pod) takes its partitions back at once, without a rebalance.
         options["group_instance_id"] = f"{settings.instance_id}-{client_id}"
     options.update(overrides)
-    return AIOKafkaConsumer(*topics, **options)
+    return make_raw_consumer(settings, *topics, **options)
 
 
 async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
@@ -69,9 +68,7 @@ async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000
-        )
+        admin = make_admin(settings, request_timeout_ms=5000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -90,9 +87,7 @@ async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create missing topics (idempotent). Returns the names it created."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000
-    )
+    admin = make_admin(settings, request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -152,9 +147,7 @@ async def partition_ids(settings: Settings, topic: str, timeout_s: float = 60.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000
-        )
+        admin = make_admin(settings, request_timeout_ms=10000)
         try:
             await admin.start()
             (described,) = await admin.describe_topics([topic])

@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from producers.kafka import make_raw_consumer
 from services.config.settings import Settings
 from services.kafka.clients import partition_ids
 
@@ -29,8 +30,8 @@ class CompactedView(Generic[T]):
         self.caught_up = asyncio.Event()
 
     def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        return make_raw_consumer(
+            self.settings,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

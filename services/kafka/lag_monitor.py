@@ -11,6 +11,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from producers.kafka import make_admin, make_raw_consumer
 from schemas.topics import Topics
 from services.config.settings import Settings
 
@@ -59,13 +60,9 @@ class LagMonitor:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10000
-            )
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
+            self._admin = make_admin(self.settings, request_timeout_ms=10000)
+            self._consumer = make_raw_consumer(
+                self.settings, group_id=None, enable_auto_commit=False
             )
             await self._admin.start()
             await self._consumer.start()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producers.settings import parse_bootstrap
 from services.process.ports import free_port, port_open
 
 __all__ = [
@@ -302,8 +303,8 @@ class KafkaCluster:
 def local_kafka(settings: Any, workdir: Path) -> Iterator[str]:
     """The configured cluster if it answers (or LANES_KAFKA_BOOTSTRAP is set), else a
     throwaway local broker in ``workdir`` for the duration of the block."""
-    host, _, port = settings.kafka_bootstrap.rpartition(":")
-    if os.environ.get("LANES_KAFKA_BOOTSTRAP") or port_open(host, int(port)):
+    answers = any(port_open(h, p) for h, p in parse_bootstrap(settings.kafka_bootstrap))
+    if os.environ.get("LANES_KAFKA_BOOTSTRAP") or answers:
         yield settings.kafka_bootstrap
         return
     kafka = KafkaProcess(workdir / "kafka", port=free_port())

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from producers.kafka import make_admin
 from schemas.topics import Topics
 from services.config.routes import load_routes
 from services.config.settings import Settings
@@ -63,7 +63,7 @@ async def on_cluster(settings: Settings, cluster: KafkaCluster) -> AsyncIterator
 
 
 async def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -172,7 +172,7 @@ async def test_a_cluster_replicates_every_topic_as_settings_say(
     topics = Topics(on_cluster.topic_prefix)
     await ensure_topics(on_cluster, topics.specs(routes.lanes, routes.spill_lanes))
     names = [s.name for s in topics.specs(routes.lanes, routes.spill_lanes)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=on_cluster.kafka_bootstrap)
+    admin = make_admin(on_cluster)
     await admin.start()
     try:
         described = await admin.describe_topics(names)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumers.machinery.delayed import run_delayed
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.runtime import run_consumer
+from producers.kafka import make_admin, make_producer, make_raw_consumer
 from schemas.exceptions import PoisonEvent, TransientError
 from schemas.records import DeadLetter
 from schemas.topics import Topics, TopicSpec
@@ -40,7 +40,7 @@ async def _topics(settings: Settings, *names: str, partitions: int = 1) -> None:
 
 
 async def _committed(settings: Settings, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(
@@ -122,7 +122,7 @@ async def test_delay_loop_holds_a_record_until_due_without_blocking_other_partit
 
     now = datetime.now(UTC)
     later = now + timedelta(seconds=3)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = make_producer(settings)
     await producer.start()
     try:
         for n, due, part in (("late", later, 0), ("after-late", now, 0), ("now", now, 1)):
@@ -161,9 +161,9 @@ async def test_lag_monitor_counts_what_the_group_has_not_committed(settings: Set
     monitor = LagMonitor(settings, ["draft"], every_s=0.2)
     try:
         assert (await monitor.poll())["draft"] == 7  # nothing committed: all of it
-        consumer = AIOKafkaConsumer(
+        consumer = make_raw_consumer(
+            settings,
             topics.lane("draft"),
-            bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.groups.lane("draft"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",

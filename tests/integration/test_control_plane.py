@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumers import control
 from producers.ops import sign_command
-from schemas.control import LaneDesired, OpsCommand, OpsResult
+from schemas.control import LaneDesired, ModelRef, OpsCommand, OpsResult
 from schemas.topics import Topics
 from services.apps.in_process import LocalStack
 from services.apps.ops_client import lane_states, send_and_wait
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics
+from services.kafka.control_view import ControlView
+from services.signing.control import ControlSigner, generate_keypair
 from tests.support import produce_raw, read_topic, wait_until
 
 pytestmark = [pytest.mark.kafka]
@@ -108,9 +112,8 @@ async def test_forged_replayed_and_stale_commands_are_never_applied(
     assert [o for o, _ in outcomes] == ["rejected", "rejected", "rejected", "applied", "rejected"]
     assert all(reason.startswith("not authentic") for _, reason in outcomes[:3])
     assert "replay" in (results[4].reason or "")
-    states = [
-        LaneDesired.model_validate_json(r.value) for r in await read_topic(settings, topics.control)
-    ]
+    verifier = settings.control_verifier()
+    states = [verifier.parse(r.value) for r in await read_topic(settings, topics.control)]
     assert [(s.revision, s.paused) for s in states] == [(1, True)]
 
 
@@ -126,3 +129,47 @@ async def test_restarted_control_plane_reports_the_same_state(
     assert (r.outcome, r.revision) == ("applied", before.revision + 1)  # continues, not restarted
     after = (await lane_states(settings))["draft"]
     assert (after.stable, after.max_concurrency, after.sample_steps) == (before.stable, 8, 3)
+
+
+async def test_a_control_record_not_signed_by_the_control_plane_changes_nothing(
+    settings: Settings, plane: LocalStack
+) -> None:
+    """Anyone who can write lanes.control (no ACLs on this broker) tries to switch the lane:
+    unsigned, signed with another key, a tampered payload, a tombstone. `lanes ops status`
+    and every follower keep the control plane's last state, and count the refusals."""
+    assert (await _ops(settings, "deploy", model="tiny-sd-b")).outcome == "applied"
+    topic = Topics(settings.topic_prefix).control
+    genuine = (await read_topic(settings, topic))[-1].value
+    forged = LaneDesired.model_validate_json(
+        settings.control_verifier().parse(genuine).model_dump_json()
+    ).model_copy(update={"revision": 99, "stable": ModelRef(model="evil", version="x")})
+    other_key, _ = generate_keypair()
+    envelope = json.loads(genuine)
+    tampered = json.dumps({**envelope, "payload": forged.model_dump_json()}).encode()
+    for value in (
+        forged.model_dump_json().encode(),  # unsigned
+        ControlSigner(other_key).sign(forged),  # another key
+        tampered,  # the genuine signature over another payload
+        None,  # a tombstone
+    ):
+        await produce_raw(settings, topic, value, key=b"draft")
+    state = (await lane_states(settings))["draft"]
+    assert (state.stable.model, state.revision) == ("tiny-sd-b", 1)
+    registry = CollectorRegistry()
+    view = ControlView(settings, registry)
+    await view.load()
+    assert view.items["draft"].stable.model == "tiny-sd-b"
+    refused = {
+        reason: registry.get_sample_value(
+            "lanes_control_records_rejected_total", {"reason": reason}
+        )
+        for reason in (
+            "unsigned control record",
+            "control record signed by an unknown key",
+            "control record with a wrong signature",
+            "tombstone",
+        )
+    }
+    assert refused == dict.fromkeys(refused, 1.0), refused
+    # The control plane itself still works from its last valid state.
+    assert (await _ops(settings, "rollback")).revision == 2

@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from consumers.lane_worker.recent_jobs import recent_jobs
+from producers.kafka import make_admin, make_producer
 from schemas.records import Artifact, JobState
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics, TopicSpec
@@ -79,7 +79,7 @@ def _job(job_id: str, status: str = "succeeded", **extra: object) -> JobState:
 async def _produce(
     settings: Settings, topic: str, records: list[tuple[str, bytes | None, int | None]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = make_producer(settings)
     await producer.start()
     try:
         for key, value, ts in records:
@@ -153,9 +153,7 @@ async def test_a_view_of_a_recreated_topic_drops_the_old_rows(
     index = JobIndex(settings, topic, path)
     await _stop(index, await _caught_up(index))
 
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         await admin.delete_topics([topic])

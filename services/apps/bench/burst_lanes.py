@@ -12,6 +12,7 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
+from producers.kafka import make_raw_consumer
 from services.apps.bench.burst_plan import BurstConfig, JobResult
 from services.apps.bench.models import preset_config
 from services.apps.registry import child_env, consumer, workers
@@ -63,7 +64,6 @@ async def run_lanes(
     """The router and each worker in its own process, as `make up` runs them (the fleet split
     ``draft_workers`` / the rest); this process only submits and reads the outcomes back."""
     import httpx
-    from aiokafka import AIOKafkaConsumer
 
     from producers.client import GenerationClient
     from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
@@ -88,12 +88,12 @@ async def run_lanes(
     results: dict[str, JobResult] = {}
     routed_at: dict[str, float] = {}
     warm: set[str] = set()
-    collector = AIOKafkaConsumer(
+    collector = make_raw_consumer(
+        settings,
         topics.renders,
         topics.lane("draft"),
         topics.lane("final"),
         *[topics.spill(lane) for lane in routes.spill_lanes],
-        bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
     )

@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaProducer
 
+from producers.kafka import make_producer
 from schemas.events import Timings
 from schemas.records import Artifact, JobState, Verification
 from schemas.spec import GenerationSpec
@@ -135,11 +135,9 @@ async def _fill(settings: Settings, n: int, per_day: int) -> float:
     routes = load_routes(settings.routes_file)
     topics = Topics(settings.topic_prefix)
     await ensure_topics(settings, topics.specs(routes.lanes, routes.spill_lanes))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    producer = make_producer(
+        settings,
         client_id="bench-state",
-        acks="all",
-        enable_idempotence=True,
         linger_ms=50,  # bulk load: full batches
         max_batch_size=1 << 20,
     )

@@ -10,18 +10,15 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 from schemas.control import LaneDesired
-from schemas.topics import Topics
 from services.config.settings import Settings
-from services.kafka.compacted_view import CompactedView
+from services.kafka.control_view import ControlView
 
 __all__ = ["RevisionHistory"]
 
 
-class RevisionHistory(CompactedView[LaneDesired]):
+class RevisionHistory(ControlView):
     def __init__(self, settings: Settings, keep: int = 20) -> None:
-        super().__init__(
-            settings, Topics(settings.topic_prefix).control, LaneDesired.model_validate_json
-        )
+        super().__init__(settings)
         self.revisions: dict[str, deque[LaneDesired]] = defaultdict(lambda: deque(maxlen=keep))
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:

@@ -8,10 +8,17 @@ from pydantic import ValidationError
 from schemas.export import SCHEMA_MODELS, export_schemas
 from services.config.routes import load_routes
 from services.config.settings import Settings
+from services.signing.control import generate_keypair
 
 
 def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANES_PROFILE", "production")
+    with pytest.raises(ValidationError, match="in the clear"):
+        Settings()
+    monkeypatch.setenv("LANES_KAFKA_ALLOW_PLAINTEXT", "true")
+    with pytest.raises(ValidationError, match="LANES_CONTROL_VERIFY_KEYS"):
+        Settings()
+    monkeypatch.setenv("LANES_CONTROL_VERIFY_KEYS", generate_keypair()[1])
     with pytest.raises(ValidationError, match="LANES_WEBHOOK_SECRET"):
         Settings()
     monkeypatch.setenv("LANES_WEBHOOK_SECRET", "whsec_c2VjcmV0LWZvci1wcm9kdWN0aW9u")

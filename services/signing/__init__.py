@@ -1,0 +1,1 @@
+"""Signatures on records that change what the fleet does (``control``)."""
