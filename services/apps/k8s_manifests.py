@@ -18,6 +18,8 @@ IMAGE = "ghcr.io/example/lanes:0.1.0"
 METRICS_PORT = 9100
 STATE_DIR = "/var/lib/lanes"
 MODELS_DIR = "/models"
+KAFKA_BOOTSTRAP = "kafka.lanes.svc:9093"
+KAFKA_CA_DIR = "/etc/lanes/kafka-ca"
 
 
 # A hosted lane's worker: an event loop with many HTTP calls in flight, PNG encoding.
@@ -30,7 +32,12 @@ HOSTED_WORKER_RESOURCES = {
 def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "LANES_PROFILE", "value": "production"},
-        {"name": "LANES_KAFKA_BOOTSTRAP", "value": "kafka.lanes.svc:9092"},
+        {"name": "LANES_KAFKA_BOOTSTRAP", "value": KAFKA_BOOTSTRAP},
+        # SCRAM over TLS, the cluster's CA from the Secret lanes-kafka-ca; each component's
+        # own principal (below).
+        {"name": "LANES_KAFKA_SECURITY_PROTOCOL", "value": "SASL_SSL"},
+        {"name": "LANES_KAFKA_SASL_MECHANISM", "value": "SCRAM-SHA-512"},
+        {"name": "LANES_KAFKA_CA_FILE", "value": f"{KAFKA_CA_DIR}/ca.crt"},
         {"name": "LANES_ROUTES_FILE", "value": "/etc/lanes/routes.yaml"},
         {"name": "LANES_METRICS_HOST", "value": "0.0.0.0"},
         {"name": "LANES_METRICS_PORT", "value": str(METRICS_PORT)},
@@ -78,7 +85,33 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
             ("LANES_ARTIFACT_URL_KEY", "artifact-url-key"),
         )
     ]
+    # lanes.control records are trusted only when the control plane signed them.
+    env.append(
+        {
+            "name": "LANES_CONTROL_VERIFY_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": "lanes-control", "key": "verify-keys"}},
+        }
+    )
     return env
+
+
+def _kafka_principal(name: str) -> list[dict[str, Any]]:
+    """The component's own Kafka user (SCRAM), from the Secret lanes-kafka-<name>."""
+    return [
+        {
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": f"lanes-kafka-{name}", "key": key}},
+        }
+        for var, key in (("LANES_KAFKA_USERNAME", "username"), ("LANES_KAFKA_PASSWORD", "password"))
+    ]
+
+
+def _control_key(signs: bool) -> list[dict[str, Any]]:
+    """Only the control plane holds the private key that signs lanes.control."""
+    if not signs:
+        return []
+    ref = {"secretKeyRef": {"name": "lanes-control", "key": "signing-key"}}
+    return [{"name": "LANES_CONTROL_SIGNING_KEY", "valueFrom": ref}]
 
 
 def _deployment(
@@ -92,6 +125,7 @@ def _deployment(
     port: int = METRICS_PORT,
     models: bool = False,
     secret_env: list[str] | None = None,
+    signs_control: bool = False,
 ) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": port}, "periodSeconds": 5}
     # Hosted engines' keys, from the Secret lanes-provider-keys (one key per variable name).
@@ -108,7 +142,7 @@ def _deployment(
         "name": name,
         "image": IMAGE,
         "args": args,
-        "env": _env(env) + keys,
+        "env": _env(env) + _kafka_principal(name) + keys + _control_key(signs_control),
         "resources": resources,
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
@@ -116,11 +150,13 @@ def _deployment(
         "volumeMounts": [
             {"name": "routes", "mountPath": "/etc/lanes"},
             {"name": "state", "mountPath": STATE_DIR},
+            {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
         ],
     }
     volumes: list[dict[str, Any]] = [
         {"name": "routes", "configMap": {"name": "lanes-routes"}},
         {"name": "state", "emptyDir": {"sizeLimit": "20Gi"}},
+        {"name": "kafka-ca", "secret": {"secretName": "lanes-kafka-ca"}},
     ]
     if models:  # checkpoints, read-only, shared by every worker of the fleet
         container["volumeMounts"].append(
@@ -191,8 +227,34 @@ def manifests(
     )
     for comp in CONSUMERS:
         docs.append(
-            _deployment(comp.name, ["run", *comp.run_args], replicas=1, resources=comp.resources)
+            _deployment(
+                comp.name,
+                ["run", *comp.run_args],
+                replicas=1,
+                resources=comp.resources,
+                signs_control=comp.name == "control",
+            )
         )
+    # KEDA reads the lanes' lag as its own principal (Describe on groups and topics).
+    docs.append(
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "TriggerAuthentication",
+            "metadata": {"name": "lanes-keda-kafka"},
+            "spec": {
+                "secretTargetRef": [
+                    {"parameter": parameter, "name": "lanes-kafka-keda", "key": key}
+                    for parameter, key in (
+                        ("sasl", "sasl"),  # scram_sha512
+                        ("username", "username"),
+                        ("password", "password"),
+                        ("tls", "tls"),  # enable
+                        ("ca", "ca.crt"),
+                    )
+                ]
+            },
+        }
+    )
     budget = f"{memory_gb * 0.9:.1f}"  # headroom under the card for the CUDA context
     groups = Groups()
     provider_keys = sorted({m.api_key_env for m in routes.models.values() if m.api_key_env})
@@ -244,8 +306,9 @@ def manifests(
                     "triggers": [
                         {
                             "type": "kafka",
+                            "authenticationRef": {"name": "lanes-keda-kafka"},
                             "metadata": {
-                                "bootstrapServers": "kafka.lanes.svc:9092",
+                                "bootstrapServers": KAFKA_BOOTSTRAP,
                                 "consumerGroup": group,
                                 "topic": topic,
                                 "lagThreshold": str(lag_threshold),
@@ -269,9 +332,14 @@ def render(routes: Routes, routes_yaml: str) -> str:
     header = (
         "# Generated by `lanes k8s manifests` from the routes file; edit the routes file\n"
         "# and regenerate. Secrets: create `lanes-secrets` (webhook-secret, ops-key,\n"
-        "# admin-token) and `lanes-object-store` (artifacts=s3://bucket/prefix; optional\n"
-        "# endpoint-url, region, access-key-id, secret-access-key). Workers mount the\n"
-        "# checkpoints from the PVC `lanes-models` (ReadOnlyMany) at /models. Needs the\n"
+        "# artifact-url-key), `lanes-object-store` (artifacts=s3://bucket/prefix; optional\n"
+        "# endpoint-url, region, access-key-id, secret-access-key), `lanes-control`\n"
+        "# (verify-keys; signing-key, mounted in the control plane only: `lanes keys\n"
+        "# control-keypair`), `lanes-kafka-ca` (ca.crt), one `lanes-kafka-<component>`\n"
+        "# (username, password) per component (`lanes kafka acls --print` lists their\n"
+        "# rights) and `lanes-kafka-keda` (sasl, username, password, tls, ca.crt).\n"
+        "# Workers mount the checkpoints from the PVC `lanes-models` (ReadOnlyMany) at\n"
+        "# /models. Needs the\n"
         "# NVIDIA device plugin and KEDA in the cluster.\n"
     )
     return header + yaml.safe_dump_all(manifests(routes, routes_yaml), sort_keys=False)

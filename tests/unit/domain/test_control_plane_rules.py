@@ -125,6 +125,7 @@ def test_k8s_manifests_give_each_lane_a_gpu_deployment_and_a_lag_scaler() -> Non
             if d["kind"] == "ScaledObject"
             and d["spec"]["scaleTargetRef"]["name"] == f"lanes-worker-{lane}"
         ]
+        assert scaler["spec"]["triggers"][0]["authenticationRef"] == {"name": "lanes-keda-kafka"}
         meta = scaler["spec"]["triggers"][0]["metadata"]
         assert (meta["consumerGroup"], meta["topic"]) == (
             f"lanes-lane-{lane}",
@@ -141,7 +142,7 @@ def test_k8s_manifests_are_valid_kubernetes_and_keep_no_image_on_a_pod() -> None
 
     docs = list(yaml.safe_load_all(render(load_routes(None), routes_text(None))))
     for doc in docs:
-        if doc["kind"] == "ScaledObject":  # KEDA's CRD: not in the Kubernetes schemas
+        if doc["kind"] in ("ScaledObject", "TriggerAuthentication"):  # KEDA CRDs
             continue
         # Strict: an unknown or misplaced field fails as well as a wrong type.
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
@@ -157,8 +158,19 @@ def test_k8s_manifests_are_valid_kubernetes_and_keep_no_image_on_a_pod() -> None
         assert "LANES_ARTIFACT_DIR" not in env
         for name in ("LANES_S3_ACCESS_KEY_ID", "LANES_S3_SECRET_ACCESS_KEY"):
             assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "lanes-object-store"
+        # Kafka: SCRAM over TLS as the component's own principal, the CA from a Secret.
+        assert env["LANES_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        user = env["LANES_KAFKA_USERNAME"]["valueFrom"]["secretKeyRef"]
+        assert user["name"] == dep["metadata"]["name"].replace("lanes-", "lanes-kafka-", 1)
+        assert "value" not in env["LANES_KAFKA_PASSWORD"]
+        signs = "LANES_CONTROL_SIGNING_KEY" in env  # the control plane's private key alone
+        assert signs is (dep["metadata"]["name"] == "lanes-control")
+        assert env["LANES_CONTROL_VERIFY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == (
+            "lanes-control"
+        )
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["kafka-ca"]["name"]]["secret"]["secretName"] == "lanes-kafka-ca"
         assert "emptyDir" in volumes[mounts["state"]["name"]]  # views only: rebuilt from Kafka
         if dep["metadata"]["name"].startswith("lanes-worker-"):
             assert mounts["models"]["readOnly"] is True
@@ -191,5 +203,5 @@ def test_k8s_manifests_for_the_seed_mix_give_hosted_lanes_a_cpu_pod_and_their_ke
             assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "lanes-provider-keys"
             assert "value" not in env[key]
     for doc in docs:
-        if doc["kind"] != "ScaledObject":
+        if doc["kind"] not in ("ScaledObject", "TriggerAuthentication"):
             kubernetes_validate.validate(doc, "1.31.0", strict=True)
