@@ -45,8 +45,14 @@ class Stack(LocalStack):
         *,
         worker_lanes: list[str] | None = None,
         isolated_hosts: bool = False,
+        principals: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(settings, worker_lanes=worker_lanes, isolated_hosts=isolated_hosts)
+        super().__init__(
+            settings,
+            worker_lanes=worker_lanes,
+            isolated_hosts=isolated_hosts,
+            principals=principals,
+        )
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(
@@ -294,13 +300,16 @@ async def running_stack(
     *,
     worker_lanes: list[str] | None = None,
     isolated_hosts: bool = False,
+    principals: dict[str, str] | None = None,
     **updates: Any,
 ) -> AsyncIterator[Stack]:
-    """A started Stack on settings with ``updates`` (a routes file, a memory budget...)."""
+    """A started Stack on settings with ``updates`` (a routes file, a memory budget...);
+    with ``principals``, each component connects as its own Kafka user."""
     stack = Stack(
         settings.model_copy(update=updates),
         worker_lanes=worker_lanes,
         isolated_hosts=isolated_hosts,
+        principals=principals,
     )
     await stack.start()
     try:

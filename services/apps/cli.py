@@ -217,36 +217,71 @@ def kafka_start(
     brokers: int = typer.Option(
         1, min=1, max=9, help="nodes: 3 gives replication 3, min.insync.replicas 2"
     ),
+    secure: bool = typer.Option(
+        False,
+        help="SASL_SSL (SCRAM-SHA-512) with a local CA, mTLS controllers, ACLs: a user "
+        "per component, each with only its rights",
+    ),
 ) -> None:
     """Run the local broker (or a cluster of --brokers nodes on port, port+2, ...) in the
-    foreground until Ctrl-C."""
+    foreground until Ctrl-C, and print the variables that point the stack at it."""
     from services.kafka.local_broker import KafkaCluster, KafkaProcess
+    from services.kafka.local_security import LocalSecurity
 
     settings = settings_from_env()
+    home = settings.state_dir.resolve() / ("kafka-secure" if secure else "kafka")
+    security = None
+    if secure:
+        from services.apps.kafka_acls import principals
+        from services.config.routes import load_routes
+
+        security = LocalSecurity(home / "security")
+        security.ensure(c.principal for c in principals(load_routes(settings.routes_file)))
     if brokers == 1:
-        kafka = KafkaProcess(
-            settings.state_dir.resolve() / "kafka", port=port, controller_port=port + 1
-        )
+        kafka = KafkaProcess(home, port=port, controller_port=port + 1, security=security)
         kafka.start()
-        typer.echo(f"Kafka answering on {kafka.bootstrap}; log: {kafka.log_path}")
-        stop = kafka.stop
+        bootstrap, stop = kafka.bootstrap, kafka.stop
+        env = {"LANES_KAFKA_BOOTSTRAP": bootstrap}
+        typer.echo(f"Kafka answering on {bootstrap}; log: {kafka.log_path}")
     else:
-        cluster = KafkaCluster(
-            settings.state_dir.resolve() / "kafka-cluster", size=brokers, base_port=port
-        )
+        cluster = KafkaCluster(home / "cluster", size=brokers, base_port=port, security=security)
         cluster.start()
-        typer.echo(
-            f"Kafka cluster of {brokers} answering on {cluster.bootstrap}; logs under "
-            f"{cluster.state_dir}\nPoint the stack at it:\n"
-            f"  export LANES_KAFKA_BOOTSTRAP={cluster.bootstrap} "
-            f"LANES_TOPIC_REPLICATION_FACTOR={cluster.replication} "
-            f"LANES_TOPIC_MIN_INSYNC_REPLICAS={cluster.min_isr}"
-        )
-        stop = cluster.stop
+        bootstrap, stop = cluster.bootstrap, cluster.stop
+        env = {
+            "LANES_KAFKA_BOOTSTRAP": bootstrap,
+            "LANES_TOPIC_REPLICATION_FACTOR": str(cluster.replication),
+            "LANES_TOPIC_MIN_INSYNC_REPLICAS": str(cluster.min_isr),
+        }
+        typer.echo(f"Kafka cluster of {brokers} answering on {bootstrap}; logs under {home}")
+    if security is not None:
+        env.update(security.client_env(bootstrap))  # the admin; `lanes up` gives each its own
+    typer.echo("Point the stack at it:")
+    typer.echo("  export " + " ".join(f"{k}={v}" for k, v in env.items()))
     try:
         wait_for_stop_signal()
     finally:
         stop()
+
+
+@kafka_app.command("acls")
+def kafka_acls(
+    apply: bool = typer.Option(False, "--apply", help="create them on the cluster (as admin)"),
+) -> None:
+    """Every principal's rights, derived from the component registry and the topics (under
+    LANES_TOPIC_PREFIX / LANES_GROUP_PREFIX): printed as a table; --apply creates them."""
+    from services.apps.kafka_acls import acl_rules, apply_rules, render_table
+    from services.config.routes import load_routes
+
+    settings = settings_from_env()
+    rules = acl_rules(settings, load_routes(settings.routes_file))
+    typer.echo(render_table(rules))
+    if apply:
+        try:
+            count = apply_rules(settings, rules)
+        except Exception as exc:
+            typer.echo(f"could not apply the ACLs: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"applied {count} rules")
 
 
 @s3_app.command("start")

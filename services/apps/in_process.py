@@ -7,13 +7,15 @@ same ``run(settings, stop)`` coroutines side by side on one event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from consumers import lane_worker
 from schemas.topics import Topics
+from services.apps.kafka_acls import acl_rules, apply_rules
 from services.apps.registry import CONSUMERS
 from services.config.routes import load_routes
 from services.config.settings import Settings
@@ -30,8 +32,12 @@ class LocalStack:
         worker_lanes: list[str] | None = None,
         with_webhooks: bool = True,
         isolated_hosts: bool = False,
+        principals: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # On a secured cluster: each component connects as its own principal (lanes-<name>,
+        # password from this map); ``settings`` (an admin) creates the topics.
+        self.principals = principals
         # Each component on a host of its own: its own state dir, nothing shared but the
         # cluster, the object store and the (read-only) model volume.
         self.isolated_hosts = isolated_hosts
@@ -44,15 +50,17 @@ class LocalStack:
         self.registries: dict[str, CollectorRegistry] = {}
 
     def settings_for(self, name: str) -> Settings:
-        """The settings component ``name`` runs with (see ``isolated_hosts``)."""
-        if not self.isolated_hosts:
-            return self.settings
-        return self.settings.model_copy(
-            update={
-                "state_dir": self.settings.state_dir / "hosts" / name,
-                "models_dir": self.settings.models_path,
-            }
-        )
+        """The settings component ``name`` runs with (see ``isolated_hosts``, ``principals``)."""
+        update: dict[str, Any] = {}
+        if self.isolated_hosts:
+            update.update(
+                state_dir=self.settings.state_dir / "hosts" / name,
+                models_dir=self.settings.models_path,
+            )
+        if self.principals is not None:
+            user = f"lanes-{name}"
+            update.update(kafka_username=user, kafka_password=SecretStr(self.principals[user]))
+        return self.settings.model_copy(update=update) if update else self.settings
 
     def component_registry(self, name: str) -> CollectorRegistry:
         """The metrics registry of a component (its /metrics in production)."""
@@ -61,6 +69,8 @@ class LocalStack:
     async def start(self) -> None:
         routes = load_routes(self.settings.routes_file)
         await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
+        if self.principals is not None:  # each its own user: the rights come first
+            await asyncio.to_thread(apply_rules, self.settings, acl_rules(self.settings, routes))
         for comp in CONSUMERS:
             if comp.name in ("webhooks", "webhook-retries") and not self.with_webhooks:
                 continue

@@ -21,6 +21,7 @@ from services.config.settings import Settings
 __all__ = [
     "Component",
     "CONSUMERS",
+    "CLIENTS",
     "GATEWAY",
     "WORKER",
     "components",
@@ -47,6 +48,17 @@ class Component:
     resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_RESOURCES))
     args: tuple[str, ...] = ()  # extra `lanes run` arguments (a worker's --lane)
     lane: str | None = None
+    # Its Kafka rights (``lanes kafka acls``): the topics it reads and writes, by their
+    # ``Topics`` names ("lanes": every lane and spill queue), and whether it measures the
+    # lanes' lag (Describe on the lane workers' groups).
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    lag: bool = False
+
+    @property
+    def principal(self) -> str:
+        """Its Kafka user (SCRAM) and the name of its Kubernetes Secret's suffix."""
+        return f"lanes-{self.name}"
 
     @property
     def run_args(self) -> tuple[str, ...]:
@@ -65,15 +77,94 @@ GATEWAY = Component(
     None,
     0,
     resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    reads=(
+        "jobs",
+        "control",
+        "workers",
+        "gateways",
+        "keys",
+        "webhook_deliveries",
+        "webhooks_dlq",
+        "ops_results",
+    ),
+    # requests and cancels; its fleet heartbeat; the console's ops actions and replays
+    writes=("requests", "gateways", "ops", "webhooks_retry"),
+    lag=True,
 )
+_DELIVERY = ("webhook_deliveries", "webhooks_retry", "webhooks_dlq", "dlq")
 CONSUMERS: tuple[Component, ...] = (
-    Component("router", "consumers.router", lambda g: g.router, 9101),
-    Component("jobs", "consumers.jobs", lambda g: g.jobs, 9102),
-    Component("verifier", "consumers.verifier", lambda g: g.verifier, 9103),
-    Component("webhooks", "consumers.webhooks", lambda g: g.webhooks, 9104),
-    Component("control", "consumers.control", lambda g: g.control, 9105),
-    Component("webhook-retries", "consumers.webhook_retries", lambda g: g.webhook_retries, 9106),
-    Component("deferred", "consumers.deferred", lambda g: g.deferred, 9107),
+    Component(
+        "router",
+        "consumers.router",
+        lambda g: g.router,
+        9101,
+        reads=("requests", "control", "workers"),
+        writes=("lanes", "deferred", "dlq"),
+        lag=True,
+    ),
+    Component(
+        "jobs",
+        "consumers.jobs",
+        lambda g: g.jobs,
+        9102,
+        reads=("requests", "deferred", "renders", "verifications", "lanes", "jobs"),
+        writes=("jobs", "dlq"),
+    ),
+    Component(
+        "verifier",
+        "consumers.verifier",
+        lambda g: g.verifier,
+        9103,
+        reads=("renders", "control"),
+        writes=("verifications", "renders", "lanes", "dlq"),
+    ),
+    Component(
+        "webhooks",
+        "consumers.webhooks",
+        lambda g: g.webhooks,
+        9104,
+        reads=("jobs", "webhook_deliveries"),
+        writes=_DELIVERY,
+    ),
+    Component(
+        "control",
+        "consumers.control",
+        lambda g: g.control,
+        9105,
+        reads=("ops", "renders", "verifications", "workers", "control"),
+        writes=("control", "ops_results", "dlq"),
+        lag=True,
+    ),
+    Component(
+        "webhook-retries",
+        "consumers.webhook_retries",
+        lambda g: g.webhook_retries,
+        9106,
+        reads=("webhooks_retry", "webhook_deliveries"),
+        writes=_DELIVERY,
+    ),
+    Component(
+        "deferred",
+        "consumers.deferred",
+        lambda g: g.deferred,
+        9107,
+        reads=("deferred", "control", "workers"),
+        writes=("lanes", "deferred", "dlq"),
+        lag=True,
+    ),
+)
+# Principals that are not processes of the stack: the marketplace's SDK publisher and the
+# operators' `lanes ops` / `lanes webhooks replay` tools.
+CLIENTS: tuple[Component, ...] = (
+    Component("sdk", None, None, 0, writes=("requests",)),
+    Component(
+        "ops",
+        None,
+        None,
+        0,
+        reads=("ops_results", "control", "workers", "webhooks_dlq"),
+        writes=("ops", "webhooks_retry"),
+    ),
 )
 # Lane workers: one process per GPU; `lanes up` gives each lane's a port from 9111 up.
 WORKER = Component(
@@ -85,6 +176,9 @@ WORKER = Component(
         "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
         "limits": {"memory": "12Gi", "nvidia.com/gpu": 1},
     },
+    # its lane and the spill queues it assists; heartbeats; a cascade's next lane
+    reads=("lanes", "control", "workers", "jobs"),
+    writes=("renders", "workers", "lanes", "dlq"),
 )
 
 
@@ -106,6 +200,8 @@ def workers(routes: Routes) -> list[Component]:
             resources=WORKER.resources,
             args=("--lane", lane),
             lane=lane,
+            reads=WORKER.reads,
+            writes=WORKER.writes,
         )
         for i, lane in enumerate(sorted(routes.lanes))
     ]
@@ -139,5 +235,17 @@ def child_env(settings: Settings, base: Mapping[str, str], **overrides: str) -> 
     )
     if settings.routes_file is not None:
         env["LANES_ROUTES_FILE"] = str(settings.routes_file)
+    conn = settings.kafka_connection  # how the parent connects, the child does too
+    env["LANES_KAFKA_SECURITY_PROTOCOL"] = conn.security_protocol
+    env["LANES_KAFKA_SASL_MECHANISM"] = conn.sasl_mechanism
+    for name, value in (
+        ("LANES_KAFKA_USERNAME", conn.username),
+        ("LANES_KAFKA_PASSWORD", conn.password.get_secret_value() if conn.password else None),
+        ("LANES_KAFKA_CA_FILE", conn.ca_file),
+        ("LANES_KAFKA_CERT_FILE", conn.cert_file),
+        ("LANES_KAFKA_KEY_FILE", conn.key_file),
+    ):
+        if value is not None:
+            env[name] = str(value)
     env.update(overrides)
     return env

@@ -7,6 +7,7 @@ port. Ctrl-C or SIGTERM stops the components (they drain), then the local broker
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import structlog
 from producers.settings import parse_bootstrap
 from schemas.topics import Topics
 from services.apps import registry
+from services.apps.kafka_acls import acl_rules, apply_rules
 from services.apps.local_keys import ensure_local_keys
 from services.apps.registry import Component
 from services.config.routes import checkpoint_dir, load_routes
@@ -73,12 +75,28 @@ async def _pump(name: str, stream: asyncio.StreamReader) -> None:
         sys.stderr.buffer.flush()
 
 
-async def _supervise(comp: Component, env: dict[str, str], stop: asyncio.Event) -> None:
+def _principal_env(settings: Settings, comp: Component) -> dict[str, str]:
+    """The component's own Kafka user, when a principals file names them."""
+    if settings.kafka_principals_file is None:
+        return {}
+    passwords = json.loads(settings.kafka_principals_file.read_text())
+    if comp.principal not in passwords:
+        raise SystemExit(f"{settings.kafka_principals_file} has no password for {comp.principal}")
+    return {
+        "LANES_KAFKA_USERNAME": comp.principal,
+        "LANES_KAFKA_PASSWORD": passwords[comp.principal],
+    }
+
+
+async def _supervise(
+    comp: Component, env: dict[str, str], stop: asyncio.Event, settings: Settings
+) -> None:
     restarts = 0
+    own = _principal_env(settings, comp)
     while not stop.is_set():
         proc = await asyncio.create_subprocess_exec(
             *registry.command(comp),
-            env=dict(env, LANES_METRICS_PORT=str(comp.metrics_port)),
+            env=dict(env, LANES_METRICS_PORT=str(comp.metrics_port), **own),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -130,6 +148,10 @@ async def run_stack(settings: Settings) -> None:
     kafka = await asyncio.to_thread(_maybe_start_kafka, settings)
     try:
         await prepare_cluster(settings)
+        if settings.kafka_principals_file is not None:  # a secured cluster: the ACLs first
+            routes = load_routes(settings.routes_file)
+            applied = await asyncio.to_thread(apply_rules, settings, acl_rules(settings, routes))
+            log.info("kafka_acls_applied", rules=applied)
         if settings.profile == "local":
             await _announce_local_keys(settings)
         env = registry.child_env(settings, os.environ)
@@ -141,7 +163,7 @@ async def run_stack(settings: Settings) -> None:
             components=[c.name for c in comps],
             gateway=f"http://{settings.gateway_host}:{settings.gateway_port}",
         )
-        await asyncio.gather(*(_supervise(c, env, stop) for c in comps))
+        await asyncio.gather(*(_supervise(c, env, stop, settings) for c in comps))
     finally:
         if kafka is not None:
             log.info("kafka_stopping")

@@ -61,6 +61,9 @@ class Settings(ClientSettings):
     # Production refuses PLAINTEXT and SASL_PLAINTEXT Kafka connections (credentials and
     # every prompt in the clear) unless this says the network is trusted.
     kafka_allow_plaintext: bool = False
+    # `lanes up` on a secured cluster: {principal: password} (what `lanes kafka start
+    # --secure` writes); each component then connects as its own principal, lanes-<name>.
+    kafka_principals_file: Path | None = None
     # Consumer group ids are prefixed with this as well.
     group_prefix: str = ""
 

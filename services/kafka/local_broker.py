@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.settings import parse_bootstrap
+from services.kafka.local_security import LocalSecurity
 from services.process.ports import free_port, port_open
 
 __all__ = [
@@ -87,6 +88,8 @@ class KafkaProcess:
     replication: int = 1
     min_isr: int = 1
     cluster_id: str | None = None  # shared by a cluster's nodes; None: a new one
+    # SASL_SSL, mTLS controllers and ACLs (see local_security); None: PLAINTEXT.
+    security: LocalSecurity | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -120,6 +123,8 @@ class KafkaProcess:
                 min_isr=self.min_isr,
             )
         )
+        if self.security is not None:
+            text += "\n" + self.security.broker_properties(self.port, self.controller_port)
         cfg = self.state_dir / "server.properties"
         cfg.write_text(text)
         return cfg
@@ -150,6 +155,7 @@ class KafkaProcess:
                     "-c",
                     str(cfg),
                     "--ignore-formatted",
+                    *(self.security.scram_args() if self.security is not None else []),
                 ],
                 check=True,
                 stdout=log,
@@ -234,6 +240,7 @@ class KafkaCluster:
     size: int = 3
     base_port: int = 0  # node i answers on base_port + 2i (controller + 1); 0: free ports
     heap: str = "384m"
+    security: LocalSecurity | None = None
     nodes: list[KafkaProcess] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -256,6 +263,7 @@ class KafkaCluster:
                 replication=replication,
                 min_isr=max(1, replication - 1),
                 cluster_id=cluster_id,
+                security=self.security,
             )
             for i, (port, controller) in enumerate(ports)
         ]
