@@ -11,6 +11,8 @@ LanesError
 │   └── ArtifactUnavailable    the artifact store failed for now (I/O error): retried
 ├── OutOfMemory                a batch does not fit the device: split, else fallback lane
 ├── Interrupted                every job of a batch was canceled between two steps
+├── KafkaAccessRefused         the cluster refused this process: authentication or TLS
+│                              (wrong password, unknown user, another CA, wrong protocol)
 └── ProviderError              a hosted engine's call did not give an image
     ├── Throttled              429 / RESOURCE_EXHAUSTED / inflight_limit: pause, then retry
     ├── SafetyBlocked          the provider's safety filter: the job fails, reason "safety"
@@ -32,6 +34,7 @@ __all__ = [
     "RepairError",
     "OutOfMemory",
     "Interrupted",
+    "KafkaAccessRefused",
     "ProviderError",
     "Throttled",
     "SafetyBlocked",
@@ -75,6 +78,12 @@ class Interrupted(LanesError):
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped at step {step}")
         self.step = step
+
+
+class KafkaAccessRefused(LanesError):
+    """Not retried: a wrong password or certificate does not heal by waiting."""
+
+    retriable = False
 
 
 class ProviderError(LanesError):

@@ -14,7 +14,11 @@ import typer
 from services.apps.cli_bench import bench_app
 from services.apps.cli_keys import keys_app
 from services.apps.cli_ops import ops_app
-from services.apps.cli_settings import settings_from_env, wait_for_stop_signal
+from services.apps.cli_settings import (
+    component_settings,
+    settings_from_env,
+    wait_for_stop_signal,
+)
 
 __all__ = ["app", "main"]
 
@@ -57,7 +61,7 @@ def run_gateway() -> None:
 
     from services.apps.gateway import create_app
 
-    settings = settings_from_env()
+    settings = component_settings()
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
@@ -70,7 +74,7 @@ def _group_command(name: str) -> Callable[[], None]:
     def command() -> None:
         from services.apps.registry import consumer
 
-        asyncio.run(consumer(name).runner()(settings_from_env()))
+        asyncio.run(consumer(name).runner()(component_settings()))
 
     command.__doc__ = f"Run one member of the {name} consumer group."
     return command
@@ -95,7 +99,7 @@ def run_worker(
     from consumers import lane_worker
     from services.process.tuning import tune_worker_process
 
-    settings = settings_from_env()
+    settings = component_settings()
     if device:
         settings = settings.model_copy(update={"device": device})
     tune_worker_process(settings.gil_switch_interval_ms)

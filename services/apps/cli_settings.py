@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from services.config.settings import Settings
 
-__all__ = ["settings_from_env", "wait_for_stop_signal"]
+__all__ = ["settings_from_env", "component_settings", "wait_for_stop_signal"]
 
 
 def settings_from_env() -> Settings:
@@ -18,6 +18,26 @@ def settings_from_env() -> Settings:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def component_settings() -> Settings:
+    """``settings_from_env()`` for a component about to start: when the cluster refuses
+    this process (authentication, TLS, protocol), exit 2 now with the one-line reason
+    (logged as ``kafka_access_refused``) rather than retry what waiting cannot fix."""
+    import asyncio
+
+    import typer
+
+    from services.exceptions import KafkaAccessRefused
+    from services.kafka.clients import check_access
+
+    settings = settings_from_env()
+    try:
+        asyncio.run(check_access(settings))
+    except KafkaAccessRefused as exc:
+        typer.echo(f"refused by Kafka: {exc}", err=True)
+        raise typer.Exit(2) from None
     return settings
 
 

@@ -7,6 +7,7 @@ after the output is acknowledged), bounded fetches so a burst waits in Kafka.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,11 +21,20 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from producers.kafka import make_admin, make_producer, make_raw_consumer
+from producers.kafka import connection_options, make_admin, make_producer, make_raw_consumer
 from schemas.topics import TopicSpec
 from services.config.settings import Settings
+from services.exceptions import KafkaAccessRefused
 
-__all__ = ["make_producer", "make_consumer", "ensure_topics", "wait_for_kafka", "partition_ids"]
+__all__ = [
+    "make_producer",
+    "make_consumer",
+    "ensure_topics",
+    "wait_for_kafka",
+    "partition_ids",
+    "refusal",
+    "check_access",
+]
 
 log = structlog.get_logger("lanes.kafka")
 
@@ -63,6 +73,61 @@ def make_consumer(
     return make_raw_consumer(settings, *topics, **options)
 
 
+async def refusal(settings: Settings) -> str | None:
+    """Why the cluster refuses this process, in one line without the secret (None: it
+    does not refuse; it may be down). One direct connection to the first bootstrap address
+    tells authentication and TLS failures apart from a broker that is not there."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    conn = settings.kafka_connection
+    host, _, port = conn.bootstrap[0].rpartition(":")
+    options = connection_options(settings)
+    where = f"Kafka at {conn.bootstrap[0]} ({conn.security_protocol})"
+    try:
+        probe = await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                request_timeout_ms=5000,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=conn.security_protocol,
+                sasl_mechanism=options.get("sasl_mechanism"),
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            ),
+            10,
+        )
+    except SaslAuthenticationFailed:
+        return f"{where}: authentication failed for user {conn.username!r} (wrong user or password)"
+    except UnsupportedSaslMechanismError as exc:
+        return f"{where}: SASL mechanism {conn.sasl_mechanism} refused: {exc}"
+    except ssl.SSLCertVerificationError as exc:
+        return f"{where}: TLS verify failed: {exc.verify_message} (LANES_KAFKA_CA_FILE?)"
+    except ssl.SSLError as exc:
+        return f"{where}: TLS handshake failed: {exc.reason} (is the port TLS?)"
+    except KafkaConnectionError as exc:
+        if "closed" in str(exc) and not conn.tls:
+            return f"{where}: the broker closed the connection: is this a TLS or SASL port?"
+        return None
+    except (OSError, TimeoutError):
+        return None
+    probe.close()
+    return None
+
+
+async def check_access(settings: Settings) -> None:
+    """Raise KafkaAccessRefused (logged, one line) when the cluster refuses this process."""
+    await _raise_if_refused(settings)
+
+
+async def _raise_if_refused(settings: Settings) -> None:
+    reason = await refusal(settings)
+    if reason is not None:
+        log.error("kafka_access_refused", reason=reason)
+        raise KafkaAccessRefused(reason)
+
+
 async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
     """Return once the cluster answers a metadata request; raise TimeoutError otherwise."""
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -76,6 +141,7 @@ async def wait_for_kafka(settings: Settings, timeout_s: float = 60.0) -> None:
         except (KafkaError, OSError) as exc:
             if not _transient(exc):
                 raise
+            await _raise_if_refused(settings)
             last = exc
             await asyncio.sleep(0.5)
         finally:
@@ -155,6 +221,7 @@ async def partition_ids(settings: Settings, topic: str, timeout_s: float = 60.0)
         except (KafkaError, OSError) as exc:
             if not _transient(exc) or loop.time() > deadline:
                 raise
+            await _raise_if_refused(settings)
             log.warning("kafka_metadata_retry", topic=topic, error=repr(exc)[:200])
             await asyncio.sleep(0.5)
         finally:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -161,3 +162,61 @@ def test_kcat_sees_scram_over_tls_and_the_acls_refuse_what_a_principal_may_not(
         text = refused.stderr + refused.stdout
         assert refused.returncode != 0 and "authoriz" in text.lower(), (user, topic, text)
     assert produce("lanes-control", topics.control).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"LANES_KAFKA_PASSWORD": "not-the-password"}, "authentication failed"),
+        ({"LANES_KAFKA_USERNAME": "nobody"}, "authentication failed"),
+        ({"LANES_KAFKA_CA_FILE": "OTHER_CA"}, "TLS verify failed"),
+        ({"LANES_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}, "is this a TLS or SASL port"),
+    ],
+)
+def test_a_component_refused_by_the_cluster_exits_with_the_reason(
+    settings: Settings,
+    secured: tuple[KafkaProcess, LocalSecurity],
+    tmp_path: Path,
+    change: dict[str, str],
+    reason: str,
+) -> None:
+    """`lanes run router` as its own principal, with one thing wrong: it does not start,
+    exits non-zero at once and logs one line naming the cause, never the password."""
+    import os
+    import sys
+
+    import trustme
+
+    from services.apps.registry import child_env
+
+    kafka, security = secured
+    admin = as_admin(settings, kafka, security)
+    password = security.passwords()["lanes-router"]
+    env = child_env(
+        admin,
+        os.environ,
+        LANES_KAFKA_USERNAME="lanes-router",
+        LANES_KAFKA_PASSWORD=password,
+        LANES_LOG_LEVEL="INFO",
+    )
+    if change.get("LANES_KAFKA_CA_FILE") == "OTHER_CA":
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        change = {"LANES_KAFKA_CA_FILE": str(other)}
+    env.update(change)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "services.apps.cli", "run", "router"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    took = time.monotonic() - started
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    refused = [line for line in output.splitlines() if "kafka_access_refused" in line]
+    assert refused and reason in refused[0], output[-3000:]
+    assert password not in output and "not-the-password" not in output
+    assert took < 60, took  # not a hang
