@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars s3-server browser lint up test bench bench-gpu clean schemas
+.PHONY: install kafka-jars s3-server browser kcat lint up test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -38,13 +38,21 @@ browser:
 		echo "chromium not installed: the browser tests will skip"
 	@command -v chromium >/dev/null 2>&1 && echo "browser: $$(command -v chromium)" || true
 
+# kcat (librdkafka's CLI, Debian's package): the independent client of the secured-Kafka
+# tests. Installed with apt-get where we may (root); otherwise those tests skip.
+kcat:
+	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q kcat >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q kcat >/dev/null)) ; } || \
+		echo "kcat not installed: the kcat tests will skip"
+
 # ruff (lint + format check) and the import-direction contracts (import-linter, pyproject).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install s3-server browser
+test: install s3-server browser kcat
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install
