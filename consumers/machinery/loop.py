@@ -17,7 +17,12 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    RebalanceInProgressError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
@@ -224,9 +229,13 @@ async def enqueue(
 
 async def publish_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
     """Send in order and wait until the broker has acknowledged every one (acks=all)."""
-    futures = await enqueue(producer, outputs)
-    if futures:
-        await asyncio.gather(*futures)
+    try:
+        futures = await enqueue(producer, outputs)
+        if futures:
+            await asyncio.gather(*futures)
+    except TopicAuthorizationFailedError as exc:
+        exc.lanes_operation = "Write"  # type: ignore[attr-defined]  # for the member's report
+        raise
 
 
 async def commit_or_skip(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:

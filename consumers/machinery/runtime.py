@@ -24,7 +24,7 @@ from consumers.machinery.loop import ConsumeLoop, Handler, LoopMetrics, Output, 
 from consumers.machinery.loop import enqueue as enqueue_outputs
 from schemas.topics import Topics
 from services.config.settings import Settings
-from services.kafka.clients import make_consumer, make_producer
+from services.kafka.clients import denied, make_consumer, make_producer
 from services.process.ops_server import serve_ops
 from services.process.tuning import freeze_startup_heap
 
@@ -72,7 +72,13 @@ class Member:
         self._ops: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Member:
-        await self.producer.start()
+        try:
+            await self.producer.start()
+        except Exception as exc:
+            refused = denied(exc, self.settings, "Write")
+            if refused is not None:
+                raise refused from exc
+            raise
         self._ops = asyncio.create_task(
             serve_ops(
                 self.settings.metrics_host, self.settings.metrics_port, self.registry, self.ready
@@ -133,7 +139,13 @@ async def run_member(
     async with member:
         loop = make_loop(consumer, member.producer, member.dlq_topic)
         try:
-            await consumer.start()
+            try:
+                await consumer.start()
+            except Exception as exc:
+                refused = denied(exc, settings, "Read")
+                if refused is not None:
+                    raise refused from exc
+                raise
             freeze_startup_heap()  # a long-lived member: later collections skip the imports
             log.info("consumer_started", group=group, topics=list(topics))
             runner = asyncio.create_task(loop.run(member.stop))
@@ -144,6 +156,11 @@ async def run_member(
                     runner.result()  # surface a crash
                 else:
                     await runner  # finishes the batch in hand, then returns
+            except Exception as exc:
+                refused = denied(exc, settings, getattr(exc, "lanes_operation", "Read"))
+                if refused is not None:
+                    raise refused from exc
+                raise
             finally:
                 for task in (stopper, runner):
                     task.cancel()

@@ -15,10 +15,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
     NodeNotReadyError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
 )
 
 from producers.kafka import connection_options, make_admin, make_producer, make_raw_consumer
@@ -34,6 +37,7 @@ __all__ = [
     "partition_ids",
     "refusal",
     "check_access",
+    "denied",
 ]
 
 log = structlog.get_logger("lanes.kafka")
@@ -114,6 +118,24 @@ async def refusal(settings: Settings) -> str | None:
         return None
     probe.close()
     return None
+
+
+def denied(exc: BaseException, settings: Settings, operation: str) -> KafkaAccessRefused | None:
+    """A broker's authorization error as one line naming the principal, the operation and
+    the resource (None if ``exc`` is not one); the component stops with it, not a hang."""
+    user = settings.kafka_connection.username or "ANONYMOUS"
+    names = ", ".join(str(a) for a in exc.args) or "?"
+    if isinstance(exc, TopicAuthorizationFailedError):
+        what = f"{operation} topic {names}"
+    elif isinstance(exc, GroupAuthorizationFailedError):
+        what = f"Read group {names}"
+    elif isinstance(exc, ClusterAuthorizationFailedError):
+        what = "IdempotentWrite on the cluster" if operation == "Write" else "the cluster"
+    else:
+        return None
+    reason = f"Kafka principal {user!r} may not {what} (see `lanes kafka acls`)"
+    log.error("kafka_access_refused", reason=reason)
+    return KafkaAccessRefused(reason)
 
 
 async def check_access(settings: Settings) -> None:

@@ -220,3 +220,63 @@ def test_a_component_refused_by_the_cluster_exits_with_the_reason(
     assert refused and reason in refused[0], output[-3000:]
     assert password not in output and "not-the-password" not in output
     assert took < 60, took  # not a hang
+
+
+def test_a_missing_right_stops_the_component_naming_the_topic_and_operation(
+    settings: Settings, secured: tuple[KafkaProcess, LocalSecurity]
+) -> None:
+    """The router run as a principal an operator gave the wrong rights: everything it reads,
+    but no Write on the lanes. It takes a request, cannot route it, and stops with one line
+    naming the principal, the operation and the topic: a mistaken ACL, not a hang."""
+    import asyncio
+    import os
+    import sys
+
+    from schemas.topics import Groups, Topics
+    from services.apps.kafka_acls import Rule
+    from services.apps.registry import child_env
+    from services.kafka.clients import ensure_topics
+    from tests.support import produce_raw
+
+    kafka, security = secured
+    admin = as_admin(settings, kafka, security)
+    topics, groups = Topics(admin.topic_prefix), Groups(admin.group_prefix)
+    asyncio.run(ensure_topics(admin, topics.specs(load_routes(None).lanes)))
+    user = "lanes-sdk"
+    apply_rules(
+        admin,
+        [
+            Rule(user, "topic", topics.requests, "literal", "Read"),
+            Rule(user, "topic", topics.control, "literal", "Read"),
+            Rule(user, "topic", topics.workers, "literal", "Read"),
+            Rule(user, "topic", topics.lane(""), "prefixed", "Describe"),
+            Rule(user, "group", groups.router, "literal", "Read"),
+            Rule(user, "group", groups.lane(""), "prefixed", "Describe"),
+            Rule(user, "cluster", "kafka-cluster", "literal", "IdempotentWrite"),
+        ],
+    )
+    from schemas.events import GenerationRequested
+    from schemas.spec import GenerationSpec
+
+    event = GenerationRequested(
+        job_id="job_acl", spec=GenerationSpec(prompt="a cup", intent="draft"), fingerprint="f"
+    )
+    asyncio.run(produce_raw(admin, topics.requests, event.to_bytes(), key=b"job_acl"))
+    env = child_env(
+        admin,
+        os.environ,
+        LANES_KAFKA_USERNAME=user,
+        LANES_KAFKA_PASSWORD=security.passwords()[user],
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "services.apps.cli", "run", "router"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    refused = [line for line in output.splitlines() if "kafka_access_refused" in line]
+    assert done.returncode != 0 and refused, output[-3000:]
+    assert f"{user!r} may not Write topic {topics.lane('draft')}" in refused[0], refused[0]
