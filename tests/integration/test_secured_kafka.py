@@ -97,6 +97,24 @@ def kcat(
     )
 
 
+def run_router_refused(env: dict[str, str]) -> tuple[str, str]:
+    """`lanes run router` that must stop: its kafka_access_refused line, and all it printed."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "services.apps.cli", "run", "router"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    refused = [line for line in output.splitlines() if "kafka_access_refused" in line]
+    assert done.returncode != 0 and refused, output[-3000:]
+    return refused[0], output
+
+
 async def test_a_job_end_to_end_with_every_component_as_its_own_principal(
     settings: Settings,
     secured: tuple[KafkaProcess, LocalSecurity],
@@ -183,7 +201,6 @@ def test_a_component_refused_by_the_cluster_exits_with_the_reason(
     """`lanes run router` as its own principal, with one thing wrong: it does not start,
     exits non-zero at once and logs one line naming the cause, never the password."""
     import os
-    import sys
 
     import trustme
 
@@ -205,19 +222,9 @@ def test_a_component_refused_by_the_cluster_exits_with_the_reason(
         change = {"LANES_KAFKA_CA_FILE": str(other)}
     env.update(change)
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "services.apps.cli", "run", "router"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    refused, output = run_router_refused(env)
     took = time.monotonic() - started
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    refused = [line for line in output.splitlines() if "kafka_access_refused" in line]
-    assert refused and reason in refused[0], output[-3000:]
+    assert reason in refused, output[-3000:]
     assert password not in output and "not-the-password" not in output
     assert took < 60, took  # not a hang
 
@@ -230,7 +237,6 @@ def test_a_missing_right_stops_the_component_naming_the_topic_and_operation(
     naming the principal, the operation and the topic: a mistaken ACL, not a hang."""
     import asyncio
     import os
-    import sys
 
     from schemas.topics import Groups, Topics
     from services.apps.kafka_acls import Rule
@@ -268,15 +274,5 @@ def test_a_missing_right_stops_the_component_naming_the_topic_and_operation(
         LANES_KAFKA_USERNAME=user,
         LANES_KAFKA_PASSWORD=security.passwords()[user],
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "services.apps.cli", "run", "router"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    refused = [line for line in output.splitlines() if "kafka_access_refused" in line]
-    assert done.returncode != 0 and refused, output[-3000:]
-    assert f"{user!r} may not Write topic {topics.lane('draft')}" in refused[0], refused[0]
+    refused, _ = run_router_refused(env)
+    assert f"{user!r} may not Write topic {topics.lane('draft')}" in refused, refused
