@@ -61,25 +61,33 @@ class KafkaConnection:
 
 
 class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LANES_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LANES_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
-    # host:port, or a comma-separated list of them (every managed cluster gives several).
     kafka_bootstrap: str = "127.0.0.1:9092"
-    # PLAINTEXT (the local broker), SSL (TLS; mutual TLS with a client certificate),
-    # SASL_SSL (SCRAM or PLAIN over TLS: Confluent Cloud, MSK with SCRAM, Aiven), or
-    # SASL_PLAINTEXT. The production profile refuses the two in the clear unless allowed.
+    """host:port, or a comma-separated list of them (every managed cluster gives several)."""
     kafka_security_protocol: Protocol = "PLAINTEXT"
+    """PLAINTEXT (the local broker), SSL (TLS; mutual TLS with a client certificate), SASL_SSL
+    (SCRAM or PLAIN over TLS: Confluent Cloud, MSK with SCRAM, Aiven), or SASL_PLAINTEXT.
+    The production profile refuses the two in the clear unless allowed.
+    """
     kafka_sasl_mechanism: Mechanism = "SCRAM-SHA-512"
+    """SASL mechanism with SASL_SSL / SASL_PLAINTEXT: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."""
     kafka_username: str | None = None
+    """This process's Kafka principal (SASL)."""
     kafka_password: SecretStr | None = None
-    # The CA that signed the brokers' certificates (None: the system's trust store);
-    # hostname verification stays on.
+    """The principal's password (SASL)."""
     kafka_ca_file: Path | None = None
-    # Mutual TLS: this client's certificate and key (PEM).
+    """The CA that signed the brokers' certificates (None: the system's trust store); hostname
+    verification stays on.
+    """
     kafka_cert_file: Path | None = None
+    """Mutual TLS: this client's certificate and key (PEM)."""
     kafka_key_file: Path | None = None
-    # Every topic name is prefixed with this; tests use a uuid prefix per test.
+    """Mutual TLS: this client's private key (PEM), with kafka_cert_file."""
     topic_prefix: str = ""
+    """Every topic name is prefixed with this; tests use a uuid prefix per test."""
 
     @field_validator("kafka_bootstrap")
     @classmethod

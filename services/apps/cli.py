@@ -42,6 +42,8 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(s3_app, name="s3")
 app.add_typer(models_app, name="models")
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes deployment")
+settings_app = typer.Typer(no_args_is_help=True, help="The LANES_* settings")
+app.add_typer(settings_app, name="settings")
 webhooks_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(k8s_app, name="k8s")
@@ -204,6 +206,21 @@ def _follow(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
             time.sleep(0.5)  # the gateway restarted: resume where the stream stopped
     typer.echo(f"still running after {timeout}s", err=True)
     raise typer.Exit(1)
+
+
+@settings_app.command("reference")
+def settings_reference(
+    out: Path | None = typer.Option(None, help="write here, else print"),
+) -> None:
+    """Every LANES_* variable by concern, with its default and meaning (docs/settings.md)."""
+    from services.apps.settings_reference import render
+
+    text = render()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
 
 
 @schemas_app.command("export")

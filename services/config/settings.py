@@ -55,136 +55,209 @@ class Quota(BaseModel):
 
 
 class Settings(ClientSettings):
-    model_config = SettingsConfigDict(env_prefix="LANES_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LANES_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
     profile: Literal["local", "production"] = "local"
-    # Production refuses PLAINTEXT and SASL_PLAINTEXT Kafka connections (credentials and
-    # every prompt in the clear) unless this says the network is trusted.
+    """local (one machine, development keys allowed) or production (every secret and the object
+    store required).
+    """
     kafka_allow_plaintext: bool = False
-    # `lanes up` on a secured cluster: {principal: password} (what `lanes kafka start
-    # --secure` writes); each component then connects as its own principal, lanes-<name>.
+    """Production refuses PLAINTEXT and SASL_PLAINTEXT Kafka connections (credentials and every
+    prompt in the clear) unless this says the network is trusted.
+    """
     kafka_principals_file: Path | None = None
-    # Consumer group ids are prefixed with this as well.
+    """`lanes up` on a secured cluster: {principal: password} (what `lanes kafka start
+    --secure` writes); each component then connects as its own principal, lanes-<name>.
+    """
     group_prefix: str = ""
+    """Consumer group ids are prefixed with this as well."""
 
-    # Every topic Lanes creates: 1 on one local broker; 3 and 2 on a cluster (the
-    # Kubernetes manifests), so acks=all survives the loss of one broker.
     topic_replication_factor: int = Field(1, ge=1)
+    """Every topic Lanes creates: 1 on one local broker; 3 and 2 on a cluster (the Kubernetes
+    manifests), so acks=all survives the loss of one broker.
+    """
     topic_min_insync_replicas: int = Field(1, ge=1)
-    # This process's own files (views of compacted topics, tiny model builds); never read
-    # by another host. Job history lives in Kafka and the artifact store, not here.
+    """min.insync.replicas of every topic Lanes creates (1 locally, 2 on a 3-broker cluster)."""
     state_dir: Path = Path(".lanes")
-    # Finished jobs (their records and images) are deleted this long after they end.
+    """This process's own files (views of compacted topics, tiny model builds); never read by
+    another host. Job history lives in Kafka and the artifact store, not here.
+    """
     retention_days: float = Field(30.0, gt=0)
-    retention_sweep_s: float = Field(60.0, gt=0)  # how often the jobs consumer looks
-    # A rendering job's step goes out at most this often (first and last step always).
+    """Finished jobs (their records and images) are deleted this long after they end."""
+    retention_sweep_s: float = Field(60.0, gt=0)
+    """how often the jobs consumer looks"""
     progress_interval_s: float = Field(0.5, gt=0)
-    # Lane workers remember jobs that changed this recently (dedupe, cancel checks).
+    """A rendering job's step goes out at most this often (first and last step always)."""
     worker_recent_jobs_s: float = Field(6 * 3600.0, gt=0)
-    # Where artifacts are stored: s3://bucket[/prefix] (any S3-compatible store, with the
-    # s3_* settings below), or None for the local directory artifact_dir.
+    """Lane workers remember jobs that changed this recently (dedupe, cancel checks)."""
     artifacts: str | None = None
+    """Where artifacts are stored: s3://bucket[/prefix] (any S3-compatible store, with the s3_*
+    settings below), or None for the local directory artifact_dir.
+    """
     artifact_dir: Path | None = None
-    s3_endpoint_url: str | None = None  # None: AWS; e.g. http://127.0.0.1:8333 (SeaweedFS)
+    """The local artifact directory when artifacts is unset (default: <state_dir>/artifacts);
+    outside the local profile only a disk every host shares.
+    """
+    s3_endpoint_url: str | None = None
+    """None: AWS; e.g. http://127.0.0.1:8333 (SeaweedFS)"""
     s3_region: str = "us-east-1"
-    s3_access_key_id: SecretStr | None = None  # None: boto3's own chain (env, profile, IAM)
+    """The object store's region."""
+    s3_access_key_id: SecretStr | None = None
+    """None: boto3's own chain (env, profile, IAM)"""
     s3_secret_access_key: SecretStr | None = None
-    s3_max_attempts: int = Field(5, ge=1)  # boto3 standard-mode retries per call
-    # Where model checkpoints (and tiny random-weight builds, cached by config) live.
+    """The object store's secret key (None: boto3's own chain)."""
+    s3_max_attempts: int = Field(5, ge=1)
+    """boto3 standard-mode retries per call"""
     models_dir: Path | None = None
+    """Where model checkpoints (and tiny random-weight builds, cached by config) live."""
     routes_file: Path | None = None
+    """The routes file: models, lanes, intents (None: the tiny default routes)."""
 
     gateway_host: str = "127.0.0.1"
+    """The address the gateway binds (0.0.0.0 in a container)."""
     gateway_port: int = 8000
-    # How long the gateway waits for the broker's acks before answering 503 + Retry-After.
+    """The gateway's HTTP port."""
     publish_timeout_s: float = Field(10.0, gt=0)
-    # The gateway's URL as clients reach it (a load balancer's, in production): every image
-    # in a response or webhook is a URL under it. None: http://<gateway_host>:<gateway_port>.
+    """How long the gateway waits for the broker's acks before answering 503 + Retry-After."""
     public_url: str | None = None
-    # Each consumer process serves /metrics, /healthz, /readyz on its own port; 0 = off.
+    """The gateway's URL as clients reach it (a load balancer's, in production): every image in
+    a response or webhook is a URL under it. None: http://<gateway_host>:<gateway_port>.
+    """
     metrics_host: str = "127.0.0.1"
+    """The address each process's /metrics, /healthz and /readyz bind (0.0.0.0 in a pod)."""
     metrics_port: int = 0
+    """The port of this process's /metrics, /healthz, /readyz (0: off)."""
 
     device: str = "cpu"
-    # GB of (GPU) memory one worker may use: models over it are refused at load, batches
-    # estimated over it are split. None: no budget.
+    """Where a lane worker renders: cpu, cuda, cuda:1 ..."""
     memory_budget_gb: float | None = Field(None, gt=0)
-    compile_unet: bool = False  # torch.compile the UNet on CUDA (opt-in: slow first batch)
-    # At each model load, time a batch of 1, 2, 4 ... max_batch and cap the version's batches
-    # where a bigger one stops paying (a CPU, or a GPU one image already fills).
+    """GB of (GPU) memory one worker may use: models over it are refused at load, batches
+    estimated over it are split. None: no budget.
+    """
+    compile_unet: bool = False
+    """torch.compile the UNet on CUDA (opt-in: slow first batch)"""
     batch_calibration: bool = True
-    # A worker whose lane 'assists' other lanes (routes file) also serves their burst
-    # overflow (spill queues) on its GPU, ahead of its own jobs. False: this worker does not.
+    """At each model load, time a batch of 1, 2, 4 ... max_batch and cap the version's batches
+    where a bigger one stops paying (a CPU, or a GPU one image already fills).
+    """
     assist: bool = True
-    # A worker's render and image-codec threads run this much nicer than its event loop
-    # (Linux), so on a saturated CPU the scheduler serves Kafka I/O, commits and
-    # heartbeats (and the broker, router) first; bulk work takes every cycle left.
+    """A worker whose lane 'assists' other lanes (routes file) also serves their burst overflow
+    (spill queues) on its GPU, ahead of its own jobs. False: this worker does not.
+    """
     compute_thread_nice: int = Field(10, ge=0, le=19)
-    # A worker renders on a thread beside its event loop; CPython hands the GIL over every
-    # this many ms, so it bounds how long a Python-heavy render step can hold back the
-    # loop's publishes, commits and heartbeats (CPython's default is 5 ms).
+    """A worker's render and image-codec threads run this much nicer than its event loop
+    (Linux), so on a saturated CPU the scheduler serves Kafka I/O, commits and heartbeats
+    (and the broker, router) first; bulk work takes every cycle left.
+    """
     gil_switch_interval_ms: float = Field(0.5, gt=0, le=100)
-    # SIGTERM: how long a worker keeps finishing in-flight jobs before it exits.
+    """A worker renders on a thread beside its event loop; CPython hands the GIL over every
+    this many ms, so it bounds how long a Python-heavy render step can hold back the loop's
+    publishes, commits and heartbeats (CPython's default is 5 ms).
+    """
     drain_timeout_s: float = 30.0
+    """SIGTERM: how long a worker keeps finishing in-flight jobs before it exits."""
     kafka_session_timeout_ms: int = 30000
-    # A stable name for this process (the pod's name): its consumers join their groups as
-    # static members, so a restart under the same name reclaims its partitions without a
-    # rebalance. None: dynamic membership (a restart waits for the old session to expire).
+    """Consumer group session timeout: a member silent this long is replaced."""
     instance_id: str | None = Field(None, max_length=200)
+    """A stable name for this process (the pod's name): its consumers join their groups as
+    static members, so a restart under the same name reclaims its partitions without a
+    rebalance. None: dynamic membership (a restart waits for the old session to expire).
+    """
     verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
-    # TrueType font for typography repair; None: Pillow's bundled scalable font.
+    """The typography score (0..1) a render must reach to pass verification."""
     font_path: str | None = None
+    """TrueType font for typography repair; None: Pillow's bundled scalable font."""
 
     webhook_secret: SecretStr = SecretStr(PLACEHOLDER_WEBHOOK_SECRET)
-    # Key rotation: these sign too (one more signature per delivery) until retired.
+    """Signs webhooks (Standard Webhooks), whsec_<base64 key>; production refuses the
+    placeholder.
+    """
     webhook_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Per-endpoint secrets, JSON {"https://hooks.example.com": "whsec_..."} keyed by origin
-    # (scheme://host[:port]); an endpoint's own secret replaces the global one.
+    """Key rotation: these sign too (one more signature per delivery) until retired."""
     webhook_endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
-    # Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>.
+    """Per-endpoint secrets, JSON {"https://hooks.example.com": "whsec_..."} keyed by origin
+    (scheme://host[:port]); an endpoint's own secret replaces the global one.
+    """
     ops_key: SecretStr = SecretStr(PLACEHOLDER_OPS_KEY)
-    # lanes.control records: the control plane signs with this Ed25519 private key (base64,
-    # `lanes keys control-keypair`; only the control plane's pod gets it), every follower
-    # verifies with these public keys (several during a rotation). Local: a fixed dev pair.
+    """Signs ops commands (Standard Webhooks scheme), whsec_<base64 key>."""
     control_signing_key: SecretStr | None = None
+    """lanes.control records: the control plane signs with this Ed25519 private key (base64,
+    `lanes keys control-keypair`; only the control plane's pod gets it), every follower
+    verifies with these public keys (several during a rotation). Local: a fixed dev pair.
+    """
     control_verify_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Signs image URLs (HMAC-SHA256 over the path and an expiry) so that a browser, curl or
-    # a webhook receiver fetches them with no API key; previous keys still verify (rotation).
-    # The console's session cookies are signed with a key derived from it.
+    """The control plane's Ed25519 public keys (base64, comma-separated) that lanes.control
+    records must be signed with; several during a rotation.
+    """
     artifact_url_key: SecretStr = SecretStr(PLACEHOLDER_URL_KEY)
+    """Signs image URLs (HMAC-SHA256 over the path and an expiry) so that a browser, curl or a
+    webhook receiver fetches them with no API key; previous keys still verify (rotation).
+    The console's session cookies are signed with a key derived from it.
+    """
     artifact_url_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Previous URL-signing keys, still accepted (comma-separated), for one TTL after a
+    rotation.
+    """
     artifact_url_ttl_s: float = Field(24 * 3600.0, gt=0)
-    # Failed authentications per client address: this many at once, then this rate (429).
+    """How long a signed image URL stays valid (never past the job's retention)."""
     auth_failure_burst: int = Field(20, ge=1)
+    """Failed authentications per client address: this many at once, then this rate (429)."""
     auth_failure_rate_per_s: float = Field(1.0, gt=0)
-    # The API key `lanes submit` sends (None: the one `lanes up` saved in state_dir).
+    """After auth_failure_burst failures, one more failed authentication per this many per
+    second from one address; beyond it, 429.
+    """
     api_key: SecretStr | None = None
-    # The web console at / (the gateway's): sign-in with an API key.
+    """The API key `lanes submit` sends (None: the one `lanes up` saved in state_dir)."""
     console_enabled: bool = True
-    # Canary judgement: after this many canary outcomes, roll back when the canary's render
-    # failure rate or verification failure rate exceeds the stable version's by the margin.
+    """The web console at / (the gateway's): sign-in with an API key."""
     canary_min_jobs: int = Field(10, ge=1)
+    """Canary judgement: after this many canary outcomes, roll back when the canary's render
+    failure rate or verification failure rate exceeds the stable version's by the margin.
+    """
     canary_margin: float = Field(0.2, ge=0.0, le=1.0)
-    heartbeat_s: float = Field(2.0, gt=0)  # lane workers' status on lanes.workers
-    worker_stale_s: float = Field(10.0, gt=0)  # a worker silent this long is not counted
-    # Autoscaling signal: replicas a lane needs to drain its lag within this many seconds.
+    """How much worse (failure or verification rate) a canary may be than stable before it is
+    rolled back.
+    """
+    heartbeat_s: float = Field(2.0, gt=0)
+    """lane workers' status on lanes.workers"""
+    worker_stale_s: float = Field(10.0, gt=0)
+    """a worker silent this long is not counted"""
     autoscale_drain_s: float = Field(60.0, gt=0)
+    """Autoscaling signal: replicas a lane needs to drain its lag within this many seconds."""
     autoscale_max_replicas: int = Field(16, ge=1)
-    admission_poll_s: float = Field(1.0, gt=0)  # how often lane lag is read for admission
+    """The most replicas the autoscaling signal asks for per lane."""
+    admission_poll_s: float = Field(1.0, gt=0)
+    """how often lane lag is read for admission"""
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts webhooks may go to although they resolve to private or loopback addresses
+    (comma-separated).
+    """
     webhook_timeout_s: float = 15.0
+    """Seconds one webhook POST may take."""
     webhook_max_attempts: int = Field(8, ge=1)
-    webhook_backoff_s: float = Field(5.0, gt=0)  # first retry after ~this, doubling
-    webhook_max_delay_s: float = Field(3600.0, gt=0)  # longest wait, Retry-After included
+    """Attempts per webhook before it goes to lanes.webhooks.dlq."""
+    webhook_backoff_s: float = Field(5.0, gt=0)
+    """first retry after ~this, doubling"""
+    webhook_max_delay_s: float = Field(3600.0, gt=0)
+    """longest wait, Retry-After included"""
     webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
+    """The largest webhook body sent."""
 
-    # Admission: JSON {"tenant": {"rate_per_s": 2, "burst": 10}}; tenants not named (and
-    # requests without a tenant) get default_quota each; None: unlimited.
     tenant_quotas: dict[str, Quota] = Field(default_factory=dict)
+    """Admission: JSON {"tenant": {"rate_per_s": 2, "burst": 10}}; tenants not named (and
+    requests without a tenant) get default_quota each; None: unlimited.
+    """
     default_quota: Quota | None = None
+    """The quota of tenants not named in tenant_quotas (JSON {rate_per_s, burst}); None:
+    unlimited.
+    """
 
     log_level: str = "INFO"
+    """Log level (INFO, DEBUG...)."""
     log_json: bool = True
+    """structlog JSON lines (true) or console-formatted logs."""
 
     @field_validator(
         "webhook_allowed_hosts",
