@@ -9,7 +9,7 @@ wrong-path: 403; expired: 410; each says which.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -34,9 +34,11 @@ __all__ = ["router"]
 log = structlog.get_logger("lanes.gateway")
 
 router = APIRouter(prefix="/v1/generations", tags=["images"])
-PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image"}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The PNG image"}
+}
 # A bearer key, or none at all (a signed URL: ``expires`` and ``sig``).
-KEY_OR_SIGNED = {"security": [{"HTTPBearer": []}, {}]}
+KEY_OR_SIGNED: dict[str, Any] = {"security": [{"HTTPBearer": []}, {}]}
 Expires = Annotated[str | None, Query(max_length=20, description="signed URLs: expiry (unix s)")]
 Sig = Annotated[str | None, Query(max_length=128, description="signed URLs: the signature")]
 
