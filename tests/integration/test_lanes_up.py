@@ -101,6 +101,8 @@ def job_through_lanes_up(tmp: Path, exported: dict[str, str]) -> dict[str, objec
         _stop(up, timeout=90)
 
 
+# `lanes up` starts a dozen processes (five workers load torch) on two cores: minutes.
+@pytest.mark.timeout(480)
 def test_lanes_up_on_a_three_broker_cluster(tmp_path: Path) -> None:
     with kafka_started(tmp_path, "--brokers", "3") as exported:
         assert exported["LANES_KAFKA_BOOTSTRAP"].count(",") == 2  # three addresses
@@ -108,6 +110,7 @@ def test_lanes_up_on_a_three_broker_cluster(tmp_path: Path) -> None:
     assert job["status"] == "succeeded", job
 
 
+@pytest.mark.timeout(480)
 def test_lanes_up_on_the_secured_cluster_each_component_its_own_principal(
     tmp_path: Path,
 ) -> None:
