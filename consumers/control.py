@@ -62,10 +62,10 @@ class ControlPlane(RestoringListener):
         self.settings = settings
         self.routes = routes
         self.topics = Topics(settings.topic_prefix)
-        self.key = settings.ops_key.get_secret_value()
+        self.key = settings.control.ops_key.get_secret_value()
         self.view = ControlView(settings, registry)
         self.signer = settings.control_signer()
-        self.judge = CanaryJudge(settings.canary_min_jobs, settings.canary_margin)
+        self.judge = CanaryJudge(settings.control.canary_min_jobs, settings.control.canary_margin)
         self.workers: dict[str, WorkerStatus] = {}
         self.meter = ThroughputMeter()
         self.desired_replicas = Gauge(
@@ -274,13 +274,15 @@ class ControlPlane(RestoringListener):
             self.desired_replicas.labels(lane).set(
                 desired_replicas(
                     sample,
-                    drain_s=self.settings.autoscale_drain_s,
-                    max_replicas=self.settings.autoscale_max_replicas,
+                    drain_s=self.settings.control.autoscale_drain_s,
+                    max_replicas=self.settings.control.autoscale_max_replicas,
                 )
             )
 
     def live_instances(self, lane: str, serves: str | None = None) -> list[str]:
-        return live_workers(self.workers.values(), lane, self.settings.worker_stale_s, serves)
+        return live_workers(
+            self.workers.values(), lane, self.settings.control.worker_stale_s, serves
+        )
 
 
 async def run(

@@ -60,11 +60,11 @@ class RetentionSweeper:
                 self.failures.inc()
                 log.warning("retention_sweep_failed", error=str(exc)[:300])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.retention_sweep_s)
+                await asyncio.wait_for(stop.wait(), self.settings.storage.retention_sweep_s)
 
     async def sweep(self, batch: int = 200) -> int:
         """Delete one batch of expired jobs; return how many."""
-        cutoff = utcnow() - timedelta(days=self.settings.retention_days)
+        cutoff = utcnow() - timedelta(days=self.settings.storage.retention_days)
         jobs = self.index.finished_before(cutoff, batch)
         done = 0
         for job in jobs:

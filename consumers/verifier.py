@@ -188,8 +188,8 @@ async def run(
         store,
         topics,
         load_routes(settings.routes_file),
-        settings.verify_threshold,
-        settings.font_path,
+        settings.worker.verify_threshold,
+        settings.worker.font_path,
         control=control.items,
     )
     await asyncio.get_running_loop().run_in_executor(verifier.executor, verifier.ocr.load)

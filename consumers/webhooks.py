@@ -52,9 +52,9 @@ class WebhookMetrics:
 def make_sender(settings: Settings) -> WebhookSender:
     return WebhookSender(
         settings.signing_keys(),
-        settings.webhook_allowed_hosts,
-        timeout_s=settings.webhook_timeout_s,
-        max_body_bytes=settings.webhook_max_body_bytes,
+        settings.webhooks.allowed_hosts,
+        timeout_s=settings.webhooks.timeout_s,
+        max_body_bytes=settings.webhooks.max_body_bytes,
         prepare=url_signer(settings).sign_webhook_body,
     )
 
@@ -76,11 +76,11 @@ def after_attempt(
         error=result.error,
     )
     outputs: list[Output] = []
-    if result.outcome == "retry" and msg.attempt < settings.webhook_max_attempts:
+    if result.outcome == "retry" and msg.attempt < settings.webhooks.max_attempts:
         delay = backoff_delay(
             msg.attempt,
-            settings.webhook_backoff_s,
-            settings.webhook_max_delay_s,
+            settings.webhooks.backoff_s,
+            settings.webhooks.max_delay_s,
             result.retry_after_s,
         )
         nxt = msg.model_copy(

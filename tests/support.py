@@ -56,7 +56,7 @@ class Stack(LocalStack):
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30
+            base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=30
         )
 
     async def start(self) -> None:
@@ -90,7 +90,7 @@ class Stack(LocalStack):
             uvicorn.Config(
                 app,
                 host="127.0.0.1",
-                port=self.settings.gateway_port,
+                port=self.settings.gateway.port,
                 log_level="warning",
             )
         )
@@ -322,15 +322,15 @@ async def running_stack(
 async def running_gateway(
     settings: Settings, key: str | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """One more gateway replica on ``settings.gateway_port`` (its app, and a client of it
+    """One more gateway replica on ``settings.gateway.port`` (its app, and a client of it
     that sends ``key``)."""
     app = create_app(settings)
     server = EmbeddedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=settings.gateway_port, log_level="warning")
+        uvicorn.Config(app, host="127.0.0.1", port=settings.gateway.port, log_level="warning")
     )
     task = asyncio.create_task(server.serve())
     http = httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{settings.gateway_port}",
+        base_url=f"http://127.0.0.1:{settings.gateway.port}",
         timeout=30,
         headers={"Authorization": f"Bearer {key}"} if key else {},
     )

@@ -56,7 +56,7 @@ class Following:
             if (
                 peer.lane == self.lane
                 and peer.instance < self.instance
-                and (now - peer.at).total_seconds() < self.settings.worker_stale_s
+                and (now - peer.at).total_seconds() < self.settings.control.worker_stale_s
                 and peer.health != "stopped"
                 and (peer.restart_generation < target or peer.health != "ready")
             ):
@@ -80,7 +80,7 @@ class Following:
             notices=self.routes.notices(self.lane),
             in_flight=self.in_flight,
             jobs_done=self.jobs_done,
-            device=self.settings.device,
+            device=self.settings.worker.device,
         )
 
     async def _heartbeat(self) -> None:
@@ -102,4 +102,4 @@ class Following:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._heartbeat()
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(self.settings.control.heartbeat_s)

@@ -64,7 +64,7 @@ class GpuProcess:
         self.workers_view = CompactedView(s, self.topics.workers, WorkerStatus.model_validate_json)
         # One inference thread: one GPU runs one batch at a time. It and the image codec
         # threads run nicer than the event loop: bulk CPU work yields to Kafka I/O.
-        nicer = (s.compute_thread_nice,)
+        nicer = (s.worker.compute_thread_nice,)
         self.gpu = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="gpu",

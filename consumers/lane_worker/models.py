@@ -103,9 +103,9 @@ def load_model(
             path,
             name=ref.model,
             version=ref.version,
-            device=settings.device,
-            budget=MemoryBudget.from_gb(settings.memory_budget_gb, reserved or (lambda: 0)),
-            compile_unet=settings.compile_unet,
+            device=settings.worker.device,
+            budget=MemoryBudget.from_gb(settings.worker.memory_budget_gb, reserved or (lambda: 0)),
+            compile_unet=settings.worker.compile_unet,
             refine=refine,
             price_usd=spec.price_usd,
             gpu_usd_per_hour=spec.gpu_usd_per_hour,
@@ -124,7 +124,7 @@ class LaneModels:
     def __init__(self, settings: Settings, lane: str, routes: Routes) -> None:
         self.lane = lane
         self.spec = routes.lanes[lane]
-        self.calibrate = settings.batch_calibration
+        self.calibrate = settings.worker.batch_calibration
         # The weights of the worker's other lanes' models (an assisting worker's guests and
         # host share one budget); set by the worker before it loads them.
         self.neighbours: list[LaneModels] = []

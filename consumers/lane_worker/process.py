@@ -40,7 +40,7 @@ async def load_guests(
     budget it shares with its own lane's models. A lane whose model does not fit is not
     helped (logged); the worker still serves its own lane."""
     loaded: dict[str, LaneModels] = {}
-    if not settings.assist:
+    if not settings.worker.assist:
         return loaded
     for helped in routes.lanes[lane].assists + routes.lanes[lane].backfills:
         guest = LaneModels(settings, helped, routes)

@@ -45,5 +45,5 @@ def job_digest(value: bytes) -> JobDigest | None:
 
 def recent_jobs(settings: Settings) -> RecentView[JobDigest]:
     return RecentView(
-        settings, Topics(settings.topic_prefix).jobs, job_digest, settings.worker_recent_jobs_s
+        settings, Topics(settings.topic_prefix).jobs, job_digest, settings.worker.recent_jobs_s
     )

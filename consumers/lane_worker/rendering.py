@@ -167,7 +167,7 @@ class Rendering:
         (progress is best effort: a lost one is overtaken by the next)."""
         loop = asyncio.get_running_loop()
         every = self.spec.preview_every
-        interval = self.settings.progress_interval_s
+        interval = self.settings.worker.progress_interval_s
         last = [0.0]
 
         def hook(step: int, total: int, latents: Any) -> None:

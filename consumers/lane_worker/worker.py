@@ -204,7 +204,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
                 await self._restart()
         finally:
             if guests and stop.is_set():  # they drain on the same stop
-                await asyncio.wait(guests, timeout=self.settings.drain_timeout_s + 5)
+                await asyncio.wait(guests, timeout=self.settings.worker.drain_timeout_s + 5)
             for task in tasks + guests:
                 task.cancel()
             await asyncio.gather(*tasks, *guests, return_exceptions=True)
@@ -238,7 +238,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
                 cap=self.cap,
                 max_batch=self.spec.max_batch,
                 instance=self.instance,
-                device=self.settings.device,
+                device=self.settings.worker.device,
                 generation=self.generation,
             )
             await self._fetch_loop(stop, tasks)
@@ -288,9 +288,11 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
     async def _drain(self) -> None:
         """Stop fetching; finish what is held within the deadline; commit."""
         self._pause()
-        deadline = time.monotonic() + self.settings.drain_timeout_s
+        deadline = time.monotonic() + self.settings.worker.drain_timeout_s
         log.info(
-            "worker_draining", in_flight=self.in_flight, deadline_s=self.settings.drain_timeout_s
+            "worker_draining",
+            in_flight=self.in_flight,
+            deadline_s=self.settings.worker.drain_timeout_s,
         )
         while self.in_flight > 0 and time.monotonic() < deadline:
             self.slot_freed.clear()
@@ -378,7 +380,7 @@ class LaneWorker(Intake, Rendering, Outcomes, Following, ConsumerRebalanceListen
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Give held jobs of the revoked partitions a short while to finish and commit."""
         revoked = set(revoked)
-        deadline = time.monotonic() + min(10.0, self.settings.drain_timeout_s)
+        deadline = time.monotonic() + min(10.0, self.settings.worker.drain_timeout_s)
         while self.tracker.pending(revoked) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._commit()

@@ -81,7 +81,10 @@ class Member:
             raise
         self._ops = asyncio.create_task(
             serve_ops(
-                self.settings.metrics_host, self.settings.metrics_port, self.registry, self.ready
+                self.settings.process.metrics_host,
+                self.settings.process.metrics_port,
+                self.registry,
+                self.ready,
             ),
             name=f"ops-{self.client_id}",
         )
@@ -125,7 +128,7 @@ async def run_member(
     """Run one member of ``group`` with the loop ``make_loop(consumer, producer, dlq_topic)``
     until ``stop`` (or SIGTERM/SIGINT)."""
     registry = registry or CollectorRegistry()
-    client_id = group.removeprefix(settings.group_prefix)
+    client_id = group.removeprefix(settings.cluster.group_prefix)
     consumer = make_consumer(settings, group=group, client_id=client_id, **(consumer_options or {}))
     consumer.subscribe(topics=list(topics), listener=listener)
     loop: MemberLoop | None = None

@@ -138,7 +138,7 @@ async def _run_engine(
                 "lane": "ab",
                 "model": engine,
                 "version": worker.models.stable.version,
-                "device": s.device,
+                "device": s.worker.device,
             },
         )
         stable = worker.models.engines[worker.models.stable]

@@ -66,8 +66,8 @@ def run_gateway() -> None:
     settings = component_settings()
     uvicorn.run(
         create_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
+        host=settings.gateway.host,
+        port=settings.gateway.port,
         log_level="warning",
     )
 
@@ -104,7 +104,7 @@ def run_worker(
     settings = component_settings()
     if device:
         settings = settings.model_copy(update={"device": device})
-    tune_worker_process(settings.gil_switch_interval_ms)
+    tune_worker_process(settings.worker.gil_switch_interval_ms)
     asyncio.run(lane_worker.run(settings, lane, instance=instance))
 
 
@@ -250,7 +250,7 @@ def kafka_start(
     from services.kafka.local_security import LocalSecurity
 
     settings = settings_from_env()
-    home = settings.state_dir.resolve() / ("kafka-secure" if secure else "kafka")
+    home = settings.storage.state_dir.resolve() / ("kafka-secure" if secure else "kafka")
     security = None
     if secure:
         from services.apps.kafka_acls import principals
@@ -314,7 +314,10 @@ def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
 
     settings = settings_from_env()
     weed = WeedProcess(
-        settings.state_dir.resolve() / "seaweedfs", bucket=bucket, s3_port=port, random_ports=False
+        settings.storage.state_dir.resolve() / "seaweedfs",
+        bucket=bucket,
+        s3_port=port,
+        random_ports=False,
     )
     weed.start()
     typer.echo(

@@ -17,7 +17,7 @@ def settings_from_env() -> Settings:
     from services.process.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.process.log_level, settings.process.log_json)
     return settings
 
 

@@ -54,7 +54,7 @@ class LocalStack:
         update: dict[str, Any] = {}
         if self.isolated_hosts:
             update.update(
-                state_dir=self.settings.state_dir / "hosts" / name,
+                state_dir=self.settings.storage.state_dir / "hosts" / name,
                 models_dir=self.settings.models_path,
             )
         if self.principals is not None:

@@ -48,7 +48,7 @@ def _topic(topics: Topics, name: str) -> tuple[str, str]:
 
 
 def acl_rules(settings: Settings, routes: Routes) -> list[Rule]:
-    topics, groups = Topics(settings.topic_prefix), Groups(settings.group_prefix)
+    topics, groups = Topics(settings.topic_prefix), Groups(settings.cluster.group_prefix)
     rules: set[Rule] = set()
     for comp in principals(routes):
         who = comp.principal

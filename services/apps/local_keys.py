@@ -18,13 +18,13 @@ FILES = {"tenant": "api-key", "admin": "admin-api-key"}
 
 
 def credentials_dir(settings: Settings) -> Path:
-    return (settings.state_dir / "credentials").resolve()
+    return (settings.storage.state_dir / "credentials").resolve()
 
 
 def local_key(settings: Settings, which: str = "tenant") -> str | None:
     """``LANES_API_KEY`` if set, else the key `lanes up` saved (None: neither)."""
-    if settings.api_key is not None:
-        return settings.api_key.get_secret_value()
+    if settings.gateway.api_key is not None:
+        return settings.gateway.api_key.get_secret_value()
     path = credentials_dir(settings) / FILES[which]
     return path.read_text().strip() if path.exists() else None
 

@@ -32,7 +32,7 @@ async def send_and_wait(
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)  # pin the end before the command goes out
-        await publish_command(settings, command, settings.ops_key.get_secret_value())
+        await publish_command(settings, command, settings.control.ops_key.get_secret_value())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

@@ -226,12 +226,12 @@ def child_env(settings: Settings, base: Mapping[str, str], **overrides: str) -> 
     env.update(
         LANES_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         LANES_TOPIC_PREFIX=settings.topic_prefix,
-        LANES_GROUP_PREFIX=settings.group_prefix,
-        LANES_STATE_DIR=str(settings.state_dir.resolve()),
+        LANES_GROUP_PREFIX=settings.cluster.group_prefix,
+        LANES_STATE_DIR=str(settings.storage.state_dir.resolve()),
         LANES_ARTIFACT_DIR=str(settings.artifacts_path),
         LANES_MODELS_DIR=str(settings.models_path),
-        LANES_TOPIC_REPLICATION_FACTOR=str(settings.topic_replication_factor),
-        LANES_TOPIC_MIN_INSYNC_REPLICAS=str(settings.topic_min_insync_replicas),
+        LANES_TOPIC_REPLICATION_FACTOR=str(settings.cluster.replication_factor),
+        LANES_TOPIC_MIN_INSYNC_REPLICAS=str(settings.cluster.min_insync_replicas),
     )
     if settings.routes_file is not None:
         env["LANES_ROUTES_FILE"] = str(settings.routes_file)

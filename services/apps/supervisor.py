@@ -61,7 +61,9 @@ def _maybe_start_kafka(settings: Settings) -> KafkaProcess | None:
     if named or len(addresses) > 1 or host not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"Kafka at {settings.kafka_bootstrap} does not answer")
     kafka = KafkaProcess(
-        settings.state_dir.resolve() / "kafka", port=int(port), controller_port=int(port) + 1
+        settings.storage.state_dir.resolve() / "kafka",
+        port=int(port),
+        controller_port=int(port) + 1,
     )
     log.info("kafka_starting", bootstrap=kafka.bootstrap, log=str(kafka.log_path))
     kafka.start()
@@ -77,11 +79,11 @@ async def _pump(name: str, stream: asyncio.StreamReader) -> None:
 
 def _principal_env(settings: Settings, comp: Component) -> dict[str, str]:
     """The component's own Kafka user, when a principals file names them."""
-    if settings.kafka_principals_file is None:
+    if settings.cluster.principals_file is None:
         return {}
-    passwords = json.loads(settings.kafka_principals_file.read_text())
+    passwords = json.loads(settings.cluster.principals_file.read_text())
     if comp.principal not in passwords:
-        raise SystemExit(f"{settings.kafka_principals_file} has no password for {comp.principal}")
+        raise SystemExit(f"{settings.cluster.principals_file} has no password for {comp.principal}")
     return {
         "LANES_KAFKA_USERNAME": comp.principal,
         "LANES_KAFKA_PASSWORD": passwords[comp.principal],
@@ -148,7 +150,7 @@ async def run_stack(settings: Settings) -> None:
     kafka = await asyncio.to_thread(_maybe_start_kafka, settings)
     try:
         await prepare_cluster(settings)
-        if settings.kafka_principals_file is not None:  # a secured cluster: the ACLs first
+        if settings.cluster.principals_file is not None:  # a secured cluster: the ACLs first
             routes = load_routes(settings.routes_file)
             applied = await asyncio.to_thread(apply_rules, settings, acl_rules(settings, routes))
             log.info("kafka_acls_applied", rules=applied)
@@ -161,7 +163,7 @@ async def run_stack(settings: Settings) -> None:
         log.info(
             "stack_starting",
             components=[c.name for c in comps],
-            gateway=f"http://{settings.gateway_host}:{settings.gateway_port}",
+            gateway=f"http://{settings.gateway.host}:{settings.gateway.port}",
         )
         await asyncio.gather(*(_supervise(c, env, stop, settings) for c in comps))
     finally:

@@ -109,10 +109,10 @@ class UrlSigner:
 
 def url_signer(settings: Settings) -> UrlSigner:
     return UrlSigner(
-        settings.artifact_url_key.get_secret_value().encode(),
-        [k.get_secret_value().encode() for k in settings.artifact_url_previous_keys],
-        ttl_s=settings.artifact_url_ttl_s,
-        retention_s=settings.retention_days * 86400,
+        settings.auth.url_key.get_secret_value().encode(),
+        [k.get_secret_value().encode() for k in settings.auth.url_previous_keys],
+        ttl_s=settings.auth.url_ttl_s,
+        retention_s=settings.storage.retention_days * 86400,
     )
 
 

@@ -36,12 +36,12 @@ class GatewayFleet:
         self.settings = settings
         self.producer = producer
         self.topic = Topics(settings.topic_prefix).gateways
-        self.instance = f"{socket.gethostname()}-{os.getpid()}-{settings.gateway_port}"
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{settings.gateway.port}"
         self.view: CompactedView[float] = CompactedView(settings, self.topic, _beat)
 
     def live(self) -> int:
         """Replicas heard from recently, this one included."""
-        horizon = time.time() - self.settings.worker_stale_s
+        horizon = time.time() - self.settings.control.worker_stale_s
         others = sum(1 for k, at in self.view.items.items() if k != self.instance and at >= horizon)
         return 1 + others
 
@@ -59,9 +59,9 @@ class GatewayFleet:
                         self.producer.send_and_wait(
                             self.topic, key=self.instance.encode(), value=body.encode()
                         ),
-                        self.settings.heartbeat_s * 2,
+                        self.settings.control.heartbeat_s * 2,
                     )
-                await asyncio.sleep(self.settings.heartbeat_s)
+                await asyncio.sleep(self.settings.control.heartbeat_s)
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)

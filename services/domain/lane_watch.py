@@ -35,7 +35,7 @@ class LaneWatch:
         lags = LagMonitor(
             settings,
             Placement.watched_lanes(routes),
-            settings.admission_poll_s,
+            settings.admission.poll_s,
             spill=routes.spill_lanes,
         )
         control = ControlView(settings)

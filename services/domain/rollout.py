@@ -62,7 +62,7 @@ class RolloutView:
                 InstanceRollout(
                     status=s,
                     live=s.health != "stopped"
-                    and (now - s.at).total_seconds() < self.settings.worker_stale_s,
+                    and (now - s.at).total_seconds() < self.settings.control.worker_stale_s,
                     current=s.applied_revision == desired.revision,
                 )
                 for s in sorted(self.workers.items.values(), key=lambda s: s.instance)

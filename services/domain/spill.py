@@ -58,7 +58,7 @@ class Placement:
         lane = self.routes.lanes[lane_name]
         spilled = False
         if lane.spill is not None:
-            stale = self.settings.worker_stale_s
+            stale = self.settings.control.worker_stale_s
             statuses = [w for w in self.workers.items.values() if w.health == "ready"]
             spilled = should_spill(
                 lane.spill,

@@ -64,15 +64,15 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=1 << 20,
         fetch_max_bytes=4 << 20,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 10),
+        session_timeout_ms=settings.cluster.session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.cluster.session_timeout_ms // 10),
         max_poll_interval_ms=300000,
         metadata_max_age_ms=5000,
     )
-    if group is not None and settings.instance_id:
+    if group is not None and settings.cluster.instance_id:
         # Static membership: a member restarted under the same instance id (a crashed
         # container in its pod) takes its partitions back at once, without a rebalance.
-        options["group_instance_id"] = f"{settings.instance_id}-{client_id}"
+        options["group_instance_id"] = f"{settings.cluster.instance_id}-{client_id}"
     options.update(overrides)
     return make_raw_consumer(settings, *topics, **options)
 
@@ -185,14 +185,14 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
             try:
                 config = {
                     **spec.config(),
-                    "min.insync.replicas": str(settings.topic_min_insync_replicas),
+                    "min.insync.replicas": str(settings.cluster.min_insync_replicas),
                 }
                 await admin.create_topics(
                     [
                         NewTopic(
                             spec.name,
                             spec.partitions,
-                            settings.topic_replication_factor,
+                            settings.cluster.replication_factor,
                             topic_configs=config,
                         )
                     ]

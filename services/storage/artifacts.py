@@ -126,13 +126,13 @@ class LocalArtifactStore(ArtifactStore):
 def open_store(settings: Settings) -> ArtifactStore:
     """The store ``LANES_ARTIFACTS`` names: ``s3://bucket/prefix``, else the local
     directory (``LANES_ARTIFACT_DIR``, default ``$LANES_STATE_DIR/artifacts``)."""
-    if settings.artifacts and settings.artifacts.startswith("s3://"):
+    if settings.storage.artifacts and settings.storage.artifacts.startswith("s3://"):
         from services.storage.s3 import S3ArtifactStore
 
         return S3ArtifactStore.from_settings(settings)
-    if settings.artifacts:
+    if settings.storage.artifacts:
         raise ArtifactError(
             f"LANES_ARTIFACTS must be s3://bucket[/prefix] (or unset for the local "
-            f"directory), got {settings.artifacts!r}"
+            f"directory), got {settings.storage.artifacts!r}"
         )
     return LocalArtifactStore(settings.artifacts_path)

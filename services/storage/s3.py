@@ -35,21 +35,21 @@ class S3ArtifactStore(ArtifactStore):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3ArtifactStore:
-        assert settings.artifacts is not None
-        parsed = urlparse(settings.artifacts)
+        assert settings.storage.artifacts is not None
+        parsed = urlparse(settings.storage.artifacts)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ArtifactError(
-                f"LANES_ARTIFACTS must be s3://bucket[/prefix], got {settings.artifacts!r}"
+                f"LANES_ARTIFACTS must be s3://bucket[/prefix], got {settings.storage.artifacts!r}"
             )
-        key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
+        key_id, secret = settings.storage.s3_access_key_id, settings.storage.s3_secret_access_key
         client = boto3.client(
             "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
+            endpoint_url=settings.storage.s3_endpoint_url,
+            region_name=settings.storage.s3_region,
             aws_access_key_id=key_id.get_secret_value() if key_id else None,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             config=Config(
-                retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+                retries={"mode": "standard", "max_attempts": settings.storage.s3_max_attempts},
                 connect_timeout=5,
                 read_timeout=30,
                 s3={"addressing_style": "path"},

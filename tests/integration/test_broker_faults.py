@@ -136,7 +136,7 @@ async def test_below_min_isr_the_gateway_answers_503_and_accepts_again_when_a_br
             resp = await stack.http.post("/v1/generations", json=_job(100 + i, receiver))
             assert resp.status_code == 503, resp.text
             assert resp.headers["Retry-After"] and "retry" in resp.json()["detail"]
-            assert time.monotonic() - started < on_cluster.publish_timeout_s + 5
+            assert time.monotonic() - started < on_cluster.gateway.publish_timeout_s + 5
         down[0].start()  # two of three: a quorum and min.insync.replicas again
         ids += [await submit(stack, _job(i, receiver)) for i in range(3, 6)]
         await all_end_once(stack, receiver, ids)

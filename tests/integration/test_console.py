@@ -69,7 +69,7 @@ async def browser() -> AsyncIterator[Any]:
 
 
 def base(stack: Stack) -> str:
-    return f"http://127.0.0.1:{stack.settings.gateway_port}"
+    return f"http://127.0.0.1:{stack.settings.gateway.port}"
 
 
 async def test_submit_watch_and_see_the_image(

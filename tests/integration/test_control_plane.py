@@ -81,7 +81,9 @@ async def test_forged_replayed_and_stale_commands_are_never_applied(
     forged = sign_command(cmd, "whsec_" + "d3Jvbmcta2V5LXdyb25nLWtleQ==")
     stale_cmd = OpsCommand(action="pause", lane="draft")
     stale = sign_command(
-        stale_cmd, settings.ops_key.get_secret_value(), at=datetime.now(UTC) - timedelta(hours=1)
+        stale_cmd,
+        settings.control.ops_key.get_secret_value(),
+        at=datetime.now(UTC) - timedelta(hours=1),
     )
     for signed in (forged, stale):
         await produce_raw(settings, topics.ops, signed.model_dump_json().encode(), b"draft")
@@ -95,7 +97,7 @@ async def test_forged_replayed_and_stale_commands_are_never_applied(
 
     await produce_raw(settings, topics.ops, json.dumps(unsigned).encode(), b"draft")
     good = sign_command(
-        OpsCommand(action="pause", lane="draft"), settings.ops_key.get_secret_value()
+        OpsCommand(action="pause", lane="draft"), settings.control.ops_key.get_secret_value()
     )
     await produce_raw(settings, topics.ops, good.model_dump_json().encode(), b"draft")
     await produce_raw(settings, topics.ops, good.model_dump_json().encode(), b"draft")  # replay

@@ -27,7 +27,7 @@ async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_pa
     # check): allow it more failed attempts than a client would get.
     async with running_stack(settings, worker_lanes=[], auth_failure_burst=10_000) as stack:
         key = await stack.new_key("contract")
-        base = f"http://127.0.0.1:{stack.settings.gateway_port}"
+        base = f"http://127.0.0.1:{stack.settings.gateway.port}"
         proc = await asyncio.create_subprocess_exec(
             _st(),
             "--config-file",

@@ -102,7 +102,7 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
         loop = asyncio.get_running_loop()
         for pool in (worker.gpu, worker.codec):
             nice = await loop.run_in_executor(pool, _thread_nice)
-            assert nice == min(19, _thread_nice() + stack.settings.compute_thread_nice)
+            assert nice == min(19, _thread_nice() + stack.settings.worker.compute_thread_nice)
 
 
 def _thread_nice() -> int:

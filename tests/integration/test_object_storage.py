@@ -105,7 +105,9 @@ async def test_a_final_job_on_separate_hosts_shares_no_disk_and_downloads_by_url
         records = [a["uri"] for a in internal.json()["artifacts"]]
         assert all(u.startswith(stack.settings.public_base_url) for u in records)
         for lane in ("draft", "upscale"):  # workers ran on hosts of their own too
-            assert stack.workers[lane].settings.state_dir == fleet / "hosts" / f"worker-{lane}"
+            assert (
+                stack.workers[lane].settings.storage.state_dir == fleet / "hosts" / f"worker-{lane}"
+            )
     assert not any(fleet.rglob("*.png"))  # no host kept an image
     # Each host holds only its own views: the gateway's jobs, the job owner's state, the
     # dispatcher's delivery records; workers and the verifier none.

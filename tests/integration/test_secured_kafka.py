@@ -246,7 +246,7 @@ def test_a_missing_right_stops_the_component_naming_the_topic_and_operation(
 
     kafka, security = secured
     admin = as_admin(settings, kafka, security)
-    topics, groups = Topics(admin.topic_prefix), Groups(admin.group_prefix)
+    topics, groups = Topics(admin.topic_prefix), Groups(admin.cluster.group_prefix)
     asyncio.run(ensure_topics(admin, topics.specs(load_routes(None).lanes)))
     user = "lanes-sdk"
     apply_rules(

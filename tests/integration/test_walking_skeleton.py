@@ -243,7 +243,7 @@ async def test_every_process_serves_metrics_and_health(stack: Stack) -> None:
     # A consumer process serves the same endpoints on its metrics port.
     port = free_port()
     own = stack.settings.model_copy(
-        update={"metrics_port": port, "group_prefix": stack.settings.group_prefix + "m."}
+        update={"metrics_port": port, "group_prefix": stack.settings.cluster.group_prefix + "m."}
     )
     stack.start_component("router-m", lambda stop: router.run(own, stop))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

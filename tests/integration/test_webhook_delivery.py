@@ -55,7 +55,7 @@ async def test_failing_receiver_gets_retries_on_schedule_then_one_success(
     ids = {d.headers["webhook-id"] for d in (first, second, third)}
     assert ids == {f"msg_{job_id}_succeeded"}  # stable across retries
     for d in (first, second, third):  # each attempt freshly signed, verifiable
-        assert verify_delivery(d.body, d.headers, hooks.settings.webhook_secret.get_secret_value())
+        assert verify_delivery(d.body, d.headers, hooks.settings.webhooks.secret.get_secret_value())
     await wait_until(lambda: len(receiver.deliveries) >= 3, timeout=1, what="3")
 
     async def delivered() -> bool:

@@ -195,7 +195,7 @@ async def _warm_broker(settings: Any, round_trips: int) -> None:
     topic = f"{settings.topic_prefix}bench.warmup"
     await ensure_topics(settings, [TopicSpec(topic, partitions=1, retention_ms=3_600_000)])
     producer = make_producer(settings, client_id="bench-warmup")
-    consumer = make_consumer(settings, topic, group=f"{settings.group_prefix}bench-warmup")
+    consumer = make_consumer(settings, topic, group=f"{settings.cluster.group_prefix}bench-warmup")
     await producer.start()
     await consumer.start()
     try:

@@ -34,7 +34,7 @@ class Sessions:
     def __init__(self, settings: Settings, keys: KeyRing) -> None:
         self.keys = keys
         self.key = hashlib.sha256(
-            b"lanes-console-session:" + settings.artifact_url_key.get_secret_value().encode()
+            b"lanes-console-session:" + settings.auth.url_key.get_secret_value().encode()
         ).digest()
         self.secure = settings.public_base_url.startswith("https://")
 

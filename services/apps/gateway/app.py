@@ -65,6 +65,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     ops_routes(app, registry, lambda: app.state.started and all(part.ready() for part in parts))
     for router in (generations.router, events.router, artifacts.router, admin.router):
         app.include_router(router)
-    if settings.console_enabled:
+    if settings.gateway.console_enabled:
         console_router(app, settings)
     return app

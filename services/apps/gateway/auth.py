@@ -25,7 +25,7 @@ class Authenticator:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.keys = KeyRing(settings)
         self.throttle = FailureThrottle(
-            settings.auth_failure_burst, settings.auth_failure_rate_per_s
+            settings.auth.failure_burst, settings.auth.failure_rate_per_s
         )
         self.signer = url_signer(settings)
         self.followers = Followers()

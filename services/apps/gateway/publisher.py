@@ -41,8 +41,8 @@ class Publisher:
         self.client: GenerationClient | None = None  # made in start(): needs a running loop
         self.fleet: GatewayFleet | None = None
         self.quotas = TokenBuckets(
-            settings.tenant_quotas,
-            settings.default_quota,
+            settings.admission.tenant_quotas,
+            settings.admission.default_quota,
             share=lambda: self.fleet.share() if self.fleet is not None else 1.0,
         )
         self.followers = Followers()
@@ -93,7 +93,7 @@ class Publisher:
                 return job_id, True
         if spec.webhook_url is not None:  # refuse a private target now, not at delivery
             try:
-                await resolve_target(str(spec.webhook_url), self.settings.webhook_allowed_hosts)
+                await resolve_target(str(spec.webhook_url), self.settings.webhooks.allowed_hosts)
             except Unresolvable:
                 pass  # DNS may recover before the job ends; delivery checks again
             except RefusedTarget as exc:
@@ -113,7 +113,7 @@ class Publisher:
                 # Bounded: with the cluster below min.insync.replicas the broker never
                 # acknowledges, and the client gets a 503 to retry, not a hang.
                 await asyncio.wait_for(
-                    self.client.submit(spec, job_id=job_id), self.settings.publish_timeout_s
+                    self.client.submit(spec, job_id=job_id), self.settings.gateway.publish_timeout_s
                 )
             except Exception as exc:
                 self.requests.labels("publish_failed").inc()
@@ -133,7 +133,9 @@ class Publisher:
         """Publish a cancel for a job the caller may see (checked by the router)."""
         try:
             assert self.client is not None
-            await asyncio.wait_for(self.client.cancel(job_id), self.settings.publish_timeout_s)
+            await asyncio.wait_for(
+                self.client.cancel(job_id), self.settings.gateway.publish_timeout_s
+            )
         except Exception as exc:
             log.error("publish_failed", job_id=job_id, error=str(exc) or type(exc).__name__)
             raise HTTPException(

@@ -126,9 +126,9 @@ class GatewayViews:
         """Drop rows a day past retention whose tombstone this view never read (it was
         compacted away while this gateway was down); the jobs consumer deletes the rest."""
         while True:
-            cutoff = utcnow() - timedelta(days=self.settings.retention_days + 1)
+            cutoff = utcnow() - timedelta(days=self.settings.storage.retention_days + 1)
             self.jobs.view.delete_where("finished < ?", [micros(cutoff)])
-            await asyncio.sleep(self.settings.retention_sweep_s)
+            await asyncio.sleep(self.settings.storage.retention_sweep_s)
 
     # ---- JobReader ------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def test_secret_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_allowed_hosts_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1, localhost")
-    assert Settings().webhook_allowed_hosts == ["127.0.0.1", "localhost"]
+    assert Settings().webhooks.allowed_hosts == ["127.0.0.1", "localhost"]
 
 
 def test_default_routes_send_intents_to_their_lanes() -> None:

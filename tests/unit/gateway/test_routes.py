@@ -106,7 +106,9 @@ class Gateway:
         self.app = create_app(self.settings)
         self.jobs = MemoryJobs()
         self.publisher = RecordingPublisher(
-            TokenBuckets(self.settings.tenant_quotas, self.settings.default_quota)
+            TokenBuckets(
+                self.settings.admission.tenant_quotas, self.settings.admission.default_quota
+            )
         )
         self.app.dependency_overrides[get_jobs] = lambda: self.jobs
         self.app.dependency_overrides[get_publisher] = lambda: self.publisher
