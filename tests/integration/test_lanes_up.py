@@ -33,6 +33,27 @@ def _lanes(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
     )
 
 
+def _free_base(count: int) -> int:
+    """A port with the ``count`` ports from it free (a cluster takes port, port+1, ...)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        try:
+            socks = []
+            for p in range(base, base + count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", p))
+                socks.append(sock)
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
@@ -49,7 +70,7 @@ def kafka_started(tmp: Path, *args: str) -> Iterator[dict[str, str]]:
     env = dict(os.environ, LANES_STATE_DIR=str(tmp / "kafka-home"), PYTHONUNBUFFERED="1")
     env.pop("LANES_KAFKA_BOOTSTRAP", None)
     log = tmp / "kafka-start.log"
-    proc = _lanes("kafka", "start", "--port", str(free_port()), *args, env=env, log=log)
+    proc = _lanes("kafka", "start", "--port", str(_free_base(6)), *args, env=env, log=log)
     try:
         deadline = time.monotonic() + 180
         exported: dict[str, str] = {}
