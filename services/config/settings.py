@@ -13,9 +13,9 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -62,10 +62,17 @@ PLACEHOLDER_OPS_KEY = (
 )
 
 
+T = TypeVar("T")
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# A list from one comma-separated variable (LANES_WEBHOOK_ALLOWED_HOSTS=a,b), or a list.
+CsvList = Annotated[list[T], NoDecode, BeforeValidator(_split_csv)]
 
 
 class Quota(BaseModel):
@@ -169,7 +176,7 @@ class AuthSettings(BaseModel):
     webhook receiver fetches them with no API key; previous keys still verify (rotation).
     The console's session cookies are signed with a key derived from it.
     """
-    url_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    url_previous_keys: CsvList[SecretStr] = Field(default_factory=list)
     """Previous URL-signing keys, still accepted (comma-separated), for one TTL after a
     rotation.
     """
@@ -181,11 +188,6 @@ class AuthSettings(BaseModel):
     """After auth_failure_burst failures, one more failed authentication per this many per
     second from one address; beyond it, 429.
     """
-
-    @field_validator("url_previous_keys", mode="before")
-    @classmethod
-    def _csv(cls, value: object) -> object:
-        return _split_csv(value)
 
 
 class ProcessSettings(BaseModel):
@@ -255,13 +257,13 @@ class WebhookSettings(BaseModel):
     """Signs webhooks (Standard Webhooks), whsec_<base64 key>; production refuses the
     placeholder.
     """
-    previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    previous_secrets: CsvList[SecretStr] = Field(default_factory=list)
     """Key rotation: these sign too (one more signature per delivery) until retired."""
     endpoint_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     """Per-endpoint secrets, JSON {"https://hooks.example.com": "whsec_..."} keyed by origin
     (scheme://host[:port]); an endpoint's own secret replaces the global one.
     """
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_hosts: CsvList[str] = Field(default_factory=list)
     """Hosts webhooks may go to although they resolve to private or loopback addresses
     (comma-separated).
     """
@@ -276,11 +278,6 @@ class WebhookSettings(BaseModel):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     """The largest webhook body sent."""
 
-    @field_validator("allowed_hosts", "previous_secrets", mode="before")
-    @classmethod
-    def _csv(cls, value: object) -> object:
-        return _split_csv(value)
-
 
 class ControlSettings(BaseModel):
     """The control plane: signed ops and control records, canaries, autoscaling."""
@@ -294,7 +291,7 @@ class ControlSettings(BaseModel):
     `lanes keys control-keypair`; only the control plane's pod gets it), every follower
     verifies with these public keys (several during a rotation). Local: a fixed dev pair.
     """
-    verify_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    verify_keys: CsvList[str] = Field(default_factory=list)
     """The control plane's Ed25519 public keys (base64, comma-separated) that lanes.control
     records must be signed with; several during a rotation.
     """
@@ -314,11 +311,6 @@ class ControlSettings(BaseModel):
     """Autoscaling signal: replicas a lane needs to drain its lag within this many seconds."""
     autoscale_max_replicas: int = Field(16, ge=1)
     """The most replicas the autoscaling signal asks for per lane."""
-
-    @field_validator("verify_keys", mode="before")
-    @classmethod
-    def _csv(cls, value: object) -> object:
-        return _split_csv(value)
 
 
 class AdmissionSettings(BaseModel):
