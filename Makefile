@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars s3-server browser kcat lint up test bench bench-gpu clean schemas
+.PHONY: install kafka-jars s3-server browser kcat container-tools helm image image-gpu lock lint up \
+	test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -46,14 +47,48 @@ kcat:
 		 (apt-get update -q >/dev/null && apt-get install -y -q kcat >/dev/null)) ; } || \
 		echo "kcat not installed: the kcat tests will skip"
 
+# podman, buildah and mmdebstrap (Debian's packages) for `make image` and the image tests.
+# Installed with apt-get where we may (root); otherwise those tests skip with the reason.
+container-tools:
+	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] && (apt-get update -q >/dev/null && apt-get install -y -q podman \
+		buildah skopeo runc fuse-overlayfs slirp4netns uidmap mmdebstrap >/dev/null) ; } || \
+		echo "podman not installed: the container image tests will skip"
+
+# Helm, built from its Go module into ~/.cache/lanes (about 3 minutes on 2 cores); the chart
+# tests find it through LANES_HELM.
+HELM_VERSION := v3.22.0
+HELM := $(HOME)/.cache/lanes/helm-$(HELM_VERSION)/helm
+helm: $(HELM)
+$(HELM):
+	GOBIN=$(dir $(HELM)) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+# The container images (Dockerfile; docs/deployment.md): lanes-cpu, and lanes-gpu with
+# `make image-gpu`. BASE_IMAGE=local (default) makes a Debian base here with mmdebstrap.
+image:
+	bash infra/images/build.sh --cpu-only
+image-gpu:
+	bash infra/images/build.sh --gpu-only
+
+# The images' lock files (every wheel by hash) from pyproject.toml's extras.
+lock: $(STAMP)
+	UV_NATIVE_TLS=1 $(BIN)/uv pip compile pyproject.toml --extra server --extra ocr \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--quiet -o infra/images/cpu.lock
+	UV_NATIVE_TLS=1 $(BIN)/uv pip compile pyproject.toml --extra workers \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--quiet -o infra/images/gpu.lock
+	printf 'setuptools>=69\n' | UV_NATIVE_TLS=1 $(BIN)/uv pip compile - --generate-hashes \
+		--python-version 3.11 --quiet -o infra/images/build.lock
+
 # ruff (lint + format check) and the import-direction contracts (import-linter, pyproject).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install s3-server browser kcat
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: install s3-server browser kcat container-tools helm
+	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install
 	$(BIN)/lanes schemas export schemas/json

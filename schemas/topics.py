@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["TopicSpec", "Topics", "Groups"]
+__all__ = ["TopicSpec", "Topics", "Groups", "Partitions", "KEYED_TOPICS"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -28,6 +28,25 @@ class TopicSpec:
             cfg["retention.ms"] = str(self.retention_ms)
         cfg.update(self.extra)
         return cfg
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """How many partitions the fleet-sized topics get (a consumer group uses at most one
+    member per partition): the CPU groups' shared topics, and each lane's (by lane, else
+    ``lanes``). The other topics are single-writer or followed whole and keep fixed counts."""
+
+    topics: int = 6
+    lanes: int = 6
+    by_lane: tuple[tuple[str, int], ...] = ()
+
+    def lane(self, lane: str) -> int:
+        return dict(self.by_lane).get(lane, self.lanes)
+
+
+# Topics whose records are keyed by job (or delivery) and compacted: a key's partition is
+# hash(key) mod the count, so adding partitions would move keys and split their history.
+KEYED_TOPICS = ("jobs", "webhook_deliveries", "keys", "control", "workers", "gateways")
 
 
 @dataclass(frozen=True)
@@ -108,21 +127,27 @@ class Topics:
         """Gateway replicas' heartbeats (key = instance): how a tenant's quota is shared."""
         return self._n("gateways")
 
-    def specs(self, lanes: Iterable[str], spill: Iterable[str] = ()) -> list[TopicSpec]:
+    def specs(
+        self,
+        lanes: Iterable[str],
+        spill: Iterable[str] = (),
+        partitions: Partitions = Partitions(),  # noqa: B008 (frozen)
+    ) -> list[TopicSpec]:
         """Every topic the stack needs, given the lanes named in the routes file (and those
         of them with a spill queue)."""
+        n = partitions.topics
         heartbeats = {
             "cleanup.policy": "compact,delete",
             "retention.ms": str(DAY_MS),
             "segment.ms": str(3600 * 1000),
         }
         specs = [
-            TopicSpec(self.requests, partitions=6),
-            TopicSpec(self.renders, partitions=6),
-            TopicSpec(self.deferred, partitions=6),
-            TopicSpec(self.verifications, partitions=6),
-            TopicSpec(self.jobs, partitions=6, compacted=True),
-            TopicSpec(self.webhook_deliveries, partitions=6, compacted=True),
+            TopicSpec(self.requests, partitions=n),
+            TopicSpec(self.renders, partitions=n),
+            TopicSpec(self.deferred, partitions=n),
+            TopicSpec(self.verifications, partitions=n),
+            TopicSpec(self.jobs, partitions=n, compacted=True),
+            TopicSpec(self.webhook_deliveries, partitions=n, compacted=True),
             TopicSpec(self.webhooks_retry, partitions=3, retention_ms=7 * DAY_MS),
             TopicSpec(self.webhooks_dlq, partitions=1, retention_ms=30 * DAY_MS),
             TopicSpec(self.dlq, partitions=1, retention_ms=30 * DAY_MS),
@@ -135,8 +160,14 @@ class Topics:
             TopicSpec(self.workers, partitions=1, compacted=True, extra=heartbeats),
             TopicSpec(self.gateways, partitions=1, compacted=True, extra=heartbeats),
         ]
-        specs += [TopicSpec(self.lane(lane), partitions=6) for lane in sorted(set(lanes))]
-        specs += [TopicSpec(self.spill(lane), partitions=6) for lane in sorted(set(spill))]
+        specs += [
+            TopicSpec(self.lane(lane), partitions=partitions.lane(lane))
+            for lane in sorted(set(lanes))
+        ]
+        specs += [
+            TopicSpec(self.spill(lane), partitions=partitions.lane(lane))
+            for lane in sorted(set(spill))
+        ]
         return specs
 
 

@@ -334,10 +334,34 @@ def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
 
 @kafka_app.command("topics")
 def kafka_topics() -> None:
-    """Create every topic the stack needs (idempotent)."""
-    from services.apps.supervisor import prepare_cluster
+    """Create every topic the stack needs and raise partition counts to the settings'
+    (LANES_TOPIC_PARTITIONS, LANES_LANE_PARTITIONS[_BY_LANE]) where Kafka allows it."""
+    from services.apps.supervisor import topic_specs
+    from services.config.routes import load_routes
+    from services.kafka.clients import resize_topics
 
-    asyncio.run(prepare_cluster(settings_from_env()))
+    settings = settings_from_env()
+    specs = topic_specs(settings, load_routes(settings.routes_file))
+    changes = asyncio.run(resize_topics(settings, specs))
+    width = max(len(c.topic) for c in changes)
+    typer.echo(f"{'topic':<{width}}  had  wants  action")
+    for c in changes:
+        typer.echo(f"{c.topic:<{width}}  {c.had:>3}  {c.wanted:>5}  {c.action}")
+    if any(c.action == "added" for c in changes):
+        typer.echo(
+            "partitions added: a job id's new records may hash to another partition than its "
+            "earlier ones (a cancel racing its request); consumers pick the new partitions up "
+            "within a metadata refresh"
+        )
+    refused = [c.topic for c in changes if c.action == "refused"]
+    if refused:
+        typer.echo(
+            f"refused: {', '.join(refused)} are compacted and keyed by id: more partitions "
+            "would move keys and split each one's history. Migrate instead (docs/kafka.md, "
+            "'Raising partitions').",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @webhooks_app.command("replay")

@@ -13,10 +13,24 @@ __all__ = ["settings_from_env", "component_settings", "wait_for_stop_signal"]
 def settings_from_env() -> Settings:
     """``Settings()`` from ``LANES_*``, with logging set up; imported lazily so that
     `lanes --help` stays fast."""
+    import typer
+    from pydantic import ValidationError
+
     from services.config.settings import Settings
     from services.process.logs import configure_logging
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # One line a container's log shows (and the process exits 2, so it never is ready):
+        # each reason, without the values (they may hold secrets).
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}"
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        typer.echo(f"invalid settings: {reasons}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.process.log_level, settings.process.log_json)
     return settings
 

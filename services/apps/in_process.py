@@ -68,7 +68,10 @@ class LocalStack:
 
     async def start(self) -> None:
         routes = load_routes(self.settings.routes_file)
-        await ensure_topics(self.settings, self.topics.specs(routes.lanes, routes.spill_lanes))
+        await ensure_topics(
+            self.settings,
+            self.topics.specs(routes.lanes, routes.spill_lanes, self.settings.cluster.partitions()),
+        )
         if self.principals is not None:  # each its own user: the rights come first
             await asyncio.to_thread(apply_rules, self.settings, acl_rules(self.settings, routes))
         for comp in CONSUMERS:

@@ -15,17 +15,17 @@ import sys
 import structlog
 
 from producers.settings import parse_bootstrap
-from schemas.topics import Topics
+from schemas.topics import Topics, TopicSpec
 from services.apps import registry
 from services.apps.kafka_acls import acl_rules, apply_rules
 from services.apps.local_keys import ensure_local_keys
 from services.apps.registry import Component
-from services.config.routes import checkpoint_dir, load_routes
+from services.config.routes import Routes, checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics, wait_for_kafka
 from services.kafka.local_broker import KafkaProcess, port_open
 
-__all__ = ["Component", "components", "run_stack", "prepare_cluster"]
+__all__ = ["Component", "components", "run_stack", "prepare_cluster", "topic_specs"]
 
 log = structlog.get_logger("lanes.stack")
 
@@ -34,12 +34,17 @@ def components(settings: Settings) -> list[Component]:
     return registry.components(load_routes(settings.routes_file))
 
 
+def topic_specs(settings: Settings, routes: Routes) -> list[TopicSpec]:
+    """Every topic of the stack, with the partition counts the settings give."""
+    return Topics(settings.topic_prefix).specs(
+        routes.lanes, routes.spill_lanes, settings.cluster.partitions()
+    )
+
+
 async def prepare_cluster(settings: Settings) -> None:
     routes = load_routes(settings.routes_file)
     await wait_for_kafka(settings)
-    created = await ensure_topics(
-        settings, Topics(settings.topic_prefix).specs(routes.lanes, routes.spill_lanes)
-    )
+    created = await ensure_topics(settings, topic_specs(settings, routes))
     log.info("topics_ready", created=created)
     for name, spec in routes.models.items():
         if spec.hosted:

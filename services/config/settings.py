@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from producers.settings import ClientSettings
-from schemas.topics import Groups
+from schemas.topics import Groups, Partitions
 from services.signing.control import (
     ControlSigner,
     ControlVerifier,
@@ -101,6 +101,26 @@ class ClusterSettings(BaseModel):
     """
     min_insync_replicas: int = Field(1, ge=1)
     """min.insync.replicas of every topic Lanes creates (1 locally, 2 on a 3-broker cluster)."""
+    topic_partitions: int = Field(6, ge=1, le=10000)
+    """Partitions of the topics the CPU consumer groups share out (requests, deferred, renders,
+    verifications, jobs, webhook deliveries): at least the most replicas any of those groups
+    runs; a group never uses more members than its topic has partitions. Applied when a topic
+    is created; `lanes kafka topics` raises it on a running cluster where Kafka allows.
+    """
+    lane_partitions: int = Field(6, ge=1, le=10000)
+    """Partitions of each lane's topic (and its spill queue): at least the lane's most worker
+    replicas (the chart refuses a KEDA maximum above it).
+    """
+    lane_partitions_by_lane: dict[str, int] = Field(default_factory=dict)
+    """Per-lane exceptions to lane_partitions, JSON: {"draft": 32}."""
+
+    def partitions(self) -> Partitions:
+        return Partitions(
+            self.topic_partitions,
+            self.lane_partitions,
+            tuple(sorted(self.lane_partitions_by_lane.items())),
+        )
+
     session_timeout_ms: int = 30000
     """Consumer group session timeout: a member silent this long is replaced."""
     instance_id: str | None = Field(None, max_length=200)
@@ -340,6 +360,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "topic_replication_factor": ("cluster", "replication_factor"),
     "topic_min_insync_replicas": ("cluster", "min_insync_replicas"),
     "kafka_session_timeout_ms": ("cluster", "session_timeout_ms"),
+    "topic_partitions": ("cluster", "topic_partitions"),
+    "lane_partitions": ("cluster", "lane_partitions"),
+    "lane_partitions_by_lane": ("cluster", "lane_partitions_by_lane"),
     "instance_id": ("cluster", "instance_id"),
     "state_dir": ("storage", "state_dir"),
     "retention_days": ("storage", "retention_days"),
@@ -401,7 +424,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "tenant_quotas": ("admission", "tenant_quotas"),
     "default_quota": ("admission", "default_quota"),
 }
-_JSON = frozenset({"tenant_quotas", "default_quota", "webhook_endpoint_secrets"})
+_JSON = frozenset(
+    {"tenant_quotas", "default_quota", "webhook_endpoint_secrets", "lane_partitions_by_lane"}
+)
 
 
 class FlatEnvSource(PydanticBaseSettingsSource):
@@ -514,6 +539,11 @@ class Settings(ClientSettings):
                 "LANES_TOPIC_MIN_INSYNC_REPLICAS must not exceed LANES_TOPIC_REPLICATION_FACTOR"
             )
         if self.profile != "local":
+            if "kafka_bootstrap" not in self.model_fields_set:
+                raise ValueError(
+                    "LANES_KAFKA_BOOTSTRAP must name the cluster outside the local profile "
+                    "(host:port,...; its default is this machine's loopback)"
+                )
             if self.kafka_security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and not (
                 c.allow_plaintext
             ):

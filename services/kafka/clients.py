@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
@@ -33,6 +34,8 @@ __all__ = [
     "make_producer",
     "make_consumer",
     "ensure_topics",
+    "TopicChange",
+    "resize_topics",
     "wait_for_kafka",
     "partition_ids",
     "refusal",
@@ -203,6 +206,51 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
         if created:
             await _wait_for_leaders(admin, created)
         return created
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class TopicChange:
+    """What `lanes kafka topics` did to one topic: ``created``, ``added`` (partitions),
+    ``unchanged``, ``kept`` (has more than asked: Kafka cannot remove partitions) or
+    ``refused`` (a keyed, compacted topic: see docs/kafka.md, "Raising partitions")."""
+
+    topic: str
+    had: int
+    wanted: int
+    action: str
+
+
+async def resize_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[TopicChange]:
+    """Create the missing topics and raise the partition counts of the others to their
+    specs, except on compacted topics, whose keys (job ids) would move to other partitions
+    and split each job's history in two; those are refused, never remapped."""
+    specs = list(specs)
+    created = set(await ensure_topics(settings, specs))
+    admin = make_admin(settings, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        described = {
+            t["topic"]: len(t.get("partitions") or [])
+            for t in await admin.describe_topics([s.name for s in specs])
+        }
+        changes: list[TopicChange] = []
+        for spec in specs:
+            had = described.get(spec.name, 0)
+            if spec.name in created:
+                action = "created"
+            elif had == spec.partitions:
+                action = "unchanged"
+            elif had > spec.partitions:
+                action = "kept"
+            elif spec.compacted:
+                action = "refused"
+            else:
+                await admin.create_partitions({spec.name: NewPartitions(spec.partitions)})
+                action = "added"
+            changes.append(TopicChange(spec.name, had, spec.partitions, action))
+        return changes
     finally:
         await admin.close()
 

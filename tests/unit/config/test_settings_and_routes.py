@@ -13,6 +13,11 @@ from services.signing.control import generate_keypair
 
 def test_placeholder_secret_refused_outside_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANES_PROFILE", "production")
+    monkeypatch.delenv("LANES_KAFKA_BOOTSTRAP", raising=False)
+    # The loopback default would point every pod at itself: the cluster must be named.
+    with pytest.raises(ValidationError, match="LANES_KAFKA_BOOTSTRAP must name the cluster"):
+        Settings()
+    monkeypatch.setenv("LANES_KAFKA_BOOTSTRAP", "kafka-0.kafka:9093,kafka-1.kafka:9093")
     with pytest.raises(ValidationError, match="in the clear"):
         Settings()
     monkeypatch.setenv("LANES_KAFKA_ALLOW_PLAINTEXT", "true")
