@@ -60,8 +60,14 @@ container-tools:
 HELM_VERSION := v3.22.0
 HELM := $(HOME)/.cache/lanes/helm-$(HELM_VERSION)/helm
 helm: $(HELM)
+# The ldflags are helm's own release build's: its version, and the Kubernetes version it
+# assumes without a cluster (`helm template`, `helm lint`), that of its client-go (0.37).
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach p,pkg/lint/rules pkg/chartutil,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/$(p).k8sVersionMinor=37)
 $(HELM):
-	GOBIN=$(dir $(HELM)) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(dir $(HELM)) go install -ldflags '$(HELM_LDFLAGS)' \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 # The container images (Dockerfile; docs/deployment.md): lanes-cpu, and lanes-gpu with
 # `make image-gpu`. BASE_IMAGE=local (default) makes a Debian base here with mmdebstrap.

@@ -382,22 +382,14 @@ def webhooks_replay(
         raise typer.Exit(1)
 
 
-@k8s_app.command("manifests")
-def k8s_manifests(
-    out: Path | None = typer.Option(None, help="write here (default: stdout)"),
-) -> None:
-    """Deployments per lane (nvidia.com/gpu), KEDA ScaledObjects on lag, CPU components."""
-    from services.apps.k8s_manifests import render
-    from services.config.routes import load_routes, routes_text
-    from services.config.settings import Settings
+@k8s_app.command("chart")
+def k8s_chart() -> None:
+    """Write the Helm chart's generated files (infra/helm/lanes/files/) from the component
+    registry and the default routes file."""
+    from services.apps.helm_chart import write_chart_files
 
-    settings = Settings()
-    text = render(load_routes(settings.routes_file), routes_text(settings.routes_file))
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        out.write_text(text)
-        typer.echo(str(out))
+    for path in write_chart_files():
+        typer.echo(str(path))
 
 
 @models_app.command("build-tiny")

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import yaml
 
 from consumers.lane_worker.models import canary_bucket
 from schemas.control import Canary, LaneDesired, ModelRef, WorkerStatus
-from services.apps.k8s_manifests import render
-from services.config.routes import load_routes, routes_text
 from services.domain.autoscale import LaneSample, ThroughputMeter, desired_replicas
 from services.domain.canary import CanaryJudge
 from services.domain.control_state import auto_rollback
@@ -106,102 +101,3 @@ def test_throughput_meter_rates_from_heartbeats() -> None:
     assert meter.rate(["a"]) == 2.0 and meter.rate(["b"]) == 0.0
 
 
-def test_k8s_manifests_give_each_lane_a_gpu_deployment_and_a_lag_scaler() -> None:
-    routes = load_routes(None)
-    docs = list(yaml.safe_load_all(render(routes, routes_text(None))))
-    for lane in routes.lanes:
-        (dep,) = [
-            d
-            for d in docs
-            if d["kind"] == "Deployment" and d["metadata"]["name"] == f"lanes-worker-{lane}"
-        ]
-        container = dep["spec"]["template"]["spec"]["containers"][0]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert container["resources"]["limits"]["memory"]
-        assert container["args"][:4] == ["run", "worker", "--lane", lane]
-        (scaler,) = [
-            d
-            for d in docs
-            if d["kind"] == "ScaledObject"
-            and d["spec"]["scaleTargetRef"]["name"] == f"lanes-worker-{lane}"
-        ]
-        assert scaler["spec"]["triggers"][0]["authenticationRef"] == {"name": "lanes-keda-kafka"}
-        meta = scaler["spec"]["triggers"][0]["metadata"]
-        assert (meta["consumerGroup"], meta["topic"]) == (
-            f"lanes-lane-{lane}",
-            f"lanes.lane.{lane}",
-        )
-    committed = Path(__file__).parents[3] / "infra" / "k8s" / "lanes.yaml"
-    assert committed.read_text() == render(routes, routes_text(None)), (
-        "infra/k8s/lanes.yaml is stale: run `lanes k8s manifests --out infra/k8s/lanes.yaml`"
-    )
-
-
-def test_k8s_manifests_are_valid_kubernetes_and_keep_no_image_on_a_pod() -> None:
-    import kubernetes_validate
-
-    docs = list(yaml.safe_load_all(render(load_routes(None), routes_text(None))))
-    for doc in docs:
-        if doc["kind"] in ("ScaledObject", "TriggerAuthentication"):  # KEDA CRDs
-            continue
-        # Strict: an unknown or misplaced field fails as well as a wrong type.
-        kubernetes_validate.validate(doc, "1.31.0", strict=True)
-    deployments = [d for d in docs if d["kind"] == "Deployment"]
-    assert deployments
-    for dep in deployments:
-        pod = dep["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
-        env = {e["name"]: e for e in container["env"]}
-        # Images go to the object store the Secret names, never a directory of the pod.
-        store = env["LANES_ARTIFACTS"]["valueFrom"]["secretKeyRef"]
-        assert store == {"name": "lanes-object-store", "key": "artifacts", "optional": False}
-        assert "LANES_ARTIFACT_DIR" not in env
-        for name in ("LANES_S3_ACCESS_KEY_ID", "LANES_S3_SECRET_ACCESS_KEY"):
-            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "lanes-object-store"
-        # Kafka: SCRAM over TLS as the component's own principal, the CA from a Secret.
-        assert env["LANES_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
-        user = env["LANES_KAFKA_USERNAME"]["valueFrom"]["secretKeyRef"]
-        assert user["name"] == dep["metadata"]["name"].replace("lanes-", "lanes-kafka-", 1)
-        assert "value" not in env["LANES_KAFKA_PASSWORD"]
-        signs = "LANES_CONTROL_SIGNING_KEY" in env  # the control plane's private key alone
-        assert signs is (dep["metadata"]["name"] == "lanes-control")
-        assert env["LANES_CONTROL_VERIFY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == (
-            "lanes-control"
-        )
-        mounts = {m["name"]: m for m in container["volumeMounts"]}
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        assert volumes[mounts["kafka-ca"]["name"]]["secret"]["secretName"] == "lanes-kafka-ca"
-        assert "emptyDir" in volumes[mounts["state"]["name"]]  # views only: rebuilt from Kafka
-        if dep["metadata"]["name"].startswith("lanes-worker-"):
-            assert mounts["models"]["readOnly"] is True
-            assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "lanes-models"
-            assert env["LANES_MODELS_DIR"]["value"] == mounts["models"]["mountPath"]
-        else:
-            assert "models" not in mounts
-
-
-def test_k8s_manifests_for_the_seed_mix_give_hosted_lanes_a_cpu_pod_and_their_keys() -> None:
-    import kubernetes_validate
-
-    path = Path(__file__).parents[3] / "infra" / "routes" / "seed-mix.yaml"
-    routes = load_routes(path)
-    docs = list(yaml.safe_load_all(render(routes, routes_text(path))))
-    workers = {
-        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
-        for d in docs
-        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("lanes-worker-")
-    }
-    for lane, spec in routes.lanes.items():
-        container = workers[f"lanes-worker-{lane}"]
-        env = {e["name"]: e for e in container["env"]}
-        hosted = routes.models[spec.model].hosted
-        assert ("nvidia.com/gpu" in container["resources"]["limits"]) is not hosted
-        assert ("models" in {m["name"] for m in container["volumeMounts"]}) is not hosted
-        # Every worker can load any model of the file (a canary may go local -> hosted):
-        # the keys come from a Secret by reference, never as values in the manifest.
-        for key in ("LANES_GEMINI_API_KEY", "LANES_IDEOGRAM_API_KEY"):
-            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "lanes-provider-keys"
-            assert "value" not in env[key]
-    for doc in docs:
-        if doc["kind"] not in ("ScaledObject", "TriggerAuthentication"):
-            kubernetes_validate.validate(doc, "1.31.0", strict=True)
