@@ -99,5 +99,3 @@ def test_throughput_meter_rates_from_heartbeats() -> None:
             )
         )
     assert meter.rate(["a"]) == 2.0 and meter.rate(["b"]) == 0.0
-
-
