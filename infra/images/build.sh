@@ -68,9 +68,14 @@ if [ "$BASE_IMAGE" = local ]; then
   fi
 fi
 
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE=${LANES_IMAGE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}
 args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION"
-  --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-  --build-arg "SOURCE=${LANES_IMAGE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}")
+  --build-arg "REVISION=$REVISION" --build-arg "SOURCE=$SOURCE"
+  # Also as --label: buildah's layer cache does not see a changed build argument.
+  --label "org.opencontainers.image.version=$VERSION"
+  --label "org.opencontainers.image.revision=$REVISION"
+  --label "org.opencontainers.image.source=$SOURCE")
 [ -n "${EXTRA_CA_BUNDLE:-}" ] && args+=(--secret "id=ca-bundle,src=$EXTRA_CA_BUNDLE")
 case "${engine[0]}" in
   podman) args+=(--pull=never --network host) ;;  # local bases; pip reaches PyPI directly
