@@ -238,6 +238,9 @@ def kafka_start(
     brokers: int = typer.Option(
         1, min=1, max=9, help="nodes: 3 gives replication 3, min.insync.replicas 2"
     ),
+    host: str = typer.Option(
+        "127.0.0.1", help="the address to listen on and advertise (this host's own, for a fleet)"
+    ),
     secure: bool = typer.Option(
         False,
         help="SASL_SSL (SCRAM-SHA-512) with a local CA, mTLS controllers, ACLs: a user "
@@ -249,6 +252,8 @@ def kafka_start(
     from services.kafka.local_broker import KafkaCluster, KafkaProcess
     from services.kafka.local_security import LocalSecurity
 
+    if host != "127.0.0.1" and (secure or brokers > 1):
+        raise typer.BadParameter("--host is for one PLAINTEXT node (a fleet test on one machine)")
     settings = settings_from_env()
     home = settings.storage.state_dir.resolve() / ("kafka-secure" if secure else "kafka")
     security = None
@@ -259,7 +264,9 @@ def kafka_start(
         security = LocalSecurity(home / "security")
         security.ensure(c.principal for c in principals(load_routes(settings.routes_file)))
     if brokers == 1:
-        kafka = KafkaProcess(home, port=port, controller_port=port + 1, security=security)
+        kafka = KafkaProcess(
+            home, port=port, controller_port=port + 1, security=security, host=host
+        )
         kafka.start()
         bootstrap, stop = kafka.bootstrap, kafka.stop
         env = {"LANES_KAFKA_BOOTSTRAP": bootstrap}
@@ -306,9 +313,14 @@ def kafka_acls(
 
 
 @s3_app.command("start")
-def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
+def s3_start(
+    port: int = 8333,
+    bucket: str = "lanes",
+    host: str = typer.Option("127.0.0.1", help="the address to serve on (this host's own)"),
+) -> None:
     """Run SeaweedFS (built from its Go module on first use) as the local S3 server, on
-    127.0.0.1, until Ctrl-C. Point the stack at it with the variables it prints."""
+    --host (loopback by default), until Ctrl-C. Point the stack at it with the variables it
+    prints."""
 
     from services.storage.local_s3 import WeedProcess
 
@@ -318,6 +330,7 @@ def s3_start(port: int = 8333, bucket: str = "lanes") -> None:
         bucket=bucket,
         s3_port=port,
         random_ports=False,
+        host=host,
     )
     weed.start()
     typer.echo(

@@ -90,11 +90,15 @@ class KafkaProcess:
     cluster_id: str | None = None  # shared by a cluster's nodes; None: a new one
     # SASL_SSL, mTLS controllers and ACLs (see local_security); None: PLAINTEXT.
     security: LocalSecurity | None = None
+    # The address it listens on and advertises: loopback for one machine; a host's own
+    # address when other hosts connect (`lanes kafka start --host`). A single node's
+    # controller listener stays on loopback: only the node itself talks to it.
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -115,6 +119,7 @@ class KafkaProcess:
             .read_text()
             .format(
                 port=self.port,
+                host=self.host,
                 controller_port=self.controller_port,
                 log_dir=data,
                 node_id=self.node_id,
@@ -186,7 +191,7 @@ class KafkaProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kafka exited with {self.proc.returncode}:\n{self.tail()}")
-            if port_open("127.0.0.1", self.port):
+            if port_open(self.host, self.port):
                 return
             time.sleep(0.25)
         self.stop()

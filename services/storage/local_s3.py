@@ -66,11 +66,12 @@ class WeedProcess:
     access_key: str = "lanes-local"
     secret_key: str = "lanes-local-secret"
     random_ports: bool = True
+    host: str = "127.0.0.1"  # the address it serves on (`lanes s3 start --host`)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"http://{self.host}:{self.s3_port}"
 
     @property
     def log_path(self) -> Path:
@@ -99,8 +100,8 @@ class WeedProcess:
             str(binary),
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             f"-s3.port={self.s3_port}",
             f"-bucket={self.bucket}",
             "-webdav=false",
@@ -116,7 +117,7 @@ class WeedProcess:
         )
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
-        while not (port_open("127.0.0.1", self.s3_port) and self._bucket_ready()):
+        while not (port_open(self.host, self.s3_port) and self._bucket_ready()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"SeaweedFS did not start:\n{self.tail()}")
