@@ -147,14 +147,14 @@ async def test_oversized_payload_is_never_sent() -> None:
     assert result.outcome == "failed" and "over the 1024-byte limit" in (result.error or "")
 
 
-def test_readme_receiver_example_verifies_and_deduplicates(
+def test_documented_receiver_example_verifies_and_deduplicates(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from pathlib import Path
 
     from fastapi.testclient import TestClient
 
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text()
     (block,) = [
         b.split("\n", 1)[1]
         for b in readme.split("```python")[1:]
@@ -162,7 +162,7 @@ def test_readme_receiver_example_verifies_and_deduplicates(
     ]
     code = block.split("```")[0].replace('SECRETS = ["whsec_..."]', f"SECRETS = [{NEW!r}]")
     scope: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    exec(compile(code, "docs/webhooks.md", "exec"), scope)  # noqa: S102 - our own documentation
     client = TestClient(scope["app"])  # type: ignore[arg-type]
     body = json.dumps(
         {"type": "generation.succeeded", "data": {"job_id": "j1", "status": "succeeded"}}
