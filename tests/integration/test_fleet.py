@@ -55,6 +55,9 @@ intents: {preview: final, draft: final, final: final}
 """
 
 
+SCRAPE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+
+
 def wait_for_line(log: Path, text: str, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -210,7 +213,7 @@ def test_components_on_hosts_of_their_own_and_a_worker_host_cut_off(
     w1_metrics = f"http://{a('w1')}:{metrics_ports['w1', 'worker-final']}/metrics"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        scraped = fleet.exec("w1", ["curl", "-sf", w1_metrics], timeout=10).stdout
+        scraped = fleet.exec("w1", [sys.executable, "-c", SCRAPE, w1_metrics], timeout=10).stdout
         held = [
             float(line.rsplit(" ", 1)[1])
             for line in scraped.splitlines()
