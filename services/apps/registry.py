@@ -1,6 +1,7 @@
 """Every Lanes component, once: its name, what it runs, its consumer group, its local
 metrics port and its Kubernetes resources. `lanes run`, `lanes up`, the in-process stack,
-the k8s manifests and the benchmarks read this list; nothing else names components.
+the Helm chart (files/components.yaml) and the benchmarks read this list; nothing else
+names components.
 
 A component's name is what `lanes run NAME` takes and what its Deployment is called
 (``lanes-NAME``). Lane workers are one component per lane (``worker-<lane>``).
