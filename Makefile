@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install kafka-jars s3-server browser kcat container-tools helm image image-gpu lock lint up \
-	test bench bench-gpu clean schemas
+	prometheus test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -55,6 +55,15 @@ container-tools:
 		buildah skopeo runc fuse-overlayfs slirp4netns uidmap mmdebstrap >/dev/null) ; } || \
 		echo "podman not installed: the container image tests will skip"
 
+# Debian's prometheus package: promtool for the alert-rule tests and a real Prometheus for
+# the end-to-end alert check. policy-rc.d keeps the package from starting its service.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && { \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+		(apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null && \
+		 apt-get install -y -q prometheus >/dev/null)); rm -f /usr/sbin/policy-rc.d; } ; } || \
+		echo "prometheus not installed: the alert-rule tests will skip"
+
 # Helm, built from its Go module into ~/.cache/lanes (about 3 minutes on 2 cores); the chart
 # tests find it through LANES_HELM.
 HELM_VERSION := v3.22.0
@@ -93,7 +102,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install s3-server browser kcat container-tools helm
+test: install s3-server browser kcat container-tools helm prometheus
 	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.config.slo import LATENCY_BUCKETS
+
 __all__ = ["WorkerMetrics", "LATENCY_BUCKETS"]
 
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.2, 1.5, 2, 3, 5, 10, 30, 60)
 LABELS = ["lane", "model", "version"]
 
 

@@ -47,6 +47,8 @@ app.add_typer(settings_app, name="settings")
 webhooks_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(k8s_app, name="k8s")
+alerts_app = typer.Typer(no_args_is_help=True, help="Prometheus alerting rules")
+app.add_typer(alerts_app, name="alerts")
 
 
 @app.command()
@@ -393,6 +395,24 @@ def webhooks_replay(
     typer.echo(f"{len(sent)} webhook(s) queued for delivery")
     if key and len(sent) < len(set(key)):
         raise typer.Exit(1)
+
+
+@alerts_app.command("rules")
+def alerts_rules(
+    out: Path | None = typer.Option(None, help="write here (default: stdout)"),
+) -> None:
+    """The Prometheus alerting rules for the routes file's lanes (LANES_ROUTES_FILE): SLO
+    burn rates from each lane's `slo:`, and the fleet's alerts (docs/runbooks.md)."""
+    from services.apps.alert_rules import render
+    from services.config.routes import load_routes
+    from services.config.settings import Settings
+
+    text = render(load_routes(Settings().routes_file))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(str(out))
 
 
 @k8s_app.command("chart")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.spec import Priority
+from services.config.slo import SloSpec
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
 __all__ = [
@@ -185,6 +186,8 @@ class LaneSpec(BaseModel):
     on_safety: Literal["fail", "fallback"] = "fail"
     # Live progress: a low-resolution preview (from the latents) every this many steps.
     preview_every: int | None = Field(None, ge=1)
+    # Its objectives: the alerting rules' burn rates (`lanes alerts rules`) come from these.
+    slo: SloSpec = SloSpec()
 
     @model_validator(mode="after")
     def _batch_within_cap(self) -> LaneSpec:

@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from producers.client import GenerationClient, fingerprint, job_id_for
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
+from schemas.topics import Topics
 from services.apps.gateway.views import Accepted, Followers
 from services.config.settings import Settings
 from services.domain.admission import TokenBuckets
 from services.domain.fleet_share import GatewayFleet
+from services.kafka.cluster_probe import ClusterProbe
 from services.webhooks.delivery import RefusedTarget, Unresolvable, resolve_target
 
 __all__ = ["Publisher"]
@@ -49,6 +51,9 @@ class Publisher:
         self.requests = Counter(
             "lanes_gateway_requests_total", "Generation requests", ["outcome"], registry=registry
         )
+        # The broker as the gateway sees it (the alerts LanesKafkaUnreachable and
+        # LanesKafkaBelowMinISR): the topic it writes, lanes.requests.
+        self.probe = ClusterProbe(settings, Topics(settings.topic_prefix).requests, registry)
         self.publish_seconds = Histogram(
             "lanes_gateway_publish_seconds",
             "Time until the broker acknowledged a request",
@@ -59,7 +64,7 @@ class Publisher:
         self.client = GenerationClient(self.settings, producer_name="lanes-gateway")
         await self.client.start()
         self.fleet = GatewayFleet(self.settings, self.client.producer)
-        self.followers.start(gateway_fleet=self.fleet.run)
+        self.followers.start(gateway_fleet=self.fleet.run, kafka_probe=self.probe.run)
 
     async def stop(self) -> None:
         await self.followers.stop()
