@@ -19,12 +19,14 @@ from collections.abc import Sequence
 
 import structlog
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import MessageContext, Output
 from consumers.machinery.restoring import RestoringListener
 from consumers.machinery.runtime import run_consumer, stop_on_signals
 from consumers.retention import RetentionSweeper
+from producers.tracing import trace_id_of
 from schemas.events import parse_job_event
 from schemas.exceptions import PoisonEvent
 from schemas.topics import Topics
@@ -58,6 +60,10 @@ class JobStateFolder(RestoringListener):
         new = fold(self.index.get(job_id), event)
         if new is None:
             return []
+        if new.trace_id is None:  # this hop's span is in the job's trace
+            trace_id = trace_id_of(trace.get_current_span())
+            if trace_id is not None:
+                new = new.model_copy(update={"trace_id": trace_id})
         self.index.put(new)
         if new.terminal:
             log.info("job_finished", status=new.status, error=new.error)

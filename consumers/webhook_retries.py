@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.machinery.delayed import run_delayed
 from consumers.machinery.loop import Output
-from consumers.webhooks import WebhookMetrics, after_attempt, make_sender
+from consumers.webhooks import WebhookMetrics, after_attempt, make_sender, traced_attempt
 from schemas.records import WebhookMessage
 from schemas.topics import Topics
 from services.config.settings import Settings
@@ -33,7 +33,7 @@ async def run(
     sender = make_sender(settings)
 
     async def attempt(msg: WebhookMessage) -> Sequence[Output]:
-        result = await sender.attempt(msg.url, msg.webhook_id, msg.body)
+        result = await traced_attempt(sender, msg)
         return after_attempt(settings, msg, result, metrics)
 
     try:

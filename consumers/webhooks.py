@@ -21,8 +21,10 @@ import asyncio
 import json
 from collections.abc import Sequence
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import structlog
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
 
 from consumers.machinery.loop import MessageContext, Output, Tombstone
@@ -57,6 +59,28 @@ def make_sender(settings: Settings) -> WebhookSender:
         max_body_bytes=settings.webhooks.max_body_bytes,
         prepare=url_signer(settings).sign_webhook_body,
     )
+
+
+async def traced_attempt(sender: WebhookSender, msg: WebhookMessage) -> AttemptResult:
+    """One POST to the client's URL as a span of the job's trace, with its status code (the
+    host only: a URL's path or query may carry the client's secrets)."""
+    with trace.get_tracer("lanes").start_as_current_span(
+        "webhook attempt",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "lanes.job_id": msg.job_id,
+            "lanes.webhook.event": msg.event,
+            "lanes.webhook.attempt": msg.attempt,
+            "server.address": urlsplit(msg.url).hostname or "",
+        },
+    ) as span:
+        result = await sender.attempt(msg.url, msg.webhook_id, msg.body)
+        span.set_attribute("lanes.webhook.outcome", result.outcome)
+        if result.status_code is not None:
+            span.set_attribute("http.response.status_code", result.status_code)
+        if result.outcome != "delivered":
+            span.set_status(trace.StatusCode.ERROR, result.outcome)
+        return result
 
 
 def after_attempt(
@@ -190,7 +214,7 @@ class WebhookDispatcher(RestoringListener):
             attempt=1,
             body=json.dumps(payload, separators=(",", ":")),
         )
-        result = await self.sender.attempt(msg.url, msg.webhook_id, msg.body)
+        result = await traced_attempt(self.sender, msg)
         outputs = after_attempt(self.settings, msg, result, self.metrics)
         self.deliveries.put(key, outputs[0].value or b"")
         return outputs

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from producers.kafka import make_producer
 from producers.settings import ClientSettings
+from producers.tracing import trace_headers
 from schemas.events import CancelRequested, GenerationRequested
 from schemas.spec import GenerationSpec
 from schemas.topics import Topics
@@ -73,8 +74,10 @@ class GenerationClient:
         event = GenerationRequested(
             job_id=job_id, producer=self.producer_name, spec=spec, fingerprint=fingerprint(spec)
         )
+        # The caller's trace (the gateway's request span) goes on with the job; from the SDK
+        # with no tracer the router starts the job's trace.
         await self.producer.send_and_wait(
-            self.topics.requests, event.to_bytes(), key=job_id.encode()
+            self.topics.requests, event.to_bytes(), key=job_id.encode(), headers=_headers()
         )
         return job_id
 
@@ -83,5 +86,9 @@ class GenerationClient:
         next step). The job ends ``canceled`` unless it finished first."""
         event = CancelRequested(job_id=job_id, producer=self.producer_name, reason=reason)
         await self.producer.send_and_wait(
-            self.topics.requests, event.to_bytes(), key=job_id.encode()
+            self.topics.requests, event.to_bytes(), key=job_id.encode(), headers=_headers()
         )
+
+
+def _headers() -> list[tuple[str, bytes]] | None:
+    return list(trace_headers()) or None

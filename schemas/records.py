@@ -126,6 +126,8 @@ class JobState(BaseModel):
     reroutes: list[str] = Field(default_factory=list)
     # Event ids already folded in, so a redelivered event changes nothing.
     seen_events: list[str] = Field(default_factory=list)
+    # The job's trace (W3C trace id, 32 hex digits) when tracing is on: every hop's spans.
+    trace_id: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -9,9 +9,11 @@ from typing import Any, Literal
 
 import structlog
 from aiokafka import TopicPartition
+from opentelemetry import trace
 
 from consumers.lane_worker.tasks import RenderTask, task_key
 from consumers.machinery.loop import bind_record, dead_letter
+from producers.tracing import context_from_headers
 from schemas.events import (
     GenerationRouted,
     parse_job_event,
@@ -50,6 +52,34 @@ class Intake:
             or job.attempt > event.attempt
             or (event.attempt, self.stage_of(event)) in job.rendered
         )
+
+    def _job_span(self, record: Any, event: GenerationRouted, engine: Any) -> trace.Span:
+        """The job's span in this worker, from the record's append (its wait in the lane's
+        queue is the first child) under the hop that routed it."""
+        appended = int(record.timestamp) * 1_000_000  # ms -> ns
+        tracer = trace.get_tracer("lanes")
+        span = tracer.start_span(
+            f"lanes-worker-{self.lane} job",
+            context=context_from_headers(record.headers, event.job_id),
+            kind=trace.SpanKind.CONSUMER,
+            start_time=appended,
+            attributes={
+                "lanes.job_id": event.job_id,
+                "lanes.lane": self.lane,
+                "lanes.model": engine.name,
+                "lanes.version": engine.version,
+                "lanes.attempt": event.attempt,
+                "lanes.tenant": event.spec.tenant or "",
+                "lanes.stage": self.stage_of(event),
+                "lanes.instance": self.instance,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+            },
+        )
+        tracer.start_span(
+            "queue wait", context=trace.set_span_in_context(span), start_time=appended
+        ).end()
+        return span
 
     async def _admit(self, tp: TopicPartition, record: Any) -> None:
         bind_record(record, self.group)
@@ -107,5 +137,13 @@ class Intake:
         self._hold(+1)
         self.batcher.put(
             (engine.name, engine.version, batch_key(request)),
-            RenderTask(tp, record.offset, event, request, datetime.now(UTC), engine),
+            RenderTask(
+                tp,
+                record.offset,
+                event,
+                request,
+                datetime.now(UTC),
+                engine,
+                self._job_span(record, event, engine),
+            ),
         )

@@ -12,6 +12,7 @@ import structlog
 from consumers.lane_worker.tasks import RECENT_LIMIT, RenderTask, labels_of, task_key
 from consumers.machinery.loop import Output
 from consumers.machinery.rerouting import reroute
+from producers.tracing import trace_id_of
 from schemas.events import (
     GenerationRouted,
     RenderCanceled,
@@ -115,8 +116,11 @@ class Outcomes:
         self.metrics.images.labels(*labels).inc()
         if result.cost_usd is not None:
             self.metrics.cost.labels(*labels).inc(result.cost_usd)
-        self.metrics.queue_wait.labels(*labels).observe(queue_wait)
-        self.metrics.end_to_end.labels(*labels).observe(total)
+        # The trace id as an exemplar: a slow bucket on the dashboard leads to a job's trace.
+        trace_id = trace_id_of(task.span)
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        self.metrics.queue_wait.labels(*labels).observe(queue_wait, exemplar)
+        self.metrics.end_to_end.labels(*labels).observe(total, exemplar)
         done = RenderCompleted(
             job_id=e.job_id,
             producer=f"lanes-worker-{self.lane}",

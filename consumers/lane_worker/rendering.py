@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from consumers.lane_worker.tasks import RenderTask, labels_of, task_key
 from consumers.machinery.loop import Output
+from producers.tracing import headers_of_span, trace_id_of
 from schemas.events import RenderProgress, RenderStarted
 from services.engines.engine import RenderContext, RenderOutput, StepHook
 from services.engines.memory import (
@@ -38,7 +40,10 @@ class Rendering:
             if batch[0].engine.hosted:  # an HTTP call: no GPU turn, many in flight
                 self._spawn(self._call_provider(batch), name="provider-call")
                 continue
+            waiting = time.time_ns()
             async with self.device.turn(self.priority):  # the GPU is shared with any guest
+                for task in batch:  # the wait for this worker's turn on the device
+                    _child(task, "gpu turn wait", waiting).end()
                 started_at = datetime.now(UTC)
                 # Progress events are not waited for here (the render starts at once);
                 # _finish awaits their acks before it publishes the outcome.
@@ -74,7 +79,9 @@ class Rendering:
             attempt=t.event.attempt,
             **fields,
         )
-        return Output(self.topics.renders, t.event.job_id, event.to_bytes())
+        return Output(
+            self.topics.renders, t.event.job_id, event.to_bytes(), headers_of_span(t.span)
+        )
 
     def _started(self, batch: list[RenderTask]) -> list[Output]:
         return [
@@ -116,15 +123,34 @@ class Rendering:
         # job goes back to the stable version instead).
         wait = self.spec.fallback_lane is None and self.models.is_stable(engine)
         on_step = None if engine.hosted else self._step_reporter(batch)
+        spans = [
+            _child(
+                t,
+                "provider call" if engine.hosted else "render",
+                time.time_ns(),
+                batch_size=len(batch),
+                steps=t.request.steps,
+                width=t.request.width,
+                height=t.request.height,
+                model=engine.name,
+                version=engine.version,
+            )
+            for t in batch
+        ]
         try:
             outputs = await engine.generate(
                 reqs, RenderContext(canceled, on_device, wait, on_step=on_step)
             )
             self.metrics.batch_size.labels(*labels).observe(len(batch))
-            self.metrics.inference.labels(*labels).observe(outputs[0].inference_ms / 1000)
+            trace_id = trace_id_of(batch[0].span)
+            self.metrics.inference.labels(*labels).observe(
+                outputs[0].inference_ms / 1000, {"trace_id": trace_id} if trace_id else None
+            )
             return list(zip(batch, outputs, strict=True))
         except Interrupted as exc:  # every job of the batch was canceled
             log.info("render_interrupted", batch=len(batch), step=exc.step)
+            for span in spans:
+                span.add_event("canceled", {"step": exc.step})
             return [(t, exc) for t in batch]
         except ProviderError as exc:  # the job's outcome says what the provider meant
             log.warning(
@@ -136,6 +162,8 @@ class Rendering:
             )
             return [(t, exc) for t in batch]
         except OutOfMemory as exc:
+            for span in spans:
+                span.add_event("out of memory", {"batch_size": len(batch)})
             self.metrics.ooms.labels(*labels).inc()
             await loop.run_in_executor(self.gpu, free_cached_memory)
             log.warning("out_of_memory", batch=len(batch), error=str(exc)[:300])
@@ -155,6 +183,8 @@ class Rendering:
             )  # keep the worker
             return [(t, exc) for t in batch]
         finally:
+            for span in spans:
+                span.end()
             if not engine.hosted:  # a hosted engine holds no memory here
                 self.metrics.peak_memory.labels(*labels, engine.device).set(
                     peak_memory_bytes(engine.device)
@@ -188,6 +218,8 @@ class Rendering:
     def _report_progress(
         self, batch: list[RenderTask], step: int, total: int, previews: list[str | None]
     ) -> None:
+        for t in batch:  # the denoising steps, as events of the job's span
+            t.span.add_event("denoising step", {"step": min(step, total), "steps": total})
         outputs = [
             self._to_renders(
                 t,
@@ -215,13 +247,38 @@ class Rendering:
         """
         try:
             await asyncio.gather(*pending)
-            await asyncio.gather(*(self._publish_outcome(t, r, started_at) for t, r in results))
+            await asyncio.gather(*(self._traced_outcome(t, r, started_at) for t, r in results))
         except Exception as exc:  # noqa: BLE001
             log.error("publish_failed", error=str(exc)[:500])
             self.fatal = exc
             self.slot_freed.set()
+            for task, _ in results:
+                task.span.set_status(trace.StatusCode.ERROR, "publish failed")
+                task.span.end()
             return
         for task, _ in results:
             self.tracker.done(task.tp, task.offset)
             self._release(task, rendered=True)
+            task.span.end()
         await self._commit()
+
+    async def _traced_outcome(
+        self, task: RenderTask, result: RenderOutput | Exception, started_at: datetime
+    ) -> None:
+        """The outcome's storing and publishing, as a span of the job's (its outputs carry
+        that span's context on to the next hop)."""
+        with (
+            trace.use_span(task.span, end_on_exit=False),
+            trace.get_tracer("lanes").start_as_current_span("store and publish"),
+        ):
+            await self._publish_outcome(task, result, started_at)
+
+
+def _child(task: RenderTask, name: str, start_ns: int, **attrs: object) -> trace.Span:
+    """A span under the job's span in this worker, started at ``start_ns``."""
+    return trace.get_tracer("lanes").start_span(
+        name,
+        context=trace.set_span_in_context(task.span),
+        start_time=start_ns,
+        attributes={f"lanes.{k}": v for k, v in attrs.items()},  # type: ignore[misc]
+    )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aiokafka import TopicPartition
+from opentelemetry import trace
 
 from schemas.events import GenerationRouted
 from services.engines.engine import Engine, RenderRequest
@@ -24,6 +25,9 @@ class RenderTask:
     request: RenderRequest
     fetched_at: datetime
     engine: Engine  # chosen at admission: a version switch never splits a job
+    # The job's span in this worker (from its record's append to its outcome's ack), under
+    # the hop that routed it; a no-op span when tracing is off.
+    span: trace.Span = trace.INVALID_SPAN
 
 
 def task_key(event: GenerationRouted) -> tuple[str, int, bool]:

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -23,9 +23,11 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     TopicAuthorizationFailedError,
 )
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
+from producers.tracing import context_from_headers, trace_headers
 from schemas.exceptions import LanesError, PoisonEvent
 from schemas.records import DeadLetter
 
@@ -50,6 +52,9 @@ class Output:
     topic: str
     key: str | bytes | None
     value: bytes | None
+    # The trace context it continues (W3C traceparent): by default that of the span current
+    # where it is made (the hop handling the record that caused it).
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=trace_headers)
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class ConsumeLoop:
         self.consumer = consumer
         self.producer = producer
         self.group = group
+        self.span_name = group.rsplit(".", 1)[-1]  # without a test's prefix: lanes-router
         self.parse = parse
         self.handler = handler
         self.dlq_topic = dlq_topic
@@ -189,14 +195,25 @@ class ConsumeLoop:
         if job_id:
             structlog.contextvars.bind_contextvars(job_id=job_id)
         started = time.perf_counter()
-        try:
-            outputs = await self._with_retries(event, ctx)
-            self.metrics.events.labels(self.group, "ok").inc()
-            return outputs
-        except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the DLQ
-            return [self._dead_letter(record, exc)]
-        finally:
-            self.metrics.handle_seconds.labels(self.group).observe(time.perf_counter() - started)
+        # The hop continues the trace the record carries (aiokafka's instrumentation would
+        # close its span inside getmany, before this processing: contrib issues 3465, 3026).
+        with trace.get_tracer("lanes").start_as_current_span(
+            f"{self.span_name} {getattr(event, 'type', None) or record.topic.rsplit('.', 1)[-1]}",
+            context=context_from_headers(record.headers, job_id),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=span_attributes(record, event),
+        ) as span:
+            try:
+                outputs = await self._with_retries(event, ctx)
+                self.metrics.events.labels(self.group, "ok").inc()
+                return outputs
+            except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the DLQ
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                return [self._dead_letter(record, exc)]
+            finally:
+                self.metrics.handle_seconds.labels(self.group).observe(
+                    time.perf_counter() - started
+                )
 
     def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> Output:
         self.metrics.events.labels(self.group, "dlq").inc()
@@ -204,7 +221,9 @@ class ConsumeLoop:
         return dead_letter(record, exc, self.group, self.dlq_topic)
 
     async def _publish_now(self, out: Output) -> None:
-        await self.producer.send_and_wait(out.topic, value=out.value, key=_key_bytes(out.key))
+        await self.producer.send_and_wait(
+            out.topic, value=out.value, key=_key_bytes(out.key), headers=list(out.headers) or None
+        )
 
     async def _with_retries(self, event: Any, ctx: MessageContext) -> Sequence[Output]:
         attempt = 0
@@ -220,11 +239,33 @@ class ConsumeLoop:
                 await asyncio.sleep(delay)
 
 
+def span_attributes(record: ConsumerRecord, event: Any) -> dict[str, Any]:
+    """What a hop's span says of the record and its job: never a prompt, key or image."""
+    attrs: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": record.topic,
+        "messaging.kafka.partition": record.partition,
+        "messaging.kafka.offset": record.offset,
+    }
+    for name in ("job_id", "lane", "model", "version", "attempt", "tenant"):
+        value = getattr(event, name, None)
+        if value is None and name == "tenant":
+            value = getattr(getattr(event, "spec", None), "tenant", None)
+        if isinstance(value, str | int):
+            attrs[f"lanes.{name}"] = value
+    return attrs
+
+
 async def enqueue(
     producer: AIOKafkaProducer, outputs: Sequence[Output]
 ) -> list[asyncio.Future[Any]]:
     """Hand outputs to the producer in order; the futures resolve on the broker's acks."""
-    return [await producer.send(o.topic, value=o.value, key=_key_bytes(o.key)) for o in outputs]
+    return [
+        await producer.send(
+            o.topic, value=o.value, key=_key_bytes(o.key), headers=list(o.headers) or None
+        )
+        for o in outputs
+    ]
 
 
 async def publish_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:

@@ -65,7 +65,7 @@ def run_gateway() -> None:
 
     from services.apps.gateway import create_app
 
-    settings = component_settings()
+    settings = component_settings("gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway.host,
@@ -78,7 +78,7 @@ def _group_command(name: str) -> Callable[[], None]:
     def command() -> None:
         from services.apps.registry import consumer
 
-        asyncio.run(consumer(name).runner()(component_settings()))
+        asyncio.run(consumer(name).runner()(component_settings(name)))
 
     command.__doc__ = f"Run one member of the {name} consumer group."
     return command
@@ -103,7 +103,7 @@ def run_worker(
     from consumers import lane_worker
     from services.process.tuning import tune_worker_process
 
-    settings = component_settings()
+    settings = component_settings(f"worker-{lane}")
     if device:
         settings = settings.model_copy(update={"device": device})
     tune_worker_process(settings.worker.gil_switch_interval_ms)

@@ -35,7 +35,7 @@ def settings_from_env() -> Settings:
     return settings
 
 
-def component_settings() -> Settings:
+def component_settings(component: str | None = None) -> Settings:
     """``settings_from_env()`` for a component about to start: when the cluster refuses
     this process (authentication, TLS, protocol), exit 2 now with the one-line reason
     (logged as ``kafka_access_refused``) rather than retry what waiting cannot fix."""
@@ -47,6 +47,14 @@ def component_settings() -> Settings:
     from services.kafka.clients import check_access
 
     settings = settings_from_env()
+    if component is not None:  # spans over OTLP when a collector is named (else no-ops)
+        from services.process.tracing import configure_tracing
+
+        configure_tracing(
+            f"lanes-{component}",
+            settings.process.trace_sample_ratio,
+            settings.cluster.instance_id,
+        )
     try:
         asyncio.run(check_access(settings))
     except KafkaAccessRefused as exc:

@@ -223,6 +223,15 @@ class ProcessSettings(BaseModel):
     """Log level (INFO, DEBUG...)."""
     log_json: bool = True
     """structlog JSON lines (true) or console-formatted logs."""
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """The share of new traces recorded (a hop continues its parent's decision). Spans are
+    exported over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) names a
+    collector; otherwise tracing is off.
+    """
+    trace_ui_url: str | None = None
+    """A trace UI's URL with {trace_id} in it (http://jaeger:16686/trace/{trace_id}): the
+    console links each job to its trace.
+    """
 
 
 class WorkerSettings(BaseModel):
@@ -387,6 +396,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "auth_failure_burst": ("auth", "failure_burst"),
     "auth_failure_rate_per_s": ("auth", "failure_rate_per_s"),
     "metrics_host": ("process", "metrics_host"),
+    "trace_sample_ratio": ("process", "trace_sample_ratio"),
+    "trace_ui_url": ("process", "trace_ui_url"),
     "metrics_port": ("process", "metrics_port"),
     "log_level": ("process", "log_level"),
     "log_json": ("process", "log_json"),

@@ -20,6 +20,7 @@ from services.apps.problems import install_problem_handlers
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.process.ops_server import ops_routes
+from services.process.tracing import tracing_enabled
 from services.storage.artifacts import open_store
 
 __all__ = ["create_app"]
@@ -67,4 +68,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         app.include_router(router)
     if settings.gateway.console_enabled:
         console_router(app, settings)
+    if tracing_enabled():  # each request's span is the root of the job it submits
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="/healthz,/readyz,/metrics,/console/static"
+        )
     return app
