@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install kafka-jars s3-server browser kcat container-tools helm image image-gpu lock lint up \
-	prometheus test bench bench-gpu clean schemas
+	prometheus jaeger test bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -64,6 +64,11 @@ prometheus:
 		 apt-get install -y -q prometheus >/dev/null)); rm -f /usr/sbin/policy-rc.d; } ; } || \
 		echo "prometheus not installed: the alert-rule tests will skip"
 
+# Jaeger v2 (the trace backend of the tracing test and of `LANES_JAEGER=1 make up`), built
+# from its Go module into ~/.cache/lanes (about 6 minutes on 2 cores); a no-op when there.
+jaeger: $(STAMP)
+	@$(BIN)/python -c "from services.process.local_jaeger import ensure_jaeger; print('jaeger:', ensure_jaeger())"
+
 # Helm, built from its Go module into ~/.cache/lanes (about 3 minutes on 2 cores); the chart
 # tests find it through LANES_HELM.
 HELM_VERSION := v3.22.0
@@ -102,7 +107,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: install s3-server browser kcat container-tools helm prometheus
+test: install s3-server browser kcat container-tools helm prometheus jaeger
 	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install

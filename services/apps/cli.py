@@ -153,6 +153,8 @@ def submit(
     delivered = job.get("delivered") or (job.get("artifacts") or [None])[-1]
     if delivered:
         typer.echo(f"image: {delivered['uri']}")
+    if job.get("trace_id"):
+        typer.echo(f"trace: {job['trace_id']}")
     if job.get("cost_usd") is not None:
         typer.echo(f"cost: ${job['cost_usd']:.4f} ({job.get('model')} on lane {job.get('lane')})")
     if job.get("failure_reason"):

@@ -24,6 +24,7 @@ from services.config.routes import Routes, checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics, wait_for_kafka
 from services.kafka.local_broker import KafkaProcess, port_open
+from services.process.local_jaeger import JaegerProcess
 
 __all__ = ["Component", "components", "run_stack", "prepare_cluster", "topic_specs"]
 
@@ -164,6 +165,10 @@ async def run_stack(settings: Settings) -> None:
         env = registry.child_env(settings, os.environ)
         if settings.profile == "local":
             env.setdefault("LANES_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
+        if os.environ.get("LANES_JAEGER") == "1":  # a local trace backend, on request
+            jaeger = await asyncio.to_thread(_start_jaeger, settings)
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_endpoint
+            env.setdefault("LANES_TRACE_UI_URL", f"{jaeger.query_url}/trace/{{trace_id}}")
         comps = components(settings)
         log.info(
             "stack_starting",
@@ -175,4 +180,18 @@ async def run_stack(settings: Settings) -> None:
         if kafka is not None:
             log.info("kafka_stopping")
             await asyncio.to_thread(kafka.stop)
+        for jaeger in _JAEGER:
+            jaeger.stop()
         log.info("stack_stopped")
+
+
+_JAEGER: list[JaegerProcess] = []
+
+
+def _start_jaeger(settings: Settings) -> JaegerProcess:
+    """Jaeger on loopback (UI and query API on 16686, OTLP/HTTP on 4318), in memory."""
+    jaeger = JaegerProcess(settings.storage.state_dir.resolve() / "jaeger", 4318, 16686, 16685)
+    jaeger.start()
+    _JAEGER.append(jaeger)
+    log.info("jaeger_started", ui=jaeger.query_url, otlp=jaeger.otlp_endpoint)
+    return jaeger

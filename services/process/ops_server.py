@@ -10,8 +10,9 @@ import contextlib
 from collections.abc import Callable, Generator
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 __all__ = ["ops_routes", "serve_ops", "EmbeddedServer"]
 
@@ -20,7 +21,13 @@ def ops_routes(app: FastAPI, registry: CollectorRegistry, ready: Callable[[], bo
     """Add /metrics, /healthz and /readyz to an app."""
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        # OpenMetrics when the scraper asks for it (Prometheus does, with exemplars on):
+        # the latency histograms' exemplars carry each observation's trace id.
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            return Response(
+                openmetrics.generate_latest(registry), media_type=openmetrics.CONTENT_TYPE_LATEST
+            )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 
@@ -18,6 +19,7 @@ from services.config.settings import Settings
 from services.kafka.local_broker import free_port
 from services.process.local_jaeger import JaegerProcess, jaeger_binary
 from services.process.tracing import configure_tracing
+from tests.integration.test_console_forms import sign_in
 from tests.support import WebhookReceiver, running_stack, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -63,7 +65,8 @@ def rows(found: dict[str, Any]) -> list[dict[str, Any]]:
 async def test_a_final_job_is_one_trace_across_every_hop(
     settings: Settings, jaeger: JaegerProcess, receiver: WebhookReceiver
 ) -> None:
-    async with running_stack(settings, worker_lanes=["final", "upscale"]) as stack:
+    ui = "http://traces.example/trace/{trace_id}"
+    async with running_stack(settings, worker_lanes=["final", "upscale"], trace_ui_url=ui) as stack:
         await stack.wait_workers_ready()
         job_id = await stack.submit(
             {"prompt": 'a poster "SALE"', "intent": "final", "webhook_url": receiver.url}
@@ -92,6 +95,12 @@ async def test_a_final_job_is_one_trace_across_every_hop(
             raise AssertionError(f"trace {trace_id} in Jaeger has only {got}") from None
         found = jaeger.trace(trace_id)
         assert found is not None
+        # The console's job page shows the trace id, linked to the trace UI.
+        admin = await stack.new_key("ops", ["admin"])
+        async with httpx.AsyncClient(base_url=str(stack.http.base_url)) as web:
+            await sign_in(web, admin)
+            page = (await web.get(f"/jobs/{job_id}")).text
+        assert f'href="http://traces.example/trace/{trace_id}"' in page
     spans = rows(found)
     names = [s["name"] for s in spans]
     ids = {s["id"] for s in spans}

@@ -161,6 +161,12 @@ def console_router(app: FastAPI, settings: Settings) -> None:
             job=job,
             body=body,
             job_id=job_id,
+            # A link to the job's trace where a trace UI is configured (LANES_TRACE_UI_URL).
+            trace_url=(
+                settings.process.trace_ui_url.replace("{trace_id}", job.trace_id)
+                if settings.process.trace_ui_url and job is not None and job.trace_id
+                else None
+            ),
             flash=request.query_params.get("flash"),
         )
 
