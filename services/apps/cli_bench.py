@@ -63,6 +63,22 @@ def bench_burst(
     typer.echo(path.read_text())
 
 
+@bench_app.command("tracing")
+def bench_tracing(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    jobs: int = typer.Option(48, help="jobs in all, steady phase included"),
+    steady_jobs: int = typer.Option(24, help="jobs at the steady rate before the burst"),
+) -> None:
+    """What tracing costs: the burst's Lanes arm with tracing off, on (ratio 1.0, to
+    Jaeger) and on with a dead collector, side by side."""
+    from services.apps.bench.burst import BurstConfig
+    from services.apps.bench.tracing_cost import run_tracing_bench
+
+    cfg = BurstConfig(jobs=jobs, steady_jobs=steady_jobs, workers=2, draft_workers=1)
+    path = run_tracing_bench(cfg, out)
+    typer.echo(path.read_text())
+
+
 @bench_app.command("cascade")
 def bench_cascade(
     out: Path = typer.Option(Path("results"), help="results folder"),
