@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -348,3 +349,15 @@ async def running_gateway(
         server.should_exit = True
         await asyncio.wait_for(task, 30)
         await http.aclose()
+
+
+# The console's sign-in form, as a browser without JavaScript posts it.
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, page[:500]
+    return match.group(1)
+
+
+async def sign_in(web: httpx.AsyncClient, key: str, next_url: str = "/") -> httpx.Response:
+    token = csrf_of((await web.get("/login")).text)
+    return await web.post("/login", data={"key": key, "csrf": token, "next": next_url})

@@ -141,6 +141,9 @@ class Rendering:
             outputs = await engine.generate(
                 reqs, RenderContext(canceled, on_device, wait, on_step=on_step)
             )
+            for span, out in zip(spans, outputs, strict=False):
+                if out.preempted_ms:  # a more urgent (spilled) batch ran between its steps
+                    span.add_event("spill preemption", {"paused_ms": out.preempted_ms})
             self.metrics.batch_size.labels(*labels).observe(len(batch))
             trace_id = trace_id_of(batch[0].span)
             self.metrics.inference.labels(*labels).observe(

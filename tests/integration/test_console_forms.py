@@ -3,7 +3,6 @@ tenant's key sees against an admin key, and revocation ending a session."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from services.auth.key_admin import revoke_key
-from tests.support import Stack, running_stack, wait_until, write_routes
+from tests.support import Stack, csrf_of, running_stack, sign_in, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka]
 
@@ -23,17 +22,6 @@ async def stack(settings, tmp_path: Path) -> AsyncIterator[Stack]:  # type: igno
     )
     async with running_stack(settings, routes_file=routes, worker_lanes=[]) as s:
         yield s
-
-
-def csrf_of(page: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert match, page[:500]
-    return match.group(1)
-
-
-async def sign_in(web: httpx.AsyncClient, key: str, next_url: str = "/") -> httpx.Response:
-    token = csrf_of((await web.get("/login")).text)
-    return await web.post("/login", data={"key": key, "csrf": token, "next": next_url})
 
 
 async def test_forms_need_the_csrf_token_and_bad_input_publishes_nothing(stack: Stack) -> None:

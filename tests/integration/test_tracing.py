@@ -19,8 +19,7 @@ from services.config.settings import Settings
 from services.kafka.local_broker import free_port
 from services.process.local_jaeger import JaegerProcess, jaeger_binary
 from services.process.tracing import configure_tracing
-from tests.integration.test_console_forms import sign_in
-from tests.support import WebhookReceiver, running_stack, wait_until
+from tests.support import WebhookReceiver, running_stack, sign_in, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
