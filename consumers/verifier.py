@@ -34,7 +34,13 @@ from services.config.routes import Routes, TypographySpec, load_routes
 from services.config.settings import Settings
 from services.domain.routing import Job, route
 from services.kafka.control_view import ControlView
-from services.storage.artifacts import ArtifactError, ArtifactStore, open_store
+from services.storage.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    ArtifactUnavailable,
+    open_store,
+)
+from services.storage.outage import wait_out_outage
 from services.typography.text import OcrReader, RepairError, composite_text, text_similarity
 
 __all__ = ["run", "Verifier"]
@@ -51,8 +57,10 @@ class Verifier:
         threshold: float,
         font_path: str | None = None,
         control: Mapping[str, LaneDesired] | None = None,
+        outage_wait_s: float = 60.0,
     ) -> None:
         self.store = store
+        self.outage_wait_s = outage_wait_s  # an object store that is away: waited this long
         self.topics = topics
         self.routes = routes
         self.control: Mapping[str, LaneDesired] = control if control is not None else {}
@@ -116,10 +124,14 @@ class Verifier:
         ):
             return []
         policy = self.policy(event)
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self.executor, self._check, event, policy)
-        except ArtifactError as exc:
+        try:  # a store that is away is waited out, within a bound; then the job fails
+            result = await wait_out_outage(
+                lambda: self._check(event, policy),
+                bound_s=self.outage_wait_s,
+                executor=self.executor,
+                what="verification read",
+            )
+        except (ArtifactError, ArtifactUnavailable) as exc:
             log.warning("artifact_unreadable", error=str(exc))
             failed = RenderFailed(
                 job_id=event.job_id,
@@ -183,7 +195,8 @@ async def run(
     topics = Topics(settings.topic_prefix)
     control = ControlView(settings, registry)
     store = open_store(settings)
-    await asyncio.to_thread(store.check)  # an unusable store fails start-up, with the reason
+    # An unusable store fails start-up with the reason; one away for now is waited out.
+    await wait_out_outage(store.check, bound_s=settings.storage.outage_wait_s, what="store check")
     verifier = Verifier(
         store,
         topics,
@@ -191,6 +204,7 @@ async def run(
         settings.worker.verify_threshold,
         settings.worker.font_path,
         control=control.items,
+        outage_wait_s=settings.storage.outage_wait_s,
     )
     await asyncio.get_running_loop().run_in_executor(verifier.executor, verifier.ocr.load)
     following = asyncio.create_task(control.follow(), name="control-view")

@@ -3,7 +3,6 @@ pass's init image, then hold the job and hand it to the micro-batcher."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,7 +19,8 @@ from schemas.events import (
 )
 from schemas.exceptions import PoisonEvent
 from services.engines.engine import RenderRequest, batch_key
-from services.storage.artifacts import ArtifactError
+from services.storage.artifacts import ArtifactError, ArtifactUnavailable
+from services.storage.outage import wait_out_outage
 
 __all__ = ["Intake"]
 
@@ -108,11 +108,15 @@ class Intake:
             return
         init_image = None
         if event.init_artifact_uri is not None:
-            try:
-                init_image = await asyncio.get_running_loop().run_in_executor(
-                    self.codec, self.store.open_image, event.init_artifact_uri
+            uri = event.init_artifact_uri
+            try:  # a store that is away is waited out, within a bound
+                init_image = await wait_out_outage(
+                    lambda: self.store.open_image(uri),
+                    bound_s=self.settings.storage.outage_wait_s,
+                    executor=self.codec,
+                    what="draft read",
                 )
-            except ArtifactError as exc:  # the job fails with the reason; never stuck
+            except (ArtifactError, ArtifactUnavailable) as exc:  # the job fails with the reason
                 log.warning("init_artifact_unreadable", error=str(exc))
                 self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
                 await self._send(

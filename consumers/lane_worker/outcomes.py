@@ -3,7 +3,6 @@ cascade's refine pass), failure, fallback on out-of-memory, retry on stable, can
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -31,6 +30,7 @@ from services.exceptions import (
     SafetyBlocked,
 )
 from services.storage.artifacts import ArtifactError, ArtifactUnavailable
+from services.storage.outage import wait_out_outage
 
 __all__ = ["Outcomes"]
 
@@ -51,13 +51,13 @@ class Outcomes:
             await self._send(self._unrendered(task, result))
             return
         stored = time.perf_counter()
-        try:  # the store retries on its own (boto3's standard mode for S3)
-            uri = await asyncio.get_running_loop().run_in_executor(
-                self.codec,
-                self.store.put_png,
-                task.event.job_id,
-                f"{self.stage_of(task.event)}-a{task.event.attempt}",
-                result.image,
+        name = f"{self.stage_of(task.event)}-a{task.event.attempt}"
+        try:  # boto3 retries each call; a store that is away is waited out, within a bound
+            uri = await wait_out_outage(
+                lambda: self.store.put_png(task.event.job_id, name, result.image),
+                bound_s=self.settings.storage.outage_wait_s,
+                executor=self.codec,
+                what="image upload",
             )
         except (ArtifactError, ArtifactUnavailable) as exc:  # never succeeded without it
             log.error("artifact_store_failed", job_id=task.event.job_id, error=str(exc)[:300])

@@ -23,6 +23,7 @@ from services.config.routes import Routes, load_routes
 from services.config.settings import Settings
 from services.kafka.control_view import ControlView
 from services.process.tuning import freeze_startup_heap
+from services.storage.outage import wait_out_outage
 
 __all__ = ["run", "load_guests"]
 
@@ -83,8 +84,12 @@ async def run(
     shared = GpuProcess.for_lane(
         settings, routes, lane, registry or CollectorRegistry(), instance=instance
     )
-    # An unusable artifact store fails start-up with the reason, before any model loads.
-    await asyncio.to_thread(shared.store.check)
+    # An unusable artifact store fails start-up with the reason, before any model loads; one
+    # that is only away for now is waited out first (a restart during an outage must not
+    # crash-loop).
+    await wait_out_outage(
+        shared.store.check, bound_s=settings.storage.outage_wait_s, what="store check"
+    )
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
     # Start on the lane's current version, not the routes file's only to switch at once.

@@ -161,6 +161,11 @@ class StorageSettings(BaseModel):
     """The object store's secret key (None: boto3's own chain)."""
     s3_max_attempts: int = Field(5, ge=1)
     """boto3 standard-mode retries per call"""
+    outage_wait_s: float = Field(60.0, ge=0)
+    """How long a worker or the verifier waits out an object store that does not answer
+    (retrying with backoff, past boto3's own retries) before it fails the job with the
+    reason. Nothing exits for it.
+    """
     models_dir: Path | None = None
     """Where model checkpoints (and tiny random-weight builds, cached by config) live."""
 
@@ -383,6 +388,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "s3_access_key_id": ("storage", "s3_access_key_id"),
     "s3_secret_access_key": ("storage", "s3_secret_access_key"),
     "s3_max_attempts": ("storage", "s3_max_attempts"),
+    "store_outage_wait_s": ("storage", "outage_wait_s"),
     "models_dir": ("storage", "models_dir"),
     "gateway_host": ("gateway", "host"),
     "gateway_port": ("gateway", "port"),

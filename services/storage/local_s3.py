@@ -67,6 +67,7 @@ class WeedProcess:
     secret_key: str = "lanes-local-secret"
     random_ports: bool = True
     host: str = "127.0.0.1"  # the address it serves on (`lanes s3 start --host`)
+    ports: dict[str, int] = field(default_factory=dict, init=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -95,7 +96,9 @@ class WeedProcess:
             "debug.port",
             "s3.port.grpc",
         )
-        ports = {name: free_port() for name in names} if self.random_ports else {}
+        # A restart (the same server back after an outage) keeps the ports it had.
+        ports = self.ports or ({name: free_port() for name in names} if self.random_ports else {})
+        self.ports = ports
         args = [
             str(binary),
             "mini",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from services.config.settings import Settings
 from services.exceptions import ArtifactError, ArtifactUnavailable
@@ -17,7 +19,7 @@ from services.process.ports import free_port
 from services.storage.artifacts import open_store
 from services.storage.local_s3 import WeedProcess
 from services.storage.s3 import S3ArtifactStore
-from tests.support import WebhookReceiver, running_stack
+from tests.support import WebhookReceiver, running_stack, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -123,7 +125,7 @@ async def test_a_failed_upload_fails_the_job_with_the_reason_and_the_worker_carr
     weed = WeedProcess(tmp_path / "weed")
     weed.start()
     try:
-        s3 = _s3(settings, weed.endpoint, s3_max_attempts=1)
+        s3 = _s3(settings, weed.endpoint, s3_max_attempts=1, store_outage_wait_s=2)
         async with running_stack(s3, worker_lanes=["draft"]) as stack:
             await stack.wait_workers_ready(names=["draft"])
             weed.stop()
@@ -133,5 +135,65 @@ async def test_a_failed_upload_fails_the_job_with_the_reason_and_the_worker_carr
             assert not job["artifacts"]
             stack.check_alive()  # the worker did not die of it
             assert stack.workers["draft"].health == "ready"
+    finally:
+        weed.stop()
+
+
+async def test_a_store_outage_between_draft_and_refine_is_waited_out_and_each_job_ends_once(
+    settings: Settings, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Finals whose drafts are written; a refine worker starting (its store check passed, its
+    model loading) when the store goes away for longer than the S3 client's own retries (one
+    attempt): its draft reads and uploads wait it out, nothing exits, and when the store is
+    back every job succeeds with one webhook."""
+    routes = write_routes(
+        tmp_path / "routes.yaml",
+        draft={"sample_steps": 1, "width": 64, "height": 64},
+        final={"sample_steps": 1, "width": 64, "height": 64,
+               "cascade": {"lane": "upscale", "width": 256, "height": 256}},
+        upscale={"sample_steps": 8, "width": 256, "height": 256, "refine_strength": 0.5,
+                 "max_concurrency": 1, "max_batch": 1},
+    )  # fmt: skip
+    weed = WeedProcess(tmp_path / "weed")
+    weed.start()
+    try:
+        s3 = _s3(settings, weed.endpoint, s3_max_attempts=1, store_outage_wait_s=120)
+        async with running_stack(s3, routes_file=routes, worker_lanes=["final"]) as stack:
+            await stack.wait_workers_ready()
+            jobs = [
+                await stack.submit(
+                    {"prompt": f"a lamp {i}", "intent": "final", "webhook_url": receiver.url}
+                )
+                for i in range(3)
+            ]
+
+            async def drafts_written() -> bool:
+                for job_id in jobs:
+                    job = (await stack.http.get(f"/v1/generations/{job_id}")).json()
+                    if not any(a["stage"] == "draft" for a in job["artifacts"]):
+                        return False
+                return True
+
+            await wait_until(drafts_written, timeout=120, what="the three drafts written")
+            with capture_logs() as logs:
+                stack.start_worker("upscale")
+                await asyncio.sleep(1.0)  # its store check passes at once; its model loads
+                weed.stop()  # away before it reads any draft
+                await asyncio.sleep(20)  # far past the client's one attempt
+                stack.check_alive()  # nothing exited
+                assert not receiver.deliveries  # and nothing ended while the store was away
+            waits = {e.get("what") for e in logs if e["event"] == "store_unavailable_retrying"}
+            assert "draft read" in waits, waits  # the refine's read failed and was waited out
+            weed.start()  # back, on the same ports, with the drafts
+            await receiver.wait_for(3, timeout=180)
+            for job_id in jobs:
+                job = await stack.wait_for_status(job_id, {"succeeded", "failed"}, timeout=60)
+                assert job["status"] == "succeeded", job
+                assert [a["stage"] for a in job["artifacts"]] == ["draft", "upscaled"]
+            await asyncio.sleep(3)  # a second terminal webhook would arrive now
+            ended = [json.loads(d.body)["data"]["job_id"] for d in receiver.deliveries]
+            assert sorted(ended) == sorted(jobs)  # each job once
+            stack.check_alive()
+            assert stack.workers["upscale"].health == "ready"
     finally:
         weed.stop()

@@ -4,7 +4,6 @@ each started and stopped by the app's lifespan and reached through ``deps``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -22,6 +21,7 @@ from services.config.settings import Settings
 from services.process.ops_server import ops_routes
 from services.process.tracing import tracing_enabled
 from services.storage.artifacts import open_store
+from services.storage.outage import wait_out_outage
 
 __all__ = ["create_app"]
 
@@ -37,7 +37,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # An unusable artifact store fails start-up with the reason (readiness never true).
-        await asyncio.to_thread(store.check)
+        await wait_out_outage(
+            store.check, bound_s=settings.storage.outage_wait_s, what="store check"
+        )
         try:
             for part in parts:
                 await part.start()
