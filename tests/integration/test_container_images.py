@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.apps.registry import CONSUMERS
 from services.kafka.local_broker import free_port
 from services.signing.control import generate_keypair
 from tests.containers import build_cpu_image, need_podman, podman
@@ -26,15 +27,7 @@ from tests.support import WebhookReceiver, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-CPU_COMPONENTS = (
-    "router",
-    "jobs",
-    "verifier",
-    "webhooks",
-    "control",
-    "webhook-retries",
-    "deferred",
-)
+CPU_COMPONENTS = tuple(c.name for c in CONSUMERS)  # every consumer group, from the registry
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,45 @@ def _plot(all_data: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def arrival_plan(
+    cfg: BurstConfig, workdir: Path
+) -> tuple[list[tuple[float, str]], dict[str, float]]:
+    """The routes file in ``workdir``, the engines' measured service times, and the arrival
+    plan: a steady trickle at half the pool's capacity, then the burst."""
+    (workdir / "routes.yaml").write_text(routes_yaml(cfg))
+    service = calibrate(cfg, workdir)
+    mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
+    return plan_arrivals(cfg, 0.5 * cfg.workers / mean_service), service
+
+
+def run_arm_process(
+    arch: str,
+    cfg: BurstConfig,
+    plan: list[tuple[float, str]],
+    bootstrap: str,
+    workdir: Path,
+    name: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One architecture's run in a process of its own (its peak memory its own)."""
+    spec = {"arch": arch, "cfg": asdict(cfg), "plan": plan, "bootstrap": bootstrap,
+            "workdir": str(workdir)}  # fmt: skip
+    (workdir / "spec.json").write_text(json.dumps(spec))
+    result = workdir / f"{(name or arch).replace(' ', '-')}.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.apps.bench.burst",
+            str(workdir / "spec.json"),
+            str(result),
+        ],  # fmt: skip
+        check=True,
+        env=env,
+    )
+    return json.loads(result.read_text())  # type: ignore[no-any-return]
+
+
 def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     from services.config.settings import Settings
     from services.kafka.local_broker import local_kafka
@@ -147,33 +186,14 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     out_dir = ensure_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix="lanes-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "routes.yaml").write_text(routes_yaml(cfg))
-        service = calibrate(cfg, workdir)
+        plan, service = arrival_plan(cfg, workdir)
         mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
         steady_rate = 0.5 * cfg.workers / mean_service  # half the pool's capacity
-        plan = plan_arrivals(cfg, steady_rate)
         with local_kafka(Settings(), workdir) as bootstrap:
-            all_data = {}
-            for arch in ("lanes", "fifo"):
-                spec = {
-                    "arch": arch,
-                    "cfg": asdict(cfg),
-                    "plan": plan,
-                    "bootstrap": bootstrap,
-                    "workdir": str(workdir),
-                }
-                (workdir / "spec.json").write_text(json.dumps(spec))
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "services.apps.bench.burst",
-                        str(workdir / "spec.json"),
-                        str(workdir / f"{arch}.json"),
-                    ],
-                    check=True,
-                )
-                all_data[arch] = json.loads((workdir / f"{arch}.json").read_text())
+            all_data = {
+                arch: run_arm_process(arch, cfg, plan, bootstrap, workdir)
+                for arch in ("lanes", "fifo")
+            }
     (out_dir / "burst-raw.json").write_text(json.dumps(all_data))
     rows = _summary("lanes", all_data["lanes"]) + _summary("fifo", all_data["fifo"])
     _plot(all_data, out_dir / "burst.png")

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from services.apps.bench.burst import _plot, _summary
-from services.apps.bench.burst_fifo import calibrate
-from services.apps.bench.burst_lanes import routes_yaml
-from services.apps.bench.burst_plan import BurstConfig, JobResult, plan_arrivals
+from services.apps.bench.burst import _plot, _summary, arrival_plan, run_arm_process
+from services.apps.bench.burst_plan import BurstConfig, JobResult
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
 
 __all__ = ["run_tracing_bench"]
@@ -44,33 +38,24 @@ def run_tracing_bench(cfg: BurstConfig, out_dir: Path) -> Path:
     out_dir = ensure_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix="lanes-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "routes.yaml").write_text(routes_yaml(cfg))
-        service = calibrate(cfg, workdir)
-        mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
-        plan = plan_arrivals(cfg, 0.5 * cfg.workers / mean_service)
+        plan, _ = arrival_plan(cfg, workdir)
         jaeger = JaegerProcess(workdir / "jaeger", free_port(), free_port(), free_port())
         jaeger.start()
         dead = f"http://127.0.0.1:{free_port()}"  # named, never listening
         try:
             with local_kafka(Settings(), workdir) as bootstrap:
-                all_data: dict[str, Any] = {}
-                for arm in ARMS:
-                    spec = {"arch": "lanes", "cfg": asdict(cfg), "plan": plan,
-                            "bootstrap": bootstrap, "workdir": str(workdir)}  # fmt: skip
-                    (workdir / "spec.json").write_text(json.dumps(spec))
-                    result = workdir / f"{arm.replace(' ', '-')}.json"
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "services.apps.bench.burst",
-                            str(workdir / "spec.json"),
-                            str(result),
-                        ],  # fmt: skip
-                        check=True,
+                all_data = {
+                    arm: run_arm_process(
+                        "lanes",
+                        cfg,
+                        plan,
+                        bootstrap,
+                        workdir,
+                        name=arm,
                         env=_arm_env(arm, jaeger.otlp_endpoint, dead),
-                    )
-                    all_data[arm] = json.loads(result.read_text())
+                    )  # fmt: skip
+                    for arm in ARMS
+                }
         finally:
             jaeger.stop()
     (out_dir / "tracing-raw.json").write_text(json.dumps(all_data))

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from services.apps.helm_chart import CHART_DIR, components_file
+from services.apps.registry import CONSUMERS
 from services.config.routes import load_routes, routes_text
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -85,18 +86,7 @@ def test_minimal_values_give_valid_manifests_a_worker_and_a_scaler_per_lane(helm
     validate(docs)
     deps = deployments(docs)
     routes = load_routes(None)
-    expected = {"lanes-gateway"} | {
-        f"lanes-{c}"
-        for c in (
-            "router",
-            "jobs",
-            "verifier",
-            "webhooks",
-            "control",
-            "webhook-retries",
-            "deferred",
-        )
-    }
+    expected = {"lanes-gateway"} | {f"lanes-{c.name}" for c in CONSUMERS}
     expected |= {f"lanes-worker-{lane}" for lane in routes.lanes}
     assert set(deps) == expected
     for lane in routes.lanes:
