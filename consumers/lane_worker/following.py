@@ -9,36 +9,71 @@ from datetime import UTC, datetime
 
 import structlog
 
-from consumers.lane_worker.tasks import labels_of
+from consumers.lane_worker.lane import LaneContext
+from consumers.lane_worker.models import LaneModels
+from consumers.lane_worker.outbox import Outbox
+from consumers.lane_worker.slots import Slots
 from consumers.machinery.loop import Output
-from schemas.control import WorkerStatus
+from schemas.control import WorkerHealth, WorkerStatus
+from services.kafka.compacted_view import CompactedView
 
-__all__ = ["Following"]
+__all__ = ["ControlFollower"]
 
 log = structlog.get_logger("lanes.worker")
 
 
-class Following:
-    """Part of ``LaneWorker`` (a mixin, one concern of the class); see the module doc."""
+class ControlFollower:
+    """The worker's health and rolling-restart generation, as the control plane sees it."""
 
-    async def _restart(self) -> None:
+    def __init__(
+        self,
+        lane: LaneContext,
+        models: LaneModels,
+        workers_view: CompactedView[WorkerStatus],
+        slots: Slots,
+        outbox: Outbox,
+    ) -> None:
+        self.lane = lane
+        self.models = models
+        self.workers_view = workers_view
+        self.slots = slots
+        self.outbox = outbox
+        self.health: WorkerHealth = "starting"
+        self.generation = 0  # the rolling-restart generation this instance has done
+        self.restart = asyncio.Event()  # this instance's turn to restart has come
+
+    @property
+    def ready(self) -> bool:
+        return self.health == "ready"
+
+    async def join(self) -> None:
+        """Start at the lane's current revision and restart generation."""
+        desired = self.lane.control_view.items.get(self.lane.name)
+        if desired is not None:
+            await self.models.apply(desired)
+            self.generation = desired.restart_generation
+
+    async def set_health(self, health: WorkerHealth) -> None:
+        self.health = health
+        await self.heartbeat()
+
+    async def restart_instance(self) -> None:
         """Rolling restart of this instance: it has drained and left the group; reload."""
-        self.health = "restarting"
-        await self._heartbeat()
+        await self.set_health("restarting")
         target = self.models.desired.restart_generation
         log.info("worker_restarting", generation=target)
         await self.models.reload()
         self.generation = target
         self.restart.clear()
 
-    async def _control_loop(self) -> None:
+    async def run(self) -> None:
         """Apply new revisions of this lane's desired state; take a restart turn when due."""
         while True:
-            desired = self.control_view.items.get(self.lane)
+            desired = self.lane.control_view.items.get(self.lane.name)
             if desired is not None and desired.revision > self.models.applied_revision:
                 await self.models.apply(desired)
-                self.slot_freed.set()  # a new cap or pause takes effect now
-                await self._heartbeat()
+                self.slots.freed.set()  # a new cap or pause takes effect now
+                await self.heartbeat()
             if (
                 self.models.desired.restart_generation > self.generation
                 and self.ready
@@ -52,11 +87,12 @@ class Following:
         """Every fresh instance of the lane before this one (by name) is back and ready."""
         target = self.models.desired.restart_generation
         now = datetime.now(UTC)
+        stale_s = self.lane.settings.control.worker_stale_s
         for peer in self.workers_view.items.values():
             if (
-                peer.lane == self.lane
-                and peer.instance < self.instance
-                and (now - peer.at).total_seconds() < self.settings.control.worker_stale_s
+                peer.lane == self.lane.name
+                and peer.instance < self.lane.instance
+                and (now - peer.at).total_seconds() < stale_s
                 and peer.health != "stopped"
                 and (peer.restart_generation < target or peer.health != "ready")
             ):
@@ -66,9 +102,9 @@ class Following:
     def status(self) -> WorkerStatus:
         m = self.models
         return WorkerStatus(
-            instance=self.instance,
-            lane=self.lane,
-            serves=self.serves,
+            instance=self.lane.instance,
+            lane=self.lane.name,
+            serves=self.lane.serves,
             health=self.health,
             stable=m.stable,
             canary=m.canary,
@@ -77,29 +113,29 @@ class Following:
             restart_generation=self.generation,
             load_errors=m.load_errors,
             engine_states=m.engine_states,
-            notices=self.routes.notices(self.lane),
-            in_flight=self.in_flight,
-            jobs_done=self.jobs_done,
-            device=self.settings.worker.device,
+            notices=self.lane.routes.notices(self.lane.name),
+            in_flight=self.slots.in_flight,
+            jobs_done=self.slots.jobs_done,
+            device=self.lane.settings.worker.device,
         )
 
-    async def _heartbeat(self) -> None:
+    async def heartbeat(self) -> None:
         self._export_batching()
-        await self._send(
-            [Output(self.topics.workers, self.instance, self.status().model_dump_json().encode())]
-        )
+        status = self.status().model_dump_json().encode()
+        await self.outbox.send([Output(self.lane.topics.workers, self.lane.instance, status)])
 
     def _export_batching(self) -> None:
+        metrics = self.lane.metrics
         for engine in self.models.engines.values():
-            labels = labels_of(self.lane, engine)
-            self.metrics.batch_cap.labels(*labels).set(
+            labels = self.lane.labels_of(engine)
+            metrics.batch_cap.labels(*labels).set(
                 self.models.batch_cap(engine.name, engine.version)
             )
             profile = self.models.batch_profiles.get((engine.name, engine.version))
             for size, seconds in profile.per_image_s.items() if profile else ():
-                self.metrics.batch_seconds_per_image.labels(*labels, str(size)).set(seconds)
+                metrics.batch_seconds_per_image.labels(*labels, str(size)).set(seconds)
 
-    async def _heartbeat_loop(self) -> None:
+    async def heartbeats(self) -> None:
         while True:
-            await self._heartbeat()
-            await asyncio.sleep(self.settings.control.heartbeat_s)
+            await self.heartbeat()
+            await asyncio.sleep(self.lane.settings.control.heartbeat_s)

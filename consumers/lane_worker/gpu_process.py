@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from consumers.lane_worker.device_turns import DeviceTurns
 from consumers.lane_worker.metrics import WorkerMetrics
+from consumers.lane_worker.outbox import Outbox
 from consumers.lane_worker.recent_jobs import recent_jobs
-from consumers.machinery.runtime import Member
 from schemas.control import WorkerStatus
 from schemas.topics import Topics
 from services.config.routes import Routes
@@ -27,7 +27,7 @@ from services.storage.artifacts import open_store
 if TYPE_CHECKING:
     from consumers.lane_worker.worker import LaneWorker
 
-__all__ = ["Urgency", "GpuProcess"]
+__all__ = ["Urgency", "GpuProcess", "Turn"]
 
 
 class Urgency(IntEnum):
@@ -42,7 +42,7 @@ class Urgency(IntEnum):
 class GpuProcess:
     """One GPU's worker process: its host and guest ``LaneWorker``s (``workers``, host
     first), the GPU's one inference thread and its turns, the image-codec threads, the
-    views every worker reads, the metrics, and the ``Member`` (producer, ops endpoints)."""
+    views every worker reads, the metrics, and the outbox (the process's producer)."""
 
     settings: Settings
     routes: Routes
@@ -52,7 +52,7 @@ class GpuProcess:
     metrics: WorkerMetrics = field(init=False)
     device: DeviceTurns = field(default_factory=DeviceTurns)
     workers: list[LaneWorker] = field(default_factory=list)
-    member: Member | None = None
+    outbox: Outbox = field(default_factory=Outbox)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -89,3 +89,34 @@ class GpuProcess:
     ) -> GpuProcess:
         name = instance or f"{socket.gethostname()}-{os.getpid()}-{lane}"
         return cls(settings, routes, registry, name)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A worker's place on its process's GPU, beside the other workers there."""
+
+    urgency: Urgency
+    gpu: GpuProcess
+
+    def _others(self) -> list[LaneWorker]:
+        return [w for w in self.gpu.workers if w.turn is not self]
+
+    def yields(self) -> bool:
+        """A more urgent worker on this GPU holds jobs: take no new ones (they wait in
+        Kafka)."""
+        return any(w.slots.in_flight for w in self._others() if w.turn.urgency < self.urgency)
+
+    def may_preempt(self) -> bool:
+        """A less urgent worker shares the GPU: this one's batches may run between the
+        steps of its render in progress."""
+        return any(w.turn.urgency > self.urgency for w in self._others())
+
+    def preemptible(self) -> bool:
+        """A more urgent worker shares the GPU: let its batches in between this one's
+        steps."""
+        return any(w.turn.urgency < self.urgency for w in self._others())
+
+    def wake_others(self) -> None:
+        """A slot freed here: a less urgent worker may take jobs again."""
+        for w in self._others():
+            w.slots.freed.set()

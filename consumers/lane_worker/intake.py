@@ -1,25 +1,30 @@
-"""Intake of a fetched record: parse, skip duplicates and canceled jobs, read a refine
-pass's init image, then hold the job and hand it to the micro-batcher."""
+"""Intake of a fetched record: parse (poison to the DLQ), skip duplicates and canceled
+jobs, read a refine pass's init image, then hold the job and hand it to the batcher."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
 from opentelemetry import trace
 
+from consumers.lane_worker.batcher import MicroBatcher
+from consumers.lane_worker.commits import Commits
+from consumers.lane_worker.lane import LaneContext
+from consumers.lane_worker.models import LaneModels
+from consumers.lane_worker.outbox import Outbox
+from consumers.lane_worker.outcomes import Outcomes
+from consumers.lane_worker.slots import Slots
 from consumers.lane_worker.tasks import RenderTask, task_key
-from consumers.machinery.loop import bind_record, dead_letter
+from consumers.machinery.loop import Output, bind_record, dead_letter
 from producers.tracing import context_from_headers
-from schemas.events import (
-    GenerationRouted,
-    parse_job_event,
-)
+from schemas.events import GenerationRouted, parse_job_event
 from schemas.exceptions import PoisonEvent
-from services.engines.engine import RenderRequest, batch_key
-from services.storage.artifacts import ArtifactError, ArtifactUnavailable
+from services.engines.engine import Engine, RenderRequest, batch_key
+from services.storage.artifacts import ArtifactError, ArtifactStore, ArtifactUnavailable
 from services.storage.outage import wait_out_outage
 
 __all__ = ["Intake"]
@@ -28,83 +33,61 @@ log = structlog.get_logger("lanes.worker")
 
 
 class Intake:
-    """Part of ``LaneWorker`` (a mixin, one concern of the class); see the module doc."""
+    def __init__(
+        self,
+        lane: LaneContext,
+        models: LaneModels,
+        store: ArtifactStore,
+        codec: Executor,
+        slots: Slots,
+        commits: Commits,
+        batcher: MicroBatcher[RenderTask],
+        outbox: Outbox,
+        outcomes: Outcomes,
+    ) -> None:
+        self.lane = lane
+        self.models = models
+        self.store = store
+        self.codec = codec
+        self.slots = slots
+        self.commits = commits
+        self.batcher = batcher
+        self.outbox = outbox
+        self.outcomes = outcomes
 
-    # ---- admission ---------------------------------------------------------------------
-
-    def stage_of(self, event: GenerationRouted) -> Literal["draft", "final", "upscaled"]:
-        """A refine pass makes the upscaled image; the first render of a cascade is a draft."""
-        if event.init_artifact_uri is not None:
-            return "upscaled"
-        if self.spec.cascade is not None or event.spec.intent != "final":
-            return "draft"
-        return "final"
-
-    def _already_done(self, event: GenerationRouted) -> bool:
-        key = task_key(event)
-        if key in self.holding or key in self.recent:
+    def already_done(self, event: GenerationRouted) -> bool:
+        """Held or rendered here, or the job is past this attempt's pass."""
+        if self.slots.seen(task_key(event)):
             return True
-        job = self.jobs_view.get(event.job_id)
+        job = self.lane.jobs_view.get(event.job_id)
         if job is None:
             return False
         return (
             job.terminal
             or job.attempt > event.attempt
-            or (event.attempt, self.stage_of(event)) in job.rendered
+            or (event.attempt, self.lane.stage_of(event)) in job.rendered
         )
 
-    def _job_span(self, record: Any, event: GenerationRouted, engine: Any) -> trace.Span:
-        """The job's span in this worker, from the record's append (its wait in the lane's
-        queue is the first child) under the hop that routed it."""
-        appended = int(record.timestamp) * 1_000_000  # ms -> ns
-        tracer = trace.get_tracer("lanes")
-        span = tracer.start_span(
-            f"lanes-worker-{self.lane} job",
-            context=context_from_headers(record.headers, event.job_id),
-            kind=trace.SpanKind.CONSUMER,
-            start_time=appended,
-            attributes={
-                "lanes.job_id": event.job_id,
-                "lanes.lane": self.lane,
-                "lanes.model": engine.name,
-                "lanes.version": engine.version,
-                "lanes.attempt": event.attempt,
-                "lanes.tenant": event.spec.tenant or "",
-                "lanes.stage": self.stage_of(event),
-                "lanes.instance": self.instance,
-                "messaging.kafka.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-            },
-        )
-        tracer.start_span(
-            "queue wait", context=trace.set_span_in_context(span), start_time=appended
-        ).end()
-        return span
-
-    async def _admit(self, tp: TopicPartition, record: Any) -> None:
-        bind_record(record, self.group)
-        self.tracker.add(tp, record.offset)
+    async def admit(self, tp: TopicPartition, record: Any) -> None:
+        bind_record(record, self.lane.group)
+        self.commits.add(tp, record.offset)
         try:
             event = parse_job_event(record.value or b"")
             if not isinstance(event, GenerationRouted):
                 raise PoisonEvent(f"lane worker expects generation.routed, got {event.type}")
         except Exception as exc:  # noqa: BLE001 - a bad record goes to the DLQ
             log.warning("event_dead_lettered", error=str(exc)[:300])
-            await self._send([dead_letter(record, exc, self.group, self.topics.dlq)])
-            self.tracker.done(tp, record.offset)
-            await self._commit()
+            dlq = dead_letter(record, exc, self.lane.group, self.lane.topics.dlq)
+            await self._settle(tp, record.offset, [dlq])
             return
-        if self._already_done(event):
+        if self.already_done(event):
             log.info("duplicate_skipped", attempt=event.attempt)
-            self.metrics.duplicates.labels(*self.labels).inc()
-            self.tracker.done(tp, record.offset)
-            await self._commit()
+            self.lane.metrics.duplicates.labels(*self.models.labels).inc()
+            await self._settle(tp, record.offset, [])
             return
-        if self._canceled(event.job_id):
+        if self.lane.canceled(event.job_id):
             log.info("canceled_job_skipped")
-            await self._send([self._canceled_output(event, None)])
-            self.tracker.done(tp, record.offset)
-            await self._commit()
+            await self._settle(tp, record.offset, [self.outcomes.canceled_output(event, None)])
             return
         init_image = None
         if event.init_artifact_uri is not None:
@@ -112,18 +95,17 @@ class Intake:
             try:  # a store that is away is waited out, within a bound
                 init_image = await wait_out_outage(
                     lambda: self.store.open_image(uri),
-                    bound_s=self.settings.storage.outage_wait_s,
+                    bound_s=self.lane.settings.storage.outage_wait_s,
                     executor=self.codec,
                     what="draft read",
                 )
             except (ArtifactError, ArtifactUnavailable) as exc:  # the job fails with the reason
                 log.warning("init_artifact_unreadable", error=str(exc))
-                self.metrics.failures.labels(*self.labels, "unreadable_artifact").inc()
-                await self._send(
-                    [self._failed_output(event, f"cannot refine: {exc}", reason="artifact")]
+                self.lane.metrics.failures.labels(*self.models.labels, "unreadable_artifact").inc()
+                failed = self.outcomes.failed_output(
+                    event, f"cannot refine: {exc}", reason="artifact"
                 )
-                self.tracker.done(tp, record.offset)
-                await self._commit()
+                await self._settle(tp, record.offset, [failed])
                 return
         request = RenderRequest(
             prompt=event.spec.prompt,
@@ -137,8 +119,7 @@ class Intake:
             negative_prompt=event.spec.negative_prompt,
         )
         engine = self.models.engine_for(event.job_id, event.stable_only)
-        self.holding.add(task_key(event))
-        self._hold(+1)
+        self.slots.hold(task_key(event))
         self.batcher.put(
             (engine.name, engine.version, batch_key(request)),
             RenderTask(
@@ -151,3 +132,37 @@ class Intake:
                 self._job_span(record, event, engine),
             ),
         )
+
+    async def _settle(self, tp: TopicPartition, offset: int, outputs: list[Output]) -> None:
+        """A record that ends at intake: its outputs acknowledged, then its offset done."""
+        if outputs:
+            await self.outbox.send(outputs)
+        await self.commits.finish(tp, offset)
+
+    def _job_span(self, record: Any, event: GenerationRouted, engine: Engine) -> trace.Span:
+        """The job's span in this worker, from the record's append (its wait in the lane's
+        queue is the first child) under the hop that routed it."""
+        appended = int(record.timestamp) * 1_000_000  # ms -> ns
+        tracer = trace.get_tracer("lanes")
+        span = tracer.start_span(
+            f"lanes-worker-{self.lane.name} job",
+            context=context_from_headers(record.headers, event.job_id),
+            kind=trace.SpanKind.CONSUMER,
+            start_time=appended,
+            attributes={
+                "lanes.job_id": event.job_id,
+                "lanes.lane": self.lane.name,
+                "lanes.model": engine.name,
+                "lanes.version": engine.version,
+                "lanes.attempt": event.attempt,
+                "lanes.tenant": event.spec.tenant or "",
+                "lanes.stage": self.lane.stage_of(event),
+                "lanes.instance": self.lane.instance,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+            },
+        )
+        tracer.start_span(
+            "queue wait", context=trace.set_span_in_context(span), start_time=appended
+        ).end()
+        return span

@@ -78,6 +78,10 @@ def hosted_engine(settings: Settings, name: str, spec: ModelSpec, refine: bool) 
         probe_s=spec.probe_s,
         refine=refine,
     )
+    if spec.price_usd is None and not any(
+        k[:2] == (spec.provider, spec.model_id) for k in LIST_PRICES_USD
+    ):
+        log.warning("model_has_no_price", model=name)
     if spec.provider == "ideogram":
         legacy = not spec.model_id.upper().startswith("V_3")
         return (IdeogramLegacy if legacy else IdeogramV3)(model)
@@ -165,14 +169,8 @@ class LaneModels:
         its jobs fail and the canary judge or the operator decides. A hosted engine is not
         warmed (a call costs money; there is nothing local to warm)."""
         engine = self.load(ref)
-        if isinstance(engine, HostedEngine):
-            m = engine.model
-            if m.price_usd is None and not any(
-                k[:2] == (m.provider, m.model_id) for k in LIST_PRICES_USD
-            ):
-                log.warning("model_has_no_price", lane=self.lane, model=ref.model)
+        if not engine.on_device:
             return engine
-        assert isinstance(engine, DiffusionEngine)
         s = self.spec
         shape = (s.width, s.height, s.sample_steps, s.guidance_scale, s.refine_strength)
         try:
@@ -222,6 +220,11 @@ class LaneModels:
         return self.spec.max_batch if profile is None else profile.cap
 
     @property
+    def labels(self) -> tuple[str, str, str]:
+        """Worker-level metric labels: the lane and the stable version it serves."""
+        return (self.lane, self.stable.model, self.stable.version)
+
+    @property
     def max_concurrency(self) -> int:
         return self.desired.max_concurrency or self.spec.max_concurrency
 
@@ -238,19 +241,12 @@ class LaneModels:
     @property
     def provider_paused(self) -> bool:
         """A hosted engine of this lane sends nothing now (cheap: for every fetch round)."""
-        return any(
-            isinstance(e, HostedEngine) and (e.throttled() or e.refusing())
-            for e in self.engines.values()
-        )
+        return any(e.throttled() or e.refusing() for e in self.engines.values())
 
     @property
     def engine_states(self) -> dict[str, str]:
         """Hosted engines not calling now (throttled, or paused by the provider's refusal)."""
-        return {
-            ref.label: state
-            for ref, engine in self.engines.items()
-            if isinstance(engine, HostedEngine) and (state := engine.state)
-        }
+        return {ref.label: state for ref, engine in self.engines.items() if (state := engine.state)}
 
     def engine_for(self, job_id: str, stable_only: bool = False) -> Engine:
         if (
@@ -307,8 +303,7 @@ class LaneModels:
     async def close(self) -> None:
         """Close the hosted engines' HTTP clients (the worker is stopping)."""
         for engine in self.engines.values():
-            if isinstance(engine, HostedEngine):
-                await engine.aclose()
+            await engine.aclose()
 
     async def reload(self) -> None:
         """A restart: load every served version afresh from its checkpoint."""

@@ -122,5 +122,5 @@ async def run(
         stop=stop,
     )
     async with member:
-        shared.member = member
+        shared.outbox.member = member
         await worker.run(member.stop)

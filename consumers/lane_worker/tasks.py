@@ -1,4 +1,4 @@
-"""A job held by a lane worker, and the keys and labels derived from it."""
+"""A job held by a lane worker, and the key it is deduplicated by."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from opentelemetry import trace
 from schemas.events import GenerationRouted
 from services.engines.engine import Engine, RenderRequest
 
-__all__ = ["RenderTask", "task_key", "labels_of", "RECENT_LIMIT"]
-
-# Jobs a worker remembers having rendered (redelivery dedupe beside the jobs view).
-RECENT_LIMIT = 10_000
+__all__ = ["RenderTask", "task_key"]
 
 
 @dataclass
@@ -31,8 +28,5 @@ class RenderTask:
 
 
 def task_key(event: GenerationRouted) -> tuple[str, int, bool]:
+    """(job id, attempt, refine pass): what one render of a job is."""
     return (event.job_id, event.attempt, event.init_artifact_uri is not None)
-
-
-def labels_of(lane: str, engine: Engine) -> tuple[str, str, str]:
-    return (lane, engine.name, engine.version)

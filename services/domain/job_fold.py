@@ -9,6 +9,7 @@ already folded (same event id) changes nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import singledispatch
 from typing import Any
 
 from schemas.events import (
@@ -117,120 +118,177 @@ def _progressed(state: JobState, event: RenderProgress) -> JobState | None:
     return state.model_copy(update={"progress": progress, "updated_at": utcnow()})
 
 
+# ---- what each event type changes: a dict of updates, or None for nothing ---------------
+
+
+@singledispatch
+def _facts(event: Any, state: JobState) -> dict[str, Any] | None:
+    """An event type the fold does not know changes nothing."""
+    return None
+
+
+def _superseded(state: JobState, event: RenderStarted | RenderCompleted | RenderFailed) -> bool:
+    """An event of an attempt the job was rerouted away from changes nothing."""
+    return event.attempt < state.attempt
+
+
+def _spec_facts(state: JobState, event: GenerationRequested | GenerationRouted) -> dict[str, Any]:
+    if state.spec is None:
+        return {"spec": event.spec, "expected_text": event.spec.expected_text}
+    return {}
+
+
+@_facts.register
+def _requested(event: GenerationRequested, state: JobState) -> dict[str, Any] | None:
+    update = _spec_facts(state, event)
+    update.update(created_at=event.occurred_at, fingerprint=event.fingerprint)
+    return update
+
+
+@_facts.register
+def _routed(event: GenerationRouted, state: JobState) -> dict[str, Any] | None:
+    update = _spec_facts(state, event)
+    if event.attempt >= state.attempt and event.init_artifact_uri is None:
+        # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
+        update.update(
+            lane=event.lane,
+            model=event.model,
+            version=event.version,
+            attempt=event.attempt,
+            deferred_until=None,
+        )
+        if event.attempt > state.attempt:
+            update["started"] = False
+    if state.created_at is None:
+        update["created_at"] = event.requested_at
+    return update
+
+
+@_facts.register
+def _started(event: RenderStarted, state: JobState) -> dict[str, Any] | None:
+    if _superseded(state, event):
+        return None
+    update: dict[str, Any] = {"started": True}
+    if not _current(state):  # not the refine pass of a cascade
+        update.update(lane=event.lane, model=event.model, version=event.version)
+    return update
+
+
+@_facts.register
+def _completed(event: RenderCompleted, state: JobState) -> dict[str, Any] | None:
+    if _superseded(state, event):
+        return None
+    update: dict[str, Any] = {}
+    artifact = Artifact(
+        stage=event.stage,
+        attempt=event.attempt,
+        uri=event.artifact_uri,
+        width=event.width,
+        height=event.height,
+        model=event.model,
+        version=event.version,
+        deliverable=event.deliverable,
+        instance=event.instance,
+        provider=event.provider,
+        cost_usd=event.cost_usd,
+    )
+    if artifact not in state.artifacts:
+        update["artifacts"] = [*state.artifacts, artifact]
+        costs = [a.cost_usd for a in update["artifacts"] if a.cost_usd is not None]
+        update["cost_usd"] = round(sum(costs), 6) if costs else None
+    update.update(started=True, timings=event.timings)
+    if event.stage != "upscaled":
+        update.update(lane=event.lane, model=event.model, version=event.version)
+    if state.expected_text is None and event.expected_text:
+        update["expected_text"] = event.expected_text
+    return update
+
+
+@_facts.register
+def _deferred(event: GenerationDeferred, state: JobState) -> dict[str, Any] | None:
+    if state.lane is not None and state.deferred_until is None:  # re-admitted already
+        return {}
+    return {
+        "deferred_at": state.deferred_at or event.occurred_at,
+        "deferred_until": event.not_before,
+        "spec": state.spec or event.spec,
+    }
+
+
+@_facts.register
+def _failed(event: RenderFailed, state: JobState) -> dict[str, Any] | None:
+    if _superseded(state, event):
+        return None
+    return {"error": event.error, "failure_reason": event.reason or "error"}
+
+
+@_facts.register
+def _cancel_requested(event: CancelRequested, state: JobState) -> dict[str, Any] | None:
+    return {"cancel_requested": True}
+
+
+@_facts.register
+def _canceled(event: RenderCanceled, state: JobState) -> dict[str, Any] | None:
+    return {"started": False, "cancel_requested": True}
+
+
+@_facts.register
+def _rerouted(event: RenderRerouted, state: JobState) -> dict[str, Any] | None:
+    update: dict[str, Any] = {
+        "reroutes": [*state.reroutes, f"{event.lane} -> {event.to_lane}: {event.reason}"]
+    }
+    if event.attempt > state.attempt:
+        update.update(attempt=event.attempt, lane=event.to_lane, started=False)
+    return update
+
+
+@_facts.register
+def _verified(event: VerificationCompleted, state: JobState) -> dict[str, Any] | None:
+    repaired = event.repaired_uri is not None
+    record = Verification(
+        expected=event.expected,
+        attempt=event.attempt,
+        threshold=event.threshold,
+        read=event.repaired_read or "" if repaired else event.read,
+        score=event.repaired_score or 0.0 if repaired else event.score,
+        passed=event.final_passed,
+        artifact_uri=event.repaired_uri or event.artifact_uri,
+        error="; ".join(e for e in (event.error, event.repair_error) if e) or None,
+        rendered_uri=event.artifact_uri,
+        rendered_read=event.read,
+        rendered_score=event.score,
+        repaired=repaired,
+        rerouted_to=event.rerouted_to,
+    )
+    update: dict[str, Any] = {"verifications": [*state.verifications, record]}
+    if repaired:
+        source = next((a for a in state.artifacts if a.uri == event.artifact_uri), None)
+        update["artifacts"] = [
+            *state.artifacts,
+            Artifact(
+                stage="repaired",
+                attempt=event.attempt,
+                uri=event.repaired_uri or "",
+                width=source.width if source else 0,
+                height=source.height if source else 0,
+                model=source.model if source else "",
+                version=source.version if source else "",
+            ),
+        ]
+    return update
+
+
 def fold(state: JobState | None, event: Any) -> JobState | None:
     """The new state, or None when the event changes nothing (duplicate or post-terminal)."""
-    job_id = event.job_id
     if state is None:
-        state = JobState(job_id=job_id)
+        state = JobState(job_id=event.job_id)
     event_id = str(event.event_id)
     if event_id in state.seen_events or state.terminal:
         return None
-    if isinstance(event, RenderProgress):
+    if isinstance(event, RenderProgress):  # not a fact: not in the dedupe window
         return _progressed(state, event)
-    update: dict[str, Any] = {}
-    attempt = getattr(event, "attempt", state.attempt)
-    if (
-        isinstance(event, (RenderStarted, RenderCompleted, RenderFailed))
-        and attempt < state.attempt
-    ):
-        return None  # a superseded attempt (the job was rerouted) changes nothing
-    if isinstance(event, (GenerationRequested, GenerationRouted)):
-        if state.spec is None:
-            update.update(spec=event.spec, expected_text=event.spec.expected_text)
-        if isinstance(event, GenerationRequested):
-            update.update(created_at=event.occurred_at, fingerprint=event.fingerprint)
-        elif event.attempt >= state.attempt and event.init_artifact_uri is None:
-            # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
-            update.update(
-                lane=event.lane,
-                model=event.model,
-                version=event.version,
-                attempt=event.attempt,
-                deferred_until=None,
-            )
-            if event.attempt > state.attempt:
-                update["started"] = False
-        if state.created_at is None:
-            update["created_at"] = (
-                event.occurred_at if isinstance(event, GenerationRequested) else event.requested_at
-            )
-    elif isinstance(event, RenderStarted):
-        update["started"] = True
-        if not _current(state):  # not the refine pass of a cascade
-            update.update(lane=event.lane, model=event.model, version=event.version)
-    elif isinstance(event, RenderCompleted):
-        artifact = Artifact(
-            stage=event.stage,
-            attempt=event.attempt,
-            uri=event.artifact_uri,
-            width=event.width,
-            height=event.height,
-            model=event.model,
-            version=event.version,
-            deliverable=event.deliverable,
-            instance=event.instance,
-            provider=event.provider,
-            cost_usd=event.cost_usd,
-        )
-        if artifact not in state.artifacts:
-            update["artifacts"] = [*state.artifacts, artifact]
-            costs = [a.cost_usd for a in update["artifacts"] if a.cost_usd is not None]
-            update["cost_usd"] = round(sum(costs), 6) if costs else None
-        update.update(started=True, timings=event.timings)
-        if event.stage != "upscaled":
-            update.update(lane=event.lane, model=event.model, version=event.version)
-        if state.expected_text is None and event.expected_text:
-            update["expected_text"] = event.expected_text
-    elif isinstance(event, GenerationDeferred):
-        if state.lane is None or state.deferred_until is not None:  # not re-admitted yet
-            update.update(
-                deferred_at=state.deferred_at or event.occurred_at,
-                deferred_until=event.not_before,
-                spec=state.spec or event.spec,
-            )
-    elif isinstance(event, RenderFailed):
-        update.update(error=event.error, failure_reason=event.reason or "error")
-    elif isinstance(event, CancelRequested):
-        update["cancel_requested"] = True
-    elif isinstance(event, RenderCanceled):
-        update.update(started=False, cancel_requested=True)
-    elif isinstance(event, RenderRerouted):
-        update["reroutes"] = [*state.reroutes, f"{event.lane} -> {event.to_lane}: {event.reason}"]
-        if event.attempt > state.attempt:
-            update.update(attempt=event.attempt, lane=event.to_lane, started=False)
-    elif isinstance(event, VerificationCompleted):
-        repaired = event.repaired_uri is not None
-        record = Verification(
-            expected=event.expected,
-            attempt=event.attempt,
-            threshold=event.threshold,
-            read=event.repaired_read or "" if repaired else event.read,
-            score=event.repaired_score or 0.0 if repaired else event.score,
-            passed=event.final_passed,
-            artifact_uri=event.repaired_uri or event.artifact_uri,
-            error="; ".join(e for e in (event.error, event.repair_error) if e) or None,
-            rendered_uri=event.artifact_uri,
-            rendered_read=event.read,
-            rendered_score=event.score,
-            repaired=repaired,
-            rerouted_to=event.rerouted_to,
-        )
-        update["verifications"] = [*state.verifications, record]
-        if repaired:
-            source = next((a for a in state.artifacts if a.uri == event.artifact_uri), None)
-            update["artifacts"] = [
-                *state.artifacts,
-                Artifact(
-                    stage="repaired",
-                    attempt=event.attempt,
-                    uri=event.repaired_uri or "",
-                    width=source.width if source else 0,
-                    height=source.height if source else 0,
-                    model=source.model if source else "",
-                    version=source.version if source else "",
-                ),
-            ]
-    else:
+    update = _facts(event, state)
+    if update is None:
         return None
     update["seen_events"] = [*state.seen_events[-(SEEN_LIMIT - 1) :], event_id]
     now = utcnow()

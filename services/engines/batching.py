@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from services.engines.diffusion import DiffusionEngine, RenderRequest
+from services.engines.engine import Engine
 from services.engines.memory import OutOfMemory, free_cached_memory
 
 __all__ = ["BatchProfile", "choose_batch_cap", "profile_batching", "warm_up"]
@@ -37,7 +38,7 @@ def choose_batch_cap(per_image_s: dict[int, float], tolerance: float = 0.1) -> i
 
 
 def _requests(
-    engine: DiffusionEngine,
+    engine: Engine,
     n: int,
     width: int,
     height: int,
@@ -61,8 +62,14 @@ def _requests(
     ]
 
 
+def _local(engine: Engine) -> DiffusionEngine:
+    if not isinstance(engine, DiffusionEngine):
+        raise TypeError(f"{engine.name}: only an engine on this device is warmed or profiled")
+    return engine
+
+
 def warm_up(
-    engine: DiffusionEngine,
+    engine: Engine,
     width: int,
     height: int,
     steps: int,
@@ -72,14 +79,14 @@ def warm_up(
     """One render at the lane's size (kernel selection, allocator, lazy set-up happen here,
     not in the first job); returns its seconds."""
     started = time.perf_counter()
-    engine.render_batch(
+    _local(engine).render_batch(
         _requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS), guidance_scale, strength)
     )
     return time.perf_counter() - started
 
 
 def profile_batching(
-    engine: DiffusionEngine,
+    engine: Engine,
     max_batch: int,
     width: int,
     height: int,
@@ -109,7 +116,7 @@ def profile_batching(
             )
             started = time.perf_counter()
             try:
-                engine.render_batch(reqs)
+                _local(engine).render_batch(reqs)
             except OutOfMemory:
                 free_cached_memory()
                 too_big = size

@@ -50,8 +50,19 @@ class DiffusionEngine:
     ``gpu_usd_per_hour`` (the batch's wall time shared by its images), else None."""
 
     provider = "diffusers"
-    hosted = False
+    on_device = True
     batch_limit: int | None = None
+    on_call: Callable[[str], None] | None = None  # no provider: never called
+    state: str | None = None  # always taking work
+
+    def throttled(self) -> bool:
+        return False
+
+    def refusing(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        """Nothing held open (the weights go with the engine)."""
 
     def __init__(
         self,

@@ -73,18 +73,45 @@ class RenderContext:
 
 
 class Engine(Protocol):
+    """What a lane worker needs of an engine, local or hosted; the worker never asks which
+    kind it holds."""
+
     name: str  # the model's name in the routes file
     version: str
     provider: str  # diffusers | ideogram | gemini | imagen
     device: str  # cpu, cuda:N, or the provider's host
     refine: bool  # an img2img (refine) engine
-    hosted: bool
+    # Device use: renders on this process's device, so it takes turns on the GPU thread,
+    # reports denoising steps, holds memory (footprint, peak) and is warmed before it
+    # serves. False: a remote call, many in flight, nothing to warm (a call costs money).
+    on_device: bool
     footprint_bytes: int  # weights held in this process (0 for a hosted engine)
     batch_limit: int | None  # most requests one call can take (None: the lane's max_batch)
+    # Called with each provider answer's outcome (ok, throttled, ...): the worker's metrics.
+    on_call: Callable[[str], None] | None
 
     async def generate(
         self, reqs: Sequence[RenderRequest], ctx: RenderContext
     ) -> list[RenderOutput]: ...
+
+    # ---- capacity: whether calls go out now (a local engine always takes work) ----------
+
+    def throttled(self) -> bool:
+        """Backing off: the provider asked us to wait; nothing is sent until then."""
+        ...
+
+    def refusing(self) -> bool:
+        """The provider refuses our calls (key, funds, model) until its next probe."""
+        ...
+
+    @property
+    def state(self) -> str | None:
+        """Why the engine is not calling now, for heartbeats; None while it is."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the engine holds open (HTTP clients); the worker is stopping."""
+        ...
 
 
 def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:

@@ -100,7 +100,7 @@ async def test_flood_never_exceeds_cap_pauses_resumes_and_batches(flood_stack: S
     # (Linux schedules threads one by one), so a saturated CPU serves Kafka I/O first.
     if sys.platform.startswith("linux"):
         loop = asyncio.get_running_loop()
-        for pool in (worker.gpu, worker.codec):
+        for pool in (worker.process.gpu, worker.process.codec):
             nice = await loop.run_in_executor(pool, _thread_nice)
             assert nice == min(19, _thread_nice() + stack.settings.worker.compute_thread_nice)
 

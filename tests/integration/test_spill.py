@@ -71,13 +71,13 @@ async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_render
         await stack.wait_workers_ready()
         host = stack.workers["final"]
         (guest,) = host.guests
-        assert (guest.lane, guest.serves, guest.source) == (
+        assert (guest.lane.name, guest.lane.serves, guest.lane.source) == (
             "draft",
             "spill",
             stack.topics.spill("draft"),
         )
 
-        await guest_reported_ready(stack, guest.instance)
+        await guest_reported_ready(stack, guest.lane.instance)
         finals, drafts, done = await submit_all_and_wait(stack, finals=2, drafts=16)
         assert all(d["lane"] == "draft" for d in done[2:])
 
@@ -111,9 +111,9 @@ async def test_draft_burst_spills_to_the_final_workers_guest_and_each_job_render
         assert Counter(e.job_id for e in completed if e.job_id in drafts) == Counter(drafts)
         by_job = {e.job_id: e for e in completed}
         # The spilled drafts were rendered by the final worker's guest, as draft-lane jobs.
-        assert {by_job[j].instance for j in spilled} == {guest.instance}
+        assert {by_job[j].instance for j in spilled} == {guest.lane.instance}
         assert all(by_job[j].lane == "draft" for j in spilled)
-        assert {by_job[j].instance for j in finals} == {host.instance}
+        assert {by_job[j].instance for j in finals} == {host.lane.instance}
         assert stack.metric("final", "lanes_worker_jobs_total", outcome="ok") == 2
         assert host.registry.get_sample_value(
             "lanes_worker_jobs_total",
@@ -141,9 +141,9 @@ async def test_final_burst_backfills_the_idle_draft_worker_and_drafts_still_come
         await stack.wait_workers_ready()
         draft_host = stack.workers["draft"]
         (guest,) = draft_host.guests
-        assert (guest.lane, guest.priority, draft_host.priority) == ("final", 2, 1)
+        assert (guest.lane.name, guest.turn.urgency, draft_host.turn.urgency) == ("final", 2, 1)
 
-        await guest_reported_ready(stack, guest.instance)
+        await guest_reported_ready(stack, guest.lane.instance)
         finals, drafts, done = await submit_all_and_wait(stack, finals=10, drafts=3)
 
         spilled = [
@@ -163,7 +163,7 @@ async def test_final_burst_backfills_the_idle_draft_worker_and_drafts_still_come
         ]
         assert Counter(e.job_id for e in completed) == Counter(finals + drafts)
         by_job = {e.job_id: e for e in completed}
-        assert {by_job[j].instance for j in spilled} == {guest.instance}
+        assert {by_job[j].instance for j in spilled} == {guest.lane.instance}
         assert all(by_job[j].lane == "final" and by_job[j].sample_steps == 6 for j in spilled)
         # The draft worker's own drafts stay on the draft worker.
-        assert {by_job[j].instance for j in drafts} == {draft_host.instance}
+        assert {by_job[j].instance for j in drafts} == {draft_host.lane.instance}

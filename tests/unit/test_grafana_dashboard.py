@@ -12,7 +12,8 @@ KINDS = {"Counter", "Gauge", "Histogram", "Summary"}
 
 
 def exported_series() -> set[str]:
-    """Every series name the code's prometheus-client metrics expose, found in the source:
+    """Every series name the code's prometheus-client metrics expose, found in the source
+    (made directly, or declared as ``Metric(Kind, name, ...)``):
     a Counter ``x`` is ``x_total``, a Histogram ``x`` is ``x_bucket``, ``x_sum``, ``x_count``."""
     series: set[str] = set()
     for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("consumers/**/*.py")]:
@@ -21,6 +22,8 @@ def exported_series() -> set[str]:
                 continue
             kind = getattr(node.func, "id", getattr(node.func, "attr", None))
             first = node.args[0]
+            if kind == "Metric" and len(node.args) > 1:  # a declaration: Metric(Kind, name, ...)
+                kind, first = getattr(first, "id", None), node.args[1]
             if kind not in KINDS or not isinstance(first, ast.Constant):
                 continue
             name = str(first.value)

@@ -80,7 +80,7 @@ class ExpiredOutput(ProviderError):
 
 class HostedEngine:
     provider = "hosted"
-    hosted = True
+    on_device = False
     footprint_bytes = 0
     batch_limit: int | None = 1
     # Throttle backoff when the provider gave no retry time: doubling from here to the cap.

@@ -195,30 +195,30 @@ def test_a_host_takes_no_new_jobs_while_its_guest_holds_some(tmp_path: Path) -> 
     shared = GpuProcess(settings, routes, CollectorRegistry(), "gpu-0-final")
     host = LaneWorker(shared, "final", LaneModels(settings, "final", routes))
     guest = LaneWorker(shared, "draft", LaneModels(settings, "draft", routes), Urgency.ASSISTED)
-    assert host.guests == [guest] and guest.device is host.device and guest.gpu is host.gpu
-    assert (guest.instance, guest.source, guest.serves) == (
+    assert host.guests == [guest] and guest.process is host.process
+    assert (guest.lane.instance, guest.lane.source, guest.lane.serves) == (
         "gpu-0-final+draft-spill",
         "lanes.lane.draft.spill",
         "spill",
     )
-    assert guest.group.endswith("lanes-lane-draft-spill") and host.group.endswith(
+    assert guest.lane.group.endswith("lanes-lane-draft-spill") and host.lane.group.endswith(
         "lanes-lane-final"
     )
     assert host.cap == routes.lanes["final"].max_concurrency
-    guest._hold(+1)
+    guest.slots.hold(("job-1", 1, False))
     assert host.cap == 0
-    host.slot_freed.clear()
-    guest._hold(-1)
-    assert host.cap == routes.lanes["final"].max_concurrency and host.slot_freed.is_set()
+    host.slots.freed.clear()
+    guest.slots.release(("job-1", 1, False))
+    assert host.cap == routes.lanes["final"].max_concurrency and host.slots.freed.is_set()
     # A backfilled lane's guest is the other way round: it yields to the host.
     backfill = LaneWorker(
         shared, "upscale", LaneModels(settings, "upscale", routes), Urgency.BACKFILL
     )
-    assert set(map(id, backfill.peers)) == {id(host), id(guest)}
+    assert backfill.turn.may_preempt() is False and backfill.turn.preemptible() is True
     assert backfill.cap == routes.lanes["upscale"].max_concurrency
-    host._hold(+1)
+    host.slots.hold(("job-2", 1, False))
     assert backfill.cap == 0 and guest.cap == routes.lanes["draft"].max_concurrency
-    backfill._hold(+1)
+    backfill.slots.hold(("job-3", 1, False))
     assert (
         host.cap == routes.lanes["final"].max_concurrency
     )  # a less urgent peer never holds it back
