@@ -106,6 +106,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: install s3-server browser kcat container-tools helm prometheus jaeger
 	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)

@@ -112,7 +112,7 @@ class Verifier:
             passed=score >= self.threshold,
             threshold=self.threshold,
             ocr_ms=(time.perf_counter() - started) * 1000,
-            **repaired,  # type: ignore[arg-type]
+            **repaired,
         )
 
     async def handle(self, event: object, ctx: MessageContext) -> Sequence[Output]:

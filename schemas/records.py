@@ -156,7 +156,7 @@ class JobState(BaseModel):
                 metadata=self.spec.metadata,
                 webhook_url=str(self.spec.webhook_url) if self.spec.webhook_url else None,
             )
-        return data
+        return dict(data)
 
 
 class DeadLetter(BaseModel):

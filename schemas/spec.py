@@ -48,7 +48,7 @@ class GenerationSpec(BaseModel):
         Literal[
             "draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled", "progress"
         ]
-    ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=7)
+    ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=7)  # type: ignore[arg-type]
 
     @field_validator("prompt")
     @classmethod

@@ -11,12 +11,13 @@ from typing import Generic, TypeVar
 
 __all__ = ["MicroBatcher"]
 
+K = TypeVar("K", bound=Hashable)  # what items batch together by
 T = TypeVar("T")
 
 
-class MicroBatcher(Generic[T]):
+class MicroBatcher(Generic[K, T]):
     def __init__(
-        self, max_batch: int, max_wait_s: float, limit: Callable[[Hashable], int] | None = None
+        self, max_batch: int, max_wait_s: float, limit: Callable[[K], int] | None = None
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -25,10 +26,10 @@ class MicroBatcher(Generic[T]):
         # Per key, a smaller cap than max_batch (a version whose batches do not pay).
         self.limit = limit
         # key -> (arrival time of the oldest item, items), oldest group first
-        self._groups: OrderedDict[Hashable, tuple[float, list[T]]] = OrderedDict()
+        self._groups: OrderedDict[K, tuple[float, list[T]]] = OrderedDict()
         self._changed = asyncio.Event()
 
-    def cap(self, key: Hashable) -> int:
+    def cap(self, key: K) -> int:
         return (
             self.max_batch if self.limit is None else max(1, min(self.max_batch, self.limit(key)))
         )
@@ -36,14 +37,14 @@ class MicroBatcher(Generic[T]):
     def __len__(self) -> int:
         return sum(len(items) for _, items in self._groups.values())
 
-    def put(self, key: Hashable, item: T) -> None:
+    def put(self, key: K, item: T) -> None:
         if key in self._groups:
             self._groups[key][1].append(item)
         else:
             self._groups[key] = (time.monotonic(), [item])
         self._changed.set()
 
-    def _take(self, key: Hashable) -> list[T]:
+    def _take(self, key: K) -> list[T]:
         since, items = self._groups[key]
         cap = self.cap(key)
         batch, rest = items[:cap], items[cap:]

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 __all__ = ["BetweenSteps", "DeviceTurns"]
 
@@ -116,7 +116,7 @@ class DeviceTurns:
         if preempt:
             queued = self._queue_between(lambda: fn(None), priority)
             if queued is not None:
-                return await asyncio.wrap_future(queued)  # type: ignore[return-value]
+                return cast(T, await asyncio.wrap_future(queued))
         loop = asyncio.get_running_loop()
         call: Callable[[], T] = (
             (lambda: self._preemptible(fn, loop, priority)) if preemptible else (lambda: fn(None))

@@ -18,7 +18,7 @@ from consumers.lane_worker.models import LaneModels
 from consumers.lane_worker.outbox import Outbox
 from consumers.lane_worker.outcomes import Outcomes
 from consumers.lane_worker.slots import Slots
-from consumers.lane_worker.tasks import RenderTask, task_key
+from consumers.lane_worker.tasks import BatchKey, RenderTask, task_key
 from consumers.machinery.loop import Output, bind_record, dead_letter
 from producers.tracing import context_from_headers
 from schemas.events import GenerationRouted, parse_job_event
@@ -41,7 +41,7 @@ class Intake:
         codec: Executor,
         slots: Slots,
         commits: Commits,
-        batcher: MicroBatcher[RenderTask],
+        batcher: MicroBatcher[BatchKey, RenderTask],
         outbox: Outbox,
         outcomes: Outcomes,
     ) -> None:

@@ -27,7 +27,8 @@ class Metric(Generic[M]):
         *extra_labels: str,
         buckets: tuple[float, ...] | None = None,
     ) -> None:
-        self.kind, self.name, self.documentation = kind, name, documentation
+        self.kind: type[M] = kind
+        self.name, self.documentation = name, documentation
         self.labels = LABELS + extra_labels
         self.buckets = buckets
         self.attr = ""
@@ -40,7 +41,7 @@ class Metric(Generic[M]):
     @overload
     def __get__(self, obj: object, owner: type) -> M: ...
     def __get__(self, obj: object | None, owner: type) -> Metric[M] | M:
-        return self if obj is None else obj.__dict__[self.attr]  # type: ignore[no-any-return]
+        return self if obj is None else obj.__dict__[self.attr]
 
     def make(self, registry: CollectorRegistry) -> M:
         extra: dict[str, Any] = {} if self.buckets is None else {"buckets": self.buckets}

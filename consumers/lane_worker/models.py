@@ -48,7 +48,7 @@ def canary_bucket(job_id: str) -> int:
 
 def model_spec(routes: Routes, ref: ModelRef) -> ModelSpec:
     if ref.path is not None:
-        return ModelSpec(version=ref.version, path=ref.path)  # type: ignore[arg-type]
+        return ModelSpec(version=ref.version, path=ref.path)
     if ref.tiny_seed is not None:
         return ModelSpec(version=ref.version, tiny=TinyConfig(seed=ref.tiny_seed))
     spec = routes.models.get(routes.resolve_model(ref.model)[0])

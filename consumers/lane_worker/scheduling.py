@@ -18,7 +18,7 @@ from consumers.lane_worker.gpu_process import Turn
 from consumers.lane_worker.outcomes import Outcomes
 from consumers.lane_worker.rendering import Renderer, child_span
 from consumers.lane_worker.slots import Slots
-from consumers.lane_worker.tasks import RenderTask, task_key
+from consumers.lane_worker.tasks import BatchKey, RenderTask, task_key
 
 __all__ = ["Scheduler"]
 
@@ -26,7 +26,7 @@ __all__ = ["Scheduler"]
 class Scheduler:
     def __init__(
         self,
-        batcher: MicroBatcher[RenderTask],
+        batcher: MicroBatcher[BatchKey, RenderTask],
         device: DeviceTurns,
         turn: Turn,
         renderer: Renderer,

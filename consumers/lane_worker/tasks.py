@@ -11,7 +11,11 @@ from opentelemetry import trace
 from schemas.events import GenerationRouted
 from services.engines.engine import Engine, RenderRequest
 
-__all__ = ["RenderTask", "task_key"]
+__all__ = ["RenderTask", "task_key", "BatchKey"]
+
+# (model, version, the request's shape): jobs with the same key can share a pipeline call,
+# and each version's batches stop at its own cap.
+BatchKey = tuple[str, str, tuple[int, int, int, float, float | None]]
 
 
 @dataclass

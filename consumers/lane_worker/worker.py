@@ -69,7 +69,7 @@ from consumers.lane_worker.outcomes import Outcomes
 from consumers.lane_worker.rendering import Renderer
 from consumers.lane_worker.scheduling import Scheduler
 from consumers.lane_worker.slots import Slots
-from consumers.lane_worker.tasks import RenderTask
+from consumers.lane_worker.tasks import BatchKey, RenderTask
 from schemas.control import WorkerHealth
 from services.config.settings import Settings
 from services.engines.engine import Engine
@@ -119,7 +119,7 @@ class LaneWorker:
         )
         spec = self.lane.spec
         # Batch keys start (model, version, ...): each version's batches stop at its cap.
-        self.batcher: MicroBatcher[RenderTask] = MicroBatcher(
+        self.batcher: MicroBatcher[BatchKey, RenderTask] = MicroBatcher(
             spec.max_batch,
             spec.max_wait_ms / 1000,
             limit=lambda key: models.batch_cap(key[0], key[1]),

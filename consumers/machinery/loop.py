@@ -275,7 +275,7 @@ async def publish_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> 
         if futures:
             await asyncio.gather(*futures)
     except TopicAuthorizationFailedError as exc:
-        exc.lanes_operation = "Write"  # type: ignore[attr-defined]  # for the member's report
+        exc.lanes_operation = "Write"  # for the member's report
         raise
 
 

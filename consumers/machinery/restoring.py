@@ -15,7 +15,7 @@ from aiokafka import ConsumerRebalanceListener
 __all__ = ["RestoringListener"]
 
 
-class RestoringListener(ConsumerRebalanceListener):
+class RestoringListener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self._restored = asyncio.Event()
 

@@ -123,7 +123,7 @@ async def _run_engine(
     try:
         await stack.wait_workers_ready()
         async with GenerationClient(s) as client:
-            ids = [await client.submit(GenerationSpec(prompt=p, intent=intent)) for p in prompts]  # type: ignore[arg-type]
+            ids = [await client.submit(GenerationSpec(prompt=p, intent=intent)) for p in prompts]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not all(view.items.get(i) is not None and view.items[i].terminal for i in ids):

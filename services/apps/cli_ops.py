@@ -22,7 +22,7 @@ def _ops(action: str, lane: str, **fields: object) -> None:
     command = OpsCommand(
         action=action,
         lane=lane,
-        issuer=getpass.getuser(),  # type: ignore[arg-type]
+        issuer=getpass.getuser(),
         **{k: v for k, v in fields.items() if v is not None},
     )
     result = asyncio.run(send_and_wait(settings_from_env(), command))

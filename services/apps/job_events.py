@@ -51,7 +51,7 @@ class SseEvent:
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
     """Events from a text/event-stream's lines (comments and retry hints skipped)."""
-    event, event_id, data = "message", None, []
+    event, event_id, data = "message", None, list[str]()
     for line in lines:
         if line == "":
             if data:

@@ -139,7 +139,7 @@ def apply_rules(settings: Settings, rules: list[Rule]) -> int:
         )
         for r in rules
     ]
-    admin = KafkaAdminClient(client_id="lanes-acls", **options)  # type: ignore[arg-type]
+    admin = KafkaAdminClient(client_id="lanes-acls", **options)
     try:
         result = admin.create_acls(acls)
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from schemas.keys import Scope
 from services.auth.api_keys import KEY_PATTERN, hash_key
 from services.auth.key_admin import create_key, list_keys
 from services.config.settings import Settings
@@ -40,7 +41,9 @@ async def ensure_local_keys(settings: Settings) -> dict[str, Path]:
         path = folder / filename
         saved = path.read_text().strip() if path.exists() else ""
         if not (KEY_PATTERN.match(saved) and hash_key(saved) in live):
-            scopes = ["admin"] if which == "admin" else ["generations:read", "generations:write"]
+            scopes: list[Scope] = (
+                ["admin"] if which == "admin" else ["generations:read", "generations:write"]
+            )
             key, _ = await create_key(
                 settings,
                 LOCAL_TENANT if which == "tenant" else "ops",

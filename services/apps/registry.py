@@ -190,13 +190,17 @@ def consumer(name: str) -> Component:
     raise KeyError(f"no consumer component {name!r} (have {[c.name for c in CONSUMERS]})")
 
 
+def _lane_group(lane: str) -> Callable[[Groups], str]:
+    return lambda groups: groups.lane(lane)
+
+
 def workers(routes: Routes) -> list[Component]:
     """One worker component per lane of the routes file."""
     return [
         Component(
             f"worker-{lane}",
             WORKER.module,
-            lambda g, lane=lane: g.lane(lane),
+            _lane_group(lane),
             WORKER.metrics_port + i,
             resources=WORKER.resources,
             args=("--lane", lane),

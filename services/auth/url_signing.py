@@ -65,7 +65,9 @@ class UrlSigner:
         )
         return f"{url.split('?', 1)[0]}?{query}"
 
-    def verify(self, resource: str, expires: str | None, sig: str | None, now: float | None = None):
+    def verify(
+        self, resource: str, expires: str | None, sig: str | None, now: float | None = None
+    ) -> None:
         """Raise BadSignature or Expired unless ``sig`` signs ``resource`` until ``expires``."""
         if not expires or not sig or not expires.isdigit() or len(sig) != 64:
             raise BadSignature("the URL is not signed: fetch it with a key, or use a signed URL")

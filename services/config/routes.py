@@ -243,7 +243,9 @@ class Routes(BaseModel):
                 )
                 if provider != "diffusers":
                     cap = (
-                        spec.get("max_in_flight") if isinstance(spec, dict) else spec.max_in_flight
+                        spec.get("max_in_flight")
+                        if isinstance(spec, dict)
+                        else getattr(spec, "max_in_flight", None)
                     )
                     lane.setdefault("max_concurrency", cap or HOSTED_IN_FLIGHT[provider])
                     lane.setdefault("sample_steps", 1)
@@ -316,9 +318,9 @@ class Routes(BaseModel):
                     f"lane {name!r} spills, but no lane assists or backfills it (add "
                     "it to another lane's 'assists' or 'backfills')"
                 )
-        for intent, lane in self.intents.items():
-            if lane not in self.lanes:
-                raise ValueError(f"intent {intent!r} routes to unknown lane {lane!r}")
+        for intent, target in self.intents.items():
+            if target not in self.lanes:
+                raise ValueError(f"intent {intent!r} routes to unknown lane {target!r}")
         for intent in ("draft", "final"):
             if intent not in self.intents:
                 raise ValueError(f"intent {intent!r} has no lane")

@@ -62,7 +62,8 @@ def _requests(
     ]
 
 
-def _local(engine: Engine) -> DiffusionEngine:
+def on_this_device(engine: Engine) -> DiffusionEngine:
+    """The engine as the local pipeline it is (warm-up, profiles, benchmarks)."""
     if not isinstance(engine, DiffusionEngine):
         raise TypeError(f"{engine.name}: only an engine on this device is warmed or profiled")
     return engine
@@ -79,7 +80,7 @@ def warm_up(
     """One render at the lane's size (kernel selection, allocator, lazy set-up happen here,
     not in the first job); returns its seconds."""
     started = time.perf_counter()
-    _local(engine).render_batch(
+    on_this_device(engine).render_batch(
         _requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS), guidance_scale, strength)
     )
     return time.perf_counter() - started
@@ -116,7 +117,7 @@ def profile_batching(
             )
             started = time.perf_counter()
             try:
-                _local(engine).render_batch(reqs)
+                on_this_device(engine).render_batch(reqs)
             except OutOfMemory:
                 free_cached_memory()
                 too_big = size

@@ -216,7 +216,9 @@ class DiffusionEngine:
         if self.refine:
             kwargs.update(
                 image=[
-                    r.init_image.convert("RGB").resize((r.width, r.height), Image.BICUBIC)
+                    r.init_image.convert("RGB").resize(
+                        (r.width, r.height), Image.Resampling.BICUBIC
+                    )
                     for r in reqs
                     if r.init_image is not None
                 ],

@@ -34,11 +34,11 @@ def latent_previews(latents: Any, size: int = 64) -> list[str | None]:
     factors = torch.tensor(LATENT_RGB, dtype=torch.float32)
     out: list[str | None] = []
     with torch.inference_mode():
-        rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors)
-        rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
+        mixed = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors)
+        rgb = ((mixed + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
     for img in rgb:
         picture = Image.fromarray(img, "RGB")
-        picture.thumbnail((size, size), Image.BILINEAR)
+        picture.thumbnail((size, size), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         picture.save(buf, format="JPEG", quality=70)
         out.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())

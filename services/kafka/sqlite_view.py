@@ -222,7 +222,7 @@ class SqliteView:
             stored = self.offsets()
         for tp in tps:
             consumer.seek(tp, max(stored.get(tp.partition, 0), starts[tp]))
-        return ends
+        return dict(ends)
 
     async def _read(
         self, consumer: AIOKafkaConsumer, until: dict[TopicPartition, int] | None

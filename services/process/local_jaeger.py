@@ -11,6 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -138,7 +139,7 @@ class JaegerProcess:
             else ""
         )
 
-    def trace(self, trace_id: str) -> dict | None:
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
         """The trace as Jaeger's query API returns it (spans, processes); None if unknown."""
         resp = httpx.get(f"{self.query_url}/api/traces/{trace_id}", timeout=5)
         if resp.status_code != 200:

@@ -105,7 +105,7 @@ class S3ArtifactStore(ArtifactStore):
     def get(self, uri: str) -> bytes:
         key = self._key(uri)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in MISSING:
                 raise ArtifactError(f"artifact {uri!r} does not exist") from exc

@@ -69,7 +69,7 @@ async def resolve_target(url: str, allowed_hosts: list[str]) -> str:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Unresolvable(f"cannot resolve {host!r}: {exc}") from exc
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if host.lower() not in {h.lower() for h in allowed_hosts}:
         for ip in addresses:
             reason = _forbidden(ip)
@@ -142,7 +142,7 @@ def backoff_delay(
     delay = exp / 2 + (rng or random).uniform(0, exp / 2)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
-    return min(cap_s, delay)
+    return float(min(cap_s, delay))
 
 
 class WebhookSender:

@@ -74,7 +74,8 @@ def run_arm(
 def _summary(arch: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = [JobResult(**j) for j in data["jobs"]]
     done = [j for j in jobs if j.done is not None]
-    span = (max(j.done for j in done) - min(j.submitted for j in jobs)) if done else float("nan")
+    ends = [j.done for j in jobs if j.done is not None]
+    span = (max(ends) - min(j.submitted for j in jobs)) if ends else float("nan")
     rows = []
     for intent in ("draft", "final", "all"):
         sel = [j for j in done if intent in ("all", j.intent)]
@@ -320,7 +321,7 @@ def _child_main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     cfg = BurstConfig(**spec["cfg"])
     plan = [tuple(p) for p in spec["plan"]]
-    data = run_arm(spec["arch"], cfg, plan, spec["bootstrap"], Path(spec["workdir"]))  # type: ignore[arg-type]
+    data = run_arm(spec["arch"], cfg, plan, spec["bootstrap"], Path(spec["workdir"]))
     Path(out_path).write_text(json.dumps(data))
 
 

@@ -23,6 +23,7 @@ async def run_fifo(
 
     from consumers.lane_worker.models import load_routes_model
     from services.config.routes import load_routes
+    from services.engines.batching import on_this_device
     from services.engines.diffusion import RenderRequest
     from services.engines.memory import OutOfMemory
     from services.process.tuning import freeze_startup_heap
@@ -31,7 +32,7 @@ async def run_fifo(
     routes = load_routes(settings.routes_file)
     store = LocalArtifactStore(settings.artifacts_path)
     engines = [
-        await asyncio.to_thread(load_routes_model, settings, "draft", routes)
+        on_this_device(await asyncio.to_thread(load_routes_model, settings, "draft", routes))
         for _ in range(cfg.workers)
     ]
     pools = [ThreadPoolExecutor(max_workers=1) for _ in engines]
@@ -94,6 +95,7 @@ def calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
     from consumers.lane_worker.models import load_routes_model
     from services.config.routes import load_routes
     from services.config.settings import Settings
+    from services.engines.batching import on_this_device
     from services.engines.diffusion import RenderRequest
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
@@ -104,7 +106,7 @@ def calibrate(cfg: BurstConfig, workdir: Path) -> dict[str, float]:
         models_dir=models_cache(),
     )
     routes = load_routes(settings.routes_file)
-    engine = load_routes_model(settings, "draft", routes)
+    engine = on_this_device(load_routes_model(settings, "draft", routes))
 
     def seconds_per_image(lane: str, batch: int) -> float:
         s = routes.lanes[lane]

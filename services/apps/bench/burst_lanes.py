@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from producers.kafka import make_raw_consumer
 from services.apps.bench.burst_plan import BurstConfig, JobResult
@@ -116,7 +117,9 @@ async def run_lanes(
                             res.batch_size = e.timings.batch_size
                             # when its batch began on the GPU thread (a spilled draft may
                             # wait for a step boundary after its render.started)
-                            began = e.requested_at.timestamp() + e.timings.queue_wait_ms / 1000
+                            began = (
+                                e.requested_at or e.occurred_at
+                            ).timestamp() + e.timings.queue_wait_ms / 1000
                             res.gpu_wait_s = began - routed_at[e.job_id]
                             res.route_s = routed_at[e.job_id] - res.submitted
                             res.store_ms = e.timings.store_ms or 0.0
@@ -227,17 +230,23 @@ def _spawn(settings: Any, cfg: BurstConfig, args: list[str], port: int) -> subpr
     )
 
 
+def _argv(proc: subprocess.Popen[bytes]) -> Sequence[str]:
+    return cast(Sequence[str], proc.args)
+
+
 async def _wait_ready(http: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(600):
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[4:]} exited with {proc.returncode} before it was ready")
+            raise RuntimeError(
+                f"{_argv(proc)[4:]} exited with {proc.returncode} before it was ready"
+            )
         try:
             if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
                 return
         except Exception:  # noqa: BLE001 - not listening yet
             pass
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"{proc.args[4:]} not ready in 120 s")
+    raise TimeoutError(f"{_argv(proc)[4:]} not ready in 120 s")
 
 
 def _samples(text: str, name: str) -> list[Any]:
@@ -249,7 +258,7 @@ def _samples(text: str, name: str) -> list[Any]:
 
 
 def _metric_sum(text: str, name: str) -> float:
-    return sum(s.value for s in _samples(text, name))
+    return float(sum(s.value for s in _samples(text, name)))
 
 
 def _metric_max(text: str, name: str) -> float:

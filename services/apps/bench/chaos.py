@@ -277,7 +277,7 @@ def _summarize(run: dict[str, Any]) -> tuple[list[list[object]], dict[str, list[
         (t - 2, t + cfg.fault_window_s + (cfg.broker_down_s if name.startswith("broker") else 0))
         for t, name in run["kills"]
     ]
-    lat = {"faults": [], "calm": []}
+    lat: dict[str, list[float]] = {"faults": [], "calm": []}
     succeeded = lost = duplicates = redelivered = 0
     points: dict[str, list[float]] = {"t": [], "latency": [], "fault": []}
     for job_id, at in accepted.items():

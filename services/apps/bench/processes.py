@@ -30,7 +30,8 @@ class Proc:
 
     def rss_mb(self) -> float:
         proc = psutil.Process(self.popen.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+        rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        return float(rss) / 2**20
 
     def kill(self) -> None:
         """kill -9: no drain, no flush."""

@@ -58,7 +58,7 @@ def _template(status: str) -> str:
         intent="final",
         tenant="marketplace",
         text="SUMMER SALE",
-        webhook_url="https://hooks.example.com/lanes",  # type: ignore[arg-type]
+        webhook_url="https://hooks.example.com/lanes",
         metadata={"sku": "MUG-1234", "campaign": "summer-2026", "locale": "en-US"},
     )
     art = {
@@ -88,7 +88,7 @@ def _template(status: str) -> str:
     )
     job = JobState(
         job_id=MARK_ID,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         spec=spec,
         expected_text="SUMMER SALE",
         fingerprint="f" * 64,

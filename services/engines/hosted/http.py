@@ -85,7 +85,7 @@ class ProviderHttp:
     def backoff(self, attempt: int) -> float:
         """Exponential from ``backoff_s`` with full jitter on the upper half."""
         base = self.backoff_s * 2**attempt
-        return min(30.0, base / 2 + random.uniform(0, base / 2))
+        return float(min(30.0, base / 2 + random.uniform(0, base / 2)))
 
     async def send(
         self,

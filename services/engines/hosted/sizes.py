@@ -38,7 +38,7 @@ def letterbox(image: Image.Image, width: int, height: int) -> Image.Image:
     scale = min(width / image.width, height / image.height)
     fitted = image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-        Image.LANCZOS,
+        Image.Resampling.LANCZOS,
     )
     if fitted.size == (width, height):
         return fitted
