@@ -201,6 +201,7 @@ def _follow(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
                         typer.echo(
                             f"  {ev.data['status']}"
                             + (f" (#{position} in queue)" if position else "")
+                            + (f": {ev.data['waiting']}" if ev.data.get("waiting") else "")
                         )
                     elif ev.event == "end":
                         return dict(ev.data)

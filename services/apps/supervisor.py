@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import structlog
 
@@ -20,6 +21,7 @@ from services.apps import registry
 from services.apps.kafka_acls import acl_rules, apply_rules
 from services.apps.local_keys import ensure_local_keys
 from services.apps.registry import Component
+from services.apps.start_order import start_plan, wait_ready
 from services.config.routes import Routes, checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.kafka.clients import ensure_topics, wait_for_kafka
@@ -134,6 +136,53 @@ async def _supervise(
             pass
 
 
+# A lane worker that is not ready by then does not hold the next one back any longer.
+LANE_START_TIMEOUT_S = 120.0
+
+
+def _local_url(host: str, port: int) -> str:
+    """Where this machine reaches a process of the stack (a wildcard bind: loopback)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
+async def _start_in_order(
+    settings: Settings, comps: list[Component], env: dict[str, str], stop: asyncio.Event
+) -> None:
+    """The light processes at once, then the lane workers one by one (``start_order``);
+    says when the stack serves its first lane, and as each further lane comes up."""
+    started = time.monotonic()
+    plan = start_plan(load_routes(settings.routes_file), comps)
+    tasks = [asyncio.create_task(_supervise(c, env, stop, settings)) for c in plan.at_once]
+    gateway = _local_url(settings.gateway.host, settings.gateway.port)
+    serving: list[str] = []
+    for comp in plan.in_turn:
+        if stop.is_set():
+            break
+        tasks.append(asyncio.create_task(_supervise(comp, env, stop, settings)))
+        if comp.lane is None:
+            continue
+        url = f"{_local_url(settings.process.metrics_host, comp.metrics_port)}/readyz"
+        if not await wait_ready(url, timeout_s=LANE_START_TIMEOUT_S, stop=stop):
+            log.warning("lane_start_slow", lane=comp.lane, waited_s=LANE_START_TIMEOUT_S)
+            continue
+        serving.append(comp.lane)
+        seconds = round(time.monotonic() - started, 1)
+        log.info("lane_ready", lane=comp.lane, seconds=seconds)
+        if len(serving) == 1 and await wait_ready(
+            f"{gateway}/readyz", timeout_s=LANE_START_TIMEOUT_S, stop=stop
+        ):
+            rest = [c.lane for c in plan.in_turn if c.lane and c.lane not in serving]
+            log.info("stack_ready", seconds=seconds, serving=serving, starting=rest)
+            print(  # for the person at the terminal
+                f"\nLanes is ready at {gateway} ({seconds:.0f} s): lane {comp.lane!r} serves"
+                f" now; {', '.join(rest) or 'no other lane'} start one after another.\n",
+                file=sys.stderr,
+                flush=True,
+            )
+    log.info("lanes_started", seconds=round(time.monotonic() - started, 1), ready=serving)
+    await asyncio.gather(*tasks)
+
+
 async def _announce_local_keys(settings: Settings) -> None:
     """Mint (first start) and show the local keys: a newcomer's first job needs no step."""
     paths = await ensure_local_keys(settings)
@@ -175,7 +224,7 @@ async def run_stack(settings: Settings) -> None:
             components=[c.name for c in comps],
             gateway=f"http://{settings.gateway.host}:{settings.gateway.port}",
         )
-        await asyncio.gather(*(_supervise(c, env, stop, settings) for c in comps))
+        await _start_in_order(settings, comps, env, stop)
     finally:
         if kafka is not None:
             log.info("kafka_stopping")

@@ -50,6 +50,8 @@ class JobReader(Protocol):
 
     def queue_position(self, job: JobState, tenant: str | None = None) -> int: ...
 
+    def serving(self, lane: str) -> bool: ...  # a worker of the lane reports ready
+
     @property
     def accepted(self) -> Any: ...  # .get(job_id) -> (fingerprint, tenant) | None
 
@@ -140,9 +142,15 @@ def visible_job(jobs: JobReader, job_id: str, caller: Identity) -> JobState | No
 def present(
     job: JobState, caller: Identity, jobs: JobReader, signer: UrlSigner, base_url: str
 ) -> dict[str, Any]:
-    """The job's public JSON for this caller: image URLs freshly signed, and a deferred
-    job's queue position among what the caller may see."""
+    """The job's public JSON for this caller: image URLs freshly signed, a deferred job's
+    queue position among what the caller may see, and why a routed job is not rendering
+    yet when no worker of its lane is ready (``waiting``)."""
     body = job.public(base_url)
     if job.status == "deferred":
         body["queue_position"] = jobs.queue_position(job, None if caller.admin else caller.tenant)
+    if job.status == "routed" and job.lane is not None and not jobs.serving(job.lane):
+        body["waiting"] = (
+            f"no worker of lane {job.lane!r} is ready yet; the job renders when one is "
+            "(a starting worker loads its models first)"
+        )
     return signer.sign_public(body)  # type: ignore[no-any-return]

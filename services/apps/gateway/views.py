@@ -144,6 +144,16 @@ class GatewayViews:
     ) -> tuple[list[JobState], str | None]:
         return self.jobs.page(flt, limit, cursor)
 
+    def serving(self, lane: str) -> bool:
+        """A live worker of the lane (its own queue) reports ready."""
+        for item in self.rollout.lanes():
+            if item.lane == lane:
+                return any(
+                    i.live and i.status.health == "ready" and i.status.serves == "lane"
+                    for i in item.instances
+                )
+        return False
+
     def queue_position(self, job: JobState, tenant: str | None = None) -> int:
         return self.jobs.queue_position(job, tenant)
 

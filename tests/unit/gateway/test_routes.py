@@ -31,6 +31,10 @@ class MemoryJobs:
     def __init__(self) -> None:
         self.jobs: dict[str, JobState] = {}
         self.accepted = Accepted()
+        self.ready_lanes: set[str] = set()
+
+    def serving(self, lane: str) -> bool:
+        return lane in self.ready_lanes
 
     def job(self, job_id: str) -> JobState | None:
         return self.jobs.get(job_id)
@@ -243,6 +247,17 @@ def test_lists_and_queue_positions_show_only_the_tenants_jobs(gw: Gateway) -> No
     assert len(gw.call("GET", "/v1/generations", admin).json()["items"]) == 5
     assert len(gw.call("GET", "/v1/generations?tenant=globex", admin).json()["items"]) == 2
     assert gw.call("GET", "/v1/generations/job_4", admin).json()["queue_position"] == 5
+
+
+def test_a_routed_job_says_when_no_worker_of_its_lane_is_ready(gw: Gateway) -> None:
+    gw.jobs.jobs["job_a"] = job("job_a", "acme", status="routed").model_copy(
+        update={"lane": "draft"}
+    )
+    a = gw.key("acme")
+    body = gw.call("GET", "/v1/generations/job_a", a).json()
+    assert body["status"] == "routed" and "no worker of lane 'draft' is ready" in body["waiting"]
+    gw.jobs.ready_lanes.add("draft")
+    assert "waiting" not in gw.call("GET", "/v1/generations/job_a", a).json()
 
 
 def test_quota_is_the_keys_tenants(tmp_path: Path) -> None:
