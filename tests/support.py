@@ -28,7 +28,6 @@ __all__ = [
     "Stack",
     "WebhookReceiver",
     "read_topic",
-    "read_to_end",
     "produce_raw",
     "write_routes",
     "wait_until",
@@ -47,12 +46,14 @@ class Stack(LocalStack):
         worker_lanes: list[str] | None = None,
         isolated_hosts: bool = False,
         principals: dict[str, str] | None = None,
+        components: list[str] | None = None,
     ) -> None:
         super().__init__(
             settings,
             worker_lanes=worker_lanes,
             isolated_hosts=isolated_hosts,
             principals=principals,
+            components=components,
         )
         self.gateway: EmbeddedServer | None = None
         self.gateway_task: asyncio.Task[None] | None = None
@@ -233,35 +234,23 @@ async def _reader(settings: Settings, topic: str) -> AIOKafkaConsumer:
     return consumer
 
 
-async def read_topic(settings: Settings, topic: str, *, idle_s: float = 1.5) -> list[Any]:
-    """Every record on a topic right now (reads until nothing new arrives for idle_s)."""
-    consumer = await _reader(settings, topic)
-    records: list[Any] = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle_s:
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
-                records.extend(recs)
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
-
-
-async def read_to_end(settings: Settings, topic: str) -> list[Any]:
-    """Every record on a busy topic up to its end offsets as of now."""
+async def read_topic(settings: Settings, topic: str, *, settle_s: float = 0.0) -> list[Any]:
+    """Every record on a topic up to its end offsets as of now (after ``settle_s``, for a
+    test that lets stragglers arrive: a duplicate that must not come, say). A record that
+    is produced later is not waited for: wrap the read in ``wait_until`` for that."""
+    if settle_s:
+        await asyncio.sleep(settle_s)
     consumer = await _reader(settings, topic)
     records: list[Any] = []
     try:
         parts = consumer.assignment() or set()
         while not parts:
-            await consumer.getmany(timeout_ms=100)
+            await consumer.getmany(timeout_ms=50)
             parts = consumer.assignment()
         ends = await consumer.end_offsets(list(parts))
         remaining = {tp for tp, end in ends.items() if end > 0}
         while remaining:
-            for recs in (await consumer.getmany(timeout_ms=200)).values():
+            for recs in (await consumer.getmany(timeout_ms=100)).values():
                 records.extend(
                     r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]
                 )
@@ -302,15 +291,18 @@ async def running_stack(
     worker_lanes: list[str] | None = None,
     isolated_hosts: bool = False,
     principals: dict[str, str] | None = None,
+    components: list[str] | None = None,
     **updates: Any,
 ) -> AsyncIterator[Stack]:
     """A started Stack on settings with ``updates`` (a routes file, a memory budget...);
-    with ``principals``, each component connects as its own Kafka user."""
+    with ``principals``, each component connects as its own Kafka user; ``components``:
+    the consumer groups it runs (None: all)."""
     stack = Stack(
         settings.model_copy(update=updates),
         worker_lanes=worker_lanes,
         isolated_hosts=isolated_hosts,
         principals=principals,
+        components=components,
     )
     await stack.start()
     try:

@@ -37,6 +37,7 @@ def bench_burst(
     no_spill: bool = typer.Option(
         False, "--no-spill", help="Lanes: no spill; each lane's workers serve only their own lane"
     ),
+    runs: int = typer.Option(3, help="back-to-back runs of both architectures (their spread)"),
 ) -> None:
     """Burst of mixed draft/final prompts: Lanes against one FIFO queue, side by side."""
     if not 1 <= draft_workers < workers:
@@ -59,7 +60,7 @@ def bench_burst(
         spill_after_lag=None if no_spill else spill_after_lag,
         final_spill_after_lag=None if no_spill else final_spill_after_lag,
     )
-    path = run_burst(cfg, out)
+    path = run_burst(cfg, out, runs=runs)
     typer.echo(path.read_text())
 
 

@@ -33,8 +33,15 @@ class LocalStack:
         with_webhooks: bool = True,
         isolated_hosts: bool = False,
         principals: Mapping[str, str] | None = None,
+        components: Iterable[str] | None = None,
     ) -> None:
         self.settings = settings
+        # The consumer groups to run, by name (None: all of them); a test names the few it
+        # needs (a draft job needs router and jobs; the verifier loads an OCR model).
+        self.components = None if components is None else set(components)
+        unknown = (self.components or set()) - {c.name for c in CONSUMERS}
+        if unknown:
+            raise ValueError(f"no such components {sorted(unknown)}")
         # On a secured cluster: each component connects as its own principal (lanes-<name>,
         # password from this map); ``settings`` (an admin) creates the topics.
         self.principals = principals
@@ -76,6 +83,8 @@ class LocalStack:
             await asyncio.to_thread(apply_rules, self.settings, acl_rules(self.settings, routes))
         for comp in CONSUMERS:
             if comp.name in ("webhooks", "webhook-retries") and not self.with_webhooks:
+                continue
+            if self.components is not None and comp.name not in self.components:
                 continue
             self.start_component(comp.name, self._runner(comp.runner(), comp.name))
         for lane in routes.lanes if self.worker_lanes is None else self.worker_lanes:

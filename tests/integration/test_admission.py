@@ -95,7 +95,7 @@ async def test_cancel_a_running_job_stops_it_at_a_step_boundary(
                 e
                 for e in (
                     parse_job_event(r.value)
-                    for r in await read_topic(settings, stack.topics.renders, idle_s=0.5)
+                    for r in await read_topic(settings, stack.topics.renders)
                 )
                 if e.type == "render.canceled"
             ]

@@ -120,7 +120,7 @@ async def test_subscribed_events_arrive_once_each_draft_before_verification(
     )
     await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=120)
     await receiver.wait_for(4)
-    await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)  # let any duplicate arrive
+    await read_topic(stack.settings, stack.topics.jobs, settle_s=3.0)  # let any duplicate arrive
     types = [json.loads(d.body)["type"] for d in receiver.deliveries]
     assert types == [f"generation.{e}" for e in events]
     assert len({d.headers["webhook-id"] for d in receiver.deliveries}) == 4

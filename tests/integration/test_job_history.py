@@ -251,15 +251,15 @@ async def test_retention_deletes_a_finished_job_its_images_and_its_deliveries(
         topics = Topics(stack.settings.topic_prefix)
 
         async def delivery_tombstoned() -> bool:
-            records = await read_topic(stack.settings, topics.webhook_deliveries, idle_s=0.5)
+            records = await read_topic(stack.settings, topics.webhook_deliveries)
             mine = [r for r in records if r.key == f"{job_id}:succeeded".encode()]
             return bool(mine) and mine[-1].value is None
 
         await wait_until(delivery_tombstoned, timeout=30, what="its delivery record deleted")
-        jobs = await read_topic(stack.settings, topics.jobs, idle_s=0.5)
+        jobs = await read_topic(stack.settings, topics.jobs)
         assert [r.value for r in jobs if r.key == job_id.encode()][-1] is None
         # Nothing went to the dead-letter queue: tombstones are not malformed events.
-        assert await read_topic(stack.settings, topics.dlq, idle_s=0.5) == []
+        assert await read_topic(stack.settings, topics.dlq) == []
         assert len(receiver.deliveries) == 1  # and no second webhook
 
 

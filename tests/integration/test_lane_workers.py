@@ -26,7 +26,6 @@ from tests.support import (
     Stack,
     WebhookReceiver,
     produce_raw,
-    read_to_end,
     read_topic,
     running_stack,
     wait_until,
@@ -269,8 +268,7 @@ async def _started_events(stack: Stack) -> list[RenderStarted]:
     return [
         e
         for e in (
-            parse_job_event(r.value)
-            for r in await read_to_end(stack.settings, stack.topics.renders)
+            parse_job_event(r.value) for r in await read_topic(stack.settings, stack.topics.renders)
         )
         if isinstance(e, RenderStarted)
     ]

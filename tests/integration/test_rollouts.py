@@ -19,7 +19,7 @@ from services.apps.ops_client import send_and_wait
 from services.config.routes import checkpoint_dir, load_routes
 from services.config.settings import Settings
 from services.domain.rollout import RolloutView
-from tests.support import Stack, WebhookReceiver, read_to_end, wait_until, write_routes
+from tests.support import Stack, WebhookReceiver, read_topic, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -222,7 +222,7 @@ async def test_rolling_restart_keeps_the_lane_serving(
     # One at a time: the heartbeats never show both instances out of service at once.
     out: dict[str, bool] = {}
     both_out = False
-    for record in await read_to_end(fleet.settings, fleet.topics.workers):
+    for record in await read_topic(fleet.settings, fleet.topics.workers):
         status = WorkerStatus.model_validate_json(record.value)
         out[status.instance] = status.health in ("draining", "restarting")
         both_out |= all(out.get(n, False) for n in INSTANCES)

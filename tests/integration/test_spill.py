@@ -15,7 +15,7 @@ from schemas.control import WorkerStatus
 from schemas.events import GenerationRouted, RenderCompleted, parse_job_event
 from schemas.spec import GenerationSpec
 from services.config.settings import Settings
-from tests.support import Stack, read_to_end, read_topic, running_stack, wait_until, write_routes
+from tests.support import Stack, read_topic, running_stack, wait_until, write_routes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ async def guest_reported_ready(stack: Stack, instance: str) -> None:
     async def ready() -> bool:
         beats = [
             WorkerStatus.model_validate_json(r.value)
-            for r in await read_to_end(stack.settings, stack.topics.workers)
+            for r in await read_topic(stack.settings, stack.topics.workers)
         ]
         return any(b.instance == instance and b.health == "ready" for b in beats)
 

@@ -172,7 +172,7 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
         ({"prompt": "x", "webhook_url": "not a url"}, "webhook_url"),
         ({"prompt": "x", "colour": "red"}, "colour"),
     ]
-    before = len(await read_topic(stack.settings, stack.topics.requests, idle_s=1.0))
+    before = len(await read_topic(stack.settings, stack.topics.requests))
     for body, field in cases:
         resp = await stack.http.post("/v1/generations", json=body)
         assert resp.status_code == 422, (body, resp.text)
@@ -185,7 +185,7 @@ async def test_invalid_body_is_422_with_reason_and_nothing_published(stack: Stac
         "/v1/generations", content=b"{oops", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422 and "JSON" in resp.json()["detail"], resp.text
-    after = await read_topic(stack.settings, stack.topics.requests, idle_s=1.0)
+    after = await read_topic(stack.settings, stack.topics.requests)
     assert len(after) == before  # nothing published
 
 
@@ -227,7 +227,7 @@ async def test_redelivered_terminal_state_sends_one_webhook(
     await produce_raw(
         stack.settings, stack.topics.jobs, final.model_dump_json().encode(), job_id.encode()
     )
-    await read_topic(stack.settings, stack.topics.jobs, idle_s=3.0)
+    await read_topic(stack.settings, stack.topics.jobs, settle_s=3.0)
     assert len(receiver.deliveries) == 1
 
 

@@ -31,12 +31,12 @@ async def hooks(settings: Settings) -> AsyncIterator[Stack]:
 async def dead_letters(stack: Stack) -> list[WebhookMessage]:
     return [
         WebhookMessage.model_validate_json(r.value)
-        for r in await read_topic(stack.settings, stack.topics.webhooks_dlq, idle_s=0.5)
+        for r in await read_topic(stack.settings, stack.topics.webhooks_dlq)
     ]
 
 
 async def delivery(stack: Stack, job_id: str) -> WebhookDelivery:
-    records = await read_topic(stack.settings, stack.topics.webhook_deliveries, idle_s=0.5)
+    records = await read_topic(stack.settings, stack.topics.webhook_deliveries)
     return [
         WebhookDelivery.model_validate_json(r.value)
         for r in records
@@ -134,7 +134,7 @@ async def test_private_targets_and_redirects_to_loopback_are_refused(
                 assert resp.status_code == 422 and "webhook_url refused" in resp.text, url
             published = [
                 json.loads(r.value)["spec"]["prompt"]
-                for r in await read_topic(stack.settings, stack.topics.requests, idle_s=0.5)
+                for r in await read_topic(stack.settings, stack.topics.requests)
             ]
             assert published == ["a cup"]
             # Publishers on Kafka skip the gateway (and DNS can change): delivery checks again.

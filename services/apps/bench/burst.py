@@ -32,10 +32,24 @@ from services.apps.bench.burst_plan import (
     plan_arrivals,
     spill_summary,
 )
+from services.apps.bench.burst_schedule import plot_timeline, run_facts, spread
 from services.apps.bench.models import models_cache
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
 
 __all__ = ["BurstConfig", "plan_arrivals", "run_burst", "overhead_breakdown"]
+
+RUN_KEYS = (
+    "draft_p95_x",
+    "final_p95_x",
+    "final_p50_x",
+    "throughput_x",
+    "draft_gain_s",
+    "final_required_s",
+    "final_paid_s",
+    "law_ratio",
+    "idle_waiting_lanes_s",
+    "idle_waiting_fifo_s",
+)
 
 
 def run_arm(
@@ -180,7 +194,7 @@ def run_arm_process(
     return json.loads(result.read_text())  # type: ignore[no-any-return]
 
 
-def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
+def run_burst(cfg: BurstConfig, out_dir: Path, runs: int = 3) -> Path:
     from services.config.settings import Settings
     from services.kafka.local_broker import local_kafka
 
@@ -191,11 +205,15 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         mean_service = cfg.draft_share * service["draft"] + (1 - cfg.draft_share) * service["final"]
         steady_rate = 0.5 * cfg.workers / mean_service  # half the pool's capacity
         with local_kafka(Settings(), workdir) as bootstrap:
-            all_data = {
-                arch: run_arm_process(arch, cfg, plan, bootstrap, workdir)
-                for arch in ("lanes", "fifo")
-            }
-    (out_dir / "burst-raw.json").write_text(json.dumps(all_data))
+            every = [  # back to back on one broker: this machine drifts ~20% between runs
+                {
+                    arch: run_arm_process(arch, cfg, plan, bootstrap, workdir, f"{arch}-{i}")
+                    for arch in ("lanes", "fifo")
+                }
+                for i in range(runs)
+            ]
+    all_data = every[0]
+    (out_dir / "burst-raw.json").write_text(json.dumps(every))
     rows = _summary("lanes", all_data["lanes"]) + _summary("fifo", all_data["fifo"])
     _plot(all_data, out_dir / "burst.png")
     by = {(r["arch"], r["intent"]): r for r in rows}
@@ -228,6 +246,49 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
     )
     draft_work = cfg.draft_share * service["draft"] / mean_service
     spill_text = spill_summary(cfg, lanes_jobs)
+    facts = [run_facts(r["lanes"], r["fifo"], draft_work) for r in every]
+    overheads = [
+        pct(
+            [
+                j.overhead_ms
+                for j in sorted(
+                    (JobResult(**x) for x in r["lanes"]["jobs"]), key=lambda j: j.submitted
+                )[: cfg.steady_jobs]
+                if j.overhead_ms is not None
+            ],
+            95,
+        )
+        for r in every
+    ]
+    plot_timeline(
+        {a: [JobResult(**j) for j in all_data[a]["jobs"]] for a in ("lanes", "fifo")},
+        out_dir / "burst-timeline.png",
+        "Run 1: what each worker rendered when, and how many jobs waited to start",
+    )
+    targets = [
+        ("draft p95, Lanes / FIFO", [f["draft_p95_x"] for f in facts], "≤ 0.15", 0.15),
+        ("final p95, Lanes / FIFO", [f["final_p95_x"] for f in facts], "≤ 1.10", 1.10),
+        (
+            "finals' extra mean wait / what the conservation law requires",
+            [f["law_ratio"] for f in facts],
+            "≤ 1.20",
+            1.20,
+        ),
+        ("throughput, Lanes / FIFO", [f["throughput_x"] for f in facts], "≥ 1.00", -1.0),
+        ("orchestration overhead p95, steady phase (ms)", overheads, "≤ 10", 10.0),
+    ]
+
+    def met(values: list[float], bound: float) -> bool:
+        ok = sorted(v for v in values if v == v)
+        if not ok:
+            return False
+        mid = ok[len(ok) // 2] if len(ok) % 2 else (ok[len(ok) // 2 - 1] + ok[len(ok) // 2]) / 2
+        return mid >= -bound if bound < 0 else mid <= bound
+
+    runs_rows: list[list[object]] = [
+        [i + 1, *(round(f[k], 3) for k in RUN_KEYS), round(overheads[i], 1)]
+        for i, f in enumerate(facts)
+    ]
     headers = [
         "arch",
         "intent",
@@ -289,6 +350,41 @@ def run_burst(cfg: BurstConfig, out_dir: Path) -> Path:
         "| target | measured | met |",
         "| --- | --- | --- |",
         *[f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks],
+        "",
+        f"## Scheduling over {runs} back-to-back runs (same plan, same broker)",
+        "",
+        "Conservation law (Kleinrock): over the same arrivals every work-conserving "
+        "scheduler keeps ρ_d·W_d + ρ_f·W_f constant, so the drafts' gain in mean wait G "
+        f"costs finals at least (ρ_d/ρ_f)·G (drafts are {draft_work:.0%} of the work here). "
+        "Wait: end-to-end less the job's own render. Idle while waiting: device-seconds "
+        "with a worker free and a job not yet started.",
+        "",
+        markdown_table(
+            [
+                "run",
+                "draft p95 ×",
+                "final p95 ×",
+                "final p50 ×",
+                "throughput ×",
+                "drafts' gain s",
+                "finals required s",
+                "finals paid s",
+                "paid / required",
+                "idle waiting Lanes s",
+                "idle waiting FIFO s",
+                "overhead p95 ms (steady)",
+            ],
+            runs_rows,
+        ),
+        "",
+        "| target (median of the runs) | median (min–max) | met |",
+        "| --- | --- | --- |",
+        *[
+            f"| {name} {bound_text} | {spread(values)} | {'yes' if met(values, b) else 'NO'} |"
+            for name, values, bound_text, b in targets
+        ],
+        "",
+        "![timeline](burst-timeline.png)",
         "",
         "On a CPU-only machine the renders themselves occupy the cores that the broker and "
         "the workers' event loops need, so the overhead measured during the burst includes "

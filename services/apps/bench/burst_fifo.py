@@ -49,7 +49,7 @@ async def run_fifo(
     results: list[JobResult] = []
     counters = {"ooms": 0, "crashes": 0}
 
-    async def worker(engine: Any, pool: ThreadPoolExecutor) -> None:
+    async def worker(engine: Any, pool: ThreadPoolExecutor, name: str) -> None:
         while True:
             job, enqueued = await queue.get()
             spec = routes.lanes[job.intent]
@@ -69,12 +69,16 @@ async def run_fifo(
                 job.store_ms = (time.perf_counter() - stored) * 1000
                 job.done, job.inference_ms = time.time(), out.inference_ms
                 job.gpu_wait_s = started - enqueued
+                job.started_at, job.worker = started, name
             except OutOfMemory:
                 counters["ooms"] += 1
             finally:
                 queue.task_done()
 
-    tasks = [asyncio.create_task(worker(e, p)) for e, p in zip(engines, pools, strict=True)]
+    tasks = [
+        asyncio.create_task(worker(e, p, f"fifo-{i}"))
+        for i, (e, p) in enumerate(zip(engines, pools, strict=True))
+    ]
     freeze_startup_heap()  # as the Lanes run does before its clock
     t0 = time.monotonic()
     for offset, intent in plan:

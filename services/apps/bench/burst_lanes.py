@@ -126,6 +126,7 @@ async def run_lanes(
                             res.completed_at = e.occurred_at.timestamp()
                             res.started_at = began
                             res.spilled = e.instance.endswith("-spill")
+                            res.worker = e.instance.split("+")[0]
                             res.preempted_ms = e.timings.preempted_ms or 0.0
 
     collecting = asyncio.create_task(collect())

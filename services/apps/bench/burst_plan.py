@@ -56,6 +56,7 @@ class JobResult:
     started_at: float | None = None  # when its batch was handed to the GPU thread
     spilled: bool = False  # Lanes: served from its lane's spill queue by another lane's guest
     preempted_ms: float = 0.0  # Lanes: its render paused while more urgent drafts ran
+    worker: str = ""  # the process (Lanes: its instance) / the pool's worker (FIFO)
 
     @property
     def e2e_s(self) -> float | None:
