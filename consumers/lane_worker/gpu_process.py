@@ -15,6 +15,7 @@ from consumers.lane_worker.device_turns import DeviceTurns
 from consumers.lane_worker.metrics import WorkerMetrics
 from consumers.lane_worker.outbox import Outbox
 from consumers.lane_worker.recent_jobs import recent_jobs
+from consumers.lane_worker.startup import StartupPhases
 from schemas.control import WorkerStatus
 from schemas.topics import Topics
 from services.config.routes import Routes
@@ -53,6 +54,7 @@ class GpuProcess:
     device: DeviceTurns = field(default_factory=DeviceTurns)
     workers: list[LaneWorker] = field(default_factory=list)
     outbox: Outbox = field(default_factory=Outbox)
+    startup: StartupPhases | None = None  # set by ``process.run``
 
     def __post_init__(self) -> None:
         s = self.settings

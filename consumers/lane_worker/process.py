@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.lane_worker.gpu_process import GpuProcess, Urgency
 from consumers.lane_worker.models import LaneModels
+from consumers.lane_worker.startup import StartupPhases
 from consumers.lane_worker.worker import LaneWorker
 from consumers.machinery.runtime import Member, stop_on_signals
 from schemas.control import LaneDesired
@@ -76,6 +77,7 @@ async def run(
 ) -> None:
     # Before the (slow) model load: a SIGTERM while loading still ends in a clean exit.
     stop = stop_on_signals(stop)
+    phases = StartupPhases()
     routes = load_routes(settings.routes_file)
     if lane not in routes.lanes:
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
@@ -90,11 +92,14 @@ async def run(
     await wait_out_outage(
         shared.store.check, bound_s=settings.storage.outage_wait_s, what="store check"
     )
+    phases.mark("store_check")
     models = LaneModels(settings, lane, routes)
     started = time.perf_counter()
     # Start on the lane's current version, not the routes file's only to switch at once.
     control = await ControlView(settings).load()
+    phases.mark("control_state")
     engine = await models.start(control.get(lane))
+    phases.mark("models")
     log.info(
         "engine_loaded",
         lane=lane,
@@ -105,6 +110,8 @@ async def run(
         footprint_mb=round(engine.footprint_bytes / 2**20, 1),
     )
     guest_models = await load_guests(settings, routes, lane, models, control)
+    phases.mark("guest_models")
+    shared.startup = phases
     freeze_startup_heap()  # torch, diffusers and the models: ~500k objects no collection scans
     worker = LaneWorker(shared, lane, models)
     for helped, helped_models in guest_models.items():

@@ -312,6 +312,7 @@ class LaneWorker:
             batches = await self.consumer.getmany(timeout_ms=100, max_records=free)
             if not self.follower.ready and self.commits.joined:  # in the group, partitions or not
                 await self.follower.set_health("ready")
+                self._log_ready()
             for tp, records in batches.items():
                 for record in records:
                     await self.intake.admit(tp, record)
@@ -330,6 +331,19 @@ class LaneWorker:
         await self.commits.commit()
         if self.slots.in_flight:
             log.warning("worker_drain_deadline", abandoned=self.slots.in_flight)
+
+    def _log_ready(self) -> None:
+        phases = self.process.startup
+        if phases is None or not self.is_host or phases.seconds.get("ready") is not None:
+            return  # (a guest, a rejoin after a restart, or a worker started by hand)
+        phases.mark("views_and_group")
+        phases.seconds["ready"] = phases.total()
+        log.info(
+            "worker_ready",
+            lane=self.lane.name,
+            recent_jobs=len(self.process.jobs_view),
+            **{f"{k}_s": v for k, v in phases.seconds.items()},
+        )
 
     def _observe_engine(self, engine: Engine) -> None:
         """Count each engine's provider answers by outcome (a local engine has none)."""

@@ -12,6 +12,7 @@ Each component is its own process (``lanes run ...``), as on a host of a fleet.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import tempfile
 import time
@@ -212,12 +213,14 @@ async def _measure(settings: Settings, cfg: StateConfig, n: int, work: Path) -> 
     if cfg.worker_lane is not None:
         (comp,) = [c for c in workers(load_routes(s.routes_file)) if c.lane == cfg.worker_lane]
         worker_settings = s.model_copy(update={"state_dir": work / f"worker-{n}"})
-        worker = start_proc(worker_settings, command(comp), work / f"worker-{n}.log")
+        log_path = work / f"worker-{n}.log"
+        worker = start_proc(worker_settings, command(comp), log_path)
         try:
             row["worker_ready_s"] = await wait_ready(worker)
             row["worker_rss_mb"] = worker.rss_mb()
         finally:
             worker.stop()
+        row.update(_worker_phases(log_path))
     return row
 
 
@@ -316,6 +319,18 @@ def _write(rows: list[dict[str, float]], out: Path) -> Path:
             f"- lane worker RSS growth: {last['worker_rss_mb'] - first['worker_rss_mb']:+.1f} MB, "
             f"ready {first['worker_ready_s']:.2f} s -> {last['worker_ready_s']:.2f} s"
         )
+        phases = [k for k in last if k.startswith("worker_") and k.endswith("_s")]
+        phases = [k for k in phases if k not in ("worker_ready_s", "worker_rss_mb")]
+        if phases:
+            growth.append(
+                "- lane worker start-up by phase (its `worker_ready` log line), s: "
+                + "; ".join(
+                    f"{int(r['jobs']):,} jobs: "
+                    + ", ".join(f"{k[7:-2]} {r.get(k, float('nan')):.1f}" for k in phases)
+                    + f", recent jobs read {int(r.get('worker_recent_jobs', 0)):,}"
+                    for r in rows
+                )
+            )
     path = out / "state.md"
     path.write_text(
         "# State against history (`lanes bench state`)\n\n"
@@ -329,6 +344,20 @@ def _write(rows: list[dict[str, float]], out: Path) -> Path:
     )
     _plot(rows, out / "state.png")
     return path
+
+
+def _worker_phases(log_path: Path) -> dict[str, float]:
+    """The worker's own account of its start-up (its ``worker_ready`` log line): seconds
+    per phase and the recent jobs its view read."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"worker_ready"' in line:
+            event = json.loads(line[line.index("{") :])
+            return {
+                f"worker_{k}": float(v)
+                for k, v in event.items()
+                if k.endswith("_s") or k == "recent_jobs"
+            }
+    return {}
 
 
 def _rss(row: dict[str, float]) -> float:
