@@ -5,6 +5,7 @@ turn when every instance before this one is back, and heartbeat this worker's st
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -22,25 +23,19 @@ __all__ = ["ControlFollower"]
 log = structlog.get_logger("lanes.worker")
 
 
+@dataclass
 class ControlFollower:
     """The worker's health and rolling-restart generation, as the control plane sees it."""
 
-    def __init__(
-        self,
-        lane: LaneContext,
-        models: LaneModels,
-        workers_view: CompactedView[WorkerStatus],
-        slots: Slots,
-        outbox: Outbox,
-    ) -> None:
-        self.lane = lane
-        self.models = models
-        self.workers_view = workers_view
-        self.slots = slots
-        self.outbox = outbox
-        self.health: WorkerHealth = "starting"
-        self.generation = 0  # the rolling-restart generation this instance has done
-        self.restart = asyncio.Event()  # this instance's turn to restart has come
+    lane: LaneContext
+    models: LaneModels
+    workers_view: CompactedView[WorkerStatus]
+    slots: Slots
+    outbox: Outbox
+    health: WorkerHealth = field(default="starting", init=False)
+    generation: int = field(default=0, init=False)  # the rolling-restart generation done
+    # this instance's turn to restart has come
+    restart: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
     def ready(self) -> bool:

@@ -4,6 +4,7 @@ jobs, read a refine pass's init image, then hold the job and hand it to the batc
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,28 +33,17 @@ __all__ = ["Intake"]
 log = structlog.get_logger("lanes.worker")
 
 
+@dataclass
 class Intake:
-    def __init__(
-        self,
-        lane: LaneContext,
-        models: LaneModels,
-        store: ArtifactStore,
-        codec: Executor,
-        slots: Slots,
-        commits: Commits,
-        batcher: MicroBatcher[BatchKey, RenderTask],
-        outbox: Outbox,
-        outcomes: Outcomes,
-    ) -> None:
-        self.lane = lane
-        self.models = models
-        self.store = store
-        self.codec = codec
-        self.slots = slots
-        self.commits = commits
-        self.batcher = batcher
-        self.outbox = outbox
-        self.outcomes = outcomes
+    lane: LaneContext
+    models: LaneModels
+    store: ArtifactStore
+    codec: Executor
+    slots: Slots
+    commits: Commits
+    batcher: MicroBatcher[BatchKey, RenderTask]
+    outbox: Outbox
+    outcomes: Outcomes
 
     def already_done(self, event: GenerationRouted) -> bool:
         """Held or rendered here, or the job is past this attempt's pass."""

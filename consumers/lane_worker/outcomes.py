@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,29 +50,20 @@ log = structlog.get_logger("lanes.worker")
 Result = tuple[RenderTask, RenderOutput | Exception]
 
 
+@dataclass
 class Outcomes:
     """Publishes each held job's outcome. A publish that fails after the producer's own
     retries is ``fatal``: the worker stops with its offsets uncommitted, so the jobs are
     redelivered to a healthy member."""
 
-    def __init__(
-        self,
-        lane: LaneContext,
-        models: LaneModels,
-        store: ArtifactStore,
-        codec: Executor,
-        outbox: Outbox,
-        slots: Slots,
-        commits: Commits,
-    ) -> None:
-        self.lane = lane
-        self.models = models
-        self.store = store
-        self.codec = codec  # image encoding and uploads, off the event loop
-        self.outbox = outbox
-        self.slots = slots
-        self.commits = commits
-        self.fatal: Exception | None = None
+    lane: LaneContext
+    models: LaneModels
+    store: ArtifactStore
+    codec: Executor  # image encoding and uploads, off the event loop
+    outbox: Outbox
+    slots: Slots
+    commits: Commits
+    fatal: Exception | None = field(default=None, init=False)
 
     async def finish(
         self, results: list[Result], started_at: datetime, pending: list[asyncio.Future[Any]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -36,22 +37,14 @@ __all__ = ["Renderer", "child_span"]
 log = structlog.get_logger("lanes.worker")
 
 
+@dataclass
 class Renderer:
-    def __init__(
-        self,
-        lane: LaneContext,
-        models: LaneModels,
-        device: DeviceTurns,
-        gpu: Executor,
-        turn: Turn,
-        outbox: Outbox,
-    ) -> None:
-        self.lane = lane
-        self.models = models
-        self.device = device  # the GPU's turns, shared with the process's other workers
-        self.gpu = gpu  # the GPU's one thread
-        self.turn = turn
-        self.outbox = outbox
+    lane: LaneContext
+    models: LaneModels
+    device: DeviceTurns  # the GPU's turns, shared with the process's other workers
+    gpu: Executor  # the GPU's one thread
+    turn: Turn
+    outbox: Outbox
 
     async def announce(self, batch: list[RenderTask]) -> list[asyncio.Future[Any]]:
         """``render.started`` for each job, unawaited: the futures resolve on the acks (the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,23 +24,16 @@ from consumers.lane_worker.tasks import BatchKey, RenderTask, task_key
 __all__ = ["Scheduler"]
 
 
+@dataclass
 class Scheduler:
-    def __init__(
-        self,
-        batcher: MicroBatcher[BatchKey, RenderTask],
-        device: DeviceTurns,
-        turn: Turn,
-        renderer: Renderer,
-        outcomes: Outcomes,
-        slots: Slots,
-    ) -> None:
-        self.batcher = batcher
-        self.device = device
-        self.turn = turn
-        self.renderer = renderer
-        self.outcomes = outcomes
-        self.slots = slots
-        self.finishing: set[asyncio.Task[None]] = set()  # outcomes and provider calls
+    batcher: MicroBatcher[BatchKey, RenderTask]
+    device: DeviceTurns
+    turn: Turn
+    renderer: Renderer
+    outcomes: Outcomes
+    slots: Slots
+    # outcomes being published and provider calls in flight
+    finishing: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     async def run(self) -> None:
         while True:
