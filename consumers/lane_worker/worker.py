@@ -70,6 +70,7 @@ from consumers.lane_worker.rendering import Renderer
 from consumers.lane_worker.scheduling import Scheduler
 from consumers.lane_worker.slots import Slots
 from consumers.lane_worker.tasks import BatchKey, RenderTask
+from consumers.machinery.runtime import started_consumer
 from schemas.control import WorkerHealth
 from services.config.settings import Settings
 from services.engines.engine import Engine
@@ -255,17 +256,21 @@ class LaneWorker:
     async def _consume(self, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         """One group membership: join, fetch until stop or a restart, drain, leave."""
         settings = self.lane.settings
-        self.consumer = make_consumer(
-            settings,
-            group=self.lane.group,
-            client_id=f"lanes-worker-{self.lane.name}",
-            max_partition_fetch_bytes=256 * 1024,
-        )
-        self.consumer.subscribe([self.lane.source], listener=self.commits)
-        self.commits.attach(self.consumer)
+
+        def subscribed() -> AIOKafkaConsumer:
+            made = make_consumer(
+                settings,
+                group=self.lane.group,
+                client_id=f"lanes-worker-{self.lane.name}",
+                max_partition_fetch_bytes=256 * 1024,
+            )
+            made.subscribe([self.lane.source], listener=self.commits)
+            self.commits.attach(made)
+            return made
+
         self.paused = False
+        self.consumer = await started_consumer(subscribed, settings)
         try:
-            await self.consumer.start()
             log.info(
                 "worker_started",
                 lane=self.lane.name,

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.machinery.loop import ConsumeLoop, Handler, LoopMetrics, Output, Parser, publish_all
@@ -28,7 +29,14 @@ from services.kafka.clients import denied, make_consumer, make_producer
 from services.process.ops_server import serve_ops
 from services.process.tuning import freeze_startup_heap
 
-__all__ = ["stop_on_signals", "Member", "run_consumer", "run_member", "MemberLoop"]
+__all__ = [
+    "stop_on_signals",
+    "Member",
+    "run_consumer",
+    "run_member",
+    "MemberLoop",
+    "started_consumer",
+]
 
 log = structlog.get_logger("lanes.runtime")
 
@@ -114,6 +122,31 @@ class MemberLoop(Protocol):
 LoopFactory = Callable[[AIOKafkaConsumer, AIOKafkaProducer, str], MemberLoop]
 
 
+async def started_consumer(
+    make: Callable[[], AIOKafkaConsumer], settings: Settings, bound_s: float = 120.0
+) -> AIOKafkaConsumer:
+    """A started consumer from ``make`` (built and subscribed). Joining the group while a
+    broker is down or the group is rebalancing can fail (aiokafka's coordinator gives up
+    with ``RebalanceInProgressError``, say): a member starting then is retried on a fresh
+    consumer with backoff for up to ``bound_s``, not crashed; a refused right is not."""
+    deadline = asyncio.get_running_loop().time() + bound_s
+    delay = 0.5
+    while True:
+        consumer = make()
+        try:
+            await consumer.start()
+            return consumer
+        except KafkaError as exc:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            refused = denied(exc, settings, "Read") is not None
+            if refused or asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.warning("consumer_start_retried", error=str(exc)[:300], retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def run_member(
     settings: Settings,
     *,
@@ -129,8 +162,12 @@ async def run_member(
     until ``stop`` (or SIGTERM/SIGINT)."""
     registry = registry or CollectorRegistry()
     client_id = group.removeprefix(settings.cluster.group_prefix)
-    consumer = make_consumer(settings, group=group, client_id=client_id, **(consumer_options or {}))
-    consumer.subscribe(topics=list(topics), listener=listener)
+
+    def subscribed() -> AIOKafkaConsumer:
+        made = make_consumer(settings, group=group, client_id=client_id, **(consumer_options or {}))
+        made.subscribe(topics=list(topics), listener=listener)
+        return made
+
     loop: MemberLoop | None = None
     member = Member(
         settings,
@@ -140,15 +177,15 @@ async def run_member(
         ready=lambda: loop is not None and loop.ready,
     )
     async with member:
+        try:
+            consumer = await started_consumer(subscribed, settings)
+        except Exception as exc:
+            refused = denied(exc, settings, "Read")
+            if refused is not None:
+                raise refused from exc
+            raise
         loop = make_loop(consumer, member.producer, member.dlq_topic)
         try:
-            try:
-                await consumer.start()
-            except Exception as exc:
-                refused = denied(exc, settings, "Read")
-                if refused is not None:
-                    raise refused from exc
-                raise
             freeze_startup_heap()  # a long-lived member: later collections skip the imports
             log.info("consumer_started", group=group, topics=list(topics))
             runner = asyncio.create_task(loop.run(member.stop))

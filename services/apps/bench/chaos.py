@@ -225,6 +225,7 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
             else rng.sample(comps, len(comps))
         )
         broker_back: tuple[float, int] | None = None
+        restarting: asyncio.Task[None] | None = None
         while (now := time.monotonic() - t0) < cfg.duration_s:
             while i < now * cfg.rate_per_s:
                 submits.append(asyncio.create_task(_submit(http, i, hook, accepted, t0)))
@@ -240,13 +241,18 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
                 node = rng.choice(cluster.nodes)
                 kills.append((now, f"broker-{node.node_id}"))
                 log.info("chaos_kill", component=f"broker-{node.node_id}", at_s=round(now, 1))
-                await asyncio.to_thread(node.kill)
+                await asyncio.to_thread(node.kill)  # (SIGKILL: returns at once)
                 broker_done, broker_back = True, (now + cfg.broker_down_s, node.node_id)
             if broker_back is not None and now >= broker_back[0]:
-                await asyncio.to_thread(cluster.node(broker_back[1]).start)
+                # In the background: the clock (submits, kills) goes on while it starts.
+                restarting = asyncio.create_task(
+                    asyncio.to_thread(cluster.node(broker_back[1]).start)
+                )
                 broker_back = None
             await asyncio.sleep(0.1)
         await asyncio.gather(*submits)
+        if restarting is not None:
+            await restarting
         if broker_back is not None:
             await asyncio.to_thread(cluster.node(broker_back[1]).start)
         deadline = time.monotonic() + cfg.drain_s
