@@ -24,6 +24,7 @@ class Fleet:
         default_factory=lambda: f"10.{random.randint(200, 250)}.{random.randint(1, 254)}"
     )
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    stop_last: list[subprocess.Popen[bytes]] = field(default_factory=list)
     made: list[str] = field(default_factory=list)
 
     def ns(self, host: str) -> str:
@@ -62,13 +63,15 @@ class Fleet:
         ip("-n", self.switch, "link", "set", self.link(host), "up" if up else "down")
 
     def run(
-        self, host: str, cmd: list[str], env: dict[str, str], log: Path
+        self, host: str, cmd: list[str], env: dict[str, str], log: Path, stop_last: bool = False
     ) -> subprocess.Popen[bytes]:
         out: IO[bytes] = log.open("ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(host), *cmd], env=env, stdout=out, stderr=out
         )
         self.procs.append(proc)
+        if stop_last:
+            self.stop_last.append(proc)
         return proc
 
     def exec(
@@ -88,15 +91,20 @@ class Fleet:
         return [line.split()[3] for line in out.splitlines() if line.strip()]
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        """Stop the components, then (once they are gone) the services they need (started
+        with ``stop_last``: the broker and the object store; components draining without a
+        broker wait out their timeouts), then remove the namespaces."""
+        waves = [[p for p in self.procs if p not in self.stop_last], self.stop_last]
+        for wave in waves:
+            for proc in wave:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in wave:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self.made.clear()

@@ -115,18 +115,20 @@ def test_components_on_hosts_of_their_own_and_a_worker_host_cut_off(
     ports = iter(range(9101, 9200))
     metrics_ports: dict[tuple[str, str], int] = {}
 
-    def start(host: str, name: str, *args: str, **extra: str) -> None:
+    def start(host: str, name: str, *args: str, stop_last: bool = False, **extra: str) -> None:
         """`lanes ARGS` on HOST: its own state directory, metrics on its own address."""
         state = tmp_path / "state" / host / name
         state.mkdir(parents=True)
         env = {**base, "LANES_STATE_DIR": str(state), "LANES_METRICS_HOST": a(host)}
         metrics_ports[host, name] = next(ports)
         env |= {"LANES_METRICS_PORT": str(metrics_ports[host, name]), **extra}
-        fleet.run(host, [*py, *args], env, logs / f"{host}-{name}.log")
+        fleet.run(host, [*py, *args], env, logs / f"{host}-{name}.log", stop_last=stop_last)
 
     t0 = time.monotonic()
-    start("broker", "kafka", "kafka", "start", "--host", a("broker"), "--port", "9092")
-    start("s3", "s3", "s3", "start", "--host", a("s3"), "--port", "8333")
+    start(
+        "broker", "kafka", "kafka", "start", "--host", a("broker"), "--port", "9092", stop_last=True
+    )
+    start("s3", "s3", "s3", "start", "--host", a("s3"), "--port", "8333", stop_last=True)
     wait_for_line(logs / "broker-kafka.log", "Kafka answering", 120, "the broker")
     wait_for_line(logs / "s3-s3.log", "S3 answering", 120, "the object store")
     admin = {**base, "LANES_STATE_DIR": str(tmp_path / "state" / "admin")}
