@@ -91,8 +91,8 @@ def plot_timeline(runs: dict[str, list[JobResult]], path: Path, title: str) -> N
     colours = {"draft": "tab:blue", "final": "tab:orange"}
     fig, axes = plt.subplots(len(runs), 1, figsize=(12, 2.2 * len(runs) + 0.6), sharex=True)
     axes = list(axes) if len(runs) > 1 else [axes]
-    t0 = min(j.submitted for jobs in runs.values() for j in jobs)
     for ax, (arch, jobs) in zip(axes, runs.items(), strict=True):
+        t0 = min(j.submitted for j in jobs)  # each arm from its own first arrival
         spans = renders(jobs)
         workers = sorted({w for w, *_ in spans})
         for row, worker in enumerate(workers):
