@@ -32,7 +32,7 @@ def bench_burst(
         4, help="Lanes: drafts waiting before new ones may spill to the final lane's workers"
     ),
     final_spill_after_lag: int = typer.Option(
-        2, help="Lanes: finals waiting before new ones may spill to the draft lane's idle workers"
+        0, help="Lanes: finals waiting before new ones may spill to the draft lane's idle workers"
     ),
     no_spill: bool = typer.Option(
         False, "--no-spill", help="Lanes: no spill; each lane's workers serve only their own lane"

@@ -35,7 +35,10 @@ class BurstConfig:
     spill_after_lag: int | None = 4
     # ... and over this many finals waiting, new finals may spill to the draft lane's workers,
     # which render them only while no draft needs the GPU (drafts run between their steps).
-    final_spill_after_lag: int | None = 2
+    # 0: a final that would wait behind another goes to an idle draft GPU (after 2, finals
+    # queued behind the final worker while the draft worker idled: 21 device-seconds per
+    # run left idle with work waiting, finals paying 3.2x what priority requires).
+    final_spill_after_lag: int | None = 0
     device: str = "cpu"
     preset: str = "tiny"
     seed: int = 0
