@@ -55,14 +55,13 @@ def start_proc(
     """``argv`` in a process of its own with the settings' environment (child_env), its
     gateway and /metrics port ``port`` (default: a free one), output appended to ``log``."""
     port = port or free_port()
-    environ = child_env(
-        settings,
-        os.environ,
-        LANES_LOG_LEVEL="WARNING",
-        LANES_GATEWAY_PORT=str(port),
-        LANES_METRICS_PORT=str(port),
-        **env,
-    )
+    overrides = {
+        "LANES_LOG_LEVEL": "WARNING",
+        "LANES_GATEWAY_PORT": str(port),
+        "LANES_METRICS_PORT": str(port),
+        **env,  # (may raise the log level: a bench that reads a process's own account)
+    }
+    environ = child_env(settings, os.environ, **overrides)
     with log.open("ab") as out:
         popen = subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT)
     return Proc(popen, port, time.perf_counter())

@@ -214,7 +214,8 @@ async def _measure(settings: Settings, cfg: StateConfig, n: int, work: Path) -> 
         (comp,) = [c for c in workers(load_routes(s.routes_file)) if c.lane == cfg.worker_lane]
         worker_settings = s.model_copy(update={"state_dir": work / f"worker-{n}"})
         log_path = work / f"worker-{n}.log"
-        worker = start_proc(worker_settings, command(comp), log_path)
+        # INFO: its `worker_ready` line says where the start-up went
+        worker = start_proc(worker_settings, command(comp), log_path, LANES_LOG_LEVEL="INFO")
         try:
             row["worker_ready_s"] = await wait_ready(worker)
             row["worker_rss_mb"] = worker.rss_mb()
