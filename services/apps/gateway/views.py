@@ -13,7 +13,7 @@ from datetime import timedelta
 import structlog
 from cachetools import TTLCache
 
-from schemas.control import LaneDesired
+from schemas.control import LaneDesired, live_workers
 from schemas.events import utcnow
 from schemas.records import JobState, WebhookDelivery, WebhookMessage
 from schemas.topics import Topics
@@ -146,13 +146,8 @@ class GatewayViews:
 
     def serving(self, lane: str) -> bool:
         """A live worker of the lane (its own queue) reports ready."""
-        for item in self.rollout.lanes():
-            if item.lane == lane:
-                return any(
-                    i.live and i.status.health == "ready" and i.status.serves == "lane"
-                    for i in item.instances
-                )
-        return False
+        ready = [s for s in self.rollout.workers.items.values() if s.health == "ready"]
+        return bool(live_workers(ready, lane, self.settings.control.worker_stale_s, "lane"))
 
     def queue_position(self, job: JobState, tenant: str | None = None) -> int:
         return self.jobs.queue_position(job, tenant)
