@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,12 +48,13 @@ class UrlSigner:
         return hmac.new(key, f"{resource}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def expiry(self, now: float | None = None, finished_at: datetime | str | None = None) -> int:
-        """Now + TTL, but never after the job's images are deleted (its retention)."""
-        at = (time.time() if now is None else now) + self.ttl_s
+        """Now + TTL rounded up (a URL lives at least its TTL), but never after the job's
+        images are deleted (its retention, rounded down)."""
+        at = math.ceil((time.time() if now is None else now) + self.ttl_s)
         if finished_at is not None:
             end = finished_at if isinstance(finished_at, datetime) else _iso(finished_at)
-            at = min(at, end.timestamp() + self.retention_s)
-        return int(at)
+            at = min(at, int(end.timestamp() + self.retention_s))
+        return at
 
     def sign(self, url: str, expires: int) -> str:
         """``url`` (one of ours, unsigned) with ``expires`` and ``sig`` appended."""

@@ -101,12 +101,14 @@ async def test_keys_tenants_and_signed_urls(stack: Stack, receiver: WebhookRecei
         assert tampered.status_code == 403
         assert (await anon.get(hooked.split("?")[0])).status_code == 403
 
-        # A second replica (a 1 s URL lifetime): it signs, and its URLs expire.
-        s2 = settings.model_copy(update={"gateway_port": free_port(), "artifact_url_ttl_s": 1.0})
+        # A second replica (a 2 s URL lifetime): it signs, and its URLs expire.
+        s2 = settings.model_copy(update={"gateway_port": free_port(), "artifact_url_ttl_s": 2.0})
         async with running_gateway(s2, key_a) as (_, a2):
             short = (await a2.get(f"/v1/generations/{job_id}")).json()["delivered"]["uri"]
             assert (await anon.get(short)).status_code == 200
-            await asyncio.sleep(2.1)
+            expires = int(short.split("expires=")[1].split("&")[0])
+            assert expires - time.time() <= 2.0 + 1
+            await asyncio.sleep(max(0.0, expires - time.time()) + 1.1)
             expired = await anon.get(short)
             assert expired.status_code == 410 and "expired" in expired.json()["detail"]
 

@@ -39,7 +39,7 @@ async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_pa
             "--checks",
             "all",
             "--max-examples",
-            "25",
+            "12",
             "--seed",
             "20261201",
             "--workers",

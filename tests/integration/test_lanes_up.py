@@ -1,7 +1,7 @@
-"""`lanes up` itself, as users run it (a subprocess), against the clusters that `lanes kafka
-start` brings up, with exactly the variables it prints: a 3-broker cluster (a bootstrap list
-of three addresses) and the secured cluster (SASL_SSL, each component its own principal
-under ACLs). A job goes through each."""
+"""`lanes up` itself, as users run it (a subprocess), against the cluster that `lanes kafka
+start --brokers 3 --secure` brings up, with exactly the variables it prints: a bootstrap
+list of three addresses, replication 3, SASL_SSL with each component its own principal
+under ACLs. A job goes through it."""
 
 from __future__ import annotations
 
@@ -122,20 +122,16 @@ def job_through_lanes_up(tmp: Path, exported: dict[str, str]) -> dict[str, objec
         _stop(up, timeout=90)
 
 
-# `lanes up` starts a dozen processes (five workers load torch) on two cores: minutes.
+# `lanes up` starts a dozen processes (five workers load torch) on two cores: minutes. One
+# cluster that is both (three brokers, SASL_SSL with ACLs) covers what users start: the
+# bootstrap list, replication 3, and a principal per component.
 @pytest.mark.timeout(480)
-def test_lanes_up_on_a_three_broker_cluster(tmp_path: Path) -> None:
-    with kafka_started(tmp_path, "--brokers", "3") as exported:
-        assert exported["LANES_KAFKA_BOOTSTRAP"].count(",") == 2  # three addresses
-        job = job_through_lanes_up(tmp_path, exported)
-    assert job["status"] == "succeeded", job
-
-
-@pytest.mark.timeout(480)
-def test_lanes_up_on_the_secured_cluster_each_component_its_own_principal(
+def test_lanes_up_on_a_secured_three_broker_cluster_each_component_its_own_principal(
     tmp_path: Path,
 ) -> None:
-    with kafka_started(tmp_path, "--secure") as exported:
+    with kafka_started(tmp_path, "--brokers", "3", "--secure") as exported:
+        assert exported["LANES_KAFKA_BOOTSTRAP"].count(",") == 2  # three addresses
+        assert exported["LANES_TOPIC_REPLICATION_FACTOR"] == "3"
         assert exported["LANES_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         job = job_through_lanes_up(tmp_path, exported)
         log = (tmp_path / "lanes-up.log").read_text(errors="replace")
@@ -144,4 +140,4 @@ def test_lanes_up_on_the_secured_cluster_each_component_its_own_principal(
     assert exported["LANES_KAFKA_PASSWORD"] not in log  # no secret in any component's log
     timings = job["timings"]
     assert isinstance(timings, dict)
-    print(f"secured lanes up: draft job total {timings['total_ms']} ms")
+    print(f"secured 3-broker lanes up: draft job total {timings['total_ms']} ms")

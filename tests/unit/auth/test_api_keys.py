@@ -88,6 +88,16 @@ def test_no_url_outlives_retention() -> None:
     assert signer.expiry(now=10_000, finished_at=None) == 96_400
 
 
+def test_a_url_lives_at_least_its_ttl() -> None:
+    # Rounded up to the second: a 1 s URL signed at 1000.9 still works at 1001.8.
+    signer = UrlSigner(b"k" * 32, ttl_s=1, retention_s=3600)
+    expires = signer.expiry(now=1000.9)
+    assert expires == 1002
+    url = signer.sign("https://g/v1/generations/j/image", expires)
+    sig = url.split("sig=")[1]
+    signer.verify("j/image", str(expires), sig, now=1001.8)
+
+
 def test_webhook_bodies_are_signed_at_send_time() -> None:
     signer = UrlSigner(b"k" * 32, ttl_s=60, retention_s=10**9)
     body = '{"type":"generation.succeeded","data":{"delivered":{"uri":"https://g/v1/generations/j/artifacts/x.png"}}}'
