@@ -179,11 +179,19 @@ async def test_a_store_outage_between_draft_and_refine_is_waited_out_and_each_jo
                 stack.start_worker("upscale")
                 await asyncio.sleep(1.0)  # its store check passes at once; its model loads
                 weed.stop()  # away before it reads any draft
-                await asyncio.sleep(20)  # far past the client's one attempt
+
+                def waits() -> set[str]:
+                    return {
+                        e.get("what") for e in logs if e["event"] == "store_unavailable_retrying"
+                    }
+
+                # the refine's read fails (the client's one attempt) and is waited out
+                await wait_until(
+                    lambda: "draft read" in waits(), timeout=60, what="a draft read waiting"
+                )
+                await asyncio.sleep(5)  # well past that attempt, still waiting
                 stack.check_alive()  # nothing exited
                 assert not receiver.deliveries  # and nothing ended while the store was away
-            waits = {e.get("what") for e in logs if e["event"] == "store_unavailable_retrying"}
-            assert "draft read" in waits, waits  # the refine's read failed and was waited out
             weed.start()  # back, on the same ports, with the drafts
             await receiver.wait_for(3, timeout=180)
             for job_id in jobs:
