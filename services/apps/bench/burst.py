@@ -47,6 +47,8 @@ RUN_KEYS = (
     "final_required_s",
     "final_paid_s",
     "law_ratio",
+    "draft_render_x",
+    "final_render_x",
     "idle_waiting_lanes_s",
     "idle_waiting_fifo_s",
 )
@@ -356,8 +358,10 @@ def run_burst(cfg: BurstConfig, out_dir: Path, runs: int = 3) -> Path:
         "Conservation law (Kleinrock): over the same arrivals every work-conserving "
         "scheduler keeps ρ_d·W_d + ρ_f·W_f constant, so the drafts' gain in mean wait G "
         f"costs finals at least (ρ_d/ρ_f)·G (drafts are {draft_work:.0%} of the work here). "
-        "Wait: end-to-end less the job's own render. Idle while waiting: device-seconds "
-        "with a worker free and a job not yet started.",
+        "Wait: end-to-end less the job's own render. Render ×: one image's render time, "
+        "Lanes over FIFO, on the same cores (above 1: the broker, router and gateway take "
+        "CPU from the renders, which a GPU host does not pay). Idle while waiting: "
+        "device-seconds with a worker free and a job not yet started.",
         "",
         markdown_table(
             [
@@ -370,6 +374,8 @@ def run_burst(cfg: BurstConfig, out_dir: Path, runs: int = 3) -> Path:
                 "finals required s",
                 "finals paid s",
                 "paid / required",
+                "draft render ×",
+                "final render ×",
                 "idle waiting Lanes s",
                 "idle waiting FIFO s",
                 "overhead p95 ms (steady)",

@@ -12,7 +12,7 @@ left idle or spent twice (a batch timer, a guest holding a slot, a fetch pause..
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 from typing import Any
 
 from services.apps.bench.burst_plan import JobResult
@@ -21,13 +21,27 @@ __all__ = ["conservation", "idle_while_waiting", "plot_timeline", "renders"]
 
 
 def renders(jobs: list[JobResult]) -> list[tuple[str, float, float, str]]:
-    """(worker, start, end, intent) of each job's render, unix seconds."""
+    """(worker, start, end, intent) of each job's render, unix seconds. A render paused
+    between its steps while more urgent drafts ran ends that much later (the drafts are
+    spans of their own, drawn over the pause): counting it as ending at start + inference
+    showed its worker idle while it was finishing."""
     out = []
     for j in jobs:
         if j.started_at is None or j.inference_ms is None or not j.worker:
             continue
-        out.append((j.worker, j.started_at, j.started_at + j.inference_ms / 1000, j.intent))
+        end = j.started_at + (j.inference_ms + j.preempted_ms) / 1000
+        out.append((j.worker, j.started_at, end, j.intent))
     return out
+
+
+def render_s(jobs: list[JobResult], intent: str) -> float:
+    """Median render time of one image of ``intent`` (a batch's time over its size)."""
+    times = [
+        j.inference_ms / 1000 / max(1, j.batch_size)
+        for j in jobs
+        if j.intent == intent and j.inference_ms is not None
+    ]
+    return median(times) if times else float("nan")
 
 
 def _wait_s(j: JobResult) -> float | None:
@@ -152,6 +166,10 @@ def run_facts(
         "draft_gain_s": law["draft_gain_s"],
         "final_required_s": law["final_required_s"],
         "final_paid_s": law["final_paid_s"],
+        # The same render on the same cores, slower when the broker, router and gateway
+        # share them (the FIFO has none of these): a CPU host's cost, not a GPU's.
+        "draft_render_x": render_s(lanes, "draft") / render_s(fifo, "draft"),
+        "final_render_x": render_s(lanes, "final") / render_s(fifo, "final"),
         "idle_waiting_lanes_s": idle_while_waiting(lanes),
         "idle_waiting_fifo_s": idle_while_waiting(fifo),
     }

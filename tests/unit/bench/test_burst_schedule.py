@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.apps.bench.burst_plan import JobResult
-from services.apps.bench.burst_schedule import conservation, idle_while_waiting
+from services.apps.bench.burst_schedule import conservation, idle_while_waiting, render_s, renders
 
 
 def job(intent: str, submitted: float, started: float, render_s: float, worker: str) -> JobResult:
@@ -34,3 +34,21 @@ def test_conservation_sets_what_finals_must_pay_for_the_drafts_gain() -> None:
     assert law["final_required_s"] == pytest.approx(2.0 / 3)  # 0.25/0.75 of the gain
     assert law["final_paid_s"] == pytest.approx(1.0)
     assert law["ratio"] == pytest.approx(1.5)
+
+
+def test_a_render_paused_for_drafts_keeps_its_worker_busy_until_it_resumes_and_ends() -> None:
+    # w0 starts a final (2 s of work) at 0, pauses 1 s for a draft at 0.5-1.5, ends at 3.
+    final = job("final", 0.0, 0.0, 2.0, "w0")
+    final.preempted_ms, final.done = 1000.0, 3.0
+    draft = job("draft", 0.5, 0.5, 1.0, "w0")
+    late = job("draft", 2.0, 3.0, 0.5, "w0")  # arrives while the final finishes
+    assert idle_while_waiting([final, draft, late]) == pytest.approx(0.0, abs=0.02)
+    assert renders([final])[0][2] == pytest.approx(3.0)
+
+
+def test_render_time_per_image_counts_a_batch_once() -> None:
+    solo = job("draft", 0, 0, 0.5, "a")
+    pair = [job("draft", 0, 0, 0.8, "b"), job("draft", 0, 0, 0.8, "b")]
+    for j in pair:
+        j.batch_size = 2
+    assert render_s([solo, *pair], "draft") == pytest.approx(0.4)  # median of .5, .4, .4
