@@ -189,6 +189,9 @@ class GatewaySettings(BaseModel):
     """The web console at / (the gateway's): sign-in with an API key."""
     api_key: SecretStr | None = None
     """The API key `lanes submit` sends (None: the one `lanes up` saved in state_dir)."""
+    openai_wait_s: float = Field(120.0, gt=0)
+    """How long a call to the OpenAI-compatible `/v1/images/generations` waits for its images
+    before answering 504 with the job ids (the jobs go on; nothing is canceled)."""
 
 
 class AuthSettings(BaseModel):
@@ -396,6 +399,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "public_url": ("gateway", "public_url"),
     "console_enabled": ("gateway", "console_enabled"),
     "api_key": ("gateway", "api_key"),
+    "openai_wait_s": ("gateway", "openai_wait_s"),
     "artifact_url_key": ("auth", "url_key"),
     "artifact_url_previous_keys": ("auth", "url_previous_keys"),
     "artifact_url_ttl_s": ("auth", "url_ttl_s"),

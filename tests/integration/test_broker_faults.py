@@ -197,10 +197,12 @@ async def test_a_cluster_replicates_every_topic_as_settings_say(
 
 
 def test_a_short_chaos_soak_loses_no_job_and_duplicates_no_webhook(tmp_path: Path) -> None:
-    """`lanes bench chaos`, briefly: components killed every 8 s, a broker for 6 s."""
+    """`lanes bench chaos`, briefly: components killed every 5 s, a broker for 5 s."""
     from services.apps.bench.chaos import ChaosConfig, run_chaos
 
-    cfg = ChaosConfig(duration_s=30, kill_every_s=8, broker_kill_at_s=12, broker_down_s=6)
+    cfg = ChaosConfig(
+        duration_s=20, rate_per_s=1.5, kill_every_s=5, broker_kill_at_s=8, broker_down_s=5
+    )
     run_chaos(cfg, tmp_path)
     result = json.loads((tmp_path / "chaos.json").read_text())
     assert result["jobs accepted"] >= 25 and result["kills"] == 4, result

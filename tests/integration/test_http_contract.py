@@ -38,6 +38,11 @@ async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_pa
             f"Authorization: Bearer {key}",
             "--checks",
             "all",
+            # The OpenAI-compatible route answers in OpenAI's shape and, with no workers here,
+            # ends every valid call in its documented 504: test_openai_images.py drives it
+            # with the official SDK instead.
+            "--exclude-path",
+            "/v1/images/generations",
             "--max-examples",
             "12",
             "--seed",
