@@ -129,12 +129,15 @@ async def test_start_up_profile_caps_batches_where_batching_does_not_pay(
             timeout=30,
             what="batch cap exported",
         )
-        # The profile the worker measured at start-up, and the cap it chose from it.
-        per_image = {
+        # The profile the worker measured at start-up, and the cap it chose from it: sizes
+        # 1 and 2 always; 4 only if 2 paid (the profile stops at the first size that does
+        # not, which on a loaded CPU may be 2).
+        timed = {
             b: stack.metric("draft", "lanes_worker_batch_seconds_per_image", batch=str(b))
             for b in (1, 2, 4)
         }
-        assert all(t > 0 for t in per_image.values())
+        per_image = {b: t for b, t in timed.items() if t > 0}
+        assert {1, 2} <= set(per_image), timed
         cap = int(stack.metric("draft", "lanes_worker_batch_cap"))
         assert cap == choose_batch_cap(per_image)
         jobs = await _submit_many(stack.settings, 12)
