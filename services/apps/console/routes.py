@@ -24,12 +24,11 @@ from services.apps.console.lanes_data import WINDOW_S, lane_rows
 from services.apps.console.session import Sessions
 from services.apps.gateway.auth import Authenticator
 from services.apps.gateway.deps import (
-    JobPublisher,
+    Publisher,
+    Signer,
     client_address,
     get_auth,
     get_jobs,
-    get_publisher,
-    get_signer,
     need,
     present,
     visible_job,
@@ -40,7 +39,6 @@ from services.apps.gateway.views import GatewayViews
 from services.apps.ops_client import send_and_wait
 from services.apps.webhook_replay import replay
 from services.auth.api_keys import Identity, InvalidKey
-from services.auth.url_signing import UrlSigner
 from services.config.settings import Settings
 from services.domain.job_index import BadCursor, JobFilter
 
@@ -50,8 +48,6 @@ STATUSES = ["queued", "deferred", "running", "verifying", "succeeded", "failed",
 ACTIONS = ("deploy", "canary", "promote", "rollback", "pause", "resume", "restart")
 
 Views = Annotated[GatewayViews, Depends(get_jobs)]
-Publisher = Annotated[JobPublisher, Depends(get_publisher)]
-Signer = Annotated[UrlSigner, Depends(get_signer)]
 
 
 class SignIn(Exception):

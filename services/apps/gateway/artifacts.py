@@ -17,11 +17,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from schemas.records import JobState, artifact_name
 from services.apps.gateway.auth import Authenticator
 from services.apps.gateway.deps import (
-    JobReader,
+    Jobs,
+    Store,
     client_address,
     get_auth,
-    get_jobs,
-    get_store,
     need,
     visible_job,
 )
@@ -54,7 +53,7 @@ class Access:
         request: Request,
         job_id: str,
         auth: Annotated[Authenticator, Depends(get_auth)],
-        jobs: Annotated[JobReader, Depends(get_jobs)],
+        jobs: Jobs,
         expires: Expires = None,
         sig: Sig = None,
     ) -> JobState | None:
@@ -103,7 +102,7 @@ async def _file(store: ArtifactStore, uri: str) -> Response:
 async def get_image(
     job_id: str,
     job: Annotated[JobState | None, Depends(Access("image"))],
-    store: Annotated[ArtifactStore, Depends(get_store)],
+    store: Store,
 ) -> Response:
     """The job's delivered image (or its latest, before one is chosen)."""
     if job is None:
@@ -124,7 +123,7 @@ async def get_artifact(
     job_id: str,
     name: str,
     job: Annotated[JobState | None, Depends(Access("artifacts/{name}"))],
-    store: Annotated[ArtifactStore, Depends(get_store)],
+    store: Store,
 ) -> Response:
     """One of the job's images by the name its URL carries (drafts, repaired...)."""
     if job is not None:

@@ -123,6 +123,12 @@ def require(scope: Scope) -> Any:
 Reader = Annotated[Identity, Depends(require("generations:read"))]
 Writer = Annotated[Identity, Depends(require("generations:write"))]
 Admin = Annotated[Identity, Depends(require("admin"))]
+# The app's parts as route parameters.
+Jobs = Annotated[JobReader, Depends(get_jobs)]
+Publisher = Annotated[JobPublisher, Depends(get_publisher)]
+Signer = Annotated[UrlSigner, Depends(get_signer)]
+Store = Annotated[ArtifactStore, Depends(get_store)]
+Config = Annotated[Settings, Depends(get_settings)]
 
 
 def visible_job(jobs: JobReader, job_id: str, caller: Identity) -> JobState | None:

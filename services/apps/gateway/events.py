@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from services.apps.gateway.deps import (
-    JobReader,
+    Config,
+    Jobs,
     Reader,
-    get_jobs,
-    get_settings,
-    get_signer,
+    Signer,
     present,
     visible_job,
 )
 from services.apps.job_events import job_events
 from services.apps.problems import problems
-from services.auth.url_signing import UrlSigner
-from services.config.settings import Settings
 
 __all__ = ["router"]
 
@@ -38,9 +35,9 @@ async def generation_events(
     job_id: str,
     request: Request,
     caller: Reader,
-    jobs: Annotated[JobReader, Depends(get_jobs)],
-    signer: Annotated[UrlSigner, Depends(get_signer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    jobs: Jobs,
+    signer: Signer,
+    settings: Config,
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
 ) -> StreamingResponse:
     """The job's status changes, milestones and step progress as Server-Sent Events,

@@ -5,36 +5,31 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
 from schemas.records import JobState, JobStatus
 from schemas.spec import GenerationSpec
 from services.apps.gateway.deps import (
+    Config,
     JobPublisher,
     JobReader,
+    Jobs,
+    Publisher,
     Reader,
+    Signer,
     Writer,
-    get_jobs,
-    get_publisher,
-    get_settings,
-    get_signer,
     present,
     visible_job,
 )
 from services.apps.problems import problems
 from services.auth.api_keys import Identity
 from services.auth.url_signing import UrlSigner
-from services.config.settings import Settings
 from services.domain.job_index import BadCursor, JobFilter
 
 __all__ = ["router", "spec_for", "accepted_body", "cancel_job"]
 
 log = structlog.get_logger("lanes.gateway")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
-
-Jobs = Annotated[JobReader, Depends(get_jobs)]
-Signer = Annotated[UrlSigner, Depends(get_signer)]
-Config = Annotated[Settings, Depends(get_settings)]
 
 
 def spec_for(spec: GenerationSpec, caller: Identity) -> GenerationSpec:
@@ -71,7 +66,7 @@ async def create_generation(
     spec: GenerationSpec,
     response: Response,
     caller: Writer,
-    publisher: Annotated[JobPublisher, Depends(get_publisher)],
+    publisher: Publisher,
     signer: Signer,
     settings: Config,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -133,7 +128,7 @@ async def cancel_generation(
     job_id: str,
     caller: Writer,
     jobs: Jobs,
-    publisher: Annotated[JobPublisher, Depends(get_publisher)],
+    publisher: Publisher,
     settings: Config,
 ) -> dict[str, Any]:
     """Cancel: a queued or deferred job at once, a rendering one at its next step. The

@@ -21,10 +21,10 @@ import base64
 import io
 import time
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -34,19 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from schemas.records import JobState
 from schemas.spec import GenerationSpec
 from services.apps.gateway.deps import (
-    JobPublisher,
+    Config,
     JobReader,
+    Jobs,
+    Publisher,
+    Signer,
+    Store,
     Writer,
-    get_jobs,
-    get_publisher,
-    get_settings,
-    get_signer,
-    get_store,
 )
-from services.auth.url_signing import UrlSigner
 from services.config.routes import Routes
-from services.config.settings import Settings
-from services.storage.artifacts import ArtifactError, ArtifactStore, ArtifactUnavailable
+from services.storage.artifacts import ArtifactError, ArtifactUnavailable
 
 __all__ = ["router", "ImageGenerateRequest", "OpenAIError"]
 
@@ -321,11 +318,11 @@ async def create_images(
     req: ImageGenerateRequest,
     caller: Writer,
     request: Request,
-    publisher: Annotated[JobPublisher, Depends(get_publisher)],
-    jobs: Annotated[JobReader, Depends(get_jobs)],
-    signer: Annotated[UrlSigner, Depends(get_signer)],
-    store: Annotated[ArtifactStore, Depends(get_store)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    publisher: Publisher,
+    jobs: Jobs,
+    signer: Signer,
+    store: Store,
+    settings: Config,
 ) -> dict[str, Any]:
     """Images for a prompt, as OpenAI's images API answers: ``data[]`` with ``b64_json`` or
     a signed ``url``, once every image's job has ended."""
