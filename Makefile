@@ -125,6 +125,7 @@ bench: install
 	$(BIN)/lanes bench cascade --out results
 	$(BIN)/lanes bench state --out results
 	$(BIN)/lanes bench tracing --out results
+	$(BIN)/lanes bench openai --out results
 
 # The same comparisons with real-architecture (random-weight) engines on a CUDA GPU.
 bench-gpu: install

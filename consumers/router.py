@@ -64,7 +64,7 @@ class Router:
             raise PoisonEvent(
                 f"router expects generation.requested, got {getattr(event, 'type', '?')}"
             )
-        lane_name, lane = self.routes.lane_for(event.spec.intent)
+        lane_name, lane = self.routes.lane_of(event.spec)
         lag = self.lags.lag(lane_name)
         self.lag.labels(lane_name).set(lag)
         reason = defer_reason(lane_name, lane, event.spec, lag)

@@ -25,8 +25,14 @@ from schemas.topics import Topics
 __all__ = ["GenerationClient", "fingerprint", "job_id_for"]
 
 
+# Fields added after requests were fingerprinted: left out while unset, so a body accepted
+# before they existed keeps its fingerprint (an Idempotency-Key replay still matches).
+_LATER_FIELDS = ("partial_images", "edit")
+
+
 def fingerprint(spec: GenerationSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    unset = {f for f in _LATER_FIELDS if getattr(spec, f) in (None, 0)}
+    return hashlib.sha256(spec.model_dump_json(exclude=unset).encode()).hexdigest()
 
 
 def job_id_for(idempotency_key: str | None, tenant: str | None = None) -> str:

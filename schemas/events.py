@@ -27,6 +27,7 @@ __all__ = [
     "GenerationDeferred",
     "RenderCanceled",
     "RenderProgress",
+    "PartialImage",
     "Timings",
     "JobEvent",
     "JOB_EVENT",
@@ -88,6 +89,8 @@ class GenerationRouted(Envelope):
     # Refine/upscale lanes: the image to start from and how far to move away from it.
     init_artifact_uri: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
+    # An edit's mask (white: where the image may change): the lane inpaints.
+    mask_artifact_uri: str | None = None
     # A retry after the lane's canary version failed this job: render on the stable one.
     stable_only: bool = False
 
@@ -231,6 +234,19 @@ class RenderCanceled(Envelope):
     at_step: int | None = None  # None: it never started
 
 
+class PartialImage(BaseModel):
+    """A full-size decode of a render in progress (a job's ``partial_images``), stored under
+    the job's prefix in the artifact store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0, le=2)  # 0-based, in step order
+    step: int = Field(ge=1)
+    uri: str = Field(min_length=1, max_length=1000)
+    width: int
+    height: int
+
+
 class RenderProgress(Envelope):
     """A render's denoising step, a few times a second per job (the worker throttles it),
     with a low-resolution preview every ``preview_every`` steps where the lane asks."""
@@ -243,6 +259,8 @@ class RenderProgress(Envelope):
     steps: int = Field(ge=1)
     # data:image/jpeg;base64,... (at most 64 px on a side): self-contained, no server path.
     preview: str | None = Field(None, max_length=32_000)
+    # Where the job asked for partial images: the one decoded at this step.
+    partial: PartialImage | None = None
 
 
 JobEvent = Annotated[

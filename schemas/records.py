@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import SCHEMA_VERSION, Timings, utcnow
+from schemas.events import SCHEMA_VERSION, PartialImage, Timings, utcnow
 from schemas.spec import GenerationSpec
 
 __all__ = [
@@ -118,6 +118,8 @@ class JobState(BaseModel):
     milestones: dict[str, datetime] = Field(default_factory=dict)
     error: str | None = None
     progress: Progress | None = None
+    # The render's partial images (the spec's partial_images), of the current attempt.
+    partials: list[PartialImage] = Field(default_factory=list, max_length=3)
     # Why it failed, in one word (safety, invalid, oom, provider_unavailable...).
     failure_reason: str | None = None
     # Every image rendered for the job (drafts, refine passes, re-renders), priced.

@@ -6,8 +6,9 @@ import re
 from typing import Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-__all__ = ["GenerationSpec", "Intent", "Priority", "quoted_text"]
+__all__ = ["EditSource", "GenerationSpec", "Intent", "Priority", "quoted_text"]
 
 Intent = Literal["preview", "draft", "final"]
 Priority = Literal["low", "normal", "high", "critical"]
@@ -22,6 +23,16 @@ def quoted_text(prompt: str) -> str | None:
 
 
 NOT_BLANK = r"\S"  # JSON Schema patterns search: a string with a non-space character
+
+
+class EditSource(BaseModel):
+    """The image an edit starts from (and its mask: white where the image may change), as
+    the gateway stored them under the job's prefix in the artifact store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_uri: str = Field(min_length=1, max_length=1000)
+    mask_uri: str | None = Field(None, min_length=1, max_length=1000)
 
 
 class GenerationSpec(BaseModel):
@@ -49,6 +60,13 @@ class GenerationSpec(BaseModel):
             "draft_ready", "upscaled", "verified", "succeeded", "failed", "canceled", "progress"
         ]
     ] = Field(default_factory=lambda: ["succeeded", "failed", "canceled"], max_length=7)  # type: ignore[arg-type]
+    # Decoded images of the render in progress, at evenly spaced denoising steps (the OpenAI
+    # images API's partial_images): each a full-size PNG among the job's ``partials``. A
+    # render with fewer steps than that gives fewer.
+    partial_images: StrictInt = Field(0, ge=0, le=3)
+    # An edit (POST /v1/images/edits): set by the gateway, which stored the upload; not part
+    # of the public request document, and refused in a client's body.
+    edit: SkipJsonSchema[EditSource | None] = None
 
     @field_validator("prompt")
     @classmethod

@@ -79,24 +79,25 @@ class Intake:
             log.info("canceled_job_skipped")
             await self._settle(tp, record.offset, [self.outcomes.canceled_output(event, None)])
             return
-        init_image = None
-        if event.init_artifact_uri is not None:
-            uri = event.init_artifact_uri
-            try:  # a store that is away is waited out, within a bound
-                init_image = await wait_out_outage(
-                    lambda: self.store.open_image(uri),
-                    bound_s=self.lane.settings.storage.outage_wait_s,
-                    executor=self.codec,
-                    what="draft read",
-                )
-            except (ArtifactError, ArtifactUnavailable) as exc:  # the job fails with the reason
-                log.warning("init_artifact_unreadable", error=str(exc))
-                self.lane.metrics.failures.labels(*self.models.labels, "unreadable_artifact").inc()
-                failed = self.outcomes.failed_output(
-                    event, f"cannot refine: {exc}", reason="artifact"
-                )
-                await self._settle(tp, record.offset, [failed])
-                return
+        engine = self.models.engine_for(event.job_id, event.stable_only)
+        if event.mask_artifact_uri is not None and not engine.inpaints:
+            failed = self.outcomes.failed_output(
+                event,
+                f"cannot inpaint: lane {self.lane.name!r} renders on {engine.provider} "
+                f"({engine.name}), which takes no mask",
+                reason="invalid",
+            )
+            await self._settle(tp, record.offset, [failed])
+            return
+        try:  # a store that is away is waited out, within a bound
+            init_image = await self._read_image(event.init_artifact_uri, "draft read")
+            mask = await self._read_image(event.mask_artifact_uri, "mask read")
+        except (ArtifactError, ArtifactUnavailable) as exc:  # the job fails with the reason
+            log.warning("init_artifact_unreadable", error=str(exc))
+            self.lane.metrics.failures.labels(*self.models.labels, "unreadable_artifact").inc()
+            failed = self.outcomes.failed_output(event, f"cannot refine: {exc}", reason="artifact")
+            await self._settle(tp, record.offset, [failed])
+            return
         request = RenderRequest(
             prompt=event.spec.prompt,
             width=event.width,
@@ -107,8 +108,8 @@ class Intake:
             init_image=init_image,
             strength=event.strength,
             negative_prompt=event.spec.negative_prompt,
+            mask_image=mask,
         )
-        engine = self.models.engine_for(event.job_id, event.stable_only)
         self.slots.hold(task_key(event))
         self.batcher.put(
             (engine.name, engine.version, batch_key(request)),
@@ -121,6 +122,17 @@ class Intake:
                 engine,
                 self._job_span(record, event, engine),
             ),
+        )
+
+    async def _read_image(self, uri: str | None, what: str) -> Any:
+        """An image from the store (None for no ``uri``); an outage is waited out."""
+        if uri is None:
+            return None
+        return await wait_out_outage(
+            lambda: self.store.open_image(uri),
+            bound_s=self.lane.settings.storage.outage_wait_s,
+            executor=self.codec,
+            what=what,
         )
 
     async def _settle(self, tp: TopicPartition, offset: int, outputs: list[Output]) -> None:

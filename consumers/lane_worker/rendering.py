@@ -1,6 +1,7 @@
 """The engine call for one batch: on the device's thread (taking turns with the process's
 other workers) or, for a hosted engine, over HTTP; a batch split on out-of-memory; each
-denoising step reported as ``render.progress`` (with latent previews where the lane asks)."""
+denoising step reported as ``render.progress`` (with latent previews where the lane asks,
+and the partial images a job asked for)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from consumers.lane_worker.lane import LaneContext
 from consumers.lane_worker.models import LaneModels
 from consumers.lane_worker.outbox import Outbox
 from consumers.lane_worker.outcomes import Result
+from consumers.lane_worker.partials import PartialImages
 from consumers.lane_worker.tasks import RenderTask
 from consumers.machinery.loop import Output
 from producers.tracing import headers_of_span, trace_id_of
-from schemas.events import RenderProgress, RenderStarted
+from schemas.events import PartialImage, RenderProgress, RenderStarted
 from services.engines.engine import RenderContext, StepHook
 from services.engines.memory import (
     OutOfMemory,
@@ -45,6 +47,7 @@ class Renderer:
     gpu: Executor  # the GPU's one thread
     turn: Turn
     outbox: Outbox
+    partials: PartialImages
 
     async def announce(self, batch: list[RenderTask]) -> list[asyncio.Future[Any]]:
         """``render.started`` for each job, unawaited: the futures resolve on the acks (the
@@ -179,8 +182,10 @@ class Renderer:
         last = [0.0]
 
         def hook(step: int, total: int, latents: Any) -> None:
+            partials = self.partials.take(batch, step, total, latents)
             now = time.monotonic()
-            if step != 1 and step < total and now - last[0] < interval:
+            wanted = any(partials)
+            if not wanted and step != 1 and step < total and now - last[0] < interval:
                 return
             last[0] = now
             previews: list[str | None] = [None] * len(batch)
@@ -189,12 +194,17 @@ class Renderer:
                     previews = latent_previews(latents) or previews
                 except Exception as exc:  # noqa: BLE001 - a preview never fails a render
                     log.warning("preview_failed", error=str(exc)[:200])
-            loop.call_soon_threadsafe(self._report_progress, batch, step, total, previews)
+            loop.call_soon_threadsafe(self._report_progress, batch, step, total, previews, partials)
 
         return hook
 
     def _report_progress(
-        self, batch: list[RenderTask], step: int, total: int, previews: list[str | None]
+        self,
+        batch: list[RenderTask],
+        step: int,
+        total: int,
+        previews: list[str | None],
+        partials: list[PartialImage | None],
     ) -> None:
         for t in batch:  # the denoising steps, as events of the job's span
             t.span.add_event("denoising step", {"step": min(step, total), "steps": total})
@@ -206,8 +216,9 @@ class Renderer:
                 step=min(step, total),
                 steps=total,
                 preview=preview,
+                partial=partial,
             )
-            for t, preview in zip(batch, previews, strict=False)
+            for t, preview, partial in zip(batch, previews, partials, strict=False)
         ]
         sent = asyncio.ensure_future(self.outbox.enqueue(outputs))
         sent.add_done_callback(lambda f: f.cancelled() or f.exception())

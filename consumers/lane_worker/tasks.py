@@ -15,7 +15,7 @@ __all__ = ["RenderTask", "task_key", "BatchKey"]
 
 # (model, version, the request's shape): jobs with the same key can share a pipeline call,
 # and each version's batches stop at its own cap.
-BatchKey = tuple[str, str, tuple[int, int, int, float, float | None]]
+BatchKey = tuple[str, str, tuple[int, int, int, float, float | None, bool]]
 
 
 @dataclass

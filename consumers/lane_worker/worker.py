@@ -66,6 +66,7 @@ from consumers.lane_worker.intake import Intake
 from consumers.lane_worker.lane import LaneContext
 from consumers.lane_worker.models import LaneModels
 from consumers.lane_worker.outcomes import Outcomes
+from consumers.lane_worker.partials import PartialImages
 from consumers.lane_worker.rendering import Renderer
 from consumers.lane_worker.scheduling import Scheduler
 from consumers.lane_worker.slots import Slots
@@ -140,7 +141,15 @@ class LaneWorker:
             outbox,
             self.outcomes,
         )
-        renderer = Renderer(self.lane, models, process.device, process.gpu, self.turn, outbox)
+        renderer = Renderer(
+            self.lane,
+            models,
+            process.device,
+            process.gpu,
+            self.turn,
+            outbox,
+            PartialImages(process.store),
+        )
         self.scheduler = Scheduler(
             self.batcher, process.device, self.turn, renderer, self.outcomes, self.slots
         )

@@ -100,6 +100,19 @@ def bench_cascade(
     typer.echo(run_cascade(cfg, out).read_text())
 
 
+@bench_app.command("openai")
+def bench_openai(
+    out: Path = typer.Option(Path("results"), help="results folder"),
+    rounds: int = typer.Option(20, help="jobs per arm"),
+    intent: str = typer.Option("draft", help="the jobs' intent"),
+) -> None:
+    """The OpenAI-compatible sync call against /v1/generations with polling, same jobs."""
+    from services.apps.bench.openai_latency import OpenAILatencyConfig, run_openai_latency
+
+    cfg = OpenAILatencyConfig(rounds=rounds, intent=intent)
+    typer.echo(run_openai_latency(cfg, out).read_text())
+
+
 @bench_app.command("state")
 def bench_state(
     out: Path = typer.Option(Path("results"), help="results folder"),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.spec import Priority
+from schemas.spec import GenerationSpec, Priority
 from services.config.slo import SloSpec
 from services.engines.tiny import TinyConfig, build_tiny_checkpoint
 
@@ -40,6 +40,8 @@ Provider = Literal["diffusers", "ideogram", "gemini", "imagen"]
 HOSTED_IN_FLIGHT: dict[str, int] = {"ideogram": 10, "gemini": 8, "imagen": 8}
 # Providers whose engines can run a cascade's refine pass (an image in, an image out).
 REFINE_PROVIDERS = {"diffusers", "gemini"}
+# Providers whose refine engines take a mask (inpainting).
+INPAINT_PROVIDERS = {"diffusers"}
 _ENV_NAME = r"[A-Z_][A-Z0-9_]*"
 
 
@@ -324,9 +326,13 @@ class Routes(BaseModel):
         for intent in ("draft", "final"):
             if intent not in self.intents:
                 raise ValueError(f"intent {intent!r} has no lane")
-        unknown = set(self.intents) - {"preview", "draft", "final"}
+        unknown = set(self.intents) - {"preview", "draft", "final", "edit"}
         if unknown:
-            raise ValueError(f"unknown intents {sorted(unknown)} (preview, draft, final)")
+            raise ValueError(f"unknown intents {sorted(unknown)} (preview, draft, final, edit)")
+        edit = self.intents.get("edit")
+        if edit is not None and self.lanes[edit].refine_strength is None:
+            raise ValueError(f"intent 'edit' routes to {edit!r}, which does not refine (set its "
+                             "refine_strength)")  # fmt: skip
         return self
 
     @property
@@ -338,6 +344,24 @@ class Routes(BaseModel):
         """The intent's lane; previews ride the draft lane unless the file routes them."""
         name = self.intents.get(intent) or self.intents["draft"]
         return name, self.lanes[name]
+
+    @property
+    def edit_lane(self) -> str | None:
+        """Where edits (an uploaded image, img2img) render: the ``edit`` intent's lane, else
+        the first refine lane (one with ``refine_strength``); None: no lane can."""
+        if "edit" in self.intents:
+            return self.intents["edit"]
+        return next((n for n, lane in self.lanes.items() if lane.refine_strength), None)
+
+    def inpaints(self, lane: str) -> bool:
+        """Whether the lane's engine takes a mask (an edit's inpainting)."""
+        return self.models[self.lanes[lane].model].provider in INPAINT_PROVIDERS
+
+    def lane_of(self, spec: GenerationSpec) -> tuple[str, LaneSpec]:
+        """The lane a request goes to: the edit lane for an edit, else its intent's."""
+        if spec.edit is not None and self.edit_lane is not None:
+            return self.edit_lane, self.lanes[self.edit_lane]
+        return self.lane_for(spec.intent)
 
 
 def routes_text(path: Path | None) -> str:

@@ -190,8 +190,11 @@ class GatewaySettings(BaseModel):
     api_key: SecretStr | None = None
     """The API key `lanes submit` sends (None: the one `lanes up` saved in state_dir)."""
     openai_wait_s: float = Field(120.0, gt=0)
-    """How long a call to the OpenAI-compatible `/v1/images/generations` waits for its images
-    before answering 504 with the job ids (the jobs go on; nothing is canceled)."""
+    """How long a call to the OpenAI-compatible `/v1/images/generations` (or `edits`) waits
+    for its images before answering 504 with the job ids (the jobs go on; nothing is
+    canceled); a stream ends with an error event then."""
+    openai_image_max_bytes: int = Field(16 * 2**20, ge=1024)
+    """The largest image (or mask) `/v1/images/edits` takes, in bytes (larger: 400)."""
 
 
 class AuthSettings(BaseModel):
@@ -400,6 +403,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "console_enabled": ("gateway", "console_enabled"),
     "api_key": ("gateway", "api_key"),
     "openai_wait_s": ("gateway", "openai_wait_s"),
+    "openai_image_max_bytes": ("gateway", "openai_image_max_bytes"),
     "artifact_url_key": ("auth", "url_key"),
     "artifact_url_previous_keys": ("auth", "url_previous_keys"),
     "artifact_url_ttl_s": ("auth", "url_ttl_s"),

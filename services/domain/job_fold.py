@@ -103,10 +103,17 @@ def _progressed(state: JobState, event: RenderProgress) -> JobState | None:
     so a render's many steps never push real events out of the dedupe window."""
     if event.attempt < state.attempt or state.status not in ("running", "upscaling"):
         return None
+    changed = False
+    if event.partial is not None and event.partial not in state.partials:
+        # Kept even when a later step was reported first; a new attempt's replace the last's.
+        kept = [p for p in state.partials if event.attempt == state.attempt]
+        partials = sorted([*kept, event.partial], key=lambda p: p.index)[-3:]
+        state = state.model_copy(update={"partials": partials, "updated_at": utcnow()})
+        changed = True
     old = state.progress
     rank = (event.attempt, STAGE_ORDER[event.stage], event.step)
     if old is not None and rank <= (old.attempt, STAGE_ORDER.get(old.stage, 0), old.step):
-        return None
+        return state if changed else None
     progress = Progress(
         stage=event.stage,
         attempt=event.attempt,

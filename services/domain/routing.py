@@ -12,6 +12,7 @@ calls ``route(job, lane, reason)``. The target lane decides how the job renders:
   takes the cascade's target size (``size=``). A typography rerender follows the same rule:
   the rerender lane renders at its own size, and its cascade (if any) brings the image to
   the delivered size, as the intent's lane did;
+- an edit (the gateway's upload) on a refine lane starts from its image, with its mask;
 - seed: the job's (the client's, else one derived from the job id), so a retry of the same
   job draws the same image; a rerender passes another one on purpose.
 """
@@ -88,6 +89,10 @@ def route(
     )
     steps = (desired.sample_steps if desired is not None else None) or spec.sample_steps
     width, height = size or (job.spec.width or spec.width, job.spec.height or spec.height)
+    mask = None
+    edit = job.spec.edit
+    if edit is not None and spec.refine_strength and init_artifact_uri in (None, edit.image_uri):
+        init_artifact_uri, mask = edit.image_uri, edit.mask_uri  # an edit starts from its upload
     return GenerationRouted(
         job_id=job.job_id,
         producer=producer,
@@ -105,5 +110,6 @@ def route(
         reason=reason,
         init_artifact_uri=init_artifact_uri,
         strength=spec.refine_strength if init_artifact_uri is not None else None,
+        mask_artifact_uri=mask,
         stable_only=stable_only,
     )

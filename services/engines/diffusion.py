@@ -86,6 +86,39 @@ class DiffusionEngine:
         self.budget = budget or MemoryBudget(None)
         self.footprint_bytes = model_footprint_bytes(pipeline)
         self.budget.check_model(name, self.footprint_bytes)
+        self._inpainter: Any = None  # made from the refine pipeline on the first mask
+
+    @property
+    def inpaints(self) -> bool:
+        """A refine engine inpaints too: diffusers' inpaint pipeline shares its weights (a
+        4-channel UNet blends the kept area back in at every step)."""
+        return self.refine
+
+    def decode(self, latents: Any) -> list[Image.Image]:
+        """The batch's latents through the VAE, as full-size images (on the device's thread,
+        inside the render: a partial image costs one VAE decode)."""
+        import torch
+
+        pipe = self.pipeline
+        vae = pipe.vae
+        with torch.inference_mode():
+            scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift:
+                scaled = scaled + shift
+            decoded = vae.decode(scaled, return_dict=False)[0]
+            return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+
+    def _pipeline_for(self, reqs: Sequence[RenderRequest]) -> Any:
+        """The loaded pipeline, or its inpainting twin (same weights) for masked requests."""
+        if reqs[0].mask_image is None:
+            return self.pipeline
+        if self._inpainter is None:
+            from diffusers import AutoPipelineForInpainting
+
+            self._inpainter = AutoPipelineForInpainting.from_pipe(self.pipeline)
+            self._inpainter.set_progress_bar_config(disable=True)
+        return self._inpainter
 
     @classmethod
     def load(
@@ -213,22 +246,32 @@ class DiffusionEngine:
                 return tensors
 
             kwargs["callback_on_step_end"] = on_step_end
+        size = (first.width, first.height)
         if self.refine:
             kwargs.update(
                 image=[
-                    r.init_image.convert("RGB").resize(
-                        (r.width, r.height), Image.Resampling.BICUBIC
-                    )
+                    r.init_image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
                     for r in reqs
                     if r.init_image is not None
                 ],
                 strength=first.strength,
             )
+            if first.mask_image is not None:
+                kwargs.update(
+                    mask_image=[
+                        r.mask_image.convert("L").resize(size, Image.Resampling.NEAREST)
+                        for r in reqs
+                        if r.mask_image is not None
+                    ],
+                    width=first.width,
+                    height=first.height,
+                )
         else:
             kwargs.update(width=first.width, height=first.height)
+        pipeline = self._pipeline_for(reqs)
         try:
             with torch.inference_mode():
-                result = self.pipeline([r.prompt for r in reqs], **kwargs)
+                result = pipeline([r.prompt for r in reqs], **kwargs)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise OutOfMemory(str(exc)) from exc

@@ -44,6 +44,8 @@ class RenderRequest:
     init_image: Image.Image | None = None
     strength: float | None = None
     negative_prompt: str | None = None
+    # Inpainting: white where the image may change, black where it stays (with init_image).
+    mask_image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class Engine(Protocol):
     provider: str  # diffusers | ideogram | gemini | imagen
     device: str  # cpu, cuda:N, or the provider's host
     refine: bool  # an img2img (refine) engine
+
+    @property
+    def inpaints(self) -> bool:
+        """Takes a mask with the image (a refine engine that can inpaint)."""
+        ...
+
     # Device use: renders on this process's device, so it takes turns on the GPU thread,
     # reports denoising steps, holds memory (footprint, peak) and is warmed before it
     # serves. False: a remote call, many in flight, nothing to warm (a call costs money).
@@ -93,6 +101,11 @@ class Engine(Protocol):
     async def generate(
         self, reqs: Sequence[RenderRequest], ctx: RenderContext
     ) -> list[RenderOutput]: ...
+
+    def decode(self, latents: Any) -> list[Image.Image]:
+        """Full-size images of a batch's latents mid-render (partial images), on the device's
+        thread; [] where the engine has no latents (a hosted one)."""
+        ...
 
     # ---- capacity: whether calls go out now (a local engine always takes work) ----------
 
@@ -114,9 +127,10 @@ class Engine(Protocol):
         ...
 
 
-def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None]:
+def batch_key(req: RenderRequest) -> tuple[int, int, int, float, float | None, bool]:
     """Requests with the same key can share one pipeline call."""
-    return (req.width, req.height, req.steps, req.guidance_scale, req.strength)
+    inpaint = req.mask_image is not None
+    return (req.width, req.height, req.steps, req.guidance_scale, req.strength, inpaint)
 
 
 def check_inputs(req: RenderRequest) -> None:
@@ -134,3 +148,5 @@ def check_inputs(req: RenderRequest) -> None:
         raise ValueError(f"guidance_scale must be >= 0, got {req.guidance_scale}")
     if (req.init_image is None) != (req.strength is None):
         raise ValueError("a refine request needs both init_image and strength")
+    if req.mask_image is not None and req.init_image is None:
+        raise ValueError("a mask needs the image it applies to (init_image)")

@@ -81,7 +81,7 @@ async def test_generate_b64_url_n_and_jpeg_as_the_sdk_parses_them(stack: Stack) 
         ({"output_compression": 50}, "output_compression"),
         ({"prompt": "   "}, "prompt"),
         ({"response_format": "url", "output_format": "webp"}, "output_format"),
-        ({"stream": True}, "stream"),
+        ({"stream": True, "n": 2}, "n"),
     ],
 )
 async def test_bad_input_is_a_400_naming_the_field_and_nothing_is_published(
@@ -141,3 +141,115 @@ async def test_a_call_that_times_out_or_disconnects_leaves_its_jobs_running(stac
         return len(items) == 2 and all(j["status"] == "succeeded" for j in items)
 
     await wait_until(second_done, timeout=60, what="the abandoned call's job to succeed")
+
+
+async def test_a_stream_carries_partial_images_of_the_render_then_the_image(stack: Stack) -> None:
+    client = sdk(base_of(stack), await stack.new_key("oai-stream"))
+    stream = await client.images.generate(
+        prompt="a lighthouse at dusk", model="lanes-final", stream=True, partial_images=2
+    )
+    events = [event async for event in stream]
+    kinds = [e.type for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    partials, done = events[:2], events[2]
+    assert [p.partial_image_index for p in partials] == [0, 1]
+    pictures = [Image.open(io.BytesIO(base64.b64decode(e.b64_json))) for e in events]
+    # Real decodes of the render's latents at the first stage's size (not 64 px previews),
+    # then the cascade's delivered image.
+    assert [p.size for p in pictures[:2]] == [(256, 256)] * 2 and partials[0].size == "256x256"
+    assert pictures[0].tobytes() != pictures[1].tobytes()
+    assert pictures[2].size == (512, 512) and done.size == "512x512"
+    assert done.output_format == "png" and done.quality == "high"
+    (job,) = (await stack.client(client.api_key).get("/v1/generations")).json()["items"]
+    assert [p["index"] for p in job["partials"]] == [0, 1]
+    assert all(p["uri"].startswith(base_of(stack)) for p in job["partials"])
+
+
+def png_of(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_edits_with_and_without_a_mask(stack: Stack) -> None:
+    client = sdk(base_of(stack), await stack.new_key("oai-edit"))
+    source = Image.new("RGB", (256, 256), (200, 40, 40))
+    plain = await client.images.edit(
+        image=("shirt.png", png_of(source), "image/png"), prompt="a blue shirt", size="256x256"
+    )
+    edited = Image.open(io.BytesIO(base64.b64decode(plain.data[0].b64_json or "")))
+    assert edited.size == (256, 256) and plain.size == "256x256"
+
+    # OpenAI's mask: transparent where the image may change (the centre). Two edits with
+    # different prompts and seeds differ in the centre and keep (nearly) the rest.
+    mask = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (64, 64, 192, 192))
+    outs = []
+    for prompt, seed in (("a cat", 1), ("a red dog on a hill", 9)):
+        answer = await client.images.edit(
+            image=("shirt.png", png_of(source), "image/png"),
+            mask=("mask.png", png_of(mask), "image/png"),
+            prompt=prompt,
+            size="256x256",
+            extra_body={"seed": seed},
+        )
+        outs.append(Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json or ""))))
+    a, b = (o.convert("L").tobytes() for o in outs)
+
+    def diff(box: tuple[int, int, int, int]) -> float:
+        x0, y0, x1, y1 = box
+        idx = [y * 256 + x for y in range(y0, y1) for x in range(x0, x1)]
+        return sum(abs(a[i] - b[i]) for i in idx) / len(idx)
+
+    centre, corner = diff((96, 96, 160, 160)), diff((0, 0, 48, 48))
+    assert centre > 4 * corner, (centre, corner)
+
+    # Streamed, an edit's partial image (its render, from the upload) then the image.
+    stream = await client.images.edit(
+        image=("shirt.png", png_of(source), "image/png"),
+        prompt="a green shirt",
+        size="256x256",
+        stream=True,
+        partial_images=1,
+    )
+    kinds = [e.type async for e in stream]
+    assert kinds == ["image_edit.partial_image", "image_edit.completed"]
+    jobs = (await stack.client(client.api_key).get("/v1/generations")).json()["items"]
+    assert len(jobs) == 4 and {j["status"] for j in jobs} == {"succeeded"}
+    print(f"edit: centre changed {centre:.1f}, kept corner {corner:.1f} (mean |diff| of 255)")
+
+
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ({"image": ("x.png", b"not an image", "image/png")}, "image"),
+        ({"image": ("x.gif", b"GIF89a" + bytes(40), "image/gif")}, "image"),
+        ({"mask": ("m.png", b"", "image/png")}, "mask"),
+        ({"mask": "small"}, "mask"),
+        ({"mask": "opaque"}, "mask"),
+        ({"image": "large"}, "image"),
+    ],
+)
+async def test_a_bad_upload_is_a_400_naming_it_and_nothing_is_published(
+    stack: Stack, files: dict[str, Any], param: str
+) -> None:
+    key = await stack.new_key("oai-upload")
+    source = png_of(Image.new("RGB", (128, 128), "white"))
+    made = {
+        "small": ("m.png", png_of(Image.new("RGBA", (64, 64))), "image/png"),
+        "opaque": ("m.png", png_of(Image.new("RGB", (128, 128))), "image/png"),
+        # Over the limit: noise does not compress.
+        "large": ("big.png", png_of(Image.effect_noise((2200, 2200), 80)), "image/png"),
+    }
+    args = {"image": ("src.png", source, "image/png")}
+    args.update({k: made.get(v, v) if isinstance(v, str) else v for k, v in files.items()})
+    quick = stack.settings.model_copy(
+        update={"gateway_port": free_port(), "openai_image_max_bytes": 4 * 2**20}
+    )
+    before = len(await read_topic(stack.settings, stack.topics.requests))
+    async with running_gateway(quick, key):
+        client = sdk(f"http://127.0.0.1:{quick.gateway.port}", key)
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.images.edit(prompt="a hat", **args)
+    assert raised.value.param == param, raised.value.body
+    assert len(await read_topic(stack.settings, stack.topics.requests)) == before

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.apps.console import console_router
-from services.apps.gateway import admin, artifacts, events, generations, openai_images
+from services.apps.gateway import admin, artifacts, events, generations, openai_api
 from services.apps.gateway.auth import Authenticator
 from services.apps.gateway.publisher import Publisher
 from services.apps.gateway.views import GatewayViews
@@ -66,7 +66,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.started = False
     install_problem_handlers(app)
     ops_routes(app, registry, lambda: app.state.started and all(part.ready() for part in parts))
-    routers = (generations, events, artifacts, admin, openai_images)
+    routers = (generations, events, artifacts, admin, openai_api)
     for router in (module.router for module in routers):
         app.include_router(router)
     if settings.gateway.console_enabled:

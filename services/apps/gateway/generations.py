@@ -34,7 +34,11 @@ router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 def spec_for(spec: GenerationSpec, caller: Identity) -> GenerationSpec:
     """The request as the caller's tenant: a body naming another tenant is refused (an
-    admin key may act for any tenant)."""
+    admin key may act for any tenant), and so is one naming an edit's stored image."""
+    if spec.edit is not None:  # an artifact URI from a client could name anyone's image
+        raise HTTPException(
+            422, "edit is set by POST /v1/images/edits, which stores the uploaded image"
+        )
     if spec.tenant is None or spec.tenant == caller.tenant:
         return spec.model_copy(update={"tenant": caller.tenant})
     if caller.admin:

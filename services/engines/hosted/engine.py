@@ -81,6 +81,7 @@ class ExpiredOutput(ProviderError):
 class HostedEngine:
     provider = "hosted"
     on_device = False
+    inpaints = False  # no provider here takes a mask
     footprint_bytes = 0
     batch_limit: int | None = 1
     # Throttle backoff when the provider gave no retry time: doubling from here to the cap.
@@ -118,6 +119,10 @@ class HostedEngine:
         """Seconds until calls go out again (0: open)."""
         now = time.monotonic()
         return max(0.0, self.open_at - now, self.unavailable_until - now)
+
+    def decode(self, latents: Any) -> list[Image.Image]:
+        """No latents leave a provider: no partial images."""
+        return []
 
     def throttled(self) -> bool:
         """The provider's retry time has not passed: nothing is sent."""

@@ -158,3 +158,27 @@ def test_progress_keeps_the_latest_step_without_filling_the_dedupe_window() -> N
     for e in _events()[3:]:
         state = fold(state, e) or state
     assert state.terminal and fold(state, step(4)) is None  # nothing after the end
+
+
+def test_partial_images_are_kept_in_index_order_even_behind_a_later_step() -> None:
+    from schemas.events import PartialImage, RenderProgress
+
+    state = None
+    for e in _events()[:3]:
+        state = fold(state, e) or state
+
+    def partial(step: int, index: int) -> RenderProgress:
+        image = PartialImage(
+            index=index, step=step, uri=f"file:///p{index}.png", width=64, height=64
+        )
+        return RenderProgress(
+            job_id=JOB, lane="draft", stage="draft", step=step, steps=8, partial=image
+        )
+
+    state = fold(state, partial(6, 1)) or state
+    later = fold(state, partial(2, 0))  # an older step, but a partial image not seen yet
+    assert later is not None and [p.index for p in later.partials] == [0, 1]
+    assert later.progress is not None and later.progress.step == 6
+    assert fold(later, partial(2, 0)) is None  # the same one again changes nothing
+    public = later.public("https://lanes.example")
+    assert public["partials"][0]["uri"].startswith("https://lanes.example/v1/generations/")

@@ -124,3 +124,18 @@ def test_a_typography_rerender_renders_at_the_rerender_lane_s_size_not_the_repla
     assert lane.cascade is not None and (lane.cascade.width, lane.cascade.height) == (512, 512)
     assert rerender.attempt == 2 and rerender.seed != done.seed and rerender.model == lane.model
     assert rerender.reason is not None and "typography" in rerender.reason
+
+
+def test_an_edit_goes_to_the_refine_lane_from_its_upload_with_its_mask() -> None:
+    from schemas.spec import EditSource
+
+    edit = EditSource(image_uri="s3://b/job_1/source.png", mask_uri="s3://b/job_1/mask.png")
+    job = _job(edit=edit)
+    lane, spec = ROUTES.lane_of(job.spec)
+    assert lane == ROUTES.edit_lane and spec.refine_strength is not None
+    routed = route(ROUTES, {}, job, lane, producer="lanes-router")
+    assert (routed.init_artifact_uri, routed.mask_artifact_uri) == (edit.image_uri, edit.mask_uri)
+    assert routed.strength == spec.refine_strength
+    retry = route(ROUTES, {}, job, lane, producer="w", init_artifact_uri=edit.image_uri)
+    assert retry.mask_artifact_uri == edit.mask_uri  # a retry on stable keeps the mask
+    assert ROUTES.lane_of(_job().spec)[0] == "final"  # not an edit: its intent's lane

@@ -1,0 +1,218 @@
+"""``POST /v1/images/generations`` and ``POST /v1/images/edits`` as the official SDKs send
+them (``client.images.generate(...)``, ``client.images.edit(...)``), so a client switches to
+Lanes by its base URL.
+
+Each image is an ordinary Lanes job (routing, caps, cascade, verification, webhooks, quotas,
+cancel, its trace and metrics); ``n`` images are ``n`` jobs submitted together, which the
+lane batches. The call waits for them, up to ``gateway.openai_wait_s``; with ``stream`` it
+answers Server-Sent Events (the render's partial images, then the image). A client that
+disconnects, or a call that times out, cancels nothing: the jobs finish and stay readable at
+``/v1/generations/{id}`` (a timeout's answer names them, with ``x-should-retry: false`` so
+the SDK does not submit them again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from producers.client import job_id_for
+from schemas.spec import GenerationSpec
+from services.apps.gateway.deps import Config, JobPublisher, Jobs, Publisher, Signer, Store, Writer
+from services.apps.gateway.openai_api.answers import images_body, stream_events, wait_for
+from services.apps.gateway.openai_api.errors import ERRORS, OpenAIErrorRoute, bad_param
+from services.apps.gateway.openai_api.params import (
+    INTENT_QUALITY,
+    ImageEditRequest,
+    ImageGenerateRequest,
+    Output,
+    intent_for,
+    output_of,
+    parse_form,
+    specs_for,
+)
+from services.apps.gateway.openai_api.uploads import mask_of, read_upload, store_edit
+from services.auth.api_keys import Identity
+from services.config.routes import Routes
+from services.config.settings import Settings
+from services.storage.artifacts import ArtifactStore
+
+__all__ = ["router"]
+
+log = structlog.get_logger("lanes.gateway")
+router = APIRouter(prefix="/v1/images", tags=["openai-compatible"], route_class=OpenAIErrorRoute)
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "With stream: SSE"}
+}
+
+
+async def _accept(
+    publisher: JobPublisher, specs: list[GenerationSpec], keys: list[str | None]
+) -> list[str]:
+    accepted = await asyncio.gather(
+        *(publisher.accept(s, k) for s, k in zip(specs, keys, strict=True))
+    )
+    return [job_id for job_id, _ in accepted]
+
+
+async def _answer(
+    ids: list[str],
+    intent: str,
+    out: Output,
+    *,
+    prefix: str,
+    jobs: Jobs,
+    signer: Signer,
+    store: ArtifactStore,
+    settings: Settings,
+) -> Any:
+    quality = INTENT_QUALITY[intent]
+    if out.stream:
+        events = stream_events(
+            ids[0],
+            jobs.job,
+            out,
+            prefix=prefix,
+            quality=quality,
+            store=store,
+            timeout_s=settings.gateway.openai_wait_s,
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    created = int(time.time())
+    done = await wait_for(jobs, ids, settings.gateway.openai_wait_s)
+    body = await images_body(
+        done, ids, out, store=store, signer=signer, base_url=settings.public_base_url
+    )
+    return {"created": created, **body, "quality": quality}
+
+
+@router.post("/generations", responses={**ERRORS, **STREAM})
+async def create_images(
+    req: ImageGenerateRequest,
+    caller: Writer,
+    request: Request,
+    publisher: Publisher,
+    jobs: Jobs,
+    signer: Signer,
+    store: Store,
+    settings: Config,
+) -> Any:
+    """Images for a prompt, as OpenAI's images API answers: ``data[]`` with ``b64_json`` or
+    a signed ``url`` once every image's job has ended, or (``stream``) its partial images
+    and the image as Server-Sent Events."""
+    routes: Routes = request.app.state.views.routes
+    intent = intent_for(req, routes)
+    out = output_of(req)
+    specs = specs_for(req, intent, caller.tenant, out.partial_images)
+    ids = await _accept(publisher, specs, [None] * len(specs))
+    log.info("openai_images_accepted", job_ids=ids, intent=intent, key_id=caller.key_id)
+    return await _answer(
+        ids,
+        intent,
+        out,
+        prefix="image_generation",
+        jobs=jobs,
+        signer=signer,
+        store=store,
+        settings=settings,
+    )
+
+
+EDIT_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        **ImageEditRequest.model_json_schema()["properties"],
+                        "image": {"type": "string", "format": "binary"},
+                        "mask": {"type": "string", "format": "binary"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/edits", responses={**ERRORS, **STREAM}, openapi_extra=EDIT_FORM)
+async def create_edits(
+    caller: Writer,
+    request: Request,
+    publisher: Publisher,
+    jobs: Jobs,
+    signer: Signer,
+    store: Store,
+    settings: Config,
+) -> Any:
+    """An uploaded image changed by a prompt (img2img on the deployment's edit lane), with a
+    ``mask`` (transparent where it changes) inpainted where the lane's engine can."""
+    routes: Routes = request.app.state.views.routes
+    form = await request.form(max_files=4, max_fields=40)
+    req = parse_form({k: v for k, v in form.multi_items() if isinstance(v, str)})
+    files = [f for k in ("image", "image[]") for f in form.getlist(k) if isinstance(f, UploadFile)]
+    if not files:
+        raise bad_param("image", "image is required (a PNG, JPEG or WebP file)")
+    if len(files) > 1:
+        raise bad_param("image", "one image per edit here (reference images are not supported)")
+    intent = intent_for(req, routes)
+    out = output_of(req)
+    lane = routes.edit_lane
+    if lane is None:
+        raise bad_param("image", "no lane here renders from an image (none has refine_strength)")
+    limit = settings.gateway.openai_image_max_bytes
+    image = await read_upload(files[0], "image", limit)
+    mask_file = form.get("mask")
+    mask = None
+    if isinstance(mask_file, UploadFile):
+        if not routes.inpaints(lane):
+            raise bad_param(
+                "mask", f"the edit lane {lane!r} runs a hosted model that takes no mask"
+            )
+        mask = mask_of(await read_upload(mask_file, "mask", limit), image)
+    return await _edit(req, intent, out, image, mask, caller, publisher, jobs, signer, store,
+                       settings)  # fmt: skip
+
+
+async def _edit(
+    req: ImageEditRequest,
+    intent: str,
+    out: Output,
+    image: Any,
+    mask: Any,
+    caller: Identity,
+    publisher: JobPublisher,
+    jobs: Jobs,
+    signer: Signer,
+    store: ArtifactStore,
+    settings: Settings,
+) -> Any:
+    # The job ids come first (an idempotency key each): the uploads are stored under them.
+    keys: list[str | None] = [uuid.uuid4().hex for _ in range(req.n or 1)]
+    ids = [job_id_for(k, caller.tenant) for k in keys]
+    specs_for(req, intent, caller.tenant)  # every field checked before anything is stored
+    edits = [await store_edit(store, job_id, image, mask) for job_id in ids]
+    specs = specs_for(req, intent, caller.tenant, out.partial_images, edits)
+    try:
+        ids = await _accept(publisher, specs, keys)
+    except Exception:
+        for job_id in ids:  # nothing was accepted for them: no orphaned uploads
+            if jobs.accepted.get(job_id) is None:
+                await asyncio.to_thread(store.delete_job, job_id)
+        raise
+    log.info("openai_edits_accepted", job_ids=ids, intent=intent, key_id=caller.key_id)
+    return await _answer(
+        ids, intent, out, prefix="image_edit", jobs=jobs, signer=signer, store=store,
+        settings=settings,
+    )  # fmt: skip
