@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install kafka-jars s3-server browser kcat container-tools helm image image-gpu lock lint up \
-	prometheus jaeger test bench bench-gpu clean schemas
+	prometheus jaeger test test-deps bench bench-gpu clean schemas
 
 install: $(STAMP) kafka-jars
 
@@ -44,7 +44,7 @@ browser:
 
 # kcat (librdkafka's CLI, Debian's package): the independent client of the secured-Kafka
 # tests. Installed with apt-get where we may (root); otherwise those tests skip.
-kcat:
+kcat: | browser
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		(apt-get install -y -q kcat >/dev/null 2>&1 || \
 		 (apt-get update -q >/dev/null && apt-get install -y -q kcat >/dev/null)) ; } || \
@@ -52,7 +52,7 @@ kcat:
 
 # podman, buildah and mmdebstrap (Debian's packages) for `make image` and the image tests.
 # Installed with apt-get where we may (root); otherwise those tests skip with the reason.
-container-tools:
+container-tools: | kcat
 	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || { \
 		[ "$$(id -u)" = 0 ] && (apt-get update -q >/dev/null && apt-get install -y -q podman \
 		buildah skopeo runc fuse-overlayfs slirp4netns uidmap mmdebstrap >/dev/null) ; } || \
@@ -60,7 +60,7 @@ container-tools:
 
 # Debian's prometheus package: promtool for the alert-rule tests and a real Prometheus for
 # the end-to-end alert check. policy-rc.d keeps the package from starting its service.
-prometheus:
+prometheus: | container-tools
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && { \
 		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
 		(apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null && \
@@ -111,7 +111,13 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: install s3-server browser kcat container-tools helm prometheus jaeger
+# What the tests use, fetched and built side by side: on a new machine the three Go builds
+# (SeaweedFS, Jaeger, Helm) overlap one another's downloads and the Debian packages' install
+# (apt-get runs one at a time: its lock; the order-only prerequisites above chain them).
+test-deps:
+	$(MAKE) -j4 install s3-server browser kcat container-tools helm prometheus jaeger
+
+test: test-deps
 	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install

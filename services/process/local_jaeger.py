@@ -78,7 +78,8 @@ def ensure_jaeger() -> Path:
     package = "github.com/jaegertracing/jaeger/cmd/jaeger"
     subprocess.run([go, "get", "-tool", f"{package}@{JAEGER_VERSION}"], check=True, cwd=scratch)
     partial = binary.with_name("jaeger.partial")
-    subprocess.run([go, "build", "-o", str(partial), package], check=True, cwd=scratch)
+    build = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), package]
+    subprocess.run(build, check=True, cwd=scratch)  # -s -w: a shorter link, no debug info
     partial.rename(binary)
     return binary
 
