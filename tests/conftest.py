@@ -67,6 +67,20 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         weed.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One models directory for the session (LANES_MODELS_DIR), as a fleet's read-only model
+    volume: each tiny checkpoint is built once, by whoever needs it first, not by every
+    `lanes` process and stack a test starts (the build is keyed by its config)."""
+    path = tmp_path_factory.mktemp("models")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LANES_MODELS_DIR", str(path))
+    try:
+        yield path
+    finally:
+        patch.undo()
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shared across the session so the tiny checkpoint is built once."""

@@ -23,6 +23,7 @@ from schemas.control import LaneDesired
 from services.config.routes import Routes, load_routes
 from services.config.settings import Settings
 from services.kafka.control_view import ControlView
+from services.process.exit import exit_now
 from services.process.tuning import freeze_startup_heap
 from services.storage.outage import wait_out_outage
 
@@ -75,9 +76,47 @@ async def run(
     on_ready: Any = None,
     instance: str | None = None,
 ) -> None:
-    # Before the (slow) model load: a SIGTERM while loading still ends in a clean exit.
+    # Before the (slow) model load: a SIGTERM while loading ends the process at once.
+    own_process = stop is None
     stop = stop_on_signals(stop)
     phases = StartupPhases()
+    log.info("worker_starting", lane=lane, instance=instance)
+    starting = asyncio.create_task(_start(settings, lane, registry, instance, phases))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not starting.done():
+        # Nothing is held yet (no group joined, no job taken): the load in progress is not
+        # waited for. In its own process the worker exits now; the loading thread would
+        # otherwise hold the interpreter's exit until the model had loaded for nothing.
+        log.info("worker_stopped_while_starting", lane=lane, phases_done=list(phases.seconds))
+        starting.cancel()
+        if own_process:
+            exit_now(0)
+        return
+    worker = starting.result()
+    if on_ready is not None:
+        on_ready(worker)
+    member = Member(
+        settings,
+        client_id=f"lanes-worker-{lane}",
+        registry=worker.process.registry,
+        ready=lambda: worker.all_ready,
+        stop=stop,
+    )
+    async with member:
+        worker.process.outbox.member = member
+        await worker.run(member.stop)
+
+
+async def _start(
+    settings: Settings,
+    lane: str,
+    registry: CollectorRegistry | None,
+    instance: str | None,
+    phases: StartupPhases,
+) -> LaneWorker:
+    """The lane's worker (and its guests) with their models loaded, phase by phase."""
     routes = load_routes(settings.routes_file)
     if lane not in routes.lanes:
         raise SystemExit(f"lane {lane!r} is not in the routes file (lanes: {sorted(routes.lanes)})")
@@ -119,15 +158,4 @@ async def run(
         LaneWorker(
             shared, helped, helped_models, Urgency.ASSISTED if assisted else Urgency.BACKFILL
         )
-    if on_ready is not None:
-        on_ready(worker)
-    member = Member(
-        settings,
-        client_id=f"lanes-worker-{lane}",
-        registry=shared.registry,
-        ready=lambda: worker.all_ready,
-        stop=stop,
-    )
-    async with member:
-        shared.outbox.member = member
-        await worker.run(member.stop)
+    return worker

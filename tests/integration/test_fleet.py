@@ -109,6 +109,8 @@ def test_components_on_hosts_of_their_own_and_a_worker_host_cut_off(
         "LANES_PUBLIC_URL": f"http://{a('gateway')}:8000",
         "LANES_WEBHOOK_ALLOWED_HOSTS": a("client"),
         "LANES_BATCH_CALIBRATION": "false",
+        # The hosts' read-only model volume (the session's): no worker builds its own.
+        "LANES_MODELS_DIR": os.environ["LANES_MODELS_DIR"],
     }
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,7 +243,9 @@ async def test_job_that_never_fits_goes_to_fallback_lane_with_reason(
 SLOW_DRAFT = {"max_concurrency": 2, "max_batch": 1, "sample_steps": 40, "width": 256, "height": 256}
 
 
-def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    settings: Settings, lane: str = "draft", stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
     env = child_env(
         settings, os.environ, LANES_KAFKA_SESSION_TIMEOUT_MS="6000", LANES_DRAIN_TIMEOUT_S="60"
     )
@@ -249,7 +254,7 @@ def _spawn_worker(settings: Settings, lane: str = "draft") -> subprocess.Popen[b
         command(worker),
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
@@ -350,3 +355,26 @@ async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack
     finally:
         successor.send_signal(signal.SIGTERM)
         await _wait_exit(successor, 60)
+
+    # Stopped while it loads its models, a worker holds nothing yet: it exits at once with
+    # 0, not after a load it will not use (a rolling restart, `lanes up` stopped early).
+    log = stack.settings.storage.state_dir / f"starting-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as sink:
+        starting = _spawn_worker(stack.settings, stderr=sink)
+    try:
+        await wait_until(
+            lambda: "worker_starting" in log.read_text(errors="replace"),
+            timeout=60,
+            what="the worker starting",
+        )
+        starting.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert await _wait_exit(starting, 30) == 0, log.read_text()[-3000:]
+        took = time.monotonic() - sent
+        text = log.read_text(errors="replace")
+        assert "worker_stopped_while_starting" in text and "worker_ready" not in text, text[-3000:]
+        assert took < 5, f"a starting worker took {took:.1f} s to stop"
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
