@@ -32,6 +32,8 @@ QUALITY_INTENT = {
     "auto": "draft",
     "high": "final",
     "hd": "final",
+    "xhigh": "final",
+    "max": "final",
 }
 INTENT_QUALITY = {"preview": "low", "draft": "medium", "final": "high"}
 
@@ -46,7 +48,9 @@ class ImageGenerateRequest(BaseModel):
     model: str | None = Field(None, max_length=200)
     n: StrictInt | None = Field(1, ge=1, le=10)
     size: str | None = Field(None, max_length=20)
-    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = None
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = (
+        None
+    )
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: StrictInt | None = Field(None, ge=0, le=100)
@@ -54,6 +58,12 @@ class ImageGenerateRequest(BaseModel):
     moderation: Literal["low", "auto"] | None = None
     style: Literal["vivid", "natural"] | None = None
     user: str | None = Field(None, max_length=200)
+    safety_identifier: str | None = Field(None, max_length=200)
+    complexity: Literal["low", "medium", "high"] | None = None  # accepted, not used
+    # Animated and vector output: refused when asked for (400 naming the field).
+    frame_count: StrictInt | None = Field(None, ge=1)
+    frame_duration_ms: StrictInt | None = Field(None, ge=1)
+    svg: dict[str, Any] | None = None
     stream: bool | None = None
     partial_images: StrictInt | None = Field(None, ge=0, le=3)
     # Lanes' own (extra_body)
@@ -69,6 +79,8 @@ class ImageEditRequest(ImageGenerateRequest):
     text, so they are read as such); the image and mask are files beside them."""
 
     n: int | None = Field(1, ge=1, le=10)
+    frame_count: int | None = Field(None, ge=1)
+    frame_duration_ms: int | None = Field(None, ge=1)
     output_compression: int | None = Field(None, ge=0, le=100)
     partial_images: int | None = Field(None, ge=0, le=3)
     seed: int | None = Field(None, ge=0, le=2**32 - 11)
@@ -132,6 +144,10 @@ def output_of(req: ImageGenerateRequest) -> Output:
     """The answer's form, refusing what these lanes cannot give."""
     fmt = req.output_format or "png"
     response_format = req.response_format or "b64_json"
+    if req.frame_count not in (None, 1):
+        raise bad_param("frame_count", "animated images are not supported: the lanes render stills")
+    if req.svg is not None:
+        raise bad_param("svg", "vector output is not supported: the lanes render raster images")
     if req.background == "transparent":
         raise bad_param(
             "background", "transparent backgrounds are not supported: the lanes render opaque"
@@ -167,7 +183,10 @@ def specs_for(
         "intent": intent,
         "tenant": tenant,
         "partial_images": partial_images,
-        "metadata": {"api": "openai-images", **({"user": req.user} if req.user else {})},
+        "metadata": {
+            "api": "openai-images",
+            **{k: v for k in ("user", "safety_identifier") if (v := getattr(req, k))},
+        },
     }
     for name in ("negative_prompt", "text", "priority", "webhook_url"):
         if getattr(req, name) is not None:

@@ -138,6 +138,11 @@ EDIT_FORM = {
                         **ImageEditRequest.model_json_schema()["properties"],
                         "image": {"type": "string", "format": "binary"},
                         "mask": {"type": "string", "format": "binary"},
+                        "markup": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "not supported: refused with a 400",
+                        },
                     },
                 }
             }
@@ -164,6 +169,8 @@ async def create_edits(
     files = [f for k in ("image", "image[]") for f in form.getlist(k) if isinstance(f, UploadFile)]
     if not files:
         raise bad_param("image", "image is required (a PNG, JPEG or WebP file)")
+    if form.get("markup") is not None:
+        raise bad_param("markup", "markup images are not supported; send a mask")
     if len(files) > 1:
         raise bad_param("image", "one image per edit here (reference images are not supported)")
     intent = intent_for(req, routes)
