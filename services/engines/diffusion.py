@@ -249,23 +249,13 @@ class DiffusionEngine:
         size = (first.width, first.height)
         if self.refine:
             kwargs.update(
-                image=[
-                    r.init_image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-                    for r in reqs
-                    if r.init_image is not None
-                ],
+                image=_fitted([r.init_image for r in reqs], "RGB", size, Image.Resampling.BICUBIC),
                 strength=first.strength,
             )
-            if first.mask_image is not None:
-                kwargs.update(
-                    mask_image=[
-                        r.mask_image.convert("L").resize(size, Image.Resampling.NEAREST)
-                        for r in reqs
-                        if r.mask_image is not None
-                    ],
-                    width=first.width,
-                    height=first.height,
-                )
+            if first.mask_image is not None:  # white: repaint; nearest keeps it binary
+                masks = [r.mask_image for r in reqs]
+                kwargs.update(mask_image=_fitted(masks, "L", size, Image.Resampling.NEAREST))
+                kwargs.update(width=first.width, height=first.height)
         else:
             kwargs.update(width=first.width, height=first.height)
         pipeline = self._pipeline_for(reqs)
@@ -284,3 +274,10 @@ class DiffusionEngine:
             RenderOutput(img, elapsed, len(reqs), lent_s[0] * 1000, began, cost_usd=cost)
             for img in result.images
         ]
+
+
+def _fitted(
+    images: Sequence[Image.Image | None], mode: str, size: tuple[int, int], resample: Any
+) -> list[Image.Image]:
+    """The batch's input images in ``mode`` at the render's size."""
+    return [i.convert(mode).resize(size, resample) for i in images if i is not None]

@@ -16,16 +16,26 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from producers.client import job_id_for
 from schemas.spec import GenerationSpec
-from services.apps.gateway.deps import Config, JobPublisher, Jobs, Publisher, Signer, Store, Writer
+from services.apps.gateway.deps import (
+    Config,
+    JobPublisher,
+    JobReader,
+    Jobs,
+    Publisher,
+    Signer,
+    Store,
+    Writer,
+)
 from services.apps.gateway.openai_api.answers import images_body, stream_events, wait_for
 from services.apps.gateway.openai_api.errors import ERRORS, OpenAIErrorRoute, bad_param
 from services.apps.gateway.openai_api.params import (
@@ -38,8 +48,9 @@ from services.apps.gateway.openai_api.params import (
     parse_form,
     specs_for,
 )
-from services.apps.gateway.openai_api.uploads import mask_of, read_upload, store_edit
+from services.apps.gateway.openai_api.uploads import Upload, mask_of, read_upload, store_edit
 from services.auth.api_keys import Identity
+from services.auth.url_signing import UrlSigner
 from services.config.routes import Routes
 from services.config.settings import Settings
 from services.storage.artifacts import ArtifactStore
@@ -53,50 +64,44 @@ STREAM: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _accept(
-    publisher: JobPublisher, specs: list[GenerationSpec], keys: list[str | None]
-) -> list[str]:
-    accepted = await asyncio.gather(
-        *(publisher.accept(s, k) for s, k in zip(specs, keys, strict=True))
-    )
-    return [job_id for job_id, _ in accepted]
+@dataclass(frozen=True)
+class Call:
+    """One call's caller and the gateway parts both routes use."""
+
+    caller: Identity
+    publisher: JobPublisher
+    jobs: JobReader
+    signer: UrlSigner
+    store: ArtifactStore
+    settings: Settings
+    routes: Routes
+
+    async def accept(self, specs: list[GenerationSpec], keys: list[str | None]) -> list[str]:
+        """The jobs, published together; their ids in order."""
+        sends = (self.publisher.accept(s, k) for s, k in zip(specs, keys, strict=True))
+        return [job_id for job_id, _ in await asyncio.gather(*sends)]
+
+    async def answer(self, ids: list[str], intent: str, out: Output, prefix: str) -> Any:
+        """``data[]`` once every job has ended, or (``stream``) the events of the one job."""
+        quality = INTENT_QUALITY[intent]
+        wait_s = self.settings.gateway.openai_wait_s
+        if out.stream:
+            events = stream_events(
+                ids[0], self.jobs.job, out, prefix=prefix, quality=quality, store=self.store,
+                timeout_s=wait_s,
+            )  # fmt: skip
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        created = int(time.time())
+        done = await wait_for(self.jobs, ids, wait_s)
+        body = await images_body(
+            done, ids, out, store=self.store, signer=self.signer,
+            base_url=self.settings.public_base_url,
+        )  # fmt: skip
+        return {"created": created, **body, "quality": quality}
 
 
-async def _answer(
-    ids: list[str],
-    intent: str,
-    out: Output,
-    *,
-    prefix: str,
-    jobs: Jobs,
-    signer: Signer,
-    store: ArtifactStore,
-    settings: Settings,
-) -> Any:
-    quality = INTENT_QUALITY[intent]
-    if out.stream:
-        events = stream_events(
-            ids[0],
-            jobs.job,
-            out,
-            prefix=prefix,
-            quality=quality,
-            store=store,
-            timeout_s=settings.gateway.openai_wait_s,
-        )
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    created = int(time.time())
-    done = await wait_for(jobs, ids, settings.gateway.openai_wait_s)
-    body = await images_body(
-        done, ids, out, store=store, signer=signer, base_url=settings.public_base_url
-    )
-    return {"created": created, **body, "quality": quality}
-
-
-@router.post("/generations", responses={**ERRORS, **STREAM})
-async def create_images(
-    req: ImageGenerateRequest,
+def call_of(
     caller: Writer,
     request: Request,
     publisher: Publisher,
@@ -104,26 +109,25 @@ async def create_images(
     signer: Signer,
     store: Store,
     settings: Config,
-) -> Any:
+) -> Call:
+    routes: Routes = request.app.state.views.routes
+    return Call(caller, publisher, jobs, signer, store, settings, routes)
+
+
+ThisCall = Annotated[Call, Depends(call_of)]
+
+
+@router.post("/generations", responses={**ERRORS, **STREAM})
+async def create_images(req: ImageGenerateRequest, call: ThisCall) -> Any:
     """Images for a prompt, as OpenAI's images API answers: ``data[]`` with ``b64_json`` or
     a signed ``url`` once every image's job has ended, or (``stream``) its partial images
     and the image as Server-Sent Events."""
-    routes: Routes = request.app.state.views.routes
-    intent = intent_for(req, routes)
+    intent = intent_for(req, call.routes)
     out = output_of(req)
-    specs = specs_for(req, intent, caller.tenant, out.partial_images)
-    ids = await _accept(publisher, specs, [None] * len(specs))
-    log.info("openai_images_accepted", job_ids=ids, intent=intent, key_id=caller.key_id)
-    return await _answer(
-        ids,
-        intent,
-        out,
-        prefix="image_generation",
-        jobs=jobs,
-        signer=signer,
-        store=store,
-        settings=settings,
-    )
+    specs = specs_for(req, intent, call.caller.tenant, out.partial_images)
+    ids = await call.accept(specs, [None] * len(specs))
+    log.info("openai_images_accepted", job_ids=ids, intent=intent, key_id=call.caller.key_id)
+    return await call.answer(ids, intent, out, "image_generation")
 
 
 EDIT_FORM = {
@@ -152,18 +156,9 @@ EDIT_FORM = {
 
 
 @router.post("/edits", responses={**ERRORS, **STREAM}, openapi_extra=EDIT_FORM)
-async def create_edits(
-    caller: Writer,
-    request: Request,
-    publisher: Publisher,
-    jobs: Jobs,
-    signer: Signer,
-    store: Store,
-    settings: Config,
-) -> Any:
+async def create_edits(request: Request, call: ThisCall) -> Any:
     """An uploaded image changed by a prompt (img2img on the deployment's edit lane), with a
     ``mask`` (transparent where it changes) inpainted where the lane's engine can."""
-    routes: Routes = request.app.state.views.routes
     form = await request.form(max_files=4, max_fields=40)
     req = parse_form({k: v for k, v in form.multi_items() if isinstance(v, str)})
     files = [f for k in ("image", "image[]") for f in form.getlist(k) if isinstance(f, UploadFile)]
@@ -173,53 +168,40 @@ async def create_edits(
         raise bad_param("markup", "markup images are not supported; send a mask")
     if len(files) > 1:
         raise bad_param("image", "one image per edit here (reference images are not supported)")
-    intent = intent_for(req, routes)
+    intent = intent_for(req, call.routes)
     out = output_of(req)
-    lane = routes.edit_lane
+    lane = call.routes.edit_lane
     if lane is None:
         raise bad_param("image", "no lane here renders from an image (none has refine_strength)")
-    limit = settings.gateway.openai_image_max_bytes
+    limit = call.settings.gateway.openai_image_max_bytes
     image = await read_upload(files[0], "image", limit)
     mask_file = form.get("mask")
     mask = None
     if isinstance(mask_file, UploadFile):
-        if not routes.inpaints(lane):
+        if not call.routes.inpaints(lane):
             raise bad_param(
                 "mask", f"the edit lane {lane!r} runs a hosted model that takes no mask"
             )
         mask = mask_of(await read_upload(mask_file, "mask", limit), image)
-    return await _edit(req, intent, out, image, mask, caller, publisher, jobs, signer, store,
-                       settings)  # fmt: skip
+    return await _edit(req, intent, out, image, mask, call)
 
 
 async def _edit(
-    req: ImageEditRequest,
-    intent: str,
-    out: Output,
-    image: Any,
-    mask: Any,
-    caller: Identity,
-    publisher: JobPublisher,
-    jobs: Jobs,
-    signer: Signer,
-    store: ArtifactStore,
-    settings: Settings,
+    req: ImageEditRequest, intent: str, out: Output, image: Upload, mask: Upload | None, call: Call
 ) -> Any:
+    tenant = call.caller.tenant
     # The job ids come first (an idempotency key each): the uploads are stored under them.
     keys: list[str | None] = [uuid.uuid4().hex for _ in range(req.n or 1)]
-    ids = [job_id_for(k, caller.tenant) for k in keys]
-    specs_for(req, intent, caller.tenant)  # every field checked before anything is stored
-    edits = [await store_edit(store, job_id, image, mask) for job_id in ids]
-    specs = specs_for(req, intent, caller.tenant, out.partial_images, edits)
+    ids = [job_id_for(k, tenant) for k in keys]
+    specs_for(req, intent, tenant)  # every field checked before anything is stored
+    edits = [await store_edit(call.store, job_id, image, mask) for job_id in ids]
+    specs = specs_for(req, intent, tenant, out.partial_images, edits)
     try:
-        ids = await _accept(publisher, specs, keys)
+        ids = await call.accept(specs, keys)
     except Exception:
         for job_id in ids:  # nothing was accepted for them: no orphaned uploads
-            if jobs.accepted.get(job_id) is None:
-                await asyncio.to_thread(store.delete_job, job_id)
+            if call.jobs.accepted.get(job_id) is None:
+                await asyncio.to_thread(call.store.delete_job, job_id)
         raise
-    log.info("openai_edits_accepted", job_ids=ids, intent=intent, key_id=caller.key_id)
-    return await _answer(
-        ids, intent, out, prefix="image_edit", jobs=jobs, signer=signer, store=store,
-        settings=settings,
-    )  # fmt: skip
+    log.info("openai_edits_accepted", job_ids=ids, intent=intent, key_id=call.caller.key_id)
+    return await call.answer(ids, intent, out, "image_edit")
