@@ -5,6 +5,7 @@ acks=all write to one of them is refused until the replicas catch up)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
@@ -49,8 +50,9 @@ class ClusterProbe:
         except Exception as exc:  # unreachable, timed out, refused: the cluster is not there
             self.reachable.set(0)
             log.warning("kafka_probe_failed", error=str(exc) or type(exc).__name__)
-        finally:
-            await admin.close()
+        finally:  # bounded: a close stuck on a dead connection must not hold the probe
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), self.every_s)
 
     async def run(self) -> None:
         """Probe every ``every_s`` until cancelled."""

@@ -26,7 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 HOSTS = ["broker", "s3", "gateway", "cpu", "w1", "w2", "client"]
 CPU = ("router", "jobs", "verifier", "webhooks", "control", "webhook-retries", "deferred")
-LANES = ("final", "upscale")
+# One lane: each worker host runs one `lanes run worker` (a process that imports torch and
+# loads its model: on 2 cores, a lane more per host is most of a minute); a cascade's hop
+# across hosts is test_object_storage's.
+LANES = ("final",)
 ROUTES = """\
 models:
   tiny-sd: {tiny: {seed: 0}, version: tiny-v1}
@@ -40,17 +43,6 @@ lanes:
     guidance_scale: 5.0
     width: 256
     height: 256
-    cascade: {lane: upscale, width: 384, height: 384}
-  upscale:
-    model: tiny-sd
-    refine_strength: 0.5
-    max_concurrency: 2
-    max_batch: 2
-    max_wait_ms: 30
-    sample_steps: 4
-    guidance_scale: 0.0
-    width: 384
-    height: 384
 intents: {preview: final, draft: final, final: final}
 """
 
@@ -187,7 +179,7 @@ def test_components_on_hosts_of_their_own_and_a_worker_host_cut_off(
     assert job["type"] == "generation.succeeded", job
     assert job["terminal_webhooks"] == 1
     assert job["webhook_from"] == a("cpu")  # the webhooks component's host
-    assert [d["status"] for d in job["downloads"]] == [200, 200]
+    assert [d["status"] for d in job["downloads"]] == [200]
     for download in job["downloads"]:
         assert download["png"] and download["uri"].startswith(base["LANES_PUBLIC_URL"])
 

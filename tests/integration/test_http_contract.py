@@ -44,7 +44,7 @@ async def test_the_gateway_keeps_its_openapi_contract(settings: Settings, tmp_pa
             "--exclude-path-regex",
             "^/v1/images/",
             "--max-examples",
-            "12",
+            "8",
             "--seed",
             "20261201",
             "--workers",

@@ -47,10 +47,19 @@ class Followers:
             log.error("gateway_follower_died", task=task.get_name(), error=repr(task.exception()))
         return [t.get_name() for t in dead]
 
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel every task and wait for it, cancelling again each second: a cancellation
+        can be lost (Python 3.11's ``wait_for`` drops one that meets its inner result), and
+        a task that outlives its owner keeps the event loop from ever closing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pending = set(self.tasks)
+        while pending and loop.time() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.error("gateway_followers_not_stopped", tasks=[t.get_name() for t in pending])
         self.tasks = []
 
 
