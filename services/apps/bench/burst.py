@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from services.apps.bench.burst_plan import (
     spill_summary,
 )
 from services.apps.bench.burst_schedule import plot_timeline, run_facts, spread
-from services.apps.bench.models import models_cache
+from services.apps.bench.models import bench_settings
 from services.apps.bench.stats import ensure_dir, markdown_table, pct
 
 __all__ = ["BurstConfig", "plan_arrivals", "run_burst", "overhead_breakdown"]
@@ -59,22 +58,17 @@ def run_arm(
 ) -> dict[str, Any]:
     import torch
 
-    from services.config.settings import Settings
     from services.engines.memory import peak_memory_bytes
     from services.process.logs import configure_logging
 
     configure_logging("WARNING", json=True)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     routes = workdir / "routes.yaml"
-    ns = f"bench{uuid.uuid4().hex[:8]}."
-    settings = Settings(
-        kafka_bootstrap=bootstrap,
-        topic_prefix=ns,
-        group_prefix=ns,
-        state_dir=workdir / "state",
+    settings = bench_settings(
+        bootstrap,
+        workdir,
         artifact_dir=workdir / arch,
         routes_file=routes,
-        models_dir=models_cache(),
         device=cfg.device,
         log_level="WARNING",
     )

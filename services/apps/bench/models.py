@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from services.config.settings import Settings
     from services.engines.tiny import TinyConfig
 
-__all__ = ["models_cache", "preset_checkpoint", "preset_config"]
+__all__ = ["models_cache", "preset_checkpoint", "preset_config", "bench_settings"]
+
+
+def bench_settings(bootstrap: str, workdir: Path, **fields: Any) -> Settings:
+    """A bench run's settings: its own topics and groups (a uuid prefix) on ``bootstrap``,
+    its state under ``workdir``, the model cache shared across runs."""
+    from services.config.settings import Settings
+
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    defaults: dict[str, Any] = dict(state_dir=workdir / "state", models_dir=models_cache())
+    return Settings(
+        kafka_bootstrap=bootstrap, topic_prefix=ns, group_prefix=ns, **{**defaults, **fields}
+    )
 
 
 def models_cache() -> Path:

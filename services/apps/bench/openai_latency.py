@@ -15,7 +15,6 @@ import asyncio
 import base64
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +84,7 @@ async def _measure(cfg: OpenAILatencyConfig, base_url: str, key: str) -> dict[st
 async def _run(cfg: OpenAILatencyConfig, workdir: Path) -> dict[str, list[float]]:
     import uvicorn
 
+    from services.apps.bench.models import bench_settings
     from services.apps.gateway import create_app
     from services.apps.in_process import LocalStack
     from services.auth.key_admin import create_key
@@ -94,12 +94,9 @@ async def _run(cfg: OpenAILatencyConfig, workdir: Path) -> dict[str, list[float]
     from services.process.ops_server import EmbeddedServer
 
     with local_kafka(Settings(), workdir) as bootstrap:
-        ns = f"bench{uuid.uuid4().hex[:8]}."
-        settings = Settings(
-            kafka_bootstrap=bootstrap,
-            topic_prefix=ns,
-            group_prefix=ns,
-            state_dir=workdir / "state",
+        settings = bench_settings(
+            bootstrap,
+            workdir,
             artifact_dir=workdir / "artifacts",
             gateway_port=free_port(),
             batch_calibration=False,
