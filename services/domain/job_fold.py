@@ -106,7 +106,7 @@ def _progressed(state: JobState, event: RenderProgress) -> JobState | None:
     changed = False
     if event.partial is not None and event.partial not in state.partials:
         # Kept even when a later step was reported first; a new attempt's replace the last's.
-        kept = [p for p in state.partials if event.attempt == state.attempt]
+        kept = state.partials if event.attempt == state.attempt else []
         partials = sorted([*kept, event.partial], key=lambda p: p.index)[-3:]
         state = state.model_copy(update={"partials": partials, "updated_at": utcnow()})
         changed = True

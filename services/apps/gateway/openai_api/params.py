@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from schemas.spec import EditSource, GenerationSpec
+from schemas.spec import GenerationSpec
 from services.apps.gateway.openai_api.errors import OpenAIError, bad_param, invalid
 from services.config.routes import Routes
 
@@ -170,13 +170,9 @@ def output_of(req: ImageGenerateRequest) -> Output:
 
 
 def specs_for(
-    req: ImageGenerateRequest,
-    intent: str,
-    tenant: str,
-    partial_images: int = 0,
-    edits: list[EditSource] | None = None,
+    req: ImageGenerateRequest, intent: str, tenant: str, partial_images: int = 0
 ) -> list[GenerationSpec]:
-    """One spec per image (``n``; with ``edits``, one per stored upload), seeds ``seed + i``."""
+    """One spec per image (``n``), seeds ``seed + i``."""
     size = size_of(req)
     fields: dict[str, Any] = {
         "prompt": req.prompt,
@@ -196,9 +192,8 @@ def specs_for(
     out = []
     for i in range(req.n or 1):
         seed = None if req.seed is None else req.seed + i  # n different images, reproducibly
-        edit = edits[i] if edits is not None else None
         try:
-            out.append(GenerationSpec(**fields, seed=seed, edit=edit))
+            out.append(GenerationSpec(**fields, seed=seed))
         except ValidationError as exc:
             raise invalid(exc.errors()) from None
     return out

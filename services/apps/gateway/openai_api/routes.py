@@ -193,9 +193,11 @@ async def _edit(
     # The job ids come first (an idempotency key each): the uploads are stored under them.
     keys: list[str | None] = [uuid.uuid4().hex for _ in range(req.n or 1)]
     ids = [job_id_for(k, tenant) for k in keys]
-    specs_for(req, intent, tenant)  # every field checked before anything is stored
-    edits = [await store_edit(call.store, job_id, image, mask) for job_id in ids]
-    specs = specs_for(req, intent, tenant, out.partial_images, edits)
+    specs = specs_for(req, intent, tenant, out.partial_images)  # checked before any upload
+    image_png = await asyncio.to_thread(image.png)
+    mask_png = None if mask is None else await asyncio.to_thread(mask.png)
+    edits = [await store_edit(call.store, job_id, image_png, mask_png) for job_id in ids]
+    specs = [s.model_copy(update={"edit": e}) for s, e in zip(specs, edits, strict=True)]
     try:
         ids = await call.accept(specs, keys)
     except Exception:

@@ -83,14 +83,15 @@ def mask_of(mask: Upload, image: Upload) -> Upload:
 
 
 async def store_edit(
-    store: ArtifactStore, job_id: str, image: Upload, mask: Upload | None
+    store: ArtifactStore, job_id: str, image_png: bytes, mask_png: bytes | None
 ) -> EditSource:
-    """The uploads under the job's prefix (deleted with the job by retention)."""
+    """The uploads (encoded once, as PNG) under the job's prefix (deleted with the job by
+    retention)."""
     try:
-        image_uri = await asyncio.to_thread(store.put, job_id, "source.png", image.png())
+        image_uri = await asyncio.to_thread(store.put, job_id, "source.png", image_png)
         mask_uri = None
-        if mask is not None:
-            mask_uri = await asyncio.to_thread(store.put, job_id, "mask.png", mask.png())
+        if mask_png is not None:
+            mask_uri = await asyncio.to_thread(store.put, job_id, "mask.png", mask_png)
     except (ArtifactError, ArtifactUnavailable) as exc:
         raise OpenAIError(
             503, "the image store did not answer; retry", kind="server_error"
