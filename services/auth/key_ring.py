@@ -1,5 +1,7 @@
 """Every gateway replica's view of ``lanes.keys``: followed from the topic (no shared disk),
-so a key created or revoked anywhere takes effect here within a poll (~200 ms)."""
+so a key created or revoked anywhere takes effect here within a poll (~200 ms). A key id
+this replica has not seen yet makes it read to the topic's end first (bounded), so a key
+works on its first request right after it is minted, wherever that request lands."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ __all__ = ["KeyRing", "InvalidKey"]
 
 class KeyRing:
     def __init__(self, settings: Settings) -> None:
+        self.unknown_key_wait_s = settings.auth.unknown_key_wait_s
         self.view: CompactedView[ApiKeyRecord] = CompactedView(
             settings, Topics(settings.topic_prefix).keys, ApiKeyRecord.model_validate_json
         )
@@ -34,9 +37,17 @@ class KeyRing:
         record = self.view.items.get(match.group(1)) if match else None
         return check_key(key, record, now or datetime.now(UTC))
 
-    def authenticate(self, authorization: str | None) -> Identity:
+    async def identify_fresh(self, key: str) -> Identity:
+        """``identify``, but a well-formed key whose id this replica has not read yet waits
+        for the view to reach the topic's current end (at most ``unknown_key_wait_s``)."""
+        match = KEY_PATTERN.match(key)
+        if match and match.group(1) not in self.view.items:
+            await self.view.sync(self.unknown_key_wait_s)
+        return self.identify(key)
+
+    async def authenticate(self, authorization: str | None) -> Identity:
         """The identity an ``Authorization`` header proves (InvalidKey otherwise)."""
-        return self.identify(parse_bearer(authorization))
+        return await self.identify_fresh(parse_bearer(authorization))
 
     def still_valid(self, key_id: str) -> Identity | None:
         """A signed-in session's key, if it is still live (not revoked, not expired)."""

@@ -219,6 +219,11 @@ class AuthSettings(BaseModel):
     """After auth_failure_burst failures, one more failed authentication per this many per
     second from one address; beyond it, 429.
     """
+    unknown_key_wait_s: float = Field(2.0, ge=0)
+    """A key id a gateway replica has not read from ``lanes.keys`` yet makes the request wait
+    up to this long for the replica to read to the topic's end (a key minted a moment ago
+    works at once); an unknown key is refused after it.
+    """
 
 
 class ProcessSettings(BaseModel):
@@ -409,6 +414,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "artifact_url_ttl_s": ("auth", "url_ttl_s"),
     "auth_failure_burst": ("auth", "failure_burst"),
     "auth_failure_rate_per_s": ("auth", "failure_rate_per_s"),
+    "auth_unknown_key_wait_s": ("auth", "unknown_key_wait_s"),
     "metrics_host": ("process", "metrics_host"),
     "trace_sample_ratio": ("process", "trace_sample_ratio"),
     "trace_ui_url": ("process", "trace_ui_url"),

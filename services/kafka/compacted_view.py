@@ -28,6 +28,8 @@ class CompactedView(Generic[T]):
         self.parse = parse
         self.items: dict[str, T] = {}
         self.caught_up = asyncio.Event()
+        self._live: AIOKafkaConsumer | None = None  # the follower's consumer, while it runs
+        self._sync_lock = asyncio.Lock()
 
     def _consumer(self) -> AIOKafkaConsumer:
         return make_raw_consumer(
@@ -88,6 +90,7 @@ class CompactedView(Generic[T]):
         try:
             ends = await self._assign(consumer, None)
             await self._read_until(consumer, ends)
+            self._live = consumer
             self.caught_up.set()
             while stop is None or not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200)
@@ -95,4 +98,27 @@ class CompactedView(Generic[T]):
                     for r in records:
                         self._apply(r.key, r.value)
         finally:
+            self._live = None
             await consumer.stop()
+
+    async def sync(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the follower has applied everything written to
+        the topic before this call: read-your-writes for a record just published elsewhere.
+        False when it could not (not following, or the bound passed). One sync at a time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            async with asyncio.timeout(timeout_s), self._sync_lock:
+                if self._live is None:
+                    return False
+                consumer: AIOKafkaConsumer = self._live
+                ends = await consumer.end_offsets(list(consumer.assignment()))
+                while True:
+                    if self._live is not consumer:
+                        return False
+                    behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+                    if not behind or loop.time() >= deadline:
+                        return not behind
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            return False

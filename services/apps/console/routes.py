@@ -364,7 +364,7 @@ def console_router(app: FastAPI, settings: Settings) -> None:
         client = client_address(request)
         auth.check_throttle(client)
         try:
-            identity = auth.keys.identify(key.strip())
+            identity = await auth.keys.identify_fresh(key.strip())
         except InvalidKey:
             auth.refuse(client)
             return page(

@@ -48,7 +48,7 @@ class Access:
     def __init__(self, resource: str) -> None:
         self.resource = resource  # "image" or "artifacts/{name}"
 
-    def __call__(
+    async def __call__(
         self,
         request: Request,
         job_id: str,
@@ -60,7 +60,7 @@ class Access:
         client = client_address(request)
         header = request.headers.get("authorization")
         if header is not None:
-            caller = need(auth.identify(client, header), "generations:read")
+            caller = need(await auth.identify(client, header), "generations:read")
             return visible_job(jobs, job_id, caller)
         auth.check_throttle(client)
         resource = f"{job_id}/{self.resource.format(**request.path_params)}"

@@ -65,10 +65,10 @@ class Authenticator:
         log.info("auth_refused", client=client)
         return HTTPException(401, str(InvalidKey()), headers=CHALLENGE)
 
-    def identify(self, client: str, authorization: str | None) -> Identity:
+    async def identify(self, client: str, authorization: str | None) -> Identity:
         """The caller's identity, or 429 (throttled) / 401 (no valid key)."""
         self.check_throttle(client)
         try:
-            return self.keys.authenticate(authorization)
+            return await self.keys.authenticate(authorization)
         except InvalidKey:
             raise self.refuse(client) from None

@@ -97,13 +97,13 @@ def client_address(request: Request) -> str:
 bearer = HTTPBearer(auto_error=False, description="An API key: lanes_<key id>_<secret>")
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     auth: Annotated[Authenticator, Depends(get_auth)],
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
 ) -> Identity:
     """The key's identity: 401 (with ``WWW-Authenticate: Bearer``) without a valid one."""
-    return auth.identify(client_address(request), request.headers.get("authorization"))
+    return await auth.identify(client_address(request), request.headers.get("authorization"))
 
 
 def need(caller: Identity, scope: Scope) -> Identity:
