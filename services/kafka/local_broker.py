@@ -172,10 +172,6 @@ class KafkaProcess:
                 f"-Xmx{self.heap}",
                 "-Xms128m",
                 "-XX:+UseG1GC",
-                # C1 only: a local node's work is short-lived and light, and C2's compiling
-                # costs more CPU than it returns here (measured: a 3-node cluster opens in
-                # 9.4 s on 11.5 s of CPU rather than 15.3 s on 22.8 s, on two cores).
-                "-XX:TieredStopAtLevel=1",
                 "-Djava.awt.headless=true",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                 "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
