@@ -74,6 +74,14 @@ def ensure_jars(infra: Path = INFRA_KAFKA) -> Path:
     return libs
 
 
+def class_archive(libs: Path, java: str) -> Path:
+    """Where the JVM's class-data-sharing archive of Kafka's classes lives: beside the jars
+    (so keyed by them), and by the JVM build (an archive only fits the JVM that wrote it)."""
+    jvm = Path(java).resolve()
+    stamp = hashlib.sha256(f"{jvm}:{jvm.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    return libs / f"classes-{stamp}.jsa"
+
+
 @dataclass
 class KafkaProcess:
     """One broker+controller node. ``start()`` returns once it answers on ``port``."""
@@ -95,6 +103,8 @@ class KafkaProcess:
     # controller listener stays on loopback: only the node itself talks to it.
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    # The archive this node writes when it exits cleanly (the first node on a machine).
+    _archive_out: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -172,6 +182,7 @@ class KafkaProcess:
                 f"-Xmx{self.heap}",
                 "-Xms128m",
                 "-XX:+UseG1GC",
+                *self._class_sharing(libs, java),
                 "-Djava.awt.headless=true",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                 "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
@@ -184,6 +195,38 @@ class KafkaProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _class_sharing(self, libs: Path, java: str) -> list[str]:
+        """JVM flags that load Kafka's classes from a shared archive (one node opens in
+        ~3.4 s on ~3 s of CPU rather than ~8 s on ~8.5 s, two cores), or, while there is
+        none, have this node write one when it exits cleanly (``_keep_archive``): one node
+        at a time, the one that claims the partial file."""
+        quiet = ["-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+        archive = class_archive(libs, java)
+        if archive.exists():
+            return [f"-XX:SharedArchiveFile={archive}", *quiet]
+        partial = archive.with_name(archive.name + ".partial")
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - partial.stat().st_mtime > 3600:  # its writer died
+                partial.unlink()
+        try:
+            os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return []  # another node is writing it
+        self._archive_out = (partial, archive)
+        return [f"-XX:ArchiveClassesAtExit={partial}", *quiet]
+
+    def _keep_archive(self, returncode: int | None) -> None:
+        """After the JVM exited: an archive written at a clean exit (not a kill -9) becomes
+        the shared one, unless another node's got there first; a partial one goes."""
+        if self._archive_out is None:
+            return
+        partial, archive = self._archive_out
+        self._archive_out = None
+        written = partial.exists() and partial.stat().st_size > 0
+        if returncode is not None and returncode >= 0 and written and not archive.exists():
+            os.replace(partial, archive)
+        partial.unlink(missing_ok=True)
 
     def wait_open(self, timeout_s: float = 90.0) -> None:
         assert self.proc is not None, "launch() first"
@@ -213,6 +256,7 @@ class KafkaProcess:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._keep_archive(None)
 
     def terminate(self) -> None:
         """SIGTERM (a controlled shutdown); ``wait_stopped`` waits for it."""
@@ -226,7 +270,7 @@ class KafkaProcess:
         if self.proc is None:
             return
         try:
-            self.proc.wait(max(0.1, timeout_s))
+            self._keep_archive(self.proc.wait(max(0.1, timeout_s)))
         except subprocess.TimeoutExpired:
             self.kill()
         self.proc = None
