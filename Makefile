@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 # Kafka's jars, cached outside the clone by pom content (~/.cache/lanes); a no-op when there.
 kafka-jars: $(STAMP)
 	@$(BIN)/python -c "from services.kafka.local_broker import ensure_jars; print('kafka jars:', ensure_jars())"
+	@$(BIN)/python -c "from services.kafka.local_broker import ensure_class_archive; print('kafka class archive:', ensure_class_archive())" || echo "kafka class archive: none (nodes start without one)"
 
 up: install
 	$(BIN)/lanes up

@@ -28,6 +28,7 @@ __all__ = [
     "INFRA_KAFKA",
     "jar_cache",
     "ensure_jars",
+    "ensure_class_archive",
     "KafkaProcess",
     "KafkaCluster",
     "free_port",
@@ -80,6 +81,31 @@ def class_archive(libs: Path, java: str) -> Path:
     jvm = Path(java).resolve()
     stamp = hashlib.sha256(f"{jvm}:{jvm.stat().st_mtime_ns}".encode()).hexdigest()[:12]
     return libs / f"classes-{stamp}.jsa"
+
+
+def ensure_class_archive(infra: Path = INFRA_KAFKA) -> Path | None:
+    """Write the class archive now unless it is there (``make install`` does, once a machine):
+    a throwaway node on loopback, started and stopped cleanly, ~10 s. Without it, the first
+    node to exit cleanly writes it; in a test session that is the session's broker, at its
+    end. None when it could not (the nodes start without one, as before)."""
+    import tempfile
+
+    libs = ensure_jars(infra)
+    java = shutil.which("java")
+    if java is None:
+        return None
+    archive = class_archive(libs, java)
+    if archive.exists():
+        return archive
+    with tempfile.TemporaryDirectory(prefix="lanes-kafka-classes-") as work:
+        node = KafkaProcess(Path(work), port=free_port(), infra=infra)
+        try:
+            node.start(timeout_s=90)
+        except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError):
+            pass
+        finally:
+            node.stop()
+    return archive if archive.exists() else None
 
 
 @dataclass
