@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from services.apps.registry import child_env, command, workers
 from services.config.routes import load_routes
 from services.config.settings import Settings
 from services.engines.batching import choose_batch_cap
+from services.kafka.lag_monitor import LagMonitor
 from tests.support import (
     Stack,
     WebhookReceiver,
@@ -285,8 +285,11 @@ async def _started_events(stack: Stack) -> list[RenderStarted]:
 async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
     process_stack: Stack, receiver: WebhookReceiver
 ) -> None:
+    """A worker process killed with -9 mid-render; another worker (started in this process
+    once the victim is gone: one torch import fewer) takes its partitions after the victim's
+    session expires and finishes the job; the client gets one webhook."""
     stack = process_stack
-    workers = [_spawn_worker(stack.settings), _spawn_worker(stack.settings)]
+    victim = _spawn_worker(stack.settings)
     try:
         job = await stack.submit({"prompt": "a poster", "webhook_url": receiver.url})
         started: list[RenderStarted] = []
@@ -296,10 +299,10 @@ async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
             return bool(started)
 
         await wait_until(render_started, timeout=90, what="render started")
-        victim_pid = int(started[0].instance.split("-")[-2])
-        victim = next(w for w in workers if w.pid == victim_pid)
+        assert int(started[0].instance.split("-")[-2]) == victim.pid
         victim.send_signal(signal.SIGKILL)
         await _wait_exit(victim, 10)
+        stack.start_worker("draft")
 
         done = await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=120)
         assert done["status"] == "succeeded"
@@ -308,15 +311,14 @@ async def test_kill_9_mid_render_another_worker_finishes_one_webhook(
             for e in await _events(stack.settings, stack.topics.renders)
             if isinstance(e, RenderCompleted)
         ]
-        assert [e.instance.split("-")[-2] for e in completed] != [str(victim_pid)]
+        assert str(os.getpid()) in [e.instance.split("-")[-2] for e in completed]
         await receiver.wait_for(1)
         await asyncio.sleep(3)
         assert len(receiver.deliveries) == 1
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
 
 
 async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack) -> None:
@@ -340,21 +342,15 @@ async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    # A new worker finds nothing uncommitted: no job renders twice.
-    successor = _spawn_worker(stack.settings)
+    # It committed every job it took before it exited: a worker that joins the group next
+    # starts after them, so no job renders twice.
+    lags = LagMonitor(stack.settings, ["draft"], every_s=1.0)
     try:
-        done = await _wait_all(stack, jobs)
-        assert {d["status"] for d in done} == {"succeeded"}
-        await asyncio.sleep(8)
-        completed = [
-            e
-            for e in await _events(stack.settings, stack.topics.renders)
-            if isinstance(e, RenderCompleted)
-        ]
-        assert Counter(e.job_id for e in completed) == Counter(jobs)
+        assert await lags.poll() == {"draft": 0}
     finally:
-        successor.send_signal(signal.SIGTERM)
-        await _wait_exit(successor, 60)
+        await lags.close()
+    done = await _wait_all(stack, jobs)
+    assert {d["status"] for d in done} == {"succeeded"}
 
     # Stopped while it loads its models, a worker holds nothing yet: it exits at once with
     # 0, not after a load it will not use (a rolling restart, `lanes up` stopped early).
