@@ -9,9 +9,8 @@ from typing import Generic, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from producers.kafka import make_raw_consumer
 from services.config.settings import Settings
-from services.kafka.clients import partition_ids
+from services.kafka.clients import assign_held, make_follower, partition_ids
 
 __all__ = ["CompactedView"]
 
@@ -32,12 +31,7 @@ class CompactedView(Generic[T]):
         self._sync_lock = asyncio.Lock()
 
     def _consumer(self) -> AIOKafkaConsumer:
-        return make_raw_consumer(
-            self.settings,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        return make_follower(self.settings, "lanes-compacted-view")
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -57,9 +51,13 @@ class CompactedView(Generic[T]):
         if partitions is None:
             partitions = await partition_ids(self.settings, self.topic)
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        consumer.assign(tps)
+        assign_held(consumer, tps)
+        if not tps:
+            return {}
         await consumer.seek_to_beginning(*tps)
-        return await consumer.end_offsets(tps) if tps else {}
+        ends = await consumer.end_offsets(tps)
+        consumer.resume(*tps)
+        return ends
 
     async def load(self, partitions: Iterable[int] | None = None) -> dict[str, T]:
         """Read the given partitions (default: all) from the beginning to their current end."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
 
 from producers.kafka import make_admin, make_raw_consumer
 from schemas.topics import Topics
@@ -45,6 +46,7 @@ class LagMonitor:
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[str, list[TopicPartition]] = {}
+        self._coordinators: dict[str, int] = {}  # group -> its coordinator's node id
 
     def lag(self, lane: str) -> int:
         """The lane's own queue: jobs not yet committed by its group, as last measured plus
@@ -79,20 +81,27 @@ class LagMonitor:
         return self._parts[topic]
 
     async def poll(self) -> dict[str, int]:
+        """One measurement of every wanted lane: an offset fetch per group (to its cached
+        coordinator) and one end-offsets request for all their partitions; beginnings only
+        for partitions a group never committed."""
         admin, consumer = await self._clients()
         noted_before = dict(self.noted)
-        lags: dict[str, int] = {}
-        for lane, (group, topic) in self.wanted.items():
-            parts = await self._partitions(admin, topic)
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            ends = await consumer.end_offsets(parts)
-            begins = await consumer.beginning_offsets(parts)
-            lag = 0
-            for tp in parts:
+        parts = {
+            key: await self._partitions(admin, topic) for key, (_, topic) in self.wanted.items()
+        }
+        starts: dict[TopicPartition, int] = {}
+        for key, (group, _) in self.wanted.items():
+            committed = await self._committed(admin, group, parts[key])
+            for tp in parts[key]:
                 meta = committed.get(tp)
-                start = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-                lag += max(0, ends[tp] - start)
-            lags[lane] = lag
+                if meta is not None and meta.offset >= 0:
+                    starts[tp] = meta.offset
+        every = [tp for tps in parts.values() for tp in tps]
+        ends = await consumer.end_offsets(every) if every else {}
+        never = [tp for tp in every if tp not in starts]
+        if never:
+            starts.update(await consumer.beginning_offsets(never))
+        lags = {key: sum(max(0, ends[tp] - starts[tp]) for tp in tps) for key, tps in parts.items()}
         self.lags = lags
         self.noted = {
             k: n - noted_before.get(k, 0)
@@ -101,6 +110,20 @@ class LagMonitor:
         }
         self.measured.set()
         return lags
+
+    async def _committed(
+        self, admin: AIOKafkaAdminClient, group: str, parts: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets, asked of its coordinator (found once; found again
+        after any error, e.g. when the coordinator moved)."""
+        coordinator = self._coordinators.get(group)
+        if coordinator is None:
+            coordinator = self._coordinators[group] = await admin.find_coordinator(group)
+        try:
+            return await admin.list_consumer_group_offsets(group, coordinator, partitions=parts)
+        except Exception:
+            self._coordinators.pop(group, None)
+            raise
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -19,7 +19,7 @@ import structlog
 from aiokafka import TopicPartition
 
 from services.config.settings import Settings
-from services.kafka.clients import make_consumer, partition_ids
+from services.kafka.clients import assign_held, make_follower, partition_ids
 
 __all__ = ["RecentView"]
 
@@ -74,22 +74,21 @@ class RecentView(Generic[T]):
             del self._items[key]
 
     async def follow(self) -> None:
-        consumer = make_consumer(
-            self.settings, group=None, client_id="lanes-recent-view", auto_offset_reset="latest"
-        )
+        consumer = make_follower(self.settings, "lanes-recent-view", auto_offset_reset="latest")
         await consumer.start()
         try:
             tps = [
                 TopicPartition(self.topic, p)
                 for p in await partition_ids(self.settings, self.topic)
             ]
-            consumer.assign(tps)
+            assign_held(consumer, tps)
             since = int(time.time() * 1000) - self.window_ms
             found = await consumer.offsets_for_times({tp: since for tp in tps})
             ends = await consumer.end_offsets(tps)
             for tp in tps:
                 at = found.get(tp)
                 consumer.seek(tp, at.offset if at is not None else ends[tp])
+            consumer.resume(*tps)
             remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=2000)

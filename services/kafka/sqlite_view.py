@@ -25,7 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.config.settings import Settings
-from services.kafka.clients import make_consumer, partition_ids
+from services.kafka.clients import assign_held, make_follower, partition_ids
 
 __all__ = ["SqliteView", "Columns"]
 
@@ -209,7 +209,7 @@ class SqliteView:
         if partitions is None:
             partitions = await partition_ids(self.settings, self.topic)
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        consumer.assign(tps)
+        assign_held(consumer, tps)
         if not tps:
             return {}
         starts = await consumer.beginning_offsets(tps)
@@ -222,6 +222,7 @@ class SqliteView:
             stored = self.offsets()
         for tp in tps:
             consumer.seek(tp, max(stored.get(tp.partition, 0), starts[tp]))
+        consumer.resume(*tps)
         return dict(ends)
 
     async def _read(
@@ -259,7 +260,7 @@ class SqliteView:
 
     async def _consume(self, partitions: Iterable[int] | None, *, keep_following: bool) -> int:
         # make_consumer's bounded read-ahead keeps memory flat however long the log.
-        consumer = make_consumer(self.settings, group=None, client_id="lanes-view")
+        consumer = make_follower(self.settings, "lanes-view")
         await consumer.start()
         try:
             ends = await self._assign(consumer, partitions)
