@@ -55,7 +55,7 @@ class CompactedView(Generic[T]):
         if not tps:
             return {}
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         consumer.resume(*tps)
         return ends
 

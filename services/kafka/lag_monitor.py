@@ -120,7 +120,10 @@ class LagMonitor:
         if coordinator is None:
             coordinator = self._coordinators[group] = await admin.find_coordinator(group)
         try:
-            return await admin.list_consumer_group_offsets(group, coordinator, partitions=parts)
+            offsets: dict[
+                TopicPartition, OffsetAndMetadata
+            ] = await admin.list_consumer_group_offsets(group, coordinator, partitions=parts)
+            return offsets
         except Exception:
             self._coordinators.pop(group, None)
             raise
