@@ -259,7 +259,8 @@ class SqliteView:
         await self._consume(None, keep_following=True)
 
     async def _consume(self, partitions: Iterable[int] | None, *, keep_following: bool) -> int:
-        # make_consumer's bounded read-ahead keeps memory flat however long the log.
+        # The follower's bounded read-ahead (make_consumer's) keeps memory flat however long
+        # the log.
         consumer = make_follower(self.settings, "lanes-view")
         await consumer.start()
         try:
