@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,7 @@ async def test_sigterm_drains_in_flight_commits_and_exits_0(process_stack: Stack
         assert await lags.poll() == {"draft": 0}
     finally:
         await lags.close()
+    assert Counter(e.job_id for e in completed) == Counter(jobs)  # each rendered once
     done = await _wait_all(stack, jobs)
     assert {d["status"] for d in done} == {"succeeded"}
 
