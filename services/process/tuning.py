@@ -41,7 +41,11 @@ def freeze_startup_heap() -> None:
     later scans only what the process created while serving. In a worker that is torch,
     diffusers and the model, ~500k objects: a 190 ms pause with the GIL held on this
     machine; in the router ~75k objects, 19 ms. Reference counting still frees them.
-    The first freeze in a process collects first, so no garbage is kept for good."""
-    if gc.get_freeze_count() == 0:
-        gc.collect()
+
+    Each call collects first (a collection scans only what is not frozen yet: the whole
+    heap the first time, what was made since the last freeze after that), so no garbage
+    is frozen for good. It never asks ``gc.get_freeze_count()``: that walks every frozen
+    object, and a process hosting many members (the tests' in-process stacks) would pay
+    for its whole frozen heap at each member's start."""
+    gc.collect()
     gc.freeze()
