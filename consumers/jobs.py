@@ -84,7 +84,7 @@ async def run(
     inputs += [topics.spill(name) for name in routes.spill_lanes]
     folder = JobStateFolder(settings, topics)
     stop = stop_on_signals(stop)
-    producer = make_producer(settings, client_id="lanes-jobs-retention")
+    producer = make_producer(settings, client_id="lanes-jobs-retention", topics=[topics.jobs])
     sweeper = RetentionSweeper(settings, folder.index, open_store(settings), producer, registry)
     await producer.start()
     sweeping = asyncio.create_task(sweeper.run(stop), name="retention")

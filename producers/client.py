@@ -53,7 +53,9 @@ class GenerationClient:
     ) -> None:
         self.topics = Topics(settings.topic_prefix)
         self._own = producer is None
-        self.producer = producer or make_producer(settings, client_id=producer_name)
+        self.producer = producer or make_producer(
+            settings, client_id=producer_name, topics=[self.topics.requests]
+        )
         self.producer_name = producer_name
 
     async def start(self) -> None:

@@ -47,11 +47,12 @@ def verify_command(signed: SignedCommand, key: str) -> OpsCommand:
 async def publish_command(settings: ClientSettings, command: OpsCommand, key: str) -> SignedCommand:
     """Sign ``command`` with the ops key ``key`` and publish it on ``lanes.ops``."""
     signed = sign_command(command, key)
-    producer = make_producer(settings, client_id="lanes-ops")
+    topic = Topics(settings.topic_prefix).ops
+    producer = make_producer(settings, client_id="lanes-ops", topics=[topic])
     await producer.start()
     try:
         await producer.send_and_wait(
-            Topics(settings.topic_prefix).ops,
+            topic,
             signed.model_dump_json().encode(),
             key=command.lane.encode(),
         )

@@ -76,7 +76,8 @@ class Member:
         self.ready = ready
         self.stop = stop_on_signals(stop)
         self.dlq_topic = Topics(settings.topic_prefix).dlq
-        self.producer = make_producer(settings, client_id=client_id)
+        # The DLQ is the one topic every member may write; outputs add theirs as they go.
+        self.producer = make_producer(settings, client_id=client_id, topics=[self.dlq_topic])
         self._ops: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Member:

@@ -20,7 +20,9 @@ async def replay(settings: Settings, keys: set[str] | None) -> list[str]:
     )
     await dead.load()
     chosen = {k: m for k, m in dead.items.items() if keys is None or k in keys}
-    producer = make_producer(settings, client_id="lanes-webhooks-replay")
+    producer = make_producer(
+        settings, client_id="lanes-webhooks-replay", topics=[topics.webhooks_retry]
+    )
     await producer.start()
     try:
         for key, msg in chosen.items():

@@ -23,11 +23,12 @@ class UnknownKey(LookupError):
 
 
 async def _publish(settings: Settings, record: ApiKeyRecord) -> None:
-    producer = make_producer(settings, client_id="lanes-keys")
+    topic = Topics(settings.topic_prefix).keys
+    producer = make_producer(settings, client_id="lanes-keys", topics=[topic])
     await producer.start()
     try:
         await producer.send_and_wait(
-            Topics(settings.topic_prefix).keys,
+            topic,
             record.model_dump_json().encode(),
             key=record.key_id.encode(),
         )

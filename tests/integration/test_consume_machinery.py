@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.machinery.delayed import run_delayed
 from consumers.machinery.loop import MessageContext, Output
-from consumers.machinery.runtime import run_consumer
+from consumers.machinery.runtime import Member, run_consumer
 from producers.kafka import make_admin, make_producer, make_raw_consumer
 from schemas.exceptions import PoisonEvent, TransientError
 from schemas.records import DeadLetter
@@ -182,3 +182,23 @@ async def test_lag_monitor_counts_what_the_group_has_not_committed(settings: Set
         assert monitor.lag("draft") == 1
     finally:
         await monitor.close()
+
+
+async def test_an_idle_members_producer_asks_the_metadata_of_its_topics_not_the_clusters(
+    settings: Settings,
+) -> None:
+    """A component that has published nothing yet (a quiet lane's worker, a router with no
+    requests) refreshes metadata every 30 s; on a shared cluster that must not be every
+    topic's (a response as large as the cluster, denials logged under ACLs)."""
+    elsewhere = f"{settings.topic_prefix}another-teams-topic"
+    await _topics(settings, elsewhere)
+    member = Member(settings, client_id="idle", registry=CollectorRegistry(), ready=lambda: True)
+    async with member:
+        client = member.producer.client
+        assert await client.force_metadata_update()  # what the periodic refresh asks
+        assert client.cluster.topics() == {member.dlq_topic}
+        out = f"{settings.topic_prefix}out"
+        await _topics(settings, out)
+        await member.producer.send_and_wait(out, b"{}")  # a send adds its topic
+        assert await client.force_metadata_update()
+        assert client.cluster.topics() == {member.dlq_topic, out}
