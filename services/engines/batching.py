@@ -10,6 +10,7 @@ of the best it measured.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ __all__ = ["BatchProfile", "choose_batch_cap", "profile_batching", "warm_up"]
 
 # Calibration renders at most this many steps: the per-step work is what a batch shares.
 CALIBRATION_STEPS = 4
+CPU_WARM_UP_PX = 64  # the warm-up's size on a CPU (see ``warm_up``)
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,20 @@ def warm_up(
     guidance_scale: float,
     strength: float | None = None,
 ) -> float:
-    """One render at the lane's size (kernel selection, allocator, lazy set-up happen here,
-    not in the first job); returns its seconds."""
+    """One render before the version serves, so that its set-up happens here and not in the
+    first job; returns its seconds. On an accelerator it renders at the lane's size (kernels
+    are chosen and memory pools grown per shape). On a CPU the set-up a first render pays
+    (lazy imports, the scheduler, the first allocations) does not depend on its size, while
+    a render at the lane's size costs seconds per version loaded: one step at 64 px does it
+    (a refine pass runs ``strength`` of its steps: enough steps that it runs one)."""
+    local = on_this_device(engine)
+    if local.device == "cpu":
+        width = height = CPU_WARM_UP_PX
+        steps = math.ceil(1 / strength) if local.refine and strength else 1
+    else:
+        steps = min(steps, CALIBRATION_STEPS)
     started = time.perf_counter()
-    on_this_device(engine).render_batch(
-        _requests(engine, 1, width, height, min(steps, CALIBRATION_STEPS), guidance_scale, strength)
-    )
+    local.render_batch(_requests(engine, 1, width, height, steps, guidance_scale, strength))
     return time.perf_counter() - started
 
 
