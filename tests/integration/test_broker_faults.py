@@ -196,14 +196,17 @@ async def test_a_cluster_replicates_every_topic_as_settings_say(
     assert min_isr == {name: "2" for name in names}
 
 
-def test_a_short_chaos_soak_loses_no_job_and_duplicates_no_webhook(tmp_path: Path) -> None:
-    """`lanes bench chaos`, briefly: components killed every 5 s, a broker for 5 s."""
+def test_a_short_chaos_soak_loses_no_job_and_duplicates_no_webhook(
+    cluster: KafkaCluster, tmp_path: Path
+) -> None:
+    """`lanes bench chaos`, briefly: components killed every 5 s, a broker for 5 s (on the
+    module's cluster: the soak's topics are its own)."""
     from services.apps.bench.chaos import ChaosConfig, run_chaos
 
     cfg = ChaosConfig(
         duration_s=20, rate_per_s=1.5, kill_every_s=5, broker_kill_at_s=8, broker_down_s=5
     )
-    run_chaos(cfg, tmp_path)
+    run_chaos(cfg, tmp_path, cluster)
     result = json.loads((tmp_path / "chaos.json").read_text())
     assert result["jobs accepted"] >= 25 and result["kills"] == 4, result
     assert result["lost"] == 0 and result["duplicate terminal webhooks"] == 0, result

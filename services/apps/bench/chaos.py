@@ -172,10 +172,11 @@ async def _submit(
     log.warning("chaos_submit_gave_up", job=i)
 
 
-async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
+async def _run(cfg: ChaosConfig, work: Path, given: KafkaCluster | None) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
-    cluster = KafkaCluster(work / "cluster", size=3)
-    await asyncio.to_thread(cluster.start)
+    cluster = given or KafkaCluster(work / "cluster", size=3)
+    if given is None:
+        await asyncio.to_thread(cluster.start)
     routes_file = work / "routes.yaml"
     routes_file.write_text(ROUTES)
     base = Settings()
@@ -265,7 +266,8 @@ async def _run(cfg: ChaosConfig, work: Path) -> dict[str, Any]:
         fleet.stop()
         hook_server.should_exit = True
         await asyncio.gather(hook_task, return_exceptions=True)
-        await asyncio.to_thread(cluster.stop)
+        if given is None:
+            await asyncio.to_thread(cluster.stop)
     return {
         "accepted": accepted,
         "receiver": receiver,
@@ -341,14 +343,16 @@ def _plot(points: dict[str, list[float]], kills: list[tuple[float, str]], path: 
     plt.close(fig)
 
 
-def run_chaos(cfg: ChaosConfig, out: Path) -> Path:
+def run_chaos(cfg: ChaosConfig, out: Path, cluster: KafkaCluster | None = None) -> Path:
     """Run the soak; its table, plot and JSON go to ``out``, each process's log and the
-    brokers' logs to ``out/chaos-run`` (replaced by the next run)."""
+    brokers' logs to ``out/chaos-run`` (replaced by the next run). ``cluster``: a running
+    3-node cluster to use (its own topics; every node is running again when it returns),
+    else the soak starts and stops its own."""
     out = ensure_dir(out)
     work = out / "chaos-run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    run = asyncio.run(_run(cfg, work))
+    run = asyncio.run(_run(cfg, work, cluster))
     for node in (work / "cluster").glob("node-*"):
         shutil.rmtree(node / "data", ignore_errors=True)  # logs stay, the data goes
     shutil.rmtree(work / "state", ignore_errors=True)
