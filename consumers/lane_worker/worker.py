@@ -312,6 +312,11 @@ class LaneWorker:
             if time.monotonic() - last_lag > 1.0:
                 last_lag = time.monotonic()
                 await self._update_lag()
+            # Ready once in the group, partitions or not, paused or not: a worker that joins a
+            # lane the operator paused is up (a rollout must not wait for a resume).
+            if not self.follower.ready and self.commits.joined:
+                await self.follower.set_health("ready")
+                self._log_ready()
             labels = self.models.labels
             metrics.capacity.labels(*labels).set(self.cap)
             metrics.provider_paused.labels(*labels).set(1 if self.models.provider_paused else 0)
@@ -324,9 +329,6 @@ class LaneWorker:
                 continue
             self._resume()
             batches = await self.consumer.getmany(timeout_ms=100, max_records=free)
-            if not self.follower.ready and self.commits.joined:  # in the group, partitions or not
-                await self.follower.set_health("ready")
-                self._log_ready()
             for tp, records in batches.items():
                 for record in records:
                     await self.intake.admit(tp, record)

@@ -13,6 +13,8 @@ from PIL import Image
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from schemas.control import OpsCommand
+from services.apps.ops_client import send_and_wait
 from services.config.settings import Settings
 from services.exceptions import ArtifactError, ArtifactUnavailable
 from services.process.ports import free_port
@@ -142,10 +144,11 @@ async def test_a_failed_upload_fails_the_job_with_the_reason_and_the_worker_carr
 async def test_a_store_outage_between_draft_and_refine_is_waited_out_and_each_job_ends_once(
     settings: Settings, tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
-    """Finals whose drafts are written; a refine worker starting (its store check passed, its
-    model loading) when the store goes away for longer than the S3 client's own retries (one
-    attempt): its draft reads and uploads wait it out, nothing exits, and when the store is
-    back every job succeeds with one webhook."""
+    """Finals whose drafts are written; a refine worker started (its store check passed, its
+    lane paused by the operator, so it has read no draft) when the store goes away for
+    longer than the S3 client's own retries (one attempt); the lane resumes: its draft
+    reads and uploads wait the outage out, nothing exits, and when the store is back every
+    job succeeds with one webhook."""
     routes = write_routes(
         tmp_path / "routes.yaml",
         draft={"sample_steps": 1, "width": 64, "height": 64},
@@ -175,10 +178,17 @@ async def test_a_store_outage_between_draft_and_refine_is_waited_out_and_each_jo
                 return True
 
             await wait_until(drafts_written, timeout=120, what="the three drafts written")
+            paused = await send_and_wait(stack.settings, OpsCommand(action="pause", lane="upscale"))
+            assert paused.outcome == "applied"
             with capture_logs() as logs:
-                stack.start_worker("upscale")
-                await asyncio.sleep(1.0)  # its store check passes at once; its model loads
+                stack.start_worker("upscale")  # starts on the lane's state: paused
+                await stack.wait_workers_ready(names=["upscale"])
+                assert stack.workers["upscale"].cap == 0  # no draft read yet
                 weed.stop()  # away before it reads any draft
+                resumed = await send_and_wait(
+                    stack.settings, OpsCommand(action="resume", lane="upscale")
+                )
+                assert resumed.outcome == "applied"
 
                 def waits() -> set[str]:
                     return {
