@@ -119,7 +119,9 @@ class DeviceTurns:
                 return cast(T, await asyncio.wrap_future(queued))
         loop = asyncio.get_running_loop()
         call: Callable[[], T] = (
-            (lambda: self._preemptible(fn, loop, priority)) if preemptible else (lambda: fn(None))
+            (lambda: self._preemptible(fn, loop, priority, executor))
+            if preemptible
+            else (lambda: fn(None))
         )
         return await loop.run_in_executor(executor, call)
 
@@ -134,7 +136,11 @@ class DeviceTurns:
             return fut
 
     def _preemptible(
-        self, fn: Callable[[BetweenSteps | None], T], loop: asyncio.AbstractEventLoop, priority: int
+        self,
+        fn: Callable[[BetweenSteps | None], T],
+        loop: asyncio.AbstractEventLoop,
+        priority: int,
+        executor: Executor,
     ) -> T:
         with self._lock:
             self._window, self._window_priority = True, priority
@@ -144,7 +150,18 @@ class DeviceTurns:
         finally:
             with self._lock:
                 self._window = False
-            self._run_between()  # what was queued before the window closed
+                late = bool(self._between)
+            if late:  # queued after the last step boundary (during the image decode):
+                self._run_next(executor)
+
+    def _run_next(self, executor: Executor) -> None:
+        """Run what was queued for a step boundary that never came next on the GPU thread,
+        once the render's result is handed back: that render's outcome does not wait for it
+        (a final held back by a whole draft batch), and it waits no longer than it would."""
+        try:
+            executor.submit(self._run_between)
+        except RuntimeError:  # the executor is shutting down: run it here, now
+            self._run_between()
 
     def _run_between(self) -> float:
         spent = 0.0

@@ -33,6 +33,10 @@ def test_spill_only_past_the_threshold_with_a_live_guest_and_to_the_shorter_wait
     # per server: 3 lane workers with 9 waiting beat 1 guest with 4 waiting
     assert not should_spill(policy, 9, 4, 3, 1)
     assert should_spill(policy, 9, 2, 3, 1)
+    # as short a wait: only to a spill queue that drains first
+    assert not should_spill(policy, 6, 6, 1, 1, spill_drains_first=False)
+    assert should_spill(policy, 6, 6, 1, 1, spill_drains_first=True)
+    assert not should_spill(policy, 6, 7, 1, 1, spill_drains_first=True)
 
 
 async def test_device_turns_serve_the_guest_first_then_arrival_order() -> None:
@@ -292,5 +296,42 @@ async def test_only_a_more_urgent_batch_runs_between_a_renders_steps() -> None:
         release.set()
         assert (await backfill, await later) == ("backfill", "b2")
         assert log == ["host", "backfill done", "backfill 2"]
+    finally:
+        gpu.shutdown()
+
+
+async def test_a_batch_queued_after_the_last_step_does_not_hold_back_the_renders_result() -> None:
+    """A draft queued while a borrowed final decodes its image (no step boundary left) runs
+    next on the GPU thread, after the final's result is handed back, not before."""
+    device, gpu = DeviceTurns(), ThreadPoolExecutor(max_workers=1)
+    decoding = threading.Event()
+    draft_queued = threading.Event()
+    finished: list[str] = []
+
+    def final_render(between: BetweenSteps | None) -> str:
+        assert between is not None
+        between()  # the last step boundary
+        decoding.set()
+        assert draft_queued.wait(5)  # the draft arrives during the decode
+        return "final"
+
+    def draft_render(between: BetweenSteps | None) -> str:
+        time.sleep(0.3)
+        finished.append("draft")
+        return "draft"
+
+    async def final() -> str:
+        out = await device.render(gpu, final_render, priority=2, preemptible=True)
+        finished.append("final")
+        return out
+
+    try:
+        borrowed = asyncio.create_task(final())
+        assert await asyncio.to_thread(decoding.wait, 5)
+        draft = asyncio.create_task(device.render(gpu, draft_render, priority=1, preempt=True))
+        await asyncio.sleep(0.05)  # the draft is queued for the next boundary
+        draft_queued.set()
+        assert (await borrowed, await draft) == ("final", "draft")
+        assert finished == ["final", "draft"]
     finally:
         gpu.shutdown()
