@@ -128,6 +128,10 @@ class KafkaProcess:
     # address when other hosts connect (`lanes kafka start --host`). A single node's
     # controller listener stays on loopback: only the node itself talks to it.
     host: str = "127.0.0.1"
+    # Compile a method only after this many times the usual calls (see ``start``). A
+    # benchmark's throwaway broker passes 1: it stands for a long-running broker, whose
+    # request path is compiled.
+    compile_threshold_scaling: float = 5.0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     # The archive this node writes when it exits cleanly (the first node on a machine).
     _archive_out: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
@@ -211,9 +215,12 @@ class KafkaProcess:
                 # Compile a method only after 5x the usual calls: a local node spends most of
                 # its first minutes' CPU in the JIT compilers (C1 + C2: ~55% of an idle node's
                 # CPU), on code that never gets hot. A 3-node cluster opens on ~7 s of CPU
-                # rather than ~10, idles on 30% less, with the same acks=all publish latency.
-                # (C1 only halves it but slows every publish ~10x: tried, reverted.)
-                "-XX:CompileThresholdScaling=5",
+                # rather than ~10, idles on 30% less, with the same acks=all publish latency
+                # once warm. (C1 only halves it but slows every publish ~10x: tried,
+                # reverted.) Warm takes 5x longer too: after 2,000 round trips a produce
+                # still spent 1.2 ms in the broker (0.7 ms at the default), a hop 3.5 ms
+                # (2.5): the benchmarks' brokers compile at the usual thresholds.
+                f"-XX:CompileThresholdScaling={self.compile_threshold_scaling:g}",
                 *self._class_sharing(libs, java),
                 "-Djava.awt.headless=true",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
@@ -391,12 +398,13 @@ class KafkaCluster:
 @contextlib.contextmanager
 def local_kafka(settings: Any, workdir: Path) -> Iterator[str]:
     """The configured cluster if it answers (or LANES_KAFKA_BOOTSTRAP is set), else a
-    throwaway local broker in ``workdir`` for the duration of the block."""
+    throwaway local broker in ``workdir`` for the duration of the block, compiling its hot
+    paths as a long-running broker has (the benchmarks measure latency on it)."""
     answers = any(port_open(h, p) for h, p in parse_bootstrap(settings.kafka_bootstrap))
     if os.environ.get("LANES_KAFKA_BOOTSTRAP") or answers:
         yield settings.kafka_bootstrap
         return
-    kafka = KafkaProcess(workdir / "kafka", port=free_port())
+    kafka = KafkaProcess(workdir / "kafka", port=free_port(), compile_threshold_scaling=1)
     kafka.start()
     try:
         yield kafka.bootstrap
