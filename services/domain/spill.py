@@ -5,9 +5,17 @@ A lane with a ``spill`` policy overflows into ``lanes.lane.<lane>.spill`` while 
 server, counting the lane's own live workers for its queue and the live guests (in the
 workers of the lanes that ``assists`` or ``backfills`` it) for the spill queue. With no live
 guest nothing spills, so a spilled job always has a worker that serves it.
+
+When the two waits are equal, the queue whose newest job was placed first drains first (the
+jobs ahead in both are of the same lane, and so take about as long): the job goes there,
+unless a guest that only backfills has jobs of its own waiting (it renders those first).
+Without this a final arriving while the final worker and the draft worker each rendered one
+stayed in its lane, and the draft worker, done first, idled for seconds beside it.
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 
@@ -24,11 +32,20 @@ log = structlog.get_logger("lanes.spill")
 
 
 def should_spill(
-    policy: SpillSpec | None, lag: int, spill_lag: int, lane_workers: int, guests: int
+    policy: SpillSpec | None,
+    lag: int,
+    spill_lag: int,
+    lane_workers: int,
+    guests: int,
+    *,
+    spill_drains_first: bool = False,
 ) -> bool:
+    """Spill past the policy's threshold when a live guest makes the spill queue the shorter
+    wait per server, or as short and ``spill_drains_first``."""
     if policy is None or guests == 0 or lag <= policy.after_lag:
         return False
-    return spill_lag / guests < lag / max(1, lane_workers)
+    spill_wait, lane_wait = spill_lag / guests, lag / max(1, lane_workers)
+    return spill_wait < lane_wait or (spill_wait == lane_wait and spill_drains_first)
 
 
 class Placement:
@@ -40,14 +57,31 @@ class Placement:
         self.routes = routes
         self.topics = Topics(settings.topic_prefix)
         self.lags = lags
+        self.placed_at: dict[str, float] = {}  # key (lane, spill_key) -> its newest job
         self.workers: CompactedView[WorkerStatus] = CompactedView(
             settings, self.topics.workers, WorkerStatus.model_validate_json
         )
 
     @staticmethod
     def watched_lanes(routes: Routes) -> list[str]:
-        """Lanes whose lag placement or admission needs."""
-        return sorted({n for n, lane in routes.lanes.items() if lane.admission or lane.spill})
+        """Lanes whose lag placement or admission needs: those with admission or a spill
+        queue, and those that backfill a spill queue (their own jobs come first)."""
+        return sorted(
+            {
+                n
+                for n, lane in routes.lanes.items()
+                if lane.admission or lane.spill or lane.backfills
+            }
+        )
+
+    def _spill_drains_first(self, lane_name: str) -> bool:
+        """The spill queue's newest job was placed before the lane's own newest, and no guest
+        that only backfills the lane has jobs of its own waiting."""
+        spill_at = self.placed_at.get(spill_key(lane_name), 0.0)
+        if spill_at >= self.placed_at.get(lane_name, 0.0):
+            return False
+        backfillers = [n for n, lane in self.routes.lanes.items() if lane_name in lane.backfills]
+        return all(self.lags.lag(n) == 0 for n in backfillers)
 
     async def follow(self) -> None:
         if self.routes.spill_lanes:
@@ -66,9 +100,11 @@ class Placement:
                 self.lags.spill_lag(lane_name),
                 len(live_workers(statuses, lane_name, stale, "lane")),
                 len(live_workers(statuses, lane_name, stale, "spill")),
+                spill_drains_first=self._spill_drains_first(lane_name),
             )
+        key = spill_key(lane_name) if spilled else lane_name
+        self.lags.note(key)
+        self.placed_at[key] = time.monotonic()
         if spilled:
-            self.lags.note(spill_key(lane_name))
             return self.topics.spill(lane_name), True
-        self.lags.note(lane_name)
         return self.topics.lane(lane_name), False

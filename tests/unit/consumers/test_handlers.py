@@ -88,6 +88,40 @@ async def test_router_spills_over_the_threshold_only_with_a_live_guest(router: R
     assert router.lags.noted[spill_key("draft")] == 1
 
 
+async def test_an_even_wait_goes_to_the_queue_whose_newest_job_came_first(router: Router) -> None:
+    """A final lane worker and a draft worker each rendering a final: the next final goes
+    where the older one renders (it ends first), unless the draft worker has drafts waiting."""
+    spill = ROUTES.lanes["final"].spill
+    assert spill is not None
+    now = datetime.now(UTC)
+    for name, serves in (("w-final", "lane"), ("w-draft+final-spill", "spill")):
+        router.placement.workers.items[name] = WorkerStatus(
+            instance=name,
+            lane="final",
+            serves=serves,
+            health="ready",
+            at=now,  # type: ignore[arg-type]
+        )
+    lags = router.lags.lags
+    lags["final"] = lags[spill_key("final")] = spill.after_lag + 1
+    final = _request(intent="final")
+
+    async def place() -> str:
+        (out,) = await router.handle(final, None)  # type: ignore[arg-type]
+        router.lags.noted.clear()  # as the next poll would measure: the queues stay level
+        return out.topic
+
+    router.placement.placed_at = {"final": 2.0, spill_key("final"): 1.0}
+    assert await place() == Topics().spill("final")  # the guest's final began first
+    router.placement.placed_at = {"final": 1.0, spill_key("final"): 2.0}
+    assert await place() == Topics().lane("final")
+    router.placement.placed_at = {"final": 2.0, spill_key("final"): 1.0}
+    lags["draft"] = 1  # the backfilling guest renders its own draft first
+    assert await place() == Topics().lane("final")
+    lags["final"] += 1  # not a tie: the shorter wait wins whatever the order
+    assert await place() == Topics().spill("final")
+
+
 async def test_router_ignores_cancels_and_dead_letters_other_events(router: Router) -> None:
     assert await router.handle(CancelRequested(job_id="j"), None) == []  # type: ignore[arg-type]
     other = RenderStarted(job_id="j", lane="draft", model="m", version="v", instance="i")
