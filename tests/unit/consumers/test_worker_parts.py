@@ -71,6 +71,28 @@ def test_burst_plan_holds_the_draft_share_in_each_phase_and_speeds_up_tenfold() 
     assert plan == plan_arrivals(cfg, steady_rate=2.0)  # the same plan for both architectures
 
 
+async def test_batcher_waits_for_mates_only_while_items_arrive_within_the_wait() -> None:
+    b: MicroBatcher[int] = MicroBatcher(max_batch=4, max_wait_s=0.2)
+    b.put("k", 0)
+    started = time.monotonic()
+    assert await b.next_batch() == [0]
+    assert time.monotonic() - started >= 0.2  # nothing known yet: it waits
+    await asyncio.sleep(0.3)
+    b.put("k", 1)  # a trickle: 0.3 s apart, longer than the wait
+    started = time.monotonic()
+    assert await b.next_batch() == [1]
+    assert time.monotonic() - started < 0.1  # handed out at once
+    for i in range(2, 5):  # a burst: its gaps bring the average under the wait
+        b.put("k", i)
+    assert await b.next_batch() == [2, 3, 4]  # ... and it waits for mates again
+    waiter = asyncio.create_task(b.next_batch())
+    await asyncio.sleep(0.05)
+    b.put("k", 5)
+    assert not waiter.done()
+    b.put("k", 6)
+    assert await asyncio.wait_for(waiter, 1) == [5, 6]
+
+
 async def test_batcher_caps_a_key_whose_batches_do_not_pay_and_does_not_wait_for_mates() -> None:
     b: MicroBatcher[int] = MicroBatcher(
         max_batch=3, max_wait_s=5.0, limit=lambda key: 1 if key == "capped" else 99
