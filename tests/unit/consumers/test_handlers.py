@@ -44,6 +44,19 @@ def _request(priority: str = "normal", intent: str = "draft") -> GenerationReque
     return GenerationRequested(job_id="job_r", spec=spec, fingerprint="f")
 
 
+def _ready(router: Router, lane: str, *, host: str, guest: str) -> None:
+    """A worker of ``lane`` and a guest on its spill queue have reported ready."""
+    now = datetime.now(UTC)
+    for name, serves in ((host, "lane"), (guest, "spill")):
+        router.placement.workers.items[name] = WorkerStatus(
+            instance=name,
+            lane=lane,
+            serves=serves,
+            health="ready",
+            at=now,
+        )
+
+
 @pytest.fixture
 def router() -> Router:
     return Router(ROUTES, Topics(), _watch(Settings()), CollectorRegistry())
@@ -74,15 +87,7 @@ async def test_router_spills_over_the_threshold_only_with_a_live_guest(router: R
     router.lags.lags["draft"] = spill.after_lag + 5
     (out,) = await router.handle(_request(), None)  # type: ignore[arg-type]
     assert out.topic == Topics().lane("draft")  # no guest has reported ready
-    now = datetime.now(UTC)
-    for name, serves in (("w-draft", "lane"), ("w-final+draft-spill", "spill")):
-        router.placement.workers.items[name] = WorkerStatus(
-            instance=name,
-            lane="draft",
-            serves=serves,
-            health="ready",
-            at=now,  # type: ignore[arg-type]
-        )
+    _ready(router, "draft", host="w-draft", guest="w-final+draft-spill")
     (spilled,) = await router.handle(_request(), None)  # type: ignore[arg-type]
     assert spilled.topic == Topics().spill("draft")
     assert router.lags.noted[spill_key("draft")] == 1
@@ -93,15 +98,7 @@ async def test_an_even_wait_goes_to_the_queue_whose_newest_job_came_first(router
     where the older one renders (it ends first), unless the draft worker has drafts waiting."""
     spill = ROUTES.lanes["final"].spill
     assert spill is not None
-    now = datetime.now(UTC)
-    for name, serves in (("w-final", "lane"), ("w-draft+final-spill", "spill")):
-        router.placement.workers.items[name] = WorkerStatus(
-            instance=name,
-            lane="final",
-            serves=serves,
-            health="ready",
-            at=now,  # type: ignore[arg-type]
-        )
+    _ready(router, "final", host="w-final", guest="w-draft+final-spill")
     lags = router.lags.lags
     lags["final"] = lags[spill_key("final")] = spill.after_lag + 1
     final = _request(intent="final")
