@@ -1,10 +1,11 @@
 """Micro-batching: items that share a key are handed out together, up to ``max_batch``,
 after waiting at most ``max_wait_s`` for the oldest of them.
 
-The wait is for mates that are coming: while items arrive further apart than ``max_wait_s``
-(a moving average of the gaps between them), a lone item is handed out at once. A trickle
-of drafts on an idle GPU then starts each at once rather than 15 ms later; under load,
-batches still form, from what arrives while the device renders the one before."""
+The wait is for mates that are coming: when the last two items arrived further apart than
+``max_wait_s``, a lone item is handed out at once. A trickle of drafts on an idle GPU then
+starts each at once rather than 15 ms later; a burst costs one item alone (its second item
+waits for mates again), and under load batches form from what arrives while the device
+renders the one before."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Generic, TypeVar
 __all__ = ["MicroBatcher"]
 
 K = TypeVar("K", bound=Hashable)  # what items batch together by
-GAP_WEIGHT = 0.5  # the newest gap's weight in the moving average of arrival gaps
 T = TypeVar("T")
 
 
@@ -35,7 +35,7 @@ class MicroBatcher(Generic[K, T]):
         self._groups: OrderedDict[K, tuple[float, list[T]]] = OrderedDict()
         self._changed = asyncio.Event()
         self._last_put: float | None = None
-        self._gap_s: float | None = None  # moving average of the time between puts
+        self._gap_s: float | None = None  # between the last two puts
 
     def cap(self, key: K) -> int:
         return (
@@ -48,10 +48,7 @@ class MicroBatcher(Generic[K, T]):
     def put(self, key: K, item: T) -> None:
         now = time.monotonic()
         if self._last_put is not None:
-            gap = now - self._last_put
-            self._gap_s = (
-                gap if self._gap_s is None else self._gap_s + GAP_WEIGHT * (gap - self._gap_s)
-            )
+            self._gap_s = now - self._last_put
         self._last_put = now
         if key in self._groups:
             self._groups[key][1].append(item)
@@ -60,8 +57,8 @@ class MicroBatcher(Generic[K, T]):
         self._changed.set()
 
     def mates_expected(self) -> bool:
-        """Items have been arriving within ``max_wait_s`` of each other (or nothing is known
-        yet): waiting may fill a batch."""
+        """The last two items arrived within ``max_wait_s`` of each other (or nothing is
+        known yet): waiting may fill a batch."""
         return self._gap_s is None or self._gap_s < self.max_wait_s
 
     def _take(self, key: K) -> list[T]:

@@ -78,19 +78,19 @@ async def test_batcher_waits_for_mates_only_while_items_arrive_within_the_wait()
     assert await b.next_batch() == [0]
     assert time.monotonic() - started >= 0.2  # nothing known yet: it waits
     await asyncio.sleep(0.3)
-    b.put("k", 1)  # a trickle: 0.3 s apart, longer than the wait
+    b.put("k", 1)  # a trickle: further apart than the wait
     started = time.monotonic()
     assert await b.next_batch() == [1]
     assert time.monotonic() - started < 0.1  # handed out at once
-    for i in range(2, 5):  # a burst: its gaps bring the average under the wait
-        b.put("k", i)
-    assert await b.next_batch() == [2, 3, 4]  # ... and it waits for mates again
+    await asyncio.sleep(0.3)
+    b.put("k", 2)  # a burst's first item goes alone ...
+    assert await asyncio.wait_for(b.next_batch(), 0.1) == [2]
+    b.put("k", 3)  # ... its second waits for mates
     waiter = asyncio.create_task(b.next_batch())
     await asyncio.sleep(0.05)
-    b.put("k", 5)
     assert not waiter.done()
-    b.put("k", 6)
-    assert await asyncio.wait_for(waiter, 1) == [5, 6]
+    b.put("k", 4)
+    assert await asyncio.wait_for(waiter, 1) == [3, 4]
 
 
 async def test_batcher_caps_a_key_whose_batches_do_not_pay_and_does_not_wait_for_mates() -> None:
