@@ -8,7 +8,8 @@ guest nothing spills, so a spilled job always has a worker that serves it.
 
 When the two waits are equal, the queue whose newest job was placed first drains first (the
 jobs ahead in both are of the same lane, and so take about as long): the job goes there,
-unless a guest that only backfills has jobs of its own waiting (it renders those first).
+unless a guest that only backfills has jobs of its own waiting beyond one in flight per
+worker of its lane (it renders those first).
 Without this a final arriving while the final worker and the draft worker each rendered one
 stayed in its lane, and the draft worker, done first, idled for seconds beside it.
 """
@@ -74,14 +75,20 @@ class Placement:
             }
         )
 
-    def _spill_drains_first(self, lane_name: str) -> bool:
-        """The spill queue's newest job was placed before the lane's own newest, and no guest
-        that only backfills the lane has jobs of its own waiting."""
+    def _spill_drains_first(
+        self, lane_name: str, statuses: list[WorkerStatus], stale_s: float
+    ) -> bool:
+        """The spill queue's newest job was placed before the lane's own newest, and no lane
+        that only backfills it has jobs waiting beyond one in flight per live worker (its
+        lag, as last polled, still counts a job finished since: up to a second old)."""
         spill_at = self.placed_at.get(spill_key(lane_name), 0.0)
         if spill_at >= self.placed_at.get(lane_name, 0.0):
             return False
-        backfillers = [n for n, lane in self.routes.lanes.items() if lane_name in lane.backfills]
-        return all(self.lags.lag(n) == 0 for n in backfillers)
+        return all(
+            self.lags.lag(n) <= len(live_workers(statuses, n, stale_s, "lane"))
+            for n, lane in self.routes.lanes.items()
+            if lane_name in lane.backfills
+        )
 
     async def follow(self) -> None:
         if self.routes.spill_lanes:
@@ -100,7 +107,7 @@ class Placement:
                 self.lags.spill_lag(lane_name),
                 len(live_workers(statuses, lane_name, stale, "lane")),
                 len(live_workers(statuses, lane_name, stale, "spill")),
-                spill_drains_first=self._spill_drains_first(lane_name),
+                spill_drains_first=self._spill_drains_first(lane_name, statuses, stale),
             )
         key = spill_key(lane_name) if spilled else lane_name
         self.lags.note(key)

@@ -95,7 +95,8 @@ async def test_router_spills_over_the_threshold_only_with_a_live_guest(router: R
 
 async def test_an_even_wait_goes_to_the_queue_whose_newest_job_came_first(router: Router) -> None:
     """A final lane worker and a draft worker each rendering a final: the next final goes
-    where the older one renders (it ends first), unless the draft worker has drafts waiting."""
+    where the older one renders (it ends first), unless the draft worker has drafts waiting
+    beyond the one it renders."""
     spill = ROUTES.lanes["final"].spill
     assert spill is not None
     _ready(router, "final", host="w-final", guest="w-draft+final-spill")
@@ -113,7 +114,10 @@ async def test_an_even_wait_goes_to_the_queue_whose_newest_job_came_first(router
     router.placement.placed_at = {"final": 1.0, spill_key("final"): 2.0}
     assert await place() == Topics().lane("final")
     router.placement.placed_at = {"final": 2.0, spill_key("final"): 1.0}
-    lags["draft"] = 1  # the backfilling guest renders its own draft first
+    _ready(router, "draft", host="w-draft", guest="w-final+draft-spill")
+    lags["draft"] = 1  # the guest's own draft in flight: it is free next
+    assert await place() == Topics().spill("final")
+    lags["draft"] = 2  # a draft of its own waits too: it renders that first
     assert await place() == Topics().lane("final")
     lags["final"] += 1  # not a tie: the shorter wait wins whatever the order
     assert await place() == Topics().spill("final")
