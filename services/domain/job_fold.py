@@ -157,15 +157,12 @@ def _routed(event: GenerationRouted, state: JobState) -> dict[str, Any] | None:
     update = _spec_facts(state, event)
     if event.attempt >= state.attempt and event.init_artifact_uri is None:
         # (A refine pass of a cascade keeps the job's lane: its artifact records the model.)
-        update.update(
-            lane=event.lane,
-            model=event.model,
-            version=event.version,
-            attempt=event.attempt,
-            deferred_until=None,
-        )
+        update.update(attempt=event.attempt, deferred_until=None)
         if event.attempt > state.attempt:
             update["started"] = False
+        rendering = event.attempt == state.attempt and (state.started or _current(state))
+        if not rendering:  # read late, it must not relabel a render (a canary's) as stable
+            update.update(lane=event.lane, model=event.model, version=event.version)
     if state.created_at is None:
         update["created_at"] = event.requested_at
     return update

@@ -20,7 +20,7 @@ SPEC = GenerationSpec(prompt='poster "SUMMER SALE"', webhook_url="https://exampl
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _events(with_text: bool = True) -> list:
+def _events(with_text: bool = True, rendered_by: str = "v1") -> list:
     spec = SPEC if with_text else GenerationSpec(prompt="a shoe")
     common = dict(job_id=JOB, lane="draft")
     events = [
@@ -37,11 +37,11 @@ def _events(with_text: bool = True) -> list:
             requested_at=NOW,
             **common,
         ),
-        RenderStarted(model="m", version="v1", instance="i", **common),
+        RenderStarted(model="m", version=rendered_by, instance="i", **common),
         RenderCompleted(
             stage="draft",
             model="m",
-            version="v1",
+            version=rendered_by,
             instance="i",
             artifact_uri="file:///a.png",
             width=64,
@@ -96,6 +96,15 @@ def test_any_arrival_order_gives_the_same_outcome() -> None:
         assert state.status == "succeeded", [e.type for e in order]
         assert state.lane == "draft" and len(state.artifacts) == 1
         assert state.spec == SPEC
+
+
+def test_a_canary_render_keeps_its_version_whichever_event_arrives_last() -> None:
+    # The router names the stable version; the worker rendered on its canary. Read late,
+    # the routed event must not relabel the job with the version that did not render it.
+    for order in itertools.permutations(_events(rendered_by="v2")):
+        state = _fold_all(list(order))
+        assert state.status == "succeeded", [e.type for e in order]
+        assert (state.version, state.artifacts[0].version) == ("v2", "v2"), [e.type for e in order]
 
 
 def test_redelivered_event_changes_nothing() -> None:
