@@ -33,6 +33,9 @@ service:
       level: warn
 extensions:
   jaeger_query:
+    # No spans of its own: it would send them to localhost:4317, where nothing listens,
+    # and on exit wait 10 s for that export to time out.
+    enable_tracing: false
     storage:
       traces: memory
     http:
