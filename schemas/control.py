@@ -109,8 +109,6 @@ class WorkerStatus(BaseModel):
     instance: str
     lane: str
     health: WorkerHealth
-    # The worker process (its host worker's instance): a guest shares its host's GPU.
-    process: str = ""
     # "spill": it serves the lane's burst overflow, as a guest in a worker of another lane.
     serves: Literal["lane", "spill"] = "lane"
     stable: ModelRef | None = None  # what it serves now

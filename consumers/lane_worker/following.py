@@ -36,7 +36,6 @@ class ControlFollower:
     generation: int = field(default=0, init=False)  # the rolling-restart generation done
     # this instance's turn to restart has come
     restart: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     @property
     def ready(self) -> bool:
@@ -99,7 +98,6 @@ class ControlFollower:
         m = self.models
         return WorkerStatus(
             instance=self.lane.instance,
-            process=self.lane.process,
             lane=self.lane.name,
             serves=self.lane.serves,
             health=self.health,
@@ -120,20 +118,6 @@ class ControlFollower:
         self._export_batching()
         status = self.status().model_dump_json().encode()
         await self.outbox.send([Output(self.lane.topics.workers, self.lane.instance, status)])
-
-    def heartbeat_soon(self) -> None:
-        """A heartbeat now, without waiting for its ack (the worker just went idle or busy)."""
-        if self.health != "ready":
-            return
-        task = asyncio.create_task(self._heartbeat_quietly(), name="heartbeat-on-change")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _heartbeat_quietly(self) -> None:
-        try:
-            await self.heartbeat()
-        except Exception as exc:  # noqa: BLE001 - the periodic heartbeat carries it next time
-            log.warning("heartbeat_failed", error=str(exc)[:300])
 
     def _export_batching(self) -> None:
         metrics = self.lane.metrics

@@ -28,7 +28,6 @@ class LaneContext:
     name: str  # the lane
     topics: Topics
     instance: str  # this worker's name on lanes.workers
-    process: str  # its process's (the host worker's) instance: a guest shares its host's GPU
     serves: Literal["lane", "spill"]  # its lane's own queue, or the lane's spill queue
     group: str
     source: str  # the topic it consumes

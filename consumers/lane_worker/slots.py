@@ -27,7 +27,6 @@ class Slots:
         self.metrics = metrics
         self.labels = labels  # the worker's labels (its lane's stable version, which changes)
         self.on_free = on_free  # a freed slot may let less urgent peers take jobs again
-        self.on_busy_change: Callable[[], None] = lambda: None  # in_flight to or from 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.jobs_done = 0
@@ -59,10 +58,7 @@ class Slots:
         self._count(-1)
 
     def _count(self, delta: int) -> None:
-        was_busy = self.in_flight > 0
         self.in_flight += delta
-        if (self.in_flight > 0) != was_busy:
-            self.on_busy_change()
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         labels = self.labels()
         self.metrics.in_flight.labels(*labels).set(self.in_flight)

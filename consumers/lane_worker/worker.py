@@ -107,7 +107,6 @@ class LaneWorker:
             name=lane,
             topics=topics,
             instance=process.instance if self.is_host else f"{process.instance}+{lane}-spill",
-            process=process.instance,
             serves="lane" if self.is_host else "spill",
             group=settings.groups.lane(lane) if self.is_host else settings.groups.spill(lane),
             source=topics.lane(lane) if self.is_host else topics.spill(lane),
@@ -155,8 +154,6 @@ class LaneWorker:
             self.batcher, process.device, self.turn, renderer, self.outcomes, self.slots
         )
         self.follower = ControlFollower(self.lane, models, process.workers_view, self.slots, outbox)
-        # Idle <-> busy at once on lanes.workers: the router sends work to an idle guest GPU.
-        self.slots.on_busy_change = self.follower.heartbeat_soon
         self.consumer: AIOKafkaConsumer | None = None
         self.paused = False
         process.workers.append(self)

@@ -151,16 +151,11 @@ class SpillSpec(BaseModel):
     """Burst overflow: while more than ``after_lag`` of the lane's jobs wait (and the spill
     queue is the shorter wait), the router sends its new jobs to ``lanes.lane.<lane>.spill``,
     which the workers of the lanes that ``assists`` it serve ahead of their own jobs, and
-    those of the lanes that ``backfills`` it when their own lane leaves the GPU idle.
-
-    ``idle_guests``: below ``after_lag`` too, a job goes to the spill queue while every worker
-    of the lane holds jobs and a guest's GPU holds none (work-conserving: the job starts at
-    once rather than after the lane's batch or borrowed render in progress)."""
+    those of the lanes that ``backfills`` it when their own lane leaves the GPU idle."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     after_lag: int = Field(ge=0)
-    idle_guests: bool = False
 
 
 class LaneSpec(BaseModel):

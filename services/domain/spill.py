@@ -12,12 +12,6 @@ unless a guest that only backfills has jobs of its own waiting beyond one in fli
 worker of its lane (it renders those first).
 Without this a final arriving while the final worker and the draft worker each rendered one
 stayed in its lane, and the draft worker, done first, idled for seconds beside it.
-
-With ``idle_guests``, below the threshold too: while every worker of the lane holds jobs
-(its own, or a spilled job it serves as a guest) and a guest's GPU holds none, the job goes
-to the spill queue and starts at once (workers report going idle or busy on
-``lanes.workers`` as it happens). A GPU this router sent a job to in the last
-``HANDOFF_S`` counts as busy: its report may not be in yet.
 """
 
 from __future__ import annotations
@@ -27,16 +21,13 @@ import time
 import structlog
 
 from schemas.control import WorkerStatus, live_workers
-from schemas.events import utcnow
 from schemas.topics import Topics
 from services.config.routes import Routes, SpillSpec
 from services.config.settings import Settings
 from services.kafka.compacted_view import CompactedView
 from services.kafka.lag_monitor import LagMonitor, spill_key
 
-__all__ = ["Placement", "should_spill", "idle_guest"]
-
-HANDOFF_S = 0.1  # a job placed this recently may not show in its worker's report yet
+__all__ = ["Placement", "should_spill"]
 
 log = structlog.get_logger("lanes.spill")
 
@@ -56,25 +47,6 @@ def should_spill(
         return False
     spill_wait, lane_wait = spill_lag / guests, lag / max(1, lane_workers)
     return spill_wait < lane_wait or (spill_wait == lane_wait and spill_drains_first)
-
-
-def idle_guest(lane: str, statuses: list[WorkerStatus], recently_placed: set[str]) -> bool:
-    """Every process serving ``lane``'s own queue holds jobs, and a process with a guest of
-    its spill queue holds none and was sent none just now (``recently_placed``: the lanes
-    and spill keys this router placed a job on within ``HANDOFF_S``)."""
-    busy: dict[str, bool] = {}
-    queues: dict[str, set[str]] = {}  # process -> the queues its workers serve
-    for s in statuses:
-        process = s.process or s.instance.split("+", 1)[0]  # (a guest is host+lane-spill)
-        busy[process] = busy.get(process, False) or s.in_flight > 0
-        queues.setdefault(process, set()).add(s.lane if s.serves == "lane" else spill_key(s.lane))
-    own = [p for p, served in queues.items() if lane in served]
-    guests = [p for p, served in queues.items() if spill_key(lane) in served]
-    return (
-        bool(own)
-        and all(busy[p] for p in own)
-        and any(not busy[p] and not queues[p] & recently_placed for p in guests)
-    )
 
 
 class Placement:
@@ -137,11 +109,6 @@ class Placement:
                 len(live_workers(statuses, lane_name, stale, "spill")),
                 spill_drains_first=self._spill_drains_first(lane_name, statuses, stale),
             )
-            if not spilled and lane.spill.idle_guests:
-                now = time.monotonic()
-                fresh = [s for s in statuses if (utcnow() - s.at).total_seconds() < stale]
-                recent = {k for k, at in self.placed_at.items() if now - at < HANDOFF_S}
-                spilled = idle_guest(lane_name, fresh, recent)
         key = spill_key(lane_name) if spilled else lane_name
         self.lags.note(key)
         self.placed_at[key] = time.monotonic()

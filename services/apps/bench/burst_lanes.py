@@ -42,7 +42,7 @@ def routes_yaml(cfg: BurstConfig) -> str:
         "max_batch": cfg.final_batch,
     }
     if cfg.spill_after_lag is not None:
-        draft["spill"] = {"after_lag": cfg.spill_after_lag, "idle_guests": cfg.spill_idle_guests}
+        draft["spill"] = {"after_lag": cfg.spill_after_lag}
         final["assists"] = ["draft"]
     if cfg.final_spill_after_lag is not None:
         final["spill"] = {"after_lag": cfg.final_spill_after_lag}

@@ -35,9 +35,6 @@ class BurstConfig:
     # Lanes: over this many drafts waiting, the router may spill new drafts to the final
     # lane's workers, which serve them ahead of finals (None: no spill, the lanes stay apart).
     spill_after_lag: int | None = 4
-    # ... and below that, at once to a final worker whose GPU holds no job while the draft
-    # worker holds some (its batch, or a borrowed final it renders).
-    spill_idle_guests: bool = True
     # ... and over this many finals waiting, new finals may spill to the draft lane's workers,
     # which render them only while no draft needs the GPU (drafts run between their steps).
     # 0: a final that would wait behind another goes to an idle draft GPU (after 2, finals

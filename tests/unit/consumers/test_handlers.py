@@ -123,58 +123,6 @@ async def test_an_even_wait_goes_to_the_queue_whose_newest_job_came_first(router
     assert await place() == Topics().spill("final")
 
 
-async def test_below_the_threshold_a_draft_goes_to_an_idle_final_gpu_while_the_draft_gpu_is_busy(
-    router: Router,
-) -> None:
-    """Work-conserving placement (the draft lane's ``idle_guests``): the draft worker renders
-    a borrowed final, the final worker holds nothing; the next draft starts there at once."""
-    now = datetime.now(UTC)
-    statuses = router.placement.workers.items
-
-    def report(instance: str, lane: str, in_flight: int, age_s: float = 0.0) -> None:
-        host, _, guest = instance.partition("+")
-        statuses[instance] = WorkerStatus(
-            instance=instance,
-            process=host,
-            lane=lane,
-            serves="spill" if guest else "lane",
-            health="ready",
-            in_flight=in_flight,
-            at=now - timedelta(seconds=age_s),
-        )
-
-    async def place(intent: str = "draft") -> str:
-        (out,) = await router.handle(_request(intent=intent), None)  # type: ignore[arg-type]
-        router.placement.placed_at.clear()  # long ago, as far as the next job is concerned
-        return out.topic
-
-    report("w-draft", "draft", 0)
-    report("w-draft+final-spill", "final", 1)  # the draft GPU renders a borrowed final
-    report("w-final", "final", 0)
-    report("w-final+draft-spill", "draft", 0)
-    assert router.lags.lag("draft") <= ROUTES.lanes["draft"].spill.after_lag  # type: ignore[union-attr]
-    assert await place() == Topics().spill("draft")
-    report("w-final", "final", 1)  # the final GPU renders a final: the draft stays
-    assert await place() == Topics().lane("draft")
-    report("w-final", "final", 0)
-    report("w-draft+final-spill", "final", 0)  # the draft GPU is free: it stays
-    assert await place() == Topics().lane("draft")
-    report("w-draft", "draft", 2)  # a draft batch renders: the next draft need not wait
-    assert await place() == Topics().spill("draft")
-    (out,) = await router.handle(_request(intent="final"), None)  # type: ignore[arg-type]
-    assert out.topic == Topics().lane("final")  # the final GPU was just sent a final
-    (out,) = await router.handle(_request(), None)  # type: ignore[arg-type]
-    assert out.topic == Topics().lane("draft")  # ... which its report may not show yet
-    router.placement.placed_at.clear()
-    report("w-final", "final", 0, age_s=3600)  # a silent final worker is not counted on
-    report("w-final+draft-spill", "draft", 0, age_s=3600)
-    assert await place() == Topics().lane("draft")
-    # Finals keep their threshold: without idle_guests an idle draft GPU waits for a backlog.
-    report("w-draft", "draft", 0)
-    report("w-final", "final", 1)
-    assert await place("final") == Topics().lane("final")
-
-
 async def test_router_ignores_cancels_and_dead_letters_other_events(router: Router) -> None:
     assert await router.handle(CancelRequested(job_id="j"), None) == []  # type: ignore[arg-type]
     other = RenderStarted(job_id="j", lane="draft", model="m", version="v", instance="i")

@@ -5,11 +5,8 @@ import time
 
 import pytest
 from aiokafka import TopicPartition
-from prometheus_client import CollectorRegistry
 
 from consumers.lane_worker.batcher import MicroBatcher
-from consumers.lane_worker.metrics import WorkerMetrics
-from consumers.lane_worker.slots import Slots
 from consumers.machinery.offsets import OffsetTracker
 from services.config.routes import checkpoint_dir, load_routes
 from services.engines.diffusion import DiffusionEngine
@@ -117,16 +114,3 @@ def test_batch_cap_is_the_smallest_size_within_tolerance_of_the_best() -> None:
     assert choose_batch_cap({1: 0.28, 2: 0.27, 4: 0.29}) == 1  # CPU: batching buys nothing
     assert choose_batch_cap({1: 1.0, 2: 0.55, 4: 0.30}) == 4  # GPU: it pays all the way
     assert choose_batch_cap({1: 1.0, 2: 0.60, 4: 0.58}) == 2  # 4 is within 10% of 2
-
-
-def test_a_worker_reports_when_it_goes_idle_or_busy_and_not_on_every_job() -> None:
-    """The router places drafts on an idle guest GPU from these reports (lanes.workers)."""
-    slots = Slots(WorkerMetrics(CollectorRegistry()), lambda: ("draft", "m", "v"))
-    reports: list[int] = []
-    slots.on_busy_change = lambda: reports.append(slots.in_flight)
-    slots.hold(("a", 1, False))
-    slots.hold(("b", 1, False))
-    slots.release(("a", 1, False), rendered=True)
-    assert reports == [1]  # busy once, not again for the second job
-    slots.drop(("b", 1, False))
-    assert reports == [1, 0]  # idle
