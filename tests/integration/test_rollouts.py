@@ -105,6 +105,9 @@ async def test_deploy_canary_promote_serves_every_job_once_on_the_right_version(
     before = await submit_all(fleet, receiver, 4, "before")
     await ops(fleet, "deploy", model="tiny-sd", version="tiny-v2", tiny_seed=2)
     on_v2 = await submit_all(fleet, receiver, 4, "deployed")
+    # A job still queued when the canary starts is split like any other (its version is the
+    # one that renders it): these render before it.
+    await finished(fleet, on_v2)
     # A 50% canary of v3: each job's version follows from its id alone.
     await ops(fleet, "canary", model="tiny-sd", version="tiny-v3", tiny_seed=3, percent=50)
     canaried = await submit_all(fleet, receiver, 12, "canary")
