@@ -88,16 +88,32 @@ def make_consumer(
 # an idle follower asks again (at the 500 ms default, the dozen views of an idle stack sent
 # ~60 empty fetches a second, a third of all its requests).
 FOLLOWER_FETCH_WAIT_MS = 5000
+# Over TLS a consumer's stop waits for the broker's close_notify on each connection, and the
+# broker reads the close only once it has answered the fetch in flight: a follower's stop,
+# and so every view read and every process exit over SASL_SSL, took the whole wait (5 s). A
+# follower over TLS asks at most every second; a one-shot read (a view's load, to the end
+# offsets and then stopped) waits only briefly on a fetch.
+TLS_FOLLOWER_FETCH_WAIT_MS = 1000
+ONE_SHOT_FETCH_WAIT_MS = 100
 
 
-def make_follower(settings: Settings, client_id: str, **overrides: Any) -> AIOKafkaConsumer:
-    """A consumer for a view: no group, from the earliest offset, long fetch waits. Assign
-    its partitions with ``assign_held``."""
+def make_follower(
+    settings: Settings, client_id: str, *, one_shot: bool = False, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer for a view: no group, from the earliest offset, long fetch waits (short
+    ones for a ``one_shot`` read, stopped once at the end offsets). Assign its partitions
+    with ``assign_held``."""
+    if one_shot:
+        wait = ONE_SHOT_FETCH_WAIT_MS
+    elif settings.kafka_connection.tls:
+        wait = TLS_FOLLOWER_FETCH_WAIT_MS
+    else:
+        wait = FOLLOWER_FETCH_WAIT_MS
     return make_consumer(
         settings,
         group=None,
         client_id=client_id,
-        fetch_max_wait_ms=FOLLOWER_FETCH_WAIT_MS,
+        fetch_max_wait_ms=wait,
         # Its partitions are assigned, not subscribed: new ones are not looked for, and a
         # moved leader is found on the error, so metadata need not be asked every 5 s.
         metadata_max_age_ms=30000,

@@ -30,8 +30,8 @@ class CompactedView(Generic[T]):
         self._live: AIOKafkaConsumer | None = None  # the follower's consumer, while it runs
         self._sync_lock = asyncio.Lock()
 
-    def _consumer(self) -> AIOKafkaConsumer:
-        return make_follower(self.settings, "lanes-compacted-view")
+    def _consumer(self, *, one_shot: bool = False) -> AIOKafkaConsumer:
+        return make_follower(self.settings, "lanes-compacted-view", one_shot=one_shot)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -61,7 +61,7 @@ class CompactedView(Generic[T]):
 
     async def load(self, partitions: Iterable[int] | None = None) -> dict[str, T]:
         """Read the given partitions (default: all) from the beginning to their current end."""
-        consumer = self._consumer()
+        consumer = self._consumer(one_shot=True)
         await consumer.start()
         try:
             ends = await self._assign(consumer, partitions)

@@ -261,7 +261,7 @@ class SqliteView:
     async def _consume(self, partitions: Iterable[int] | None, *, keep_following: bool) -> int:
         # The follower's bounded read-ahead (make_consumer's) keeps memory flat however long
         # the log.
-        consumer = make_follower(self.settings, "lanes-view")
+        consumer = make_follower(self.settings, "lanes-view", one_shot=not keep_following)
         await consumer.start()
         try:
             ends = await self._assign(consumer, partitions)

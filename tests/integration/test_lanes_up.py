@@ -92,6 +92,9 @@ def job_through_lanes_up(tmp: Path, exported: dict[str, str]) -> dict[str, objec
     port = free_port()
     env = dict(os.environ, **exported)
     env.update(LANES_STATE_DIR=str(tmp / "stack"), LANES_GATEWAY_PORT=str(port))
+    # The start-up batch profile (16 s of the first lane's start here) has its own test
+    # (test_lane_workers); this one is about the cluster and the principals.
+    env.setdefault("LANES_BATCH_CALIBRATION", "false")
     log = tmp / "lanes-up.log"
     up = _lanes("up", env=env, log=log)
     base = f"http://127.0.0.1:{port}"
