@@ -41,7 +41,7 @@ async def test_upscaler_forms_batches_under_a_burst(stack: Stack) -> None:
     async with GenerationClient(stack.settings) as client:
         jobs = [
             await client.submit(GenerationSpec(prompt=f"shoe {i}", intent="final"))
-            for i in range(8)
+            for i in range(6)  # the final lane hands drafts on in pairs (its max_batch)
         ]
     for job in jobs:
         assert (await stack.wait_for_status(job, {"succeeded", "failed"}, timeout=180))[
@@ -52,9 +52,9 @@ async def test_upscaler_forms_batches_under_a_burst(stack: Stack) -> None:
         for e in await _events(stack.settings, stack.topics.renders)
         if isinstance(e, RenderCompleted) and e.stage == "upscaled" and e.job_id in jobs
     ]
-    assert len(upscaled) == 8
+    assert len(upscaled) == 6
     assert max(e.timings.batch_size for e in upscaled) > 1
-    assert stack.metric("upscale", "lanes_worker_batch_size_count") - calls_before < 8
+    assert stack.metric("upscale", "lanes_worker_batch_size_count") - calls_before < 6
 
 
 async def test_summer_sale_passes_after_repair_reading_exactly_that_text(stack: Stack) -> None:
