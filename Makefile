@@ -131,13 +131,8 @@ lint: $(STAMP)
 test-deps:
 	$(MAKE) -j4 install s3-server browser kcat container-tools helm prometheus jaeger
 
-# Two pytest processes (pytest-xdist), each module whole on one of them (its fixtures, its
-# order) with its own session broker, S3 server and shared stack: the suite waits on
-# brokers, rebalances and subprocesses half the time, so two fill the cores one leaves idle
-# (784 s -> 525 s here). TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= 2
 test: test-deps
-	LANES_HELM=$(HELM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	LANES_HELM=$(HELM) $(BIN)/pytest $(PYTEST_ARGS)
 
 schemas: install
 	$(BIN)/lanes schemas export schemas/json
