@@ -87,7 +87,7 @@ def test_components_on_hosts_of_their_own_and_a_worker_host_cut_off(
         "LANES_PROFILE": "production",
         "LANES_KAFKA_BOOTSTRAP": f"{a('broker')}:9092",
         "LANES_KAFKA_ALLOW_PLAINTEXT": "true",  # the test's private network
-        "LANES_KAFKA_SESSION_TIMEOUT_MS": "6000",  # the brokers' least: a cut host's jobs move
+        "LANES_KAFKA_SESSION_TIMEOUT_MS": "6000",  # brokers' least: a cut host's jobs move soonest
         "LANES_ARTIFACTS": "s3://lanes/fleet",
         "LANES_S3_ENDPOINT_URL": f"http://{a('s3')}:8333",
         "LANES_S3_ACCESS_KEY_ID": "lanes-local",
